@@ -1,0 +1,51 @@
+use serde::{Deserialize, Serialize};
+
+/// What went wrong, in a form a program can match on. Each code has one HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    Unauthorized,
+    NotFound,
+    InvalidName,
+    InvalidRequest,
+    InvalidPackage,
+    PayloadTooLarge,
+    Conflict,
+    NoBuildpack,
+    StagingFailed,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::NotFound => 404,
+            ErrorCode::InvalidName | ErrorCode::InvalidRequest => 400,
+            ErrorCode::InvalidPackage | ErrorCode::NoBuildpack | ErrorCode::StagingFailed => 422,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::Conflict => 409,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+/// The JSON body of every error the API returns: `{"code": "not_found", "message": "..."}`.
+/// Messages say what failed and, where there is one, what to do about it; they carry no internals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! Wire types of Pier's HTTP API and the validated names they carry.
+//!
+//! This crate is data only: serde types, newtypes that can only hold valid values, and the error
+//! body every endpoint returns. The CLI, the controller, the router and the tests all speak through
+//! these types, so a change here is a change to the protocol.
+//!
+//! Endpoints (all under the controller's API address, JSON unless noted, `Authorization: Bearer`
+//! required except on `/v1/info`):
+//!
+//! | method and path                         | body → answer                                          |
+//! |-----------------------------------------|--------------------------------------------------------|
+//! | `GET  /v1/info`                         | → [`InfoResponse`]                                     |
+//! | `POST /v1/packages`                     | gzipped tar (streamed) → [`PackageResponse`]           |
+//! | `GET  /v1/apps`                         | → `Vec<`[`AppResponse`]`>`                             |
+//! | `PUT  /v1/apps/{name}`                  | [`AppConfigRequest`] → [`AppResponse`] (create/update) |
+//! | `GET  /v1/apps/{name}`                  | → [`AppResponse`]                                      |
+//! | `DELETE /v1/apps/{name}`                | → 204                                                  |
+//! | `POST /v1/apps/{name}/builds`           | [`BuildRequest`] → NDJSON stream of [`BuildEvent`]     |
+//! | `POST /v1/apps/{name}/actions/{action}` | `start` `stop` `restart` → [`AppResponse`]             |
+//! | `GET  /v1/apps/{name}/events`           | → `Vec<`[`AppEvent`]`>` newest first                   |
+//! | `GET  /v1/routes?epoch=E&version=V`     | → [`RouteTable`]; long-polls while the table is at V   |
+
+pub mod apps;
+pub mod error;
+pub mod logs;
+pub mod names;
+pub mod routes;
+pub mod size;
+
+pub use apps::*;
+pub use error::{ApiError, ErrorCode};
+pub use logs::{LogLine, LogStream};
+pub use names::{AppName, NameError, ProcessType};
+pub use routes::{Backend, RouteEntry, RouteSpec, RouteTable};
+pub use size::parse_size_mb;
+
+/// Header the router puts on every response it generates itself, naming the cause.
+pub const ROUTER_ERROR_HEADER: &str = "x-pier-router-error";

@@ -1,0 +1,114 @@
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::is_dns_label;
+
+/// A route as a user writes it: `host.domain` or `host.domain/path`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RouteSpec {
+    /// Lowercase fully qualified host name, no port.
+    pub host: String,
+    /// Empty, or a path prefix starting with `/` and not ending with one.
+    pub path: String,
+}
+
+impl FromStr for RouteSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let s = s
+            .strip_prefix("http://")
+            .or_else(|| s.strip_prefix("https://"))
+            .unwrap_or(s);
+        let (host, path) = match s.find('/') {
+            Some(i) => (&s[..i], &s[i..]),
+            None => (s, ""),
+        };
+        let host = host.to_ascii_lowercase();
+        if host.is_empty() || host.len() > 253 || !host.split('.').all(is_dns_label) {
+            return Err(format!(
+                "route {s:?} has an invalid host: use DNS labels separated by dots, like app.example.com"
+            ));
+        }
+        let path = path.trim_end_matches('/');
+        if path.contains("//")
+            || path.contains("/../")
+            || path.ends_with("/..")
+            || path.contains(|c: char| c.is_whitespace() || c == '?' || c == '#')
+        {
+            return Err(format!("route {s:?} has an invalid path"));
+        }
+        Ok(RouteSpec {
+            host,
+            path: path.to_string(),
+        })
+    }
+}
+
+impl TryFrom<String> for RouteSpec {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<RouteSpec> for String {
+    fn from(r: RouteSpec) -> String {
+        r.to_string()
+    }
+}
+
+impl fmt::Display for RouteSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.host, self.path)
+    }
+}
+
+/// One running, healthy instance the router may send a route's traffic to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// The instance's guid (`CF_INSTANCE_GUID`); unique for the life of the container.
+    pub instance_id: String,
+    pub index: u32,
+}
+
+/// A route and the instances behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteEntry {
+    pub host: String,
+    #[serde(default)]
+    pub path: String,
+    pub app: String,
+    pub app_guid: String,
+    /// Empty when the app has no running instance: the router answers 503, not 404.
+    pub backends: Vec<Backend>,
+}
+
+/// The router's whole table. The controller bumps `version` on every change; `epoch` changes each
+/// time the controller starts, so a router never mistakes a new controller's version 1 for old news.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RouteTable {
+    pub epoch: String,
+    pub version: u64,
+    pub routes: Vec<RouteEntry>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn route_specs() {
+        let r: RouteSpec = "Hello.Example.com/api/".parse().unwrap();
+        assert_eq!(r.host, "hello.example.com");
+        assert_eq!(r.path, "/api");
+        assert_eq!(r.to_string(), "hello.example.com/api");
+        assert!("bad_host.com".parse::<RouteSpec>().is_err());
+        assert!("".parse::<RouteSpec>().is_err());
+        assert!("a.com/x/../y".parse::<RouteSpec>().is_err());
+    }
+}

@@ -1,0 +1,151 @@
+//! The controller's configuration: one clap struct; every field has an env var and a default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "pier-controller", version, about = "Pier's control plane")]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the controller (the default).
+    Serve,
+    /// Build (or rebuild) the stack image and exit.
+    BuildStack,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address of the API.
+    #[arg(long, env = "PIER_LISTEN", default_value = "127.0.0.1:9000")]
+    pub listen: SocketAddr,
+
+    /// Where the store, blobs and the admin token live.
+    #[arg(long, env = "PIER_DATA_DIR", default_value = ".pier-data")]
+    pub data_dir: PathBuf,
+
+    /// Apps get NAME.DOMAIN as their default route.
+    #[arg(long, env = "PIER_DOMAIN", default_value = "localhost")]
+    pub domain: String,
+
+    /// Address of the built-in router; `none` runs no router in-process (use `pier-router`).
+    #[arg(long, env = "PIER_ROUTER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub router_listen: String,
+
+    /// The URL apps are reached at, for display (`http://NAME.DOMAIN:PORT`). Defaults to the
+    /// built-in router's port.
+    #[arg(long, env = "PIER_ROUTER_URL")]
+    pub router_url: Option<String>,
+
+    /// The stack image instances and stagings run in.
+    #[arg(long, env = "PIER_STACK_IMAGE", default_value = crate::stack::DEFAULT_STACK_IMAGE)]
+    pub stack_image: String,
+
+    /// Build the stack image when it is missing (otherwise refuse to start).
+    #[arg(long, env = "PIER_BUILD_STACK", default_value_t = true, action = clap::ArgAction::Set)]
+    pub build_stack: bool,
+
+    /// Largest package upload, in bytes (compressed).
+    #[arg(long, env = "PIER_MAX_PACKAGE_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub max_package_bytes: u64,
+
+    /// Largest total size of a package's files once extracted, in bytes.
+    #[arg(long, env = "PIER_MAX_EXTRACTED_BYTES", default_value_t = 4 * 1024 * 1024 * 1024)]
+    pub max_extracted_bytes: u64,
+
+    /// A staging that runs longer is ended, in seconds.
+    #[arg(long, env = "PIER_STAGING_TIMEOUT", default_value_t = 900)]
+    pub staging_timeout_secs: u64,
+
+    /// Default memory limit of an instance, in MiB.
+    #[arg(long, env = "PIER_DEFAULT_MEMORY_MB", default_value_t = 256)]
+    pub default_memory_mb: u64,
+
+    /// Default disk quota of an instance, in MiB.
+    #[arg(long, env = "PIER_DEFAULT_DISK_MB", default_value_t = 1024)]
+    pub default_disk_mb: u64,
+
+    /// Most processes (threads included) one instance may run.
+    #[arg(long, env = "PIER_PIDS_LIMIT", default_value_t = 1024)]
+    pub pids_limit: i64,
+
+    /// Seconds between SIGTERM and SIGKILL when an instance stops.
+    #[arg(long, env = "PIER_STOP_GRACE", default_value_t = 10)]
+    pub stop_grace_secs: u64,
+
+    /// Base wait before the third restart of a crashing instance, in milliseconds (doubles up to
+    /// 32x). Cloud Foundry's is 30 s; tests use a short one.
+    #[arg(long, env = "PIER_CRASH_BACKOFF_BASE_MS", default_value_t = 30_000)]
+    pub crash_backoff_base_ms: u64,
+
+    /// Identifies this controller's Docker objects (label `pier.controller`). Defaults to an id
+    /// generated once and kept in the data dir.
+    #[arg(long, env = "PIER_CONTROLLER_ID")]
+    pub controller_id: Option<String>,
+
+    /// Lines of log kept per app.
+    #[arg(long, env = "PIER_LOG_BUFFER_LINES", default_value_t = 1000)]
+    pub log_buffer_lines: usize,
+}
+
+impl Config {
+    /// A config for tests and embedding: port 0 everywhere, the given data dir.
+    pub fn for_tests(data_dir: PathBuf) -> Config {
+        Config {
+            listen: "127.0.0.1:0".parse().expect("literal address"),
+            data_dir,
+            domain: "localhost".into(),
+            router_listen: "127.0.0.1:0".into(),
+            router_url: None,
+            stack_image: crate::stack::DEFAULT_STACK_IMAGE.into(),
+            build_stack: false,
+            max_package_bytes: 1024 * 1024 * 1024,
+            max_extracted_bytes: 4 * 1024 * 1024 * 1024,
+            staging_timeout_secs: 900,
+            default_memory_mb: 256,
+            default_disk_mb: 1024,
+            pids_limit: 1024,
+            stop_grace_secs: 10,
+            crash_backoff_base_ms: 30_000,
+            controller_id: None,
+            log_buffer_lines: 1000,
+        }
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.domain.is_empty() || !self.domain.split('.').all(pier_api::names::is_dns_label) {
+            anyhow::bail!("--domain {:?} is not a valid DNS name", self.domain);
+        }
+        if self.router_listen != "none" && self.router_listen.parse::<SocketAddr>().is_err() {
+            anyhow::bail!(
+                "--router-listen {:?} is neither an address like 127.0.0.1:8080 nor `none`",
+                self.router_listen
+            );
+        }
+        if self.max_package_bytes == 0 {
+            anyhow::bail!("--max-package-bytes must be more than 0");
+        }
+        Ok(())
+    }
+
+    pub fn staging_timeout(&self) -> Duration {
+        Duration::from_secs(self.staging_timeout_secs)
+    }
+
+    pub fn stop_grace(&self) -> Duration {
+        Duration::from_secs(self.stop_grace_secs)
+    }
+
+    pub fn router_addr(&self) -> Option<SocketAddr> {
+        self.router_listen.parse().ok()
+    }
+}

@@ -1,0 +1,70 @@
+//! The controller's errors and how each maps onto the API's error codes.
+
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use pier_api::{ApiError, ErrorCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A refusal the user can act on; the message is shown as is.
+    #[error("{0}")]
+    Api(#[from] ApiError),
+    #[error("store: {0}")]
+    Store(#[from] sled::Error),
+    #[error("docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn api(code: ErrorCode, message: impl Into<String>) -> Error {
+        Error::Api(ApiError::new(code, message))
+    }
+    pub fn not_found(what: impl std::fmt::Display) -> Error {
+        Error::api(ErrorCode::NotFound, format!("{what} not found"))
+    }
+    pub fn bad_request(message: impl Into<String>) -> Error {
+        Error::api(ErrorCode::InvalidRequest, message)
+    }
+
+    /// What the user sees: refusals as they are, internal failures without internals.
+    pub fn to_api(&self) -> ApiError {
+        match self {
+            Error::Api(e) => e.clone(),
+            other => ApiError::new(
+                ErrorCode::Internal,
+                format!("internal error in the controller ({}); see its log", other.kind()),
+            ),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Error::Api(_) => "api",
+            Error::Store(_) => "store",
+            Error::Docker(_) => "docker",
+            Error::Io(_) => "i/o",
+            Error::Json(_) => "encoding",
+            Error::Other(_) => "other",
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let body = self.to_api();
+        let status = http::StatusCode::from_u16(body.code.status())
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,596 @@
+//! The HTTP API (axum). Handlers validate, change the store (flushed before answering), and nudge
+//! the reconciler; they never wait on Docker except where the API says so (builds stream, deletes
+//! wait until the app's containers are gone).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use pier_api::{
+    AppConfigRequest, AppName, AppResponse, AppState, BuildEvent, BuildRequest, ErrorCode,
+    HealthCheck, InfoResponse, PackageResponse, ProcessResponse, ProcessType, RouteSpec,
+};
+use serde::Deserialize;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+use crate::blobs::WriteError;
+use crate::error::{Error, Result};
+use crate::server::Ctx;
+use crate::store::{AppRecord, ProcessRecord};
+
+type S = State<Arc<Ctx>>;
+
+pub fn router(ctx: Arc<Ctx>) -> Router {
+    let authed = Router::new()
+        .route("/v1/apps", get(list_apps))
+        .route(
+            "/v1/apps/{name}",
+            get(get_app).put(put_app).delete(delete_app),
+        )
+        .route("/v1/apps/{name}/builds", post(build))
+        .route("/v1/apps/{name}/actions/{action}", post(action))
+        .route("/v1/apps/{name}/events", get(events))
+        .route("/v1/routes", get(routes))
+        .route(
+            "/v1/packages",
+            post(upload_package).layer(DefaultBodyLimit::disable()),
+        )
+        .layer(middleware::from_fn_with_state(ctx.clone(), require_token));
+    Router::new()
+        .route("/v1/info", get(info))
+        .merge(authed)
+        .fallback(|| async { Error::not_found("endpoint") })
+        .with_state(ctx)
+}
+
+async fn require_token(State(ctx): S, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(t) if crate::auth::check(&ctx.token_hash, t.trim()) => next.run(req).await,
+        Some(_) => Error::api(
+            ErrorCode::Unauthorized,
+            "the token is wrong; use the admin token pier-controller printed (it is in its data \
+             dir's admin-token file): pier login --api URL --token TOKEN",
+        )
+        .into_response(),
+        None => Error::api(
+            ErrorCode::Unauthorized,
+            "missing token: send `Authorization: Bearer TOKEN`, or run pier login --api URL --token TOKEN",
+        )
+        .into_response(),
+    }
+}
+
+fn parse_name(name: &str) -> Result<AppName> {
+    name.parse::<AppName>()
+        .map_err(|e| Error::api(ErrorCode::InvalidName, e.to_string()))
+}
+
+fn load(ctx: &Ctx, name: &str) -> Result<AppRecord> {
+    let name = parse_name(name)?;
+    ctx.store
+        .get_app(&name)?
+        .ok_or_else(|| Error::api(ErrorCode::NotFound, format!("app {name} not found")))
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+    if body.is_empty() {
+        return serde_json::from_slice(b"{}").map_err(|e| Error::bad_request(e.to_string()));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| Error::bad_request(format!("invalid request body: {e}")))
+}
+
+async fn info(State(ctx): S) -> Json<InfoResponse> {
+    Json(InfoResponse {
+        name: "pier".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        domain: ctx.config.domain.clone(),
+        router_url: ctx.url_for(&ctx.config.domain, ""),
+        stack_image: ctx.config.stack_image.clone(),
+        max_package_bytes: ctx.config.max_package_bytes,
+    })
+}
+
+pub fn app_response(ctx: &Ctx, app: &AppRecord) -> AppResponse {
+    let processes = app
+        .processes
+        .iter()
+        .map(|(kind, p)| ProcessResponse {
+            kind: kind.clone(),
+            instances: p.instances,
+            memory_mb: p.memory_mb,
+            disk_mb: p.disk_mb,
+            command: app.effective_command(kind),
+            health_check: p.health_check.clone(),
+        })
+        .collect();
+    let instances = if app.state == AppState::Started {
+        ctx.instances.statuses(&app.guid)
+    } else {
+        Vec::new()
+    };
+    AppResponse {
+        name: app.name.clone(),
+        guid: app.guid.clone(),
+        state: app.state,
+        package: app.package.clone(),
+        droplet: app.droplet.clone(),
+        processes,
+        instances,
+        routes: app
+            .routes
+            .iter()
+            .map(|r| ctx.url_for(&r.host, &r.path))
+            .collect(),
+        env: app.env.clone(),
+        buildpacks: app.buildpacks.clone(),
+        command: app.web().and_then(|p| p.command.clone()),
+        created_at: app.created_at,
+        updated_at: app.updated_at,
+    }
+}
+
+async fn list_apps(State(ctx): S) -> Result<Json<Vec<AppResponse>>> {
+    let apps = ctx.store.list_apps()?;
+    Ok(Json(apps.iter().map(|a| app_response(&ctx, a)).collect()))
+}
+
+async fn get_app(State(ctx): S, Path(name): Path<String>) -> Result<Json<AppResponse>> {
+    let app = load(&ctx, &name)?;
+    Ok(Json(app_response(&ctx, &app)))
+}
+
+const MAX_INSTANCES: u32 = 256;
+
+fn valid_env_name(k: &str) -> bool {
+    let mut chars = k.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Checks a config request completely before anything is changed.
+fn validate_config(ctx: &Ctx, req: &AppConfigRequest) -> Result<()> {
+    if let Some(n) = req.instances {
+        if n > MAX_INSTANCES {
+            return Err(Error::bad_request(format!(
+                "instances must be at most {MAX_INSTANCES}, got {n}"
+            )));
+        }
+    }
+    if let Some(m) = req.memory_mb {
+        if !(16..=65536).contains(&m) {
+            return Err(Error::bad_request(format!(
+                "memory must be between 16M and 64G, got {m}M"
+            )));
+        }
+    }
+    if let Some(d) = req.disk_mb {
+        if !(64..=1024 * 1024).contains(&d) {
+            return Err(Error::bad_request(format!(
+                "disk must be between 64M and 1T, got {d}M"
+            )));
+        }
+    }
+    if let Some(env) = &req.env {
+        for (k, v) in env {
+            if !valid_env_name(k) {
+                return Err(Error::bad_request(format!(
+                    "env var name {k:?} is invalid: use letters, digits and '_', not starting with a digit"
+                )));
+            }
+            if k == "PORT" || k.starts_with("VCAP_") || k.starts_with("CF_INSTANCE_") {
+                return Err(Error::bad_request(format!(
+                    "env var {k} is set by the platform and cannot be overridden"
+                )));
+            }
+            if v.contains('\0') {
+                return Err(Error::bad_request(format!("env var {k} contains a NUL byte")));
+            }
+        }
+    }
+    if let Some(c) = &req.command {
+        if c.contains('\0') {
+            return Err(Error::bad_request("command contains a NUL byte"));
+        }
+    }
+    if let Some(bps) = &req.buildpacks {
+        crate::staging::check_buildpacks(bps)?;
+    }
+    if let Some(hc) = &req.health_check {
+        if !(1..=180).contains(&hc.timeout_secs) {
+            return Err(Error::bad_request(
+                "health check timeout must be between 1 and 180 seconds",
+            ));
+        }
+        if !(1..=60).contains(&hc.invocation_timeout_secs) {
+            return Err(Error::bad_request(
+                "health check invocation timeout must be between 1 and 60 seconds",
+            ));
+        }
+        if let Some(e) = &hc.endpoint {
+            if !e.starts_with('/') || e.contains(char::is_whitespace) {
+                return Err(Error::bad_request(format!(
+                    "health check endpoint {e:?} must be a path starting with /"
+                )));
+            }
+        }
+    }
+    let _ = ctx;
+    Ok(())
+}
+
+fn random_suffix() -> String {
+    let n: u32 = rand::random();
+    format!("{:06x}", n & 0xff_ffff)
+}
+
+/// Refuses routes that another app already has.
+fn check_routes_free(ctx: &Ctx, app_guid: &str, routes: &[RouteSpec]) -> Result<()> {
+    for other in ctx.store.list_apps()? {
+        if other.guid == app_guid {
+            continue;
+        }
+        for r in routes {
+            if other.routes.contains(r) {
+                return Err(Error::api(
+                    ErrorCode::Conflict,
+                    format!("route {r} is already mapped to app {}", other.name),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn put_app(State(ctx): S, Path(name): Path<String>, body: Bytes) -> Result<Json<AppResponse>> {
+    let name = parse_name(&name)?;
+    let req: AppConfigRequest = json_body(&body)?;
+    validate_config(&ctx, &req)?;
+    let lock = ctx.app_lock(&name);
+    let _guard = lock.lock().await;
+    let now = OffsetDateTime::now_utc();
+    let existing = ctx.store.get_app(&name)?;
+    let created = existing.is_none();
+    let mut app = existing.unwrap_or_else(|| AppRecord {
+        name: name.clone(),
+        guid: uuid::Uuid::new_v4().to_string(),
+        state: AppState::Stopped,
+        package: None,
+        droplet: None,
+        processes: BTreeMap::from([(
+            ProcessType::web(),
+            ProcessRecord {
+                instances: 1,
+                memory_mb: ctx.config.default_memory_mb,
+                disk_mb: ctx.config.default_disk_mb,
+                command: None,
+                health_check: HealthCheck::default(),
+            },
+        )]),
+        routes: Vec::new(),
+        env: BTreeMap::new(),
+        buildpacks: Vec::new(),
+        staging: None,
+        restart_gen: 0,
+        old_blobs: Vec::new(),
+        created_at: now,
+        updated_at: now,
+    });
+    let web = app
+        .processes
+        .entry(ProcessType::web())
+        .or_insert_with(|| ProcessRecord {
+            instances: 1,
+            memory_mb: ctx.config.default_memory_mb,
+            disk_mb: ctx.config.default_disk_mb,
+            command: None,
+            health_check: HealthCheck::default(),
+        });
+    if let Some(n) = req.instances {
+        web.instances = n;
+    }
+    if let Some(m) = req.memory_mb {
+        web.memory_mb = m;
+    }
+    if let Some(d) = req.disk_mb {
+        web.disk_mb = d;
+    }
+    if let Some(c) = &req.command {
+        web.command = if c.trim().is_empty() { None } else { Some(c.clone()) };
+    }
+    if let Some(hc) = &req.health_check {
+        web.health_check = hc.clone();
+    }
+    if let Some(bps) = &req.buildpacks {
+        app.buildpacks = bps.clone();
+    }
+    if let Some(env) = &req.env {
+        app.env.extend(env.clone());
+    }
+    if req.no_route == Some(true) {
+        app.routes.clear();
+    } else {
+        let mut wanted = app.routes.clone();
+        if let Some(routes) = &req.routes {
+            for r in routes {
+                if !wanted.contains(r) {
+                    wanted.push(r.clone());
+                }
+            }
+        }
+        if created && req.routes.as_ref().is_none_or(|r| r.is_empty()) {
+            let host = if req.random_route == Some(true) {
+                format!("{}-{}.{}", name, random_suffix(), ctx.config.domain)
+            } else {
+                format!("{}.{}", name, ctx.config.domain)
+            };
+            let default: RouteSpec = host
+                .parse()
+                .map_err(|e: String| Error::bad_request(e))?;
+            wanted.push(default);
+        }
+        check_routes_free(&ctx, &app.guid, &wanted)?;
+        app.routes = wanted;
+    }
+    app.updated_at = now;
+    ctx.store.put_app(&app)?;
+    let what = if created { "created" } else { "updated" };
+    ctx.event(&app, what, &format!("app {what}"));
+    ctx.instances.trigger.notify_one();
+    crate::instances::publish_routes(&ctx)?;
+    Ok(Json(app_response(&ctx, &app)))
+}
+
+async fn delete_app(State(ctx): S, Path(name): Path<String>) -> Result<Response> {
+    let app = load(&ctx, &name)?;
+    let lock = ctx.app_lock(&app.name);
+    let _guard = lock.lock().await;
+    // Desired state first: the app is gone, so its routes go and its slots stop.
+    ctx.store.delete_app(&app)?;
+    crate::instances::reconcile_once(&ctx, &ctx.shutdown).await?;
+    ctx.instances.wait_stopped(&app.guid).await;
+    // Anything left (stagings, leftovers) goes too.
+    for c in crate::docker::list_managed(&ctx.docker, &ctx.controller_id).await? {
+        if c.label(crate::docker::labels::APP_GUID) == Some(app.guid.as_str()) {
+            crate::docker::remove(&ctx.docker, &c.id).await?;
+        }
+    }
+    crate::docker::remove_volume(&ctx.docker, &crate::staging::cache_volume(&app.guid)).await?;
+    // Blobs no other app refers to.
+    let others = ctx.store.list_apps()?;
+    let used = |sha: &str| {
+        others.iter().any(|o| {
+            o.package.as_deref() == Some(sha) || o.droplet.as_ref().is_some_and(|d| d.sha256 == sha)
+        })
+    };
+    for sha in app
+        .package
+        .iter()
+        .chain(app.droplet.as_ref().map(|d| &d.sha256))
+        .chain(app.old_blobs.iter())
+    {
+        if !used(sha) {
+            ctx.blobs.delete(sha)?;
+        }
+    }
+    ctx.logs.forget(&app.guid);
+    crate::instances::publish_routes(&ctx)?;
+    tracing::info!(app = %app.name, "deleted");
+    Ok(http::StatusCode::NO_CONTENT.into_response())
+}
+
+async fn upload_package(State(ctx): S, req: Request) -> Result<Json<PackageResponse>> {
+    let limit = ctx.config.max_package_bytes;
+    let too_large = || {
+        Error::api(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the package is larger than the controller's limit of {limit} bytes; leave files \
+                 out with .cfignore, or raise --max-package-bytes"
+            ),
+        )
+    };
+    // Refuse before reading a byte when the client says how much is coming.
+    if let Some(len) = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit {
+            return Err(too_large());
+        }
+    }
+    let body = req.into_body().into_data_stream();
+    let pending = match ctx.blobs.write_stream(body, limit).await {
+        Ok(p) => p,
+        Err(WriteError::TooLarge { .. }) => return Err(too_large()),
+        Err(WriteError::Source(e)) => {
+            return Err(Error::bad_request(format!("the upload broke off: {e}")))
+        }
+        Err(WriteError::Io(e)) => return Err(e.into()),
+    };
+    let path = pending.path().to_path_buf();
+    let max = ctx.config.max_extracted_bytes;
+    tokio::task::spawn_blocking(move || crate::package::validate_file(&path, max))
+        .await
+        .map_err(|e| Error::Other(format!("package check failed: {e}")))??;
+    let size = pending.size;
+    let sha256 = ctx.blobs.commit(pending)?;
+    Ok(Json(PackageResponse { sha256, size }))
+}
+
+async fn build(State(ctx): S, Path(name): Path<String>, body: Bytes) -> Result<Response> {
+    let req: BuildRequest = json_body(&body)?;
+    let app = load(&ctx, &name)?;
+    let lock = ctx.app_lock(&app.name);
+    let guard = lock.clone().try_lock_owned().map_err(|_| {
+        Error::api(
+            ErrorCode::Conflict,
+            format!("another operation on app {} is in progress; try again when it ends", app.name),
+        )
+    })?;
+    // Re-read under the lock.
+    let mut app = load(&ctx, &name)?;
+    let package = match req.package.or_else(|| app.package.clone()) {
+        Some(p) => p,
+        None => {
+            return Err(Error::bad_request(format!(
+                "app {} has no package to stage; push it first",
+                app.name
+            )))
+        }
+    };
+    if !ctx.blobs.exists(&package) {
+        return Err(Error::api(
+            ErrorCode::NotFound,
+            format!("package {package} not found; upload it again"),
+        ));
+    }
+    let staging_id = uuid::Uuid::new_v4().to_string();
+    if let Some(old) = app.package.replace(package.clone()) {
+        if old != package {
+            app.old_blobs.push(old);
+        }
+    }
+    app.staging = Some(staging_id);
+    ctx.store.put_app(&app)?;
+    ctx.active_stagings
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(app.guid.clone());
+
+    let (tx, rx) = mpsc::channel::<BuildEvent>(256);
+    let task_ctx = ctx.clone();
+    tokio::spawn(async move {
+        let _guard = guard;
+        let ctx = task_ctx;
+        ctx.event(&app, "staging", "staging started");
+        let result = crate::staging::stage(ctx.clone(), &app, &package, tx.clone()).await;
+        ctx.active_stagings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&app.guid);
+        let mut latest = match ctx.store.get_app(&app.name) {
+            Ok(Some(a)) if a.guid == app.guid => a,
+            _ => return,
+        };
+        latest.staging = None;
+        let event = match result {
+            Ok(droplet) => {
+                if let Some(old) = latest.droplet.replace(droplet.clone()) {
+                    if old.sha256 != droplet.sha256 {
+                        latest.old_blobs.push(old.sha256);
+                    }
+                }
+                latest.updated_at = OffsetDateTime::now_utc();
+                ctx.event(&latest, "staged", &format!("staged with buildpack {}", droplet.buildpack));
+                BuildEvent::Done(droplet)
+            }
+            Err(e) => {
+                let api = e.to_api();
+                if api.code == ErrorCode::Internal {
+                    tracing::error!(app = %app.name, error = %e, "staging failed");
+                }
+                ctx.event(&latest, "staging_failed", &api.message);
+                BuildEvent::Error(api)
+            }
+        };
+        if let Err(e) = ctx.store.put_app(&latest) {
+            tracing::error!(error = %e, "could not record the staging result");
+        }
+        let _ = tx.send(event).await;
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|ev| {
+        let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, Infallible>(Bytes::from(line))
+    });
+    Ok(Response::builder()
+        .header(http::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .map_err(|e| Error::Other(e.to_string()))?)
+}
+
+async fn action(
+    State(ctx): S,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Json<AppResponse>> {
+    let app = load(&ctx, &name)?;
+    let lock = ctx.app_lock(&app.name);
+    let _guard = lock.lock().await;
+    let mut app = load(&ctx, &name)?;
+    match action.as_str() {
+        "start" | "restart" => {
+            if app.droplet.is_none() {
+                return Err(Error::bad_request(format!(
+                    "app {} has not been staged yet; push it first",
+                    app.name
+                )));
+            }
+            if action == "restart" {
+                app.restart_gen += 1;
+            }
+            app.state = AppState::Started;
+        }
+        "stop" => app.state = AppState::Stopped,
+        other => {
+            return Err(Error::api(
+                ErrorCode::NotFound,
+                format!("unknown action {other:?}: use start, stop or restart"),
+            ))
+        }
+    }
+    app.updated_at = OffsetDateTime::now_utc();
+    ctx.store.put_app(&app)?;
+    ctx.event(&app, &format!("{action}ed").replace("stoped", "stopped"), &format!("app {action}"));
+    crate::instances::reconcile_once(&ctx, &ctx.shutdown).await?;
+    Ok(Json(app_response(&ctx, &app)))
+}
+
+async fn events(State(ctx): S, Path(name): Path<String>) -> Result<Json<Vec<pier_api::AppEvent>>> {
+    let app = load(&ctx, &name)?;
+    Ok(Json(ctx.store.events(&app.guid, 200)?))
+}
+
+#[derive(Deserialize)]
+struct RoutesQuery {
+    epoch: Option<String>,
+    version: Option<u64>,
+}
+
+/// Long-poll: answers at once when the caller's table is stale, else when it changes or after 25 s.
+async fn routes(State(ctx): S, Query(q): Query<RoutesQuery>) -> Result<Response> {
+    let mut rx = ctx.routing.subscribe();
+    let stale = |t: &Option<Arc<pier_api::RouteTable>>| match t {
+        None => false,
+        Some(t) => Some(&t.epoch) != q.epoch.as_ref() || Some(t.version) != q.version,
+    };
+    let wait = tokio::time::timeout(Duration::from_secs(25), async {
+        rx.wait_for(stale).await.map(|_| ())
+    })
+    .await;
+    let current = ctx.routing.current();
+    match (wait, current) {
+        (_, Some(t)) => Ok(Json(t.as_ref().clone()).into_response()),
+        (_, None) => Err(Error::api(
+            ErrorCode::Unavailable,
+            "the route table is not ready yet; retry",
+        )),
+    }
+}

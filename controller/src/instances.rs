@@ -1,0 +1,1021 @@
+//! Instances: desired state in, running containers out.
+//!
+//! The reconciler compares the store (desired) with Docker (actual, found by labels) and keeps one
+//! supervisor task per desired instance slot `(app, process, index)`:
+//!
+//! ```text
+//!            ┌──────────── adopt a running container (same id, no restart) ─────────────┐
+//!            ▼                                                                           │
+//!  (none) ─create+upload droplet+start─▶ STARTING ─health check passes─▶ RUNNING (routed) │
+//!    ▲                                      │ exits / times out            │ exits, OOM, removed
+//!    └──── backoff (0, 0, 30 s, 60 s … 16 min; none after 200) ◀── CRASHED ◀┘
+//! ```
+//! A changed spec (new droplet, env, memory, restart) starts a replacement beside the running
+//! instance and swaps the route only once the replacement is healthy. A slot that is no longer
+//! desired leaves the router first, then gets SIGTERM and, after the grace period, SIGKILL.
+//! Containers no supervisor owns (a deleted app's, a killed controller's half-made ones) are
+//! removed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bollard::models::{ContainerCreateBody, PortBinding};
+use futures_util::StreamExt;
+use pier_api::{
+    AppState, Backend, HealthCheck, HealthCheckType, InstanceState, InstanceStatus, LogStream,
+    ProcessType, RouteEntry,
+};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::docker::{self, labels, Managed};
+use crate::error::{Error, Result};
+use crate::server::Ctx;
+use crate::store::AppRecord;
+
+/// How often a starting instance's health check is tried.
+const STARTUP_POLL: Duration = Duration::from_millis(100);
+/// Running this long resets the crash count (Cloud Foundry: 5 minutes).
+const HEALTHY_RESET: Duration = Duration::from_secs(300);
+/// After this many crashes an instance is not restarted any more.
+pub const MAX_CRASHES: u32 = 200;
+
+/// The wait before restarting an instance after its `crash_count`-th crash, or `None` for never.
+/// Cloud Foundry's policy: crashes 1 and 2 restart at once, then `base` doubling up to 32 × `base`.
+pub fn restart_delay(crash_count: u32, base: Duration) -> Option<Duration> {
+    match crash_count {
+        0..=2 => Some(Duration::ZERO),
+        n if n >= MAX_CRASHES => None,
+        n => {
+            let factor = 1u32 << (n - 3).min(5);
+            Some(base * factor)
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey {
+    pub app_guid: String,
+    pub process: ProcessType,
+    pub index: u32,
+}
+
+/// Everything that makes an instance what it is. A different [`InstanceSpec::hash`] means the
+/// running container must be replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceSpec {
+    pub app_name: String,
+    pub app_guid: String,
+    pub process: ProcessType,
+    pub index: u32,
+    pub droplet: String,
+    pub command: String,
+    pub env: BTreeMap<String, String>,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+    pub health_check: HealthCheck,
+    pub restart_gen: u64,
+    #[serde(skip)]
+    pub uris: Vec<String>,
+}
+
+impl InstanceSpec {
+    pub fn hash(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(&Sha256::digest(&json)[..8])
+    }
+}
+
+/// What the desired state asks for: one spec per instance slot of every started app.
+pub fn desired_slots(apps: &[AppRecord]) -> BTreeMap<SlotKey, InstanceSpec> {
+    let mut out = BTreeMap::new();
+    for app in apps {
+        if app.state != AppState::Started {
+            continue;
+        }
+        let Some(droplet) = &app.droplet else { continue };
+        for (process, p) in &app.processes {
+            let Some(command) = app.effective_command(process) else {
+                continue;
+            };
+            for index in 0..p.instances {
+                let key = SlotKey {
+                    app_guid: app.guid.clone(),
+                    process: process.clone(),
+                    index,
+                };
+                out.insert(
+                    key,
+                    InstanceSpec {
+                        app_name: app.name.to_string(),
+                        app_guid: app.guid.clone(),
+                        process: process.clone(),
+                        index,
+                        droplet: droplet.sha256.clone(),
+                        command: command.clone(),
+                        env: app.env.clone(),
+                        memory_mb: p.memory_mb,
+                        disk_mb: p.disk_mb,
+                        health_check: p.health_check.clone(),
+                        restart_gen: app.restart_gen,
+                        uris: app.routes.iter().map(|r| r.to_string()).collect(),
+                    },
+                );
+            }
+        }
+    }
+    out
+}
+
+fn slot_of(c: &Managed) -> Option<SlotKey> {
+    if c.label(labels::KIND) != Some("instance") {
+        return None;
+    }
+    Some(SlotKey {
+        app_guid: c.label(labels::APP_GUID)?.to_string(),
+        process: c.label(labels::PROCESS)?.parse().ok()?,
+        index: c.label(labels::INDEX)?.parse().ok()?,
+    })
+}
+
+#[derive(Debug, Clone)]
+struct Live {
+    status: InstanceStatus,
+    addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct SlotView {
+    /// The instance that serves (or last served) the slot.
+    current: Option<Live>,
+    /// A replacement being started beside it.
+    pending: Option<Live>,
+}
+
+struct SlotHandle {
+    spec: watch::Sender<InstanceSpec>,
+    cancel: CancellationToken,
+}
+
+/// The controller's knowledge of actual instances, shared by the supervisors, the reconciler and
+/// the API.
+#[derive(Default)]
+pub struct Instances {
+    slots: Mutex<HashMap<SlotKey, SlotHandle>>,
+    views: RwLock<HashMap<SlotKey, SlotView>>,
+    /// Container ids a live supervisor is responsible for; the reconciler leaves them alone.
+    owned: Mutex<HashSet<String>>,
+    /// Supervisors still stopping containers after their slot went away.
+    stopping: Mutex<HashMap<SlotKey, tokio::task::JoinHandle<()>>>,
+    pub trigger: Notify,
+}
+
+impl Instances {
+    /// Statuses of an app's instances, ordered by process and index.
+    pub fn statuses(&self, app_guid: &str) -> Vec<InstanceStatus> {
+        let views = self.views.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = views
+            .iter()
+            .filter(|(k, _)| k.app_guid == app_guid)
+            .filter_map(|(_, v)| v.pending.as_ref().or(v.current.as_ref()).map(|l| l.status.clone()))
+            .collect();
+        out.sort_by(|a, b| (&a.process, a.index).cmp(&(&b.process, b.index)));
+        out
+    }
+
+    /// Healthy, routable instances of an app's web process.
+    fn backends(&self, app_guid: &str) -> Vec<Backend> {
+        let views = self.views.read().unwrap_or_else(|e| e.into_inner());
+        views
+            .iter()
+            .filter(|(k, _)| k.app_guid == app_guid && k.process.is_web())
+            .filter_map(|(k, v)| {
+                let live = v.current.as_ref()?;
+                if live.status.state != InstanceState::Running {
+                    return None;
+                }
+                Some(Backend {
+                    addr: live.addr?,
+                    instance_id: live.status.instance_id.clone()?,
+                    index: k.index,
+                })
+            })
+            .collect()
+    }
+
+    fn set_view(&self, key: &SlotKey, f: impl FnOnce(&mut SlotView)) {
+        let mut views = self.views.write().unwrap_or_else(|e| e.into_inner());
+        let v = views.entry(key.clone()).or_default();
+        f(v);
+        if v.current.is_none() && v.pending.is_none() {
+            views.remove(key);
+        }
+    }
+
+    fn own(&self, id: &str) {
+        self.owned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string());
+    }
+
+    fn disown(&self, id: &str) {
+        self.owned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    fn is_owned(&self, id: &str) -> bool {
+        self.owned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+    }
+
+    /// Waits until no supervisor of the app is still stopping containers.
+    pub async fn wait_stopped(&self, app_guid: &str) {
+        let handles: Vec<_> = {
+            let mut stopping = self.stopping.lock().unwrap_or_else(|e| e.into_inner());
+            let keys: Vec<_> = stopping
+                .keys()
+                .filter(|k| k.app_guid == app_guid)
+                .cloned()
+                .collect();
+            keys.into_iter().filter_map(|k| stopping.remove(&k)).collect()
+        };
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+}
+
+/// Rebuilds the route table from the store and the healthy instances, and publishes it.
+pub fn publish_routes(ctx: &Ctx) -> Result<()> {
+    let apps = ctx.store.list_apps()?;
+    let mut entries = Vec::new();
+    for app in &apps {
+        let backends = if app.state == AppState::Started {
+            ctx.instances.backends(&app.guid)
+        } else {
+            Vec::new()
+        };
+        for r in &app.routes {
+            entries.push(RouteEntry {
+                host: r.host.clone(),
+                path: r.path.clone(),
+                app: app.name.to_string(),
+                app_guid: app.guid.clone(),
+                backends: backends.clone(),
+            });
+        }
+    }
+    ctx.routing.publish(entries);
+    Ok(())
+}
+
+/// The reconciler: runs a pass at start, whenever triggered, and every couple of seconds.
+pub async fn run_reconciler(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    loop {
+        if let Err(e) = reconcile_once(&ctx, &shutdown).await {
+            tracing::warn!(error = %e, "reconcile pass failed; retrying");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ctx.instances.trigger.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// One comparison of desired and actual state, and the actions that close the gap.
+pub async fn reconcile_once(ctx: &Arc<Ctx>, shutdown: &CancellationToken) -> Result<()> {
+    let containers = docker::list_managed(&ctx.docker, &ctx.controller_id).await?;
+    let apps = ctx.store.list_apps()?;
+    let desired = desired_slots(&apps);
+    let mut by_slot: HashMap<SlotKey, Vec<Managed>> = HashMap::new();
+    let mut orphans = Vec::new();
+    {
+        let mut slots = ctx.instances.slots.lock().unwrap_or_else(|e| e.into_inner());
+        for c in &containers {
+            match slot_of(c) {
+                Some(key) => {
+                    if !slots.contains_key(&key) && !ctx.instances.is_owned(&c.id) {
+                        if desired.contains_key(&key) {
+                            by_slot.entry(key).or_default().push(c.clone());
+                        } else {
+                            orphans.push(c.clone());
+                        }
+                    }
+                }
+                None => {
+                    let staging = c.label(labels::KIND) == Some("staging");
+                    let active = c
+                        .label(labels::APP_GUID)
+                        .is_some_and(|g| ctx.active_stagings.lock().unwrap_or_else(|e| e.into_inner()).contains(g));
+                    if !staging || !active {
+                        orphans.push(c.clone());
+                    }
+                }
+            }
+        }
+        // Slots no longer desired: their supervisors drain and stop their containers.
+        let gone: Vec<SlotKey> = slots.keys().filter(|k| !desired.contains_key(k)).cloned().collect();
+        for key in gone {
+            if let Some(h) = slots.remove(&key) {
+                h.cancel.cancel();
+            }
+        }
+        for (key, spec) in &desired {
+            match slots.get(key) {
+                Some(h) => {
+                    if *h.spec.borrow() != *spec {
+                        h.spec.send_replace(spec.clone());
+                    }
+                }
+                None => {
+                    let (tx, rx) = watch::channel(spec.clone());
+                    let cancel = CancellationToken::new();
+                    let existing = by_slot.remove(key).unwrap_or_default();
+                    for c in &existing {
+                        ctx.instances.own(&c.id);
+                    }
+                    let task = tokio::spawn(supervise(
+                        ctx.clone(),
+                        key.clone(),
+                        rx,
+                        cancel.clone(),
+                        shutdown.clone(),
+                        existing,
+                    ));
+                    // Keep the task handle for slots that later stop, so deletes can wait for them.
+                    ctx.instances
+                        .stopping
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key.clone(), task);
+                    slots.insert(key.clone(), SlotHandle { spec: tx, cancel });
+                }
+            }
+        }
+    }
+    for c in orphans {
+        tracing::info!(container = %c.id, app = ?c.label(labels::APP), "removing orphan container");
+        docker::remove(&ctx.docker, &c.id).await?;
+    }
+    publish_routes(ctx)?;
+    Ok(())
+}
+
+/// A container that passed its health check and serves its slot.
+#[derive(Debug, Clone)]
+struct Running {
+    id: String,
+    instance_id: String,
+    spec_hash: String,
+    droplet: String,
+    addr: Option<SocketAddr>,
+    host_port: Option<u16>,
+    started: Instant,
+    since: OffsetDateTime,
+}
+
+enum StartOutcome {
+    Started(Running),
+    Failed { reason: String, last_output: Vec<String> },
+    Cancelled,
+}
+
+struct Crashes {
+    count: u32,
+    reason: Option<String>,
+    last_output: Vec<String>,
+}
+
+fn status(key: &SlotKey, state: InstanceState, r: Option<&Running>, droplet: &str, c: &Crashes) -> InstanceStatus {
+    InstanceStatus {
+        process: key.process.clone(),
+        index: key.index,
+        state,
+        since: r.map(|r| r.since).unwrap_or_else(OffsetDateTime::now_utc),
+        instance_id: r.map(|r| r.instance_id.clone()),
+        container_id: r.map(|r| r.id.clone()),
+        host_port: r.and_then(|r| r.host_port),
+        droplet: Some(droplet.to_string()),
+        crash_count: c.count,
+        reason: c.reason.clone(),
+        last_output: c.last_output.clone(),
+    }
+}
+
+fn cell(ctx: &Ctx, key: &SlotKey, text: &str) {
+    ctx.logs.publish(
+        &key.app_guid,
+        &format!("CELL/{}", key.index),
+        LogStream::Out,
+        text,
+        OffsetDateTime::now_utc(),
+    );
+}
+
+async fn supervise(
+    ctx: Arc<Ctx>,
+    key: SlotKey,
+    mut spec_rx: watch::Receiver<InstanceSpec>,
+    cancel: CancellationToken,
+    shutdown: CancellationToken,
+    existing: Vec<Managed>,
+) {
+    let mut crashes = Crashes {
+        count: 0,
+        reason: None,
+        last_output: vec![],
+    };
+    let mut current = adopt(&ctx, &key, existing).await;
+    if let Some(r) = &current {
+        ctx.instances.set_view(&key, |v| {
+            v.current = Some(Live {
+                status: status(&key, InstanceState::Running, Some(r), &r.droplet, &crashes),
+                addr: r.addr,
+            })
+        });
+        let _ = publish_routes(&ctx);
+    }
+    // The spec hash whose replacement last failed; not retried until the spec changes again.
+    let mut failed_hash: Option<String> = None;
+    let mut restart_at: Option<tokio::time::Instant> = None;
+
+    loop {
+        let spec = spec_rx.borrow_and_update().clone();
+        let hash = spec.hash();
+        match current.clone() {
+            None => {
+                if let Some(at) = restart_at {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = cancel.cancelled() => { ctx.instances.set_view(&key, |v| *v = SlotView::default()); return; }
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                    restart_at = None;
+                }
+                match start(&ctx, &key, &spec, &hash, &cancel, &shutdown, false, &crashes).await {
+                    StartOutcome::Started(r) => {
+                        ctx.instances.set_view(&key, |v| {
+                            v.current = Some(Live {
+                                status: status(&key, InstanceState::Running, Some(&r), &r.droplet, &crashes),
+                                addr: r.addr,
+                            })
+                        });
+                        cell(&ctx, &key, &format!("Instance {} is running and healthy", key.index));
+                        current = Some(r);
+                        let _ = publish_routes(&ctx);
+                    }
+                    StartOutcome::Failed { reason, last_output } => {
+                        match record_crash(&ctx, &key, &spec, &mut crashes, reason, last_output, None) {
+                            Some(wait) => restart_at = Some(tokio::time::Instant::now() + wait),
+                            None => {
+                                // Out of restarts: wait for a new spec or the end.
+                                tokio::select! {
+                                    _ = shutdown.cancelled() => return,
+                                    _ = cancel.cancelled() => { ctx.instances.set_view(&key, |v| *v = SlotView::default()); return; }
+                                    r = spec_rx.changed() => { if r.is_err() { return; } crashes.count = 0; }
+                                }
+                            }
+                        }
+                    }
+                    StartOutcome::Cancelled => {
+                        if !shutdown.is_cancelled() {
+                            ctx.instances.set_view(&key, |v| *v = SlotView::default());
+                        }
+                        return;
+                    }
+                }
+            }
+            Some(r) => {
+                if r.spec_hash != hash && failed_hash.as_deref() != Some(hash.as_str()) {
+                    // Replace: start the new one beside the old, swap once healthy.
+                    match start(&ctx, &key, &spec, &hash, &cancel, &shutdown, true, &crashes).await {
+                        StartOutcome::Started(new) => {
+                            crashes = Crashes { count: 0, reason: None, last_output: vec![] };
+                            ctx.instances.set_view(&key, |v| {
+                                v.pending = None;
+                                v.current = Some(Live {
+                                    status: status(&key, InstanceState::Running, Some(&new), &new.droplet, &crashes),
+                                    addr: new.addr,
+                                });
+                            });
+                            let _ = publish_routes(&ctx);
+                            current = Some(new);
+                            failed_hash = None;
+                            drain(&ctx, &key, &r).await;
+                        }
+                        StartOutcome::Failed { reason, last_output } => {
+                            ctx.instances.set_view(&key, |v| {
+                                v.pending = Some(Live {
+                                    status: InstanceStatus {
+                                        state: InstanceState::Crashed,
+                                        reason: Some(reason.clone()),
+                                        last_output: last_output.clone(),
+                                        crash_count: 1,
+                                        droplet: Some(spec.droplet.clone()),
+                                        ..status(&key, InstanceState::Crashed, None, &spec.droplet, &crashes)
+                                    },
+                                    addr: None,
+                                });
+                            });
+                            let _ = ctx.store.add_event(
+                                &key.app_guid,
+                                "replacement_failed",
+                                &format!("new instance {} failed to start: {reason}; the old one keeps serving", key.index),
+                                "pier",
+                            );
+                            failed_hash = Some(hash);
+                        }
+                        StartOutcome::Cancelled => {
+                            if !shutdown.is_cancelled() {
+                                drain(&ctx, &key, &r).await;
+                                ctx.instances.set_view(&key, |v| *v = SlotView::default());
+                            }
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = cancel.cancelled() => {
+                        drain(&ctx, &key, &r).await;
+                        ctx.instances.set_view(&key, |v| *v = SlotView::default());
+                        return;
+                    }
+                    changed = spec_rx.changed() => {
+                        if changed.is_err() { return; }
+                    }
+                    exit = wait_exit(&ctx, &r.id) => {
+                        let ran = r.started.elapsed();
+                        let (code, oom) = exit;
+                        ctx.instances.set_view(&key, |v| {
+                            if let Some(c) = &mut v.current { c.status.state = InstanceState::Crashed; }
+                        });
+                        let _ = publish_routes(&ctx);
+                        let last_output = docker::tail(&ctx.docker, &r.id, 20).await;
+                        let _ = docker::remove(&ctx.docker, &r.id).await;
+                        ctx.instances.disown(&r.id);
+                        current = None;
+                        if ran >= HEALTHY_RESET {
+                            crashes.count = 0;
+                        }
+                        let reason = match (code, oom) {
+                            (_, true) => "out of memory: the instance was OOM-killed".to_string(),
+                            (None, _) => "the container was removed".to_string(),
+                            (Some(c), _) => format!("exited with status {c}"),
+                        };
+                        if let Some(wait) = record_crash(&ctx, &key, &spec, &mut crashes, reason, last_output, Some(r.droplet.clone())) {
+                            restart_at = Some(tokio::time::Instant::now() + wait);
+                        } else {
+                            restart_at = None;
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return,
+                                _ = cancel.cancelled() => { ctx.instances.set_view(&key, |v| *v = SlotView::default()); return; }
+                                r = spec_rx.changed() => { if r.is_err() { return; } crashes.count = 0; }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Records a crash (event, CELL line, CRASHED view) and returns the wait before the restart.
+fn record_crash(
+    ctx: &Ctx,
+    key: &SlotKey,
+    spec: &InstanceSpec,
+    crashes: &mut Crashes,
+    reason: String,
+    last_output: Vec<String>,
+    droplet: Option<String>,
+) -> Option<Duration> {
+    crashes.count += 1;
+    crashes.reason = Some(reason.clone());
+    crashes.last_output = last_output;
+    let wait = restart_delay(
+        crashes.count,
+        Duration::from_millis(ctx.config.crash_backoff_base_ms),
+    );
+    let what = match wait {
+        Some(w) if w.is_zero() => "restarting now".to_string(),
+        Some(w) => format!("restarting in {} s", w.as_secs_f64().round()),
+        None => format!("not restarting after {} crashes", crashes.count),
+    };
+    let msg = format!(
+        "{} instance {} crashed: {reason} (crash {}); {what}",
+        key.process, key.index, crashes.count
+    );
+    tracing::info!(app = %spec.app_name, "{msg}");
+    cell(ctx, key, &msg);
+    let _ = ctx.store.add_event(&key.app_guid, "crashed", &msg, "pier");
+    let d = droplet.unwrap_or_else(|| spec.droplet.clone());
+    ctx.instances.set_view(key, |v| {
+        v.current = Some(Live {
+            status: status(key, InstanceState::Crashed, None, &d, crashes),
+            addr: None,
+        })
+    });
+    let _ = publish_routes(ctx);
+    wait
+}
+
+/// Takes over containers left by an earlier controller for this slot: keeps one running instance
+/// (preferring one with the current spec), removes the rest.
+async fn adopt(ctx: &Ctx, key: &SlotKey, mut existing: Vec<Managed>) -> Option<Running> {
+    existing.sort_by_key(|c| std::cmp::Reverse((c.running, c.created)));
+    let mut kept = None;
+    for c in existing {
+        if kept.is_none() && c.running {
+            if let Ok(Some(i)) = docker::inspect(&ctx.docker, &c.id).await {
+                if docker::is_running(&i) {
+                    let since = i
+                        .state
+                        .as_ref()
+                        .and_then(|s| s.started_at.as_deref())
+                        .and_then(|s| OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok())
+                        .unwrap_or_else(OffsetDateTime::now_utc);
+                    tracing::info!(container = %c.id, slot = ?key, "adopted running instance");
+                    kept = Some(Running {
+                        id: c.id.clone(),
+                        instance_id: c.label(labels::INSTANCE).unwrap_or_default().to_string(),
+                        spec_hash: c.label(labels::SPEC).unwrap_or_default().to_string(),
+                        droplet: c.label(labels::DROPLET).unwrap_or_default().to_string(),
+                        addr: docker::instance_addr(&i),
+                        host_port: docker::host_port(&i),
+                        started: Instant::now(),
+                        since,
+                    });
+                    continue;
+                }
+            }
+        }
+        tracing::info!(container = %c.id, slot = ?key, "removing leftover instance container");
+        let _ = docker::remove(&ctx.docker, &c.id).await;
+        ctx.instances.disown(&c.id);
+    }
+    kept
+}
+
+/// Leaves the router, then SIGTERM, SIGKILL after the grace period, and removal.
+async fn drain(ctx: &Ctx, key: &SlotKey, r: &Running) {
+    cell(ctx, key, &format!("Stopping instance {}", key.index));
+    // The route table no longer lists this container once the caller replaced or cleared the view;
+    // publishing first means the router stops sending before the process gets SIGTERM.
+    let _ = publish_routes(ctx);
+    if let Err(e) = docker::stop(&ctx.docker, &r.id, ctx.config.stop_grace()).await {
+        tracing::warn!(container = %r.id, error = %e, "stop failed; removing anyway");
+    }
+    if let Err(e) = docker::remove(&ctx.docker, &r.id).await {
+        tracing::warn!(container = %r.id, error = %e, "remove failed; the reconciler will retry");
+    }
+    ctx.instances.disown(&r.id);
+}
+
+/// Exit status (None when the container vanished) and OOM flag, once the container stops.
+async fn wait_exit(ctx: &Ctx, id: &str) -> (Option<i64>, bool) {
+    loop {
+        let mut w = ctx
+            .docker
+            .wait_container(id, None::<bollard::query_parameters::WaitContainerOptions>);
+        let res = w.next().await;
+        match res {
+            Some(Ok(_)) | Some(Err(bollard::errors::Error::DockerContainerWaitError { .. })) => {}
+            Some(Err(e)) if docker::is_not_found(&e) => return (None, false),
+            _ => {
+                // Docker went away (restart?) or the stream broke: look, then wait again.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        match docker::inspect(&ctx.docker, id).await {
+            Ok(None) => return (None, false),
+            Ok(Some(i)) if !docker::is_running(&i) => {
+                let (code, oom) = docker::exit_info(&i);
+                return (Some(code), oom);
+            }
+            _ => continue,
+        }
+    }
+}
+
+const LAUNCH: &str = r#"cd /home/vcap/app || exit 1
+if [ -d .profile.d ]; then for f in .profile.d/*.sh; do [ -r "$f" ] && . "$f"; done; fi
+if [ -r .profile ]; then . ./.profile; fi
+exec bash -c "$PIER_START_COMMAND""#;
+
+fn instance_env(ctx: &Ctx, spec: &InstanceSpec, instance_id: &str) -> Vec<String> {
+    let vcap = serde_json::json!({
+        "application_id": spec.app_guid,
+        "application_name": spec.app_name,
+        "application_uris": spec.uris,
+        "application_version": spec.droplet,
+        "name": spec.app_name,
+        "uris": spec.uris,
+        "space_id": "pier",
+        "space_name": "pier",
+        "process_id": format!("{}-{}", spec.app_guid, spec.process),
+        "process_type": spec.process.as_str(),
+        "instance_index": spec.index,
+        "instance_id": instance_id,
+        "limits": { "mem": spec.memory_mb, "disk": spec.disk_mb, "fds": 16384 },
+    });
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    // Platform variables first; the user's env may not override PORT or the instance identity.
+    for (k, v) in &spec.env {
+        env.insert(k.clone(), v.clone());
+    }
+    let fixed = [
+        ("PORT", "8080".to_string()),
+        ("VCAP_APPLICATION", vcap.to_string()),
+        ("VCAP_SERVICES", "{}".to_string()),
+        ("CF_INSTANCE_INDEX", spec.index.to_string()),
+        ("CF_INSTANCE_GUID", instance_id.to_string()),
+        ("CF_INSTANCE_PORT", "8080".to_string()),
+        ("INSTANCE_INDEX", spec.index.to_string()),
+        ("INSTANCE_GUID", instance_id.to_string()),
+        ("MEMORY_LIMIT", format!("{}m", spec.memory_mb)),
+        ("HOME", "/home/vcap/app".to_string()),
+        ("USER", "vcap".to_string()),
+        ("TMPDIR", "/tmp".to_string()),
+        ("PIER_START_COMMAND", spec.command.clone()),
+    ];
+    for (k, v) in fixed {
+        env.insert(k.to_string(), v);
+    }
+    env.entry("LANG".into()).or_insert_with(|| "C.UTF-8".into());
+    env.entry("PATH".into())
+        .or_insert_with(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let _ = ctx;
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// Creates, fills and starts a container for the slot, then waits for its health check.
+#[allow(clippy::too_many_arguments)]
+async fn start(
+    ctx: &Arc<Ctx>,
+    key: &SlotKey,
+    spec: &InstanceSpec,
+    hash: &str,
+    cancel: &CancellationToken,
+    shutdown: &CancellationToken,
+    beside: bool,
+    crashes: &Crashes,
+) -> StartOutcome {
+    let instance_id = uuid::Uuid::new_v4().to_string();
+    let name = format!(
+        "pier-{}-{}-{}-{}",
+        spec.app_name,
+        spec.process,
+        spec.index,
+        &instance_id[..8]
+    );
+    let lbls = HashMap::from([
+        (labels::CONTROLLER.to_string(), ctx.controller_id.clone()),
+        (labels::KIND.to_string(), "instance".to_string()),
+        (labels::APP.to_string(), spec.app_name.clone()),
+        (labels::APP_GUID.to_string(), spec.app_guid.clone()),
+        (labels::PROCESS.to_string(), spec.process.to_string()),
+        (labels::INDEX.to_string(), spec.index.to_string()),
+        (labels::INSTANCE.to_string(), instance_id.clone()),
+        (labels::DROPLET.to_string(), spec.droplet.clone()),
+        (labels::SPEC.to_string(), hash.to_string()),
+    ]);
+    let mut host = docker::base_host_config(spec.memory_mb, ctx.config.pids_limit);
+    host.port_bindings = Some(HashMap::from([(
+        "8080/tcp".to_string(),
+        Some(vec![PortBinding {
+            host_ip: Some("127.0.0.1".into()),
+            host_port: Some(String::new()),
+        }]),
+    )]));
+    host.init = Some(false);
+    let body = ContainerCreateBody {
+        image: Some(ctx.config.stack_image.clone()),
+        user: Some("vcap".into()),
+        working_dir: Some("/home/vcap/app".into()),
+        cmd: Some(vec!["bash".into(), "-c".into(), LAUNCH.into()]),
+        env: Some(instance_env(ctx, spec, &instance_id)),
+        labels: Some(lbls),
+        exposed_ports: Some(vec!["8080/tcp".into()]),
+        stop_timeout: Some(ctx.config.stop_grace_secs as i64),
+        host_config: Some(host),
+        ..Default::default()
+    };
+    let set_starting = |r: Option<&Running>| {
+        let live = Live {
+            status: status(key, InstanceState::Starting, r, &spec.droplet, crashes),
+            addr: None,
+        };
+        ctx.instances.set_view(key, |v| {
+            if beside {
+                v.pending = Some(live);
+            } else {
+                v.current = Some(live);
+            }
+        });
+    };
+    set_starting(None);
+    cell(ctx, key, &format!("Creating instance {} ({})", key.index, &instance_id[..8]));
+
+    let created = async {
+        let id = docker::create(&ctx.docker, &name, body).await?;
+        ctx.instances.own(&id);
+        let droplet = ctx.blobs.path(&spec.droplet)?;
+        if let Err(e) = async {
+            docker::upload_file(&ctx.docker, &id, "/home/vcap", &droplet).await?;
+            docker::start(&ctx.docker, &id).await?;
+            Ok::<_, Error>(())
+        }
+        .await
+        {
+            let _ = docker::remove(&ctx.docker, &id).await;
+            ctx.instances.disown(&id);
+            return Err(e);
+        }
+        Ok::<_, Error>(id)
+    }
+    .await;
+    let id = match created {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(error = %e, "could not create an instance container");
+            return StartOutcome::Failed {
+                reason: format!("the platform could not start the container: {}", e.to_api().message),
+                last_output: vec![],
+            };
+        }
+    };
+    let inspect = docker::inspect(&ctx.docker, &id).await.ok().flatten();
+    let mut running = Running {
+        id: id.clone(),
+        instance_id: instance_id.clone(),
+        spec_hash: hash.to_string(),
+        droplet: spec.droplet.clone(),
+        addr: inspect.as_ref().and_then(docker::instance_addr),
+        host_port: inspect.as_ref().and_then(docker::host_port),
+        started: Instant::now(),
+        since: OffsetDateTime::now_utc(),
+    };
+    set_starting(Some(&running));
+    cell(ctx, key, &format!("Started container for instance {}", key.index));
+
+    let hc = &spec.health_check;
+    let timeout = Duration::from_secs(u64::from(hc.timeout_secs.clamp(1, 180)));
+    let healthy = async {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(addr) = running.addr {
+                if check_once(addr, hc).await {
+                    return true;
+                }
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(STARTUP_POLL).await;
+        }
+    };
+    let failure = tokio::select! {
+        _ = shutdown.cancelled() => {
+            // Not yet healthy: leave nothing half-started behind.
+            let _ = docker::remove(&ctx.docker, &id).await;
+            ctx.instances.disown(&id);
+            return StartOutcome::Cancelled;
+        }
+        _ = cancel.cancelled() => {
+            let _ = docker::remove(&ctx.docker, &id).await;
+            ctx.instances.disown(&id);
+            return StartOutcome::Cancelled;
+        }
+        ok = healthy => {
+            if ok {
+                running.since = OffsetDateTime::now_utc();
+                running.started = Instant::now();
+                return StartOutcome::Started(running);
+            }
+            format!(
+                "health check ({}) did not pass within {} s",
+                match hc.kind {
+                    HealthCheckType::Port => "TCP connect to port 8080".to_string(),
+                    HealthCheckType::Http => format!("HTTP GET {}", hc.endpoint.as_deref().unwrap_or("/")),
+                    HealthCheckType::Process => "process".to_string(),
+                },
+                timeout.as_secs()
+            )
+        }
+        (code, oom) = wait_exit(ctx, &id) => match (code, oom) {
+            (_, true) => "out of memory during startup: the instance was OOM-killed".to_string(),
+            (Some(c), _) => format!("exited with status {c} during startup"),
+            (None, _) => "the container was removed during startup".to_string(),
+        },
+    };
+    let last_output = docker::tail(&ctx.docker, &id, 20).await;
+    let _ = docker::remove(&ctx.docker, &id).await;
+    ctx.instances.disown(&id);
+    StartOutcome::Failed {
+        reason: failure,
+        last_output,
+    }
+}
+
+/// One health check of an instance at `addr`.
+pub async fn check_once(addr: SocketAddr, hc: &HealthCheck) -> bool {
+    let invocation = Duration::from_secs(u64::from(hc.invocation_timeout_secs.max(1)));
+    match hc.kind {
+        HealthCheckType::Process => true,
+        HealthCheckType::Port => matches!(
+            tokio::time::timeout(invocation, tokio::net::TcpStream::connect(addr)).await,
+            Ok(Ok(_))
+        ),
+        HealthCheckType::Http => {
+            let path = hc.endpoint.as_deref().unwrap_or("/");
+            tokio::time::timeout(invocation, http_status(addr, path))
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|s| (200..400).contains(&s))
+        }
+    }
+}
+
+/// GETs `path` and returns the response's status code.
+async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: pier-health\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        let m = s.read(&mut buf[n..]).await.ok()?;
+        if m == 0 {
+            break;
+        }
+        n += m;
+    }
+    let head = std::str::from_utf8(&buf[..n]).ok()?;
+    head.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cloud_foundry_backoff() {
+        let base = Duration::from_secs(30);
+        assert_eq!(restart_delay(1, base), Some(Duration::ZERO));
+        assert_eq!(restart_delay(2, base), Some(Duration::ZERO));
+        assert_eq!(restart_delay(3, base), Some(Duration::from_secs(30)));
+        assert_eq!(restart_delay(4, base), Some(Duration::from_secs(60)));
+        assert_eq!(restart_delay(5, base), Some(Duration::from_secs(120)));
+        assert_eq!(restart_delay(8, base), Some(Duration::from_secs(960)));
+        assert_eq!(restart_delay(9, base), Some(Duration::from_secs(960)), "16 min cap");
+        assert_eq!(restart_delay(199, base), Some(Duration::from_secs(960)));
+        assert_eq!(restart_delay(200, base), None);
+    }
+
+    #[tokio::test]
+    async fn http_and_port_checks() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let status = if req.starts_with("GET /ok ") { "204 No Content" } else { "500 Oops" };
+                    let _ = s.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes()).await;
+                });
+            }
+        });
+        let mut hc = HealthCheck::default();
+        assert!(check_once(addr, &hc).await);
+        hc.kind = HealthCheckType::Http;
+        hc.endpoint = Some("/ok".into());
+        assert!(check_once(addr, &hc).await);
+        hc.endpoint = Some("/bad".into());
+        assert!(!check_once(addr, &hc).await);
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        assert!(!check_once(closed, &HealthCheck::default()).await);
+    }
+}

@@ -1,0 +1,58 @@
+use clap::Parser;
+use pier_controller::config::{Cli, Command};
+use pier_controller::Controller;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PIER_LOG")
+                .unwrap_or_else(|_| "info,bollard=warn,hyper=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::BuildStack => {
+            let docker = pier_controller::docker::connect().await?;
+            pier_controller::stack::build_stack(&docker, &cli.config.stack_image).await
+        }
+        Command::Serve => serve(cli.config).await,
+    }
+}
+
+async fn serve(config: pier_controller::Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let controller = Controller::start(config, shutdown.clone()).await?;
+    let api = format!("http://{}", controller.api_addr);
+    println!("pier-controller listening on {api}");
+    if let Some(r) = controller.router_addr {
+        println!("pier-router (built in) listening on http://{r}");
+    }
+    match &controller.new_token {
+        Some(t) => {
+            println!("Admin token written to {}", controller.token_file.display());
+            println!("Log in with:\n  pier login --api {api} --token {t}");
+        }
+        None => println!(
+            "Log in with:\n  pier login --api {api} --token $(cat {})",
+            controller.token_file.display()
+        ),
+    }
+    let sd = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down; instances keep running");
+        sd.cancel();
+    });
+    controller.run().await
+}

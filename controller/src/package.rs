@@ -1,0 +1,324 @@
+//! Package validation and repacking.
+//!
+//! An uploaded package is a gzipped tar from an untrusted client. Before anything stages it, every
+//! entry is checked: no absolute paths, no `..`, no symlink leading out of the app, no hardlinks,
+//! no device files or FIFOs, and a bound on the extracted size. The same pass writes a clean tar
+//! (entries under a prefix, owned by the stack's unprivileged user, modes normalised to at least
+//! 0600) that is what a staging container receives, so nothing unchecked ever reaches Docker.
+
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use flate2::read::GzDecoder;
+use pier_api::ErrorCode;
+
+use crate::error::{Error, Result};
+
+/// uid and gid of `vcap` in the stack image.
+pub const VCAP_UID: u64 = 2000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageSummary {
+    pub entries: u64,
+    pub extracted_bytes: u64,
+}
+
+fn refuse(message: String) -> Error {
+    Error::api(ErrorCode::InvalidPackage, message)
+}
+
+/// Normalises an entry path: relative, no `..`, no root. Returns `None` for the root itself.
+fn clean_path(raw: &Path) -> Result<Option<PathBuf>> {
+    let shown = raw.display();
+    let mut out = PathBuf::new();
+    for c in raw.components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                return Err(refuse(format!(
+                    "package entry {shown:?} contains '..'; paths must stay inside the app"
+                )))
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(refuse(format!(
+                    "package entry {shown:?} is an absolute path; paths must be relative to the app"
+                )))
+            }
+        }
+    }
+    Ok(if out.as_os_str().is_empty() { None } else { Some(out) })
+}
+
+/// True when a symlink at `entry` pointing to `target` stays inside the root.
+fn link_stays_inside(entry: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false;
+    }
+    let mut depth: i64 = entry.components().count() as i64 - 1;
+    for c in target.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
+}
+
+/// Checks a gzipped tar and writes a clean tar of it to `out` with every path under `prefix`.
+/// Pass `std::io::sink()` to only check.
+pub fn repack<R: Read, W: Write>(
+    gz: R,
+    out: W,
+    prefix: &str,
+    max_extracted: u64,
+) -> Result<PackageSummary> {
+    let mut archive = tar::Archive::new(GzDecoder::new(gz));
+    let mut builder = tar::Builder::new(out);
+    let mut summary = PackageSummary {
+        entries: 0,
+        extracted_bytes: 0,
+    };
+    let entries = archive
+        .entries()
+        .map_err(|e| refuse(format!("the package is not a gzipped tar: {e}")))?;
+    let prefix = Path::new(prefix);
+    if !prefix.as_os_str().is_empty() {
+        let mut h = dir_header();
+        builder.append_data(&mut h, prefix, std::io::empty())?;
+    }
+    // Docker creates missing parent directories as root; emit every parent so all are vcap's.
+    let mut dirs: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+    for entry in entries {
+        let mut entry =
+            entry.map_err(|e| refuse(format!("the package is not a valid gzipped tar: {e}")))?;
+        let raw = entry
+            .path()
+            .map_err(|e| refuse(format!("package entry has an unreadable path: {e}")))?
+            .into_owned();
+        let kind = entry.header().entry_type();
+        let shown = raw.display().to_string();
+        let Some(path) = clean_path(&raw)? else {
+            continue;
+        };
+        let dest = prefix.join(&path);
+        for parent in path.ancestors().skip(1).collect::<Vec<_>>().into_iter().rev() {
+            if !parent.as_os_str().is_empty() && dirs.insert(parent.to_path_buf()) {
+                let mut h = dir_header();
+                builder.append_data(&mut h, prefix.join(parent), std::io::empty())?;
+            }
+        }
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let size = entry.size();
+                summary.extracted_bytes += size;
+                if summary.extracted_bytes > max_extracted {
+                    return Err(Error::api(
+                        ErrorCode::PayloadTooLarge,
+                        format!(
+                            "the package extracts to more than {max_extracted} bytes (at entry {shown:?})"
+                        ),
+                    ));
+                }
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(size);
+                h.set_mode(mode | 0o600);
+                set_owner(&mut h);
+                h.set_mtime(entry.header().mtime().unwrap_or(0));
+                builder
+                    .append_data(&mut h, &dest, &mut entry)
+                    .map_err(|e| refuse(format!("package entry {shown:?} could not be read: {e}")))?;
+            }
+            tar::EntryType::Directory => {
+                if !dirs.insert(path.clone()) {
+                    continue;
+                }
+                let mut h = dir_header();
+                h.set_mode(mode | 0o700);
+                builder.append_data(&mut h, &dest, std::io::empty())?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(|e| refuse(format!("symlink {shown:?} has an unreadable target: {e}")))?
+                    .ok_or_else(|| refuse(format!("symlink {shown:?} has no target")))?
+                    .into_owned();
+                if !link_stays_inside(&path, &target) {
+                    return Err(refuse(format!(
+                        "symlink {shown:?} points outside the app (to {:?})",
+                        target.display().to_string()
+                    )));
+                }
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                h.set_mode(0o777);
+                set_owner(&mut h);
+                builder.append_link(&mut h, &dest, &target)?;
+            }
+            tar::EntryType::Link => {
+                return Err(refuse(format!(
+                    "package entry {shown:?} is a hardlink; hardlinks are not allowed"
+                )))
+            }
+            tar::EntryType::Char | tar::EntryType::Block => {
+                return Err(refuse(format!(
+                    "package entry {shown:?} is a device file; device files are not allowed"
+                )))
+            }
+            tar::EntryType::Fifo => {
+                return Err(refuse(format!(
+                    "package entry {shown:?} is a FIFO; special files are not allowed"
+                )))
+            }
+            // pax/GNU extension headers are consumed by the tar crate; anything else is unknown.
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => continue,
+            other => {
+                return Err(refuse(format!(
+                    "package entry {shown:?} has an unsupported type ({other:?})"
+                )))
+            }
+        }
+        summary.entries += 1;
+    }
+    builder.finish()?;
+    Ok(summary)
+}
+
+fn set_owner(h: &mut tar::Header) {
+    h.set_uid(VCAP_UID);
+    h.set_gid(VCAP_UID);
+}
+
+fn dir_header() -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_size(0);
+    h.set_mode(0o755);
+    set_owner(&mut h);
+    h
+}
+
+/// Validates a package file on disk.
+pub fn validate_file(path: &Path, max_extracted: u64) -> Result<PackageSummary> {
+    let f = std::fs::File::open(path)?;
+    repack(std::io::BufReader::new(f), std::io::sink(), "", max_extracted)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use flate2::write::GzEncoder;
+
+    /// Builds a gzipped tar with raw headers, so tests can write what a hostile client would.
+    pub fn raw_tar(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+        let mut tar_bytes = Vec::new();
+        for (path, kind, data, link) in entries {
+            let mut h = tar::Header::new_old();
+            // set_path refuses '..' and absolute paths, so write the name field by hand.
+            let name = path.as_bytes();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name);
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            if let Some(l) = link {
+                let l = l.as_bytes();
+                h.as_old_mut().linkname[..l.len()].copy_from_slice(l);
+            }
+            h.set_cksum();
+            tar_bytes.extend_from_slice(h.as_bytes());
+            tar_bytes.extend_from_slice(data);
+            let pad = (512 - data.len() % 512) % 512;
+            tar_bytes.extend(std::iter::repeat_n(0u8, pad));
+        }
+        tar_bytes.extend(std::iter::repeat_n(0u8, 1024));
+        let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar_bytes).unwrap();
+        gz.finish().unwrap()
+    }
+
+    fn check(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Result<PackageSummary> {
+        repack(&raw_tar(entries)[..], std::io::sink(), "app", 1 << 20)
+    }
+
+    use tar::EntryType as T;
+
+    #[test]
+    fn accepts_a_normal_app() {
+        let s = check(&[
+            ("app.py", T::Regular, b"print(1)", None),
+            ("static/", T::Directory, b"", None),
+            ("static/link", T::Symlink, b"", Some("../app.py")),
+            ("./x/./y.txt", T::Regular, b"y", None),
+        ])
+        .unwrap();
+        assert_eq!(s.entries, 4);
+        assert_eq!(s.extracted_bytes, 9);
+    }
+
+    fn refused(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)], needle: &str) {
+        let err = check(entries).unwrap_err().to_api();
+        assert!(err.message.contains(needle), "{:?} lacks {needle:?}", err.message);
+    }
+
+    #[test]
+    fn refuses_hostile_entries_naming_them() {
+        refused(&[("../evil", T::Regular, b"x", None)], "\"../evil\" contains '..'");
+        refused(&[("a/../../evil", T::Regular, b"x", None)], "a/../../evil");
+        refused(&[("/etc/passwd", T::Regular, b"x", None)], "\"/etc/passwd\" is an absolute path");
+        refused(&[("up", T::Symlink, b"", Some("../outside"))], "symlink \"up\" points outside");
+        refused(&[("abs", T::Symlink, b"", Some("/etc/shadow"))], "symlink \"abs\" points outside");
+        refused(&[("d/l", T::Symlink, b"", Some("../../x"))], "symlink \"d/l\"");
+        refused(&[("hard", T::Link, b"", Some("app.py"))], "\"hard\" is a hardlink");
+        refused(&[("dev", T::Char, b"", None)], "\"dev\" is a device file");
+        refused(&[("blk", T::Block, b"", None)], "\"blk\" is a device file");
+        refused(&[("fifo", T::Fifo, b"", None)], "\"fifo\" is a FIFO");
+    }
+
+    #[test]
+    fn refuses_garbage_and_bombs() {
+        let err = repack(&b"not a tarball"[..], std::io::sink(), "", 10).unwrap_err();
+        assert_eq!(err.to_api().code, ErrorCode::InvalidPackage);
+        let big = vec![0u8; 100];
+        let err = repack(
+            &raw_tar(&[("big", T::Regular, &big, None)])[..],
+            std::io::sink(),
+            "",
+            10,
+        )
+        .unwrap_err();
+        assert_eq!(err.to_api().code, ErrorCode::PayloadTooLarge);
+    }
+
+    #[test]
+    fn repacked_entries_are_owned_by_vcap_under_prefix() {
+        let mut out = Vec::new();
+        repack(
+            &raw_tar(&[("bin/run", T::Regular, b"#!/bin/sh", None)])[..],
+            &mut out,
+            "app",
+            1 << 20,
+        )
+        .unwrap();
+        let mut a = tar::Archive::new(&out[..]);
+        let names: Vec<_> = a
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                assert_eq!(e.header().uid().unwrap(), VCAP_UID);
+                e.path().unwrap().display().to_string()
+            })
+            .collect();
+        assert_eq!(names, vec!["app", "app/bin", "app/bin/run"]);
+    }
+}

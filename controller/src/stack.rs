@@ -1,0 +1,98 @@
+//! The stack image: Pier's base image, like Cloud Foundry's cflinuxfs4.
+//!
+//! No registry is reachable, so the controller builds it: `stack/build-rootfs.sh` (embedded in the
+//! binary) debootstraps Debian bookworm from the mirror the host's apt sources name and installs
+//! the runtimes the built-in buildpacks need; the root filesystem tar is then imported into Docker
+//! under a versioned tag. It is built once and reused; `pier-controller build-stack` rebuilds it.
+//! An operator can name any other image with `--stack-image`.
+
+use std::process::Stdio;
+
+use bollard::query_parameters::CreateImageOptionsBuilder;
+use bollard::Docker;
+use futures_util::StreamExt;
+
+/// Bump the suffix whenever the stack's contents change.
+pub const DEFAULT_STACK_IMAGE: &str = "pier-stack:bookworm-v1";
+
+const BUILD_SCRIPT: &str = include_str!("../../stack/build-rootfs.sh");
+
+pub async fn image_exists(docker: &Docker, image: &str) -> anyhow::Result<bool> {
+    match docker.inspect_image(image).await {
+        Ok(_) => Ok(true),
+        Err(e) if crate::docker::is_not_found(&e) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Makes sure the stack image exists, building it when it is missing and `build` allows.
+pub async fn ensure(docker: &Docker, image: &str, build: bool) -> anyhow::Result<()> {
+    if image_exists(docker, image).await? {
+        return Ok(());
+    }
+    if !build {
+        anyhow::bail!(
+            "the stack image {image} is missing; build it with `pier-controller build-stack`, \
+             or name an existing image with --stack-image"
+        );
+    }
+    if image != DEFAULT_STACK_IMAGE {
+        anyhow::bail!(
+            "the stack image {image} is missing and only {DEFAULT_STACK_IMAGE} can be built here; \
+             load {image} into Docker first"
+        );
+    }
+    build_stack(docker, image).await
+}
+
+/// Builds the root filesystem with debootstrap and imports it as `image`, printing progress.
+pub async fn build_stack(docker: &Docker, image: &str) -> anyhow::Result<()> {
+    let (repo, tag) = image
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("stack image {image:?} has no tag"))?;
+    let work = tempfile::Builder::new().prefix("pier-stack-").tempdir()?;
+    let script = work.path().join("build-rootfs.sh");
+    std::fs::write(&script, BUILD_SCRIPT)?;
+    let out = work.path().join("rootfs.tar");
+    eprintln!("-----> Building the stack image {image} (debootstrap; takes a few minutes, once)");
+    let started = std::time::Instant::now();
+    let status = tokio::process::Command::new("bash")
+        .arg(&script)
+        .arg(&out)
+        .stdin(Stdio::null())
+        .status()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot run bash for the stack build: {e}"))?;
+    if !status.success() {
+        anyhow::bail!(
+            "building the stack root filesystem failed ({status}); see the output above. \
+             It needs root, debootstrap and the Debian mirror in /etc/apt/sources.list"
+        );
+    }
+    eprintln!("-----> Importing the root filesystem into Docker as {image}");
+    let file = tokio::fs::File::open(&out).await?;
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, 1024 * 1024);
+    let opts = CreateImageOptionsBuilder::default()
+        .from_src("-")
+        .repo(repo)
+        .tag(tag)
+        .changes(vec![
+            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            "ENV LANG=C.UTF-8".into(),
+            "USER vcap".into(),
+            "WORKDIR /home/vcap".into(),
+        ])
+        .build();
+    let mut progress = docker.create_image(Some(opts), Some(bollard::body_try_stream(stream)), None);
+    while let Some(item) = progress.next().await {
+        item.map_err(|e| anyhow::anyhow!("docker import of the stack failed: {e}"))?;
+    }
+    if !image_exists(docker, image).await? {
+        anyhow::bail!("docker import finished but {image} is not there");
+    }
+    eprintln!(
+        "-----> Stack image {image} ready in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! Desired state in sled. Only the controller opens the database (sled locks its folder).
+//!
+//! Trees: `apps` (name → [`AppRecord`] JSON), `events` (app guid + time → [`AppEvent`]),
+//! `meta` (token hash, controller id). Every write is flushed before the API answers.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use pier_api::{
+    AppEvent, AppName, AppState, DropletInfo, HealthCheck, ProcessType, RouteSpec,
+};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::error::Result;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    pub instances: u32,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+    /// The user's command for this process (`-c`, manifest); overrides Procfile and buildpack.
+    pub command: Option<String>,
+    pub health_check: HealthCheck,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub name: AppName,
+    pub guid: String,
+    pub state: AppState,
+    pub package: Option<String>,
+    pub droplet: Option<DropletInfo>,
+    pub processes: BTreeMap<ProcessType, ProcessRecord>,
+    pub routes: Vec<RouteSpec>,
+    pub env: BTreeMap<String, String>,
+    pub buildpacks: Vec<String>,
+    /// Set while a staging runs; a controller that finds it set at start marks that staging failed.
+    #[serde(default)]
+    pub staging: Option<String>,
+    /// Packages and droplets the app no longer uses, deleted with it.
+    #[serde(default)]
+    pub old_blobs: Vec<String>,
+    /// Bumped by `restart`: a new value replaces every instance.
+    #[serde(default)]
+    pub restart_gen: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl AppRecord {
+    pub fn web(&self) -> Option<&ProcessRecord> {
+        self.processes.get(&ProcessType::web())
+    }
+
+    /// The command a process runs: the user's, else the Procfile's, else the buildpack's.
+    pub fn effective_command(&self, process: &ProcessType) -> Option<String> {
+        if let Some(c) = self.processes.get(process).and_then(|p| p.command.clone()) {
+            return Some(c);
+        }
+        self.droplet
+            .as_ref()
+            .and_then(|d| d.process_types.get(process.as_str()).cloned())
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    apps: sled::Tree,
+    events: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store> {
+        let db = sled::open(dir)?;
+        Ok(Store {
+            apps: db.open_tree("apps")?,
+            events: db.open_tree("events")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn get_app(&self, name: &AppName) -> Result<Option<AppRecord>> {
+        match self.apps.get(name.as_str())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn list_apps(&self) -> Result<Vec<AppRecord>> {
+        let mut out = Vec::new();
+        for item in self.apps.iter() {
+            let (_, v) = item?;
+            out.push(serde_json::from_slice(&v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn put_app(&self, app: &AppRecord) -> Result<()> {
+        self.apps
+            .insert(app.name.as_str(), serde_json::to_vec(app)?)?;
+        self.flush()
+    }
+
+    pub fn delete_app(&self, app: &AppRecord) -> Result<()> {
+        self.apps.remove(app.name.as_str())?;
+        let prefix = format!("{}/", app.guid);
+        for key in self.events.scan_prefix(prefix.as_bytes()).keys() {
+            self.events.remove(key?)?;
+        }
+        self.flush()
+    }
+
+    pub fn add_event(&self, app_guid: &str, kind: &str, message: &str, actor: &str) -> Result<()> {
+        let ev = AppEvent {
+            time: OffsetDateTime::now_utc(),
+            kind: kind.to_string(),
+            message: message.to_string(),
+            actor: actor.to_string(),
+        };
+        // Keys sort by time; the id breaks ties between events in the same nanosecond.
+        let id = self.db.generate_id()?;
+        let key = format!(
+            "{app_guid}/{:020}/{id:020}",
+            ev.time.unix_timestamp_nanos().max(0)
+        );
+        self.events.insert(key.as_bytes(), serde_json::to_vec(&ev)?)?;
+        self.flush()
+    }
+
+    /// Events of an app, newest first.
+    pub fn events(&self, app_guid: &str, limit: usize) -> Result<Vec<AppEvent>> {
+        let prefix = format!("{app_guid}/");
+        let mut out = Vec::new();
+        for item in self.events.scan_prefix(prefix.as_bytes()).rev().take(limit) {
+            let (_, v) = item?;
+            out.push(serde_json::from_slice(&v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
+    }
+
+    pub fn meta_put(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.meta.insert(key, value)?;
+        self.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(name: &str) -> AppRecord {
+        AppRecord {
+            name: name.parse().unwrap(),
+            guid: format!("guid-{name}"),
+            state: AppState::Stopped,
+            package: None,
+            droplet: None,
+            processes: BTreeMap::new(),
+            routes: vec![],
+            env: BTreeMap::new(),
+            buildpacks: vec![],
+            staging: None,
+            restart_gen: 0,
+            old_blobs: vec![],
+            created_at: OffsetDateTime::now_utc(),
+            updated_at: OffsetDateTime::now_utc(),
+        }
+    }
+
+    #[test]
+    fn apps_and_events_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.put_app(&app("a")).unwrap();
+            s.add_event("guid-a", "created", "one", "admin").unwrap();
+            s.add_event("guid-a", "staged", "two", "admin").unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.list_apps().unwrap().len(), 1);
+        let ev = s.events("guid-a", 10).unwrap();
+        assert_eq!(ev[0].kind, "staged", "newest first");
+        assert_eq!(ev[1].kind, "created");
+        s.delete_app(&app("a")).unwrap();
+        assert!(s.get_app(&"a".parse().unwrap()).unwrap().is_none());
+        assert!(s.events("guid-a", 10).unwrap().is_empty());
+    }
+}
