@@ -801,7 +801,8 @@ async fn start(
             host_port: Some(String::new()),
         }]),
     )]));
-    host.init = Some(false);
+    // tini as PID 1: apps that do not handle SIGTERM themselves still stop on it.
+    host.init = Some(true);
     let body = ContainerCreateBody {
         image: Some(ctx.config.stack_image.clone()),
         user: Some("vcap".into()),

@@ -1,0 +1,486 @@
+//! Test harness for end-to-end tests: starts the real `pier-controller` (and `pier-router`) binaries
+//! on free ports with a temporary data dir, runs the real `pier` binary against them, and removes
+//! every Docker object they made when the test ends, pass or fail.
+//!
+//! Every controller a test starts gets its own `--controller-id`, which labels every container and
+//! volume it creates (`pier.controller=<id>`); cleanup removes exactly those.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub use pier_api;
+
+/// Where cargo put the workspace's binaries (next to the `deps` folder the test runs from).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) })
+        .expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first with `cargo build --workspace --bins` \
+         (./scripts/test does this)",
+        path.display()
+    );
+    path
+}
+
+/// Fails the test, loudly, when Docker can't be reached.
+pub fn require_docker() {
+    let ok = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "Docker is not reachable, and these tests need it. Start it (`sudo systemctl start docker` \
+         or `sudo dockerd > /tmp/dockerd.log 2>&1 &`) and run the tests again."
+    );
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn docker() -> bollard::Docker {
+    bollard::Docker::connect_with_local_defaults().expect("docker client")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Containers labelled with a controller id: id → labels (running or not).
+pub fn containers(controller_id: &str) -> HashMap<String, HashMap<String, String>> {
+    runtime().block_on(async {
+        let docker = docker().negotiate_version().await.expect("docker");
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("pier.controller={controller_id}")],
+        )]);
+        let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        docker
+            .list_containers(Some(opts))
+            .await
+            .expect("list containers")
+            .into_iter()
+            .filter_map(|c| Some((c.id?, c.labels.unwrap_or_default())))
+            .collect()
+    })
+}
+
+/// Removes every container and volume labelled with the controller id.
+pub fn cleanup_docker(controller_id: &str) {
+    runtime().block_on(async {
+        let Ok(docker) = docker().negotiate_version().await else {
+            return;
+        };
+        let label = format!("pier.controller={controller_id}");
+        let filters = HashMap::from([("label".to_string(), vec![label.clone()])]);
+        let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        if let Ok(list) = docker.list_containers(Some(opts)).await {
+            for c in list {
+                if let Some(id) = c.id {
+                    let opts = bollard::query_parameters::RemoveContainerOptionsBuilder::default()
+                        .force(true)
+                        .v(true)
+                        .build();
+                    let _ = docker.remove_container(&id, Some(opts)).await;
+                }
+            }
+        }
+        let vopts = bollard::query_parameters::ListVolumesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        if let Ok(v) = docker.list_volumes(Some(vopts)).await {
+            for vol in v.volumes.unwrap_or_default() {
+                let _ = docker
+                    .remove_volume(
+                        &vol.name,
+                        Some(bollard::query_parameters::RemoveVolumeOptions { force: true }),
+                    )
+                    .await;
+            }
+        }
+    });
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    /// Everything it printed, line by line, as it prints.
+    pub lines: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn");
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Proc {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a printed line containing `needle` and returns it.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => panic!(
+                    "no line containing {needle:?} within {timeout:?}; output so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Options for [`Platform::start`].
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub max_package_bytes: Option<u64>,
+    pub crash_backoff_base_ms: Option<u64>,
+    /// Run the router as the standalone `pier-router` binary instead of the built-in one.
+    pub standalone_router: bool,
+}
+
+/// A controller (and router) started for one test, with its own data dir and Docker label.
+pub struct Platform {
+    pub controller_id: String,
+    pub data: tempfile::TempDir,
+    pub home: tempfile::TempDir,
+    pub api: String,
+    pub router: String,
+    pub token: String,
+    pub opts: Options,
+    pub controller: Option<Proc>,
+    pub router_proc: Option<Proc>,
+    api_port: u16,
+    router_port: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Platform {
+    pub fn start() -> Platform {
+        Self::start_with(Options::default())
+    }
+
+    pub fn start_with(opts: Options) -> Platform {
+        require_docker();
+        let controller_id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let data = tempfile::tempdir().expect("data dir");
+        let home = tempfile::tempdir().expect("pier home");
+        let mut p = Platform {
+            controller_id,
+            data,
+            home,
+            api: String::new(),
+            router: String::new(),
+            token: String::new(),
+            opts,
+            controller: None,
+            router_proc: None,
+            api_port: free_port(),
+            router_port: free_port(),
+        };
+        p.api = format!("http://127.0.0.1:{}", p.api_port);
+        p.router = format!("http://127.0.0.1:{}", p.router_port);
+        p.start_controller();
+        p.token = std::fs::read_to_string(p.data.path().join("admin-token"))
+            .expect("admin token file")
+            .trim()
+            .to_string();
+        if p.opts.standalone_router {
+            p.start_router();
+        }
+        p
+    }
+
+    /// Starts (or restarts) the controller on the same ports and data dir.
+    pub fn start_controller(&mut self) {
+        let mut cmd = Command::new(bin("pier-controller"));
+        cmd.arg("--data-dir")
+            .arg(self.data.path())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.api_port))
+            .arg("--controller-id")
+            .arg(&self.controller_id)
+            .arg("--build-stack")
+            .arg("false")
+            .env("PIER_LOG", "info,bollard=warn");
+        if self.opts.standalone_router {
+            cmd.arg("--router-listen")
+                .arg("none")
+                .arg("--router-url")
+                .arg(&self.router);
+        } else {
+            cmd.arg("--router-listen")
+                .arg(format!("127.0.0.1:{}", self.router_port));
+        }
+        if let Some(m) = self.opts.max_package_bytes {
+            cmd.arg("--max-package-bytes").arg(m.to_string());
+        }
+        if let Some(b) = self.opts.crash_backoff_base_ms {
+            cmd.arg("--crash-backoff-base-ms").arg(b.to_string());
+        }
+        let mut proc = Proc::spawn(cmd);
+        proc.wait_for_line("pier-controller listening on", Duration::from_secs(60));
+        self.controller = Some(proc);
+    }
+
+    pub fn start_router(&mut self) {
+        let mut cmd = Command::new(bin("pier-router"));
+        cmd.arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.router_port))
+            .arg("--controller")
+            .arg(&self.api)
+            .arg("--token")
+            .arg(&self.token);
+        let mut proc = Proc::spawn(cmd);
+        proc.wait_for_line("listening on", Duration::from_secs(30));
+        self.router_proc = Some(proc);
+    }
+
+    /// Runs the real `pier` binary with this platform's API and token in its environment.
+    pub fn pier(&self, args: &[&str], cwd: &Path) -> Output {
+        Command::new(bin("pier"))
+            .args(args)
+            .current_dir(cwd)
+            .env("PIER_HOME", self.home.path())
+            .env("PIER_API", &self.api)
+            .env("PIER_TOKEN", &self.token)
+            .env_remove("PIER_API_URL")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pier")
+    }
+
+    /// Like [`Platform::pier`], but panics with the output unless it succeeds.
+    pub fn pier_ok(&self, args: &[&str], cwd: &Path) -> String {
+        let out = self.pier(args, cwd);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "pier {args:?} failed:\n{text}");
+        text
+    }
+
+    /// GET through the router with a Host header; returns (status, body).
+    pub fn get_via_router(&self, host: &str, path: &str) -> (u16, String) {
+        http_get(&format!("{}{}", self.router, path), Some(host), None)
+    }
+
+    /// The app as the API reports it (`GET /v1/apps/NAME`), or None on 404.
+    pub fn app_json(&self, name: &str) -> Option<serde_json::Value> {
+        let (status, body) = http_get(&format!("{}/v1/apps/{name}", self.api), None, Some(&self.token));
+        match status {
+            200 => Some(serde_json::from_str(&body).expect("app json")),
+            404 => None,
+            s => panic!("GET app {name}: {s} {body}"),
+        }
+    }
+
+    pub fn containers(&self) -> HashMap<String, HashMap<String, String>> {
+        containers(&self.controller_id)
+    }
+
+    /// Instance containers of an app that are running, by id.
+    pub fn instance_ids(&self, app: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .containers()
+            .into_iter()
+            .filter(|(_, l)| {
+                l.get("pier.app").map(String::as_str) == Some(app)
+                    && l.get("pier.kind").map(String::as_str) == Some("instance")
+            })
+            .map(|(id, _)| id)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Blob files in the controller's store (packages and droplets).
+    pub fn blob_count(&self) -> usize {
+        fn count(p: &Path) -> usize {
+            std::fs::read_dir(p)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| if e.path().is_dir() { count(&e.path()) } else { 1 })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        count(&self.data.path().join("blobs")) + count(&self.data.path().join("tmp"))
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.router_proc.take();
+        self.controller.take();
+        cleanup_docker(&self.controller_id);
+    }
+}
+
+/// A bare-bones blocking HTTP client for tests (one request per connection, HTTP/1.1).
+pub fn http_request(
+    method: &str,
+    url: &str,
+    host: Option<&str>,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, HashMap<String, String>, String) {
+    runtime().block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .expect("client");
+        let mut req = client.request(method.parse().expect("method"), url);
+        if let Some(h) = host {
+            req = req.header("host", h);
+        }
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if !body.is_empty() {
+            req = req.body(body.to_vec());
+        }
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let headers = resp
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                    .collect();
+                let text = resp.text().await.unwrap_or_default();
+                (status, headers, text)
+            }
+            Err(e) => (0, HashMap::new(), format!("request failed: {e}")),
+        }
+    })
+}
+
+pub fn http_get(url: &str, host: Option<&str>, token: Option<&str>) -> (u16, String) {
+    let (s, _, b) = http_request("GET", url, host, token, &[], b"");
+    (s, b)
+}
+
+/// Copies an example app (or any folder) into a temp dir the test may change.
+pub fn copy_dir(src: &Path) -> tempfile::TempDir {
+    let dst = tempfile::tempdir().expect("temp dir");
+    fn go(src: &Path, dst: &Path) {
+        std::fs::create_dir_all(dst).expect("mkdir");
+        for e in std::fs::read_dir(src).expect("read dir").flatten() {
+            let p = e.path();
+            let t = dst.join(e.file_name());
+            if p.is_dir() {
+                go(&p, &t);
+            } else {
+                std::fs::copy(&p, &t).expect("copy");
+            }
+        }
+    }
+    go(src, dst.path());
+    dst
+}
+
+/// The repository's root (for `examples/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// POSTs `body` with chunked transfer encoding (no Content-Length); returns (status, body).
+pub fn post_chunked(url: &str, token: &str, body: Vec<u8>) -> (u16, String) {
+    runtime().block_on(async {
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+            body.chunks(1024).map(|c| Ok(c.to_vec())).collect();
+        let resp = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+            .send()
+            .await;
+        match resp {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(e) => (0, format!("request failed: {e}")),
+        }
+    })
+}
