@@ -1,0 +1,16 @@
+use anyhow::Result;
+use pier_api::BuildRequest;
+
+use crate::args::NameArg;
+
+/// Stages the app's current package again (new buildpacks, new env), then restarts it on the new
+/// droplet.
+pub async fn run(args: NameArg) -> Result<()> {
+    let client = super::connect()?;
+    let droplet = super::stage::run(&client, &args.name, &BuildRequest { package: None }).await?;
+    println!("Restarting {}...", args.name);
+    let app = client.action(&args.name, "restart").await?;
+    let app = super::wait::until_running(&client, app, &droplet.sha256).await?;
+    super::wait::print_running(&app);
+    Ok(())
+}

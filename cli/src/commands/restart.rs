@@ -1,0 +1,13 @@
+use anyhow::Result;
+
+use crate::args::NameArg;
+
+pub async fn run(args: NameArg) -> Result<()> {
+    let client = super::connect()?;
+    println!("Restarting {}...", args.name);
+    let app = client.action(&args.name, "restart").await?;
+    let droplet = super::wait::current_droplet(&app)?;
+    let app = super::wait::until_running(&client, app, &droplet).await?;
+    super::wait::print_running(&app);
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! Waiting for an app's instances after start, restart, restage or push.
+//!
+//! Done when as many web instances as desired run the expected droplet and are RUNNING (their
+//! health check passed). Failed when one of them crashes, or when the health check's start timeout
+//! plus a margin passes. Instances of an older droplet don't count either way: the controller is
+//! replacing them.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use pier_api::{AppResponse, AppState, InstanceState, InstanceStatus};
+
+use crate::client::Client;
+use crate::output::{self, Failure};
+
+const POLL: Duration = Duration::from_millis(250);
+/// Time beyond the health check's own timeout for the controller to create containers and report.
+const MARGIN: Duration = Duration::from_secs(15);
+
+/// The sha256 of the droplet the app runs, or an error saying it has never been staged.
+pub fn current_droplet(app: &AppResponse) -> Result<String> {
+    match &app.droplet {
+        Some(d) => Ok(d.sha256.clone()),
+        None => Err(
+            Failure::new(format!("{} has no droplet: it was never staged", app.name))
+                .hint(format!(
+                    "push it with `pier push {}`, or stage its package with `pier restage {}`",
+                    app.name, app.name
+                ))
+                .into(),
+        ),
+    }
+}
+
+/// Polls the app until it runs `droplet` on every desired web instance.
+pub async fn until_running(
+    client: &Client,
+    mut app: AppResponse,
+    droplet: &str,
+) -> Result<AppResponse> {
+    let Some(process) = output::main_process(&app).cloned() else {
+        return Ok(app);
+    };
+    let desired = process.instances as usize;
+    if desired == 0 {
+        return Ok(app);
+    }
+    let limit = Duration::from_secs(u64::from(process.health_check.timeout_secs)) + MARGIN;
+    let deadline = Instant::now() + limit;
+    let mut last_report = String::new();
+    loop {
+        if app.state == AppState::Stopped {
+            return Err(
+                Failure::new(format!("{} was stopped while it was starting", app.name)).into(),
+            );
+        }
+        let new: Vec<&InstanceStatus> = app
+            .instances
+            .iter()
+            .filter(|i| i.process == process.kind && i.droplet.as_deref() == Some(droplet))
+            .collect();
+        if let Some(bad) = new.iter().find(|i| crashed(i)) {
+            return Err(crash_failure(&app, bad));
+        }
+        let running = new
+            .iter()
+            .filter(|i| i.state == InstanceState::Running)
+            .count();
+        if running >= desired {
+            return Ok(app);
+        }
+        let report = format!("{running} of {desired} instances running");
+        if report != last_report {
+            eprintln!("Waiting for {}: {report}", app.name);
+            last_report = report;
+        }
+        if Instant::now() >= deadline {
+            return Err(timeout_failure(&app, &new, limit));
+        }
+        tokio::time::sleep(POLL).await;
+        app = client.app(&app.name).await?;
+    }
+}
+
+/// CRASHED, or restarted after a crash and not running again yet (crashes 1 and 2 restart at
+/// once, so the CRASHED state may never be seen between two polls).
+fn crashed(i: &InstanceStatus) -> bool {
+    i.state == InstanceState::Crashed || (i.crash_count > 0 && i.state != InstanceState::Running)
+}
+
+fn last_output(i: &InstanceStatus) -> Vec<String> {
+    if i.last_output.is_empty() {
+        return vec![format!("instance #{} printed nothing", i.index)];
+    }
+    let mut lines = vec![format!("last output of instance #{}:", i.index)];
+    lines.extend(i.last_output.iter().map(|l| format!("  {l}")));
+    lines
+}
+
+fn hint(app: &AppResponse) -> String {
+    format!(
+        "`pier logs {} --recent` shows more; check the start command (-c, the manifest's command \
+         or the Procfile) and that the app listens on $PORT",
+        app.name
+    )
+}
+
+fn crash_failure(app: &AppResponse, i: &InstanceStatus) -> anyhow::Error {
+    let reason = i.reason.as_deref().unwrap_or("it exited");
+    Failure::new(format!(
+        "instance #{} of {} crashed: {reason}",
+        i.index, app.name
+    ))
+    .details(last_output(i))
+    .hint(hint(app))
+    .into()
+}
+
+fn timeout_failure(app: &AppResponse, new: &[&InstanceStatus], limit: Duration) -> anyhow::Error {
+    let waiting: Vec<&&InstanceStatus> = new
+        .iter()
+        .filter(|i| i.state != InstanceState::Running)
+        .collect();
+    let Some(first) = waiting.first() else {
+        return Failure::new(format!(
+            "{} did not start its instances within {} s",
+            app.name,
+            limit.as_secs()
+        ))
+        .hint(format!(
+            "check the controller's log; `pier app {}` shows the app's state",
+            app.name
+        ))
+        .into();
+    };
+    let reason = first
+        .reason
+        .as_deref()
+        .unwrap_or("its health check never passed");
+    let mut details = Vec::new();
+    for i in &waiting {
+        details.extend(last_output(i));
+    }
+    Failure::new(format!(
+        "instance #{} of {} was not healthy within {} s ({}): {reason}",
+        first.index,
+        app.name,
+        limit.as_secs(),
+        first.state.as_str()
+    ))
+    .details(details)
+    .hint(hint(app))
+    .into()
+}
+
+/// The URLs and the instances, once an app runs.
+pub fn print_running(app: &AppResponse) {
+    let desired = output::main_process(app).map_or(0, |p| p.instances);
+    println!();
+    if desired == 0 {
+        println!("{} has 0 instances: none were started.", app.name);
+    } else {
+        println!("{} is running.", app.name);
+    }
+    match app.routes.as_slice() {
+        [] => println!("It has no routes."),
+        [one] => println!("url: {one}"),
+        many => {
+            println!("urls:");
+            for url in many {
+                println!("  {url}");
+            }
+        }
+    }
+    if !app.instances.is_empty() {
+        println!();
+        print!("{}", output::instance_table(&app.instances));
+    }
+}

@@ -1,0 +1,250 @@
+//! Where the controller is and the token to show it.
+//!
+//! Precedence, highest first, for every setting the CLI resolves:
+//!   1. flags (`pier login --api --token`; `pier push -i -m ...` for app settings)
+//!   2. the environment: `PIER_API`, `PIER_TOKEN`
+//!   3. `manifest.yml` (app settings only; it never names a controller)
+//!   4. the config file, `$PIER_HOME/config.json` (default `~/.pier/config.json`), written by `pier login`
+//!
+//! [`Settings`] holds the environment as values so tests build it directly instead of mutating the
+//! process environment.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::output::Failure;
+
+/// The contents of `config.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// The environment variables the CLI reads, captured once.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub pier_home: Option<OsString>,
+    pub home: Option<OsString>,
+    pub api: Option<String>,
+    pub token: Option<String>,
+}
+
+/// The controller to talk to, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub api: String,
+    pub token: Option<String>,
+}
+
+impl Settings {
+    pub fn from_env() -> Self {
+        let non_empty = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        Settings {
+            pier_home: std::env::var_os("PIER_HOME").filter(|v| !v.is_empty()),
+            home: std::env::var_os("HOME").filter(|v| !v.is_empty()),
+            api: non_empty("PIER_API"),
+            token: non_empty("PIER_TOKEN"),
+        }
+    }
+
+    /// `$PIER_HOME`, else `$HOME/.pier`.
+    pub fn pier_home(&self) -> Result<PathBuf> {
+        if let Some(dir) = &self.pier_home {
+            return Ok(PathBuf::from(dir));
+        }
+        match &self.home {
+            Some(home) => Ok(Path::new(home).join(".pier")),
+            None => Err(Failure::new("neither PIER_HOME nor HOME is set")
+                .hint("set PIER_HOME to the folder pier should keep its config in")
+                .into()),
+        }
+    }
+
+    pub fn config_path(&self) -> Result<PathBuf> {
+        Ok(self.pier_home()?.join("config.json"))
+    }
+
+    /// Env over the config file (flags are handled by the commands that take them).
+    pub fn target(&self) -> Result<Target> {
+        let file = load(&self.config_path()?)?;
+        let api = self.api.clone().or(file.api).ok_or_else(|| {
+            Failure::new("no Pier controller is configured").hint(
+                "run `pier login --api URL --token TOKEN` with the token pier-controller printed, \
+                 or set PIER_API and PIER_TOKEN",
+            )
+        })?;
+        Ok(Target {
+            api: normalize_api(&api)?,
+            token: self.token.clone().or(file.token),
+        })
+    }
+}
+
+/// Checks the URL and drops trailing slashes: `http://127.0.0.1:9000/` → `http://127.0.0.1:9000`.
+pub fn normalize_api(api: &str) -> Result<String> {
+    let trimmed = api.trim().trim_end_matches('/');
+    let url = reqwest::Url::parse(trimmed).map_err(|e| {
+        Failure::new(format!("invalid API URL {api:?}: {e}"))
+            .hint("give the controller's address with its scheme, like http://127.0.0.1:9000")
+    })?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(Failure::new(format!(
+            "invalid API URL {api:?}: the scheme must be http or https"
+        ))
+        .into());
+    }
+    if url.host_str().is_none() {
+        return Err(Failure::new(format!("invalid API URL {api:?}: it has no host")).into());
+    }
+    Ok(trimmed.to_string())
+}
+
+/// Reads the config file; a missing file is an empty config.
+pub fn load(path: &Path) -> Result<ConfigFile> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ConfigFile::default()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    serde_json::from_str(&text).map_err(|e| {
+        Failure::new(format!(
+            "{} is not a valid pier config: {e}",
+            path.display()
+        ))
+        .hint("run `pier login --api URL --token TOKEN` to write it again")
+        .into()
+    })
+}
+
+/// Writes the config file with mode 0600 in a directory with mode 0700, atomically (write a
+/// temporary file beside it, then rename), so a token never sits in a world-readable file.
+pub fn save(path: &Path, config: &ConfigFile) -> Result<()> {
+    let dir = path
+        .parent()
+        .context("the config path has no parent folder")?;
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let tmp = dir.join(".config.json.tmp");
+    let json = serde_json::to_vec_pretty(config).context("cannot encode the config")?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    // The mode above only applies when the file is created; make sure of it either way.
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot set the mode of {}", tmp.display()))?;
+    file.write_all(&json)
+        .and_then(|()| file.write_all(b"\n"))
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(home: &Path) -> Settings {
+        Settings {
+            pier_home: Some(home.join("pier").into_os_string()),
+            home: None,
+            api: None,
+            token: None,
+        }
+    }
+
+    #[test]
+    fn saved_config_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        let path = s.config_path().unwrap();
+        let config = ConfigFile {
+            api: Some("http://127.0.0.1:9000".into()),
+            token: Some("secret".into()),
+        };
+        save(&path, &config).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dir_mode = fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dir_mode, 0o700);
+        assert_eq!(load(&path).unwrap(), config);
+
+        // Saving over a file that somehow became world-readable makes it private again.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        save(&path, &config).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn env_overrides_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path());
+        save(
+            &s.config_path().unwrap(),
+            &ConfigFile {
+                api: Some("http://file:9000/".into()),
+                token: Some("file-token".into()),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            s.target().unwrap(),
+            Target {
+                api: "http://file:9000".into(),
+                token: Some("file-token".into())
+            }
+        );
+        s.token = Some("env-token".into());
+        assert_eq!(s.target().unwrap().token.as_deref(), Some("env-token"));
+        assert_eq!(s.target().unwrap().api, "http://file:9000");
+        s.api = Some("http://env:9000".into());
+        assert_eq!(s.target().unwrap().api, "http://env:9000");
+    }
+
+    #[test]
+    fn missing_config_says_how_to_log_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = settings(dir.path()).target().unwrap_err();
+        let failure = err.downcast_ref::<Failure>().unwrap();
+        assert!(failure.hint.as_deref().unwrap().contains("pier login"));
+    }
+
+    #[test]
+    fn pier_home_defaults_under_home() {
+        let s = Settings {
+            home: Some("/home/u".into()),
+            ..Settings::default()
+        };
+        assert_eq!(s.pier_home().unwrap(), Path::new("/home/u/.pier"));
+    }
+
+    #[test]
+    fn api_urls_are_checked() {
+        assert_eq!(normalize_api("http://h:1/").unwrap(), "http://h:1");
+        assert!(normalize_api("h:1").is_err());
+        assert!(normalize_api("ftp://h").is_err());
+    }
+}

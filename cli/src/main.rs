@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(pier::main_with_args());
+}
