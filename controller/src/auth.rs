@@ -76,7 +76,10 @@ mod tests {
         let first = ensure_token(&store, dir.path()).unwrap();
         let token = first.new_token.clone().unwrap();
         assert_eq!(token.len(), 5 + 64);
-        let mode = std::fs::metadata(&first.token_file).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&first.token_file)
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(check(&first.hash, &token));
         assert!(!check(&first.hash, "pier_wrong"));

@@ -58,12 +58,17 @@ impl BlobStore {
     }
 
     fn valid_sha(sha: &str) -> bool {
-        sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        sha.len() == 64
+            && sha
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
     }
 
     pub fn path(&self, sha: &str) -> Result<PathBuf> {
         if !Self::valid_sha(sha) {
-            return Err(Error::bad_request(format!("{sha:?} is not a sha256 digest")));
+            return Err(Error::bad_request(format!(
+                "{sha:?} is not a sha256 digest"
+            )));
         }
         Ok(self.root.join(&sha[..2]).join(sha))
     }
@@ -137,9 +142,7 @@ impl BlobStore {
             std::fs::create_dir_all(parent)?;
         }
         if !dest.exists() {
-            blob.file
-                .persist(&dest)
-                .map_err(|e| Error::Io(e.error))?;
+            blob.file.persist(&dest).map_err(|e| Error::Io(e.error))?;
         }
         Ok(blob.sha256)
     }
@@ -157,7 +160,9 @@ impl BlobStore {
 mod tests {
     use super::*;
 
-    fn chunks(parts: &[&'static [u8]]) -> impl Stream<Item = Result<&'static [u8], String>> + Unpin {
+    fn chunks(
+        parts: &[&'static [u8]],
+    ) -> impl Stream<Item = Result<&'static [u8], String>> + Unpin {
         futures_util::stream::iter(parts.iter().map(|p| Ok(*p)).collect::<Vec<_>>())
     }
 
@@ -177,11 +182,21 @@ mod tests {
         );
         let sha = store.commit(blob).unwrap();
         assert!(store.exists(&sha));
-        assert_eq!(std::fs::read(store.path(&sha).unwrap()).unwrap(), b"hello world");
+        assert_eq!(
+            std::fs::read(store.path(&sha).unwrap()).unwrap(),
+            b"hello world"
+        );
 
-        let err = store.write_stream(chunks(&[b"0123456789"]), 5).await.unwrap_err();
+        let err = store
+            .write_stream(chunks(&[b"0123456789"]), 5)
+            .await
+            .unwrap_err();
         assert!(matches!(err, WriteError::TooLarge { limit: 5 }));
-        assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 0, "temp removed");
+        assert_eq!(
+            std::fs::read_dir(store.tmp_dir()).unwrap().count(),
+            0,
+            "temp removed"
+        );
         assert!(store.path("../etc/passwd").is_err());
     }
 }

@@ -20,7 +20,11 @@ pub enum Command {
     /// Run the controller (the default).
     Serve,
     /// Build (or rebuild) the stack image and exit.
-    BuildStack,
+    BuildStack {
+        /// Only build it when it is not in Docker yet.
+        #[arg(long)]
+        if_missing: bool,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

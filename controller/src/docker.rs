@@ -35,7 +35,8 @@ pub mod labels {
 
 /// Connects to the local Docker engine and settles on an API version both sides speak.
 pub async fn connect() -> anyhow::Result<Docker> {
-    let hint = "is Docker running? Start it with `sudo systemctl start docker` or `sudo dockerd &`, \
+    let hint =
+        "is Docker running? Start it with `sudo systemctl start docker` or `sudo dockerd &`, \
                 or point DOCKER_HOST at it";
     let docker = Docker::connect_with_local_defaults()
         .map_err(|e| anyhow::anyhow!("cannot reach Docker: {e}; {hint}"))?;
@@ -124,7 +125,9 @@ pub async fn create(docker: &Docker, name: &str, body: ContainerCreateBody) -> R
 pub async fn upload_file(docker: &Docker, id: &str, dest: &str, tar_path: &Path) -> Result<()> {
     let file = tokio::fs::File::open(tar_path).await?;
     let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
-    let opts = UploadToContainerOptionsBuilder::default().path(dest).build();
+    let opts = UploadToContainerOptionsBuilder::default()
+        .path(dest)
+        .build();
     docker
         .upload_to_container(id, Some(opts), bollard::body_try_stream(stream))
         .await?;
@@ -137,7 +140,9 @@ pub fn download(
     id: &str,
     path: &str,
 ) -> impl Stream<Item = std::result::Result<bytes::Bytes, bollard::errors::Error>> {
-    let opts = DownloadFromContainerOptionsBuilder::default().path(path).build();
+    let opts = DownloadFromContainerOptionsBuilder::default()
+        .path(path)
+        .build();
     docker.download_from_container(id, Some(opts))
 }
 
@@ -150,7 +155,10 @@ pub async fn start(docker: &Docker, id: &str) -> Result<()> {
 
 pub async fn inspect(docker: &Docker, id: &str) -> Result<Option<ContainerInspectResponse>> {
     match docker
-        .inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>)
+        .inspect_container(
+            id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
         .await
     {
         Ok(i) => Ok(Some(i)),

@@ -40,7 +40,10 @@ impl Error {
             Error::Api(e) => e.clone(),
             other => ApiError::new(
                 ErrorCode::Internal,
-                format!("internal error in the controller ({}); see its log", other.kind()),
+                format!(
+                    "internal error in the controller ({}); see its log",
+                    other.kind()
+                ),
             ),
         }
     }

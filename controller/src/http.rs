@@ -199,7 +199,9 @@ fn validate_config(ctx: &Ctx, req: &AppConfigRequest) -> Result<()> {
                 )));
             }
             if v.contains('\0') {
-                return Err(Error::bad_request(format!("env var {k} contains a NUL byte")));
+                return Err(Error::bad_request(format!(
+                    "env var {k} contains a NUL byte"
+                )));
             }
         }
     }
@@ -257,7 +259,11 @@ fn check_routes_free(ctx: &Ctx, app_guid: &str, routes: &[RouteSpec]) -> Result<
     Ok(())
 }
 
-async fn put_app(State(ctx): S, Path(name): Path<String>, body: Bytes) -> Result<Json<AppResponse>> {
+async fn put_app(
+    State(ctx): S,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<AppResponse>> {
     let name = parse_name(&name)?;
     let req: AppConfigRequest = json_body(&body)?;
     validate_config(&ctx, &req)?;
@@ -311,7 +317,11 @@ async fn put_app(State(ctx): S, Path(name): Path<String>, body: Bytes) -> Result
         web.disk_mb = d;
     }
     if let Some(c) = &req.command {
-        web.command = if c.trim().is_empty() { None } else { Some(c.clone()) };
+        web.command = if c.trim().is_empty() {
+            None
+        } else {
+            Some(c.clone())
+        };
     }
     if let Some(hc) = &req.health_check {
         web.health_check = hc.clone();
@@ -339,9 +349,7 @@ async fn put_app(State(ctx): S, Path(name): Path<String>, body: Bytes) -> Result
             } else {
                 format!("{}.{}", name, ctx.config.domain)
             };
-            let default: RouteSpec = host
-                .parse()
-                .map_err(|e: String| Error::bad_request(e))?;
+            let default: RouteSpec = host.parse().map_err(|e: String| Error::bad_request(e))?;
             wanted.push(default);
         }
         check_routes_free(&ctx, &app.guid, &wanted)?;
@@ -442,7 +450,10 @@ async fn build(State(ctx): S, Path(name): Path<String>, body: Bytes) -> Result<R
     let guard = lock.clone().try_lock_owned().map_err(|_| {
         Error::api(
             ErrorCode::Conflict,
-            format!("another operation on app {} is in progress; try again when it ends", app.name),
+            format!(
+                "another operation on app {} is in progress; try again when it ends",
+                app.name
+            ),
         )
     })?;
     // Re-read under the lock.
@@ -499,7 +510,11 @@ async fn build(State(ctx): S, Path(name): Path<String>, body: Bytes) -> Result<R
                     }
                 }
                 latest.updated_at = OffsetDateTime::now_utc();
-                ctx.event(&latest, "staged", &format!("staged with buildpack {}", droplet.buildpack));
+                ctx.event(
+                    &latest,
+                    "staged",
+                    &format!("staged with buildpack {}", droplet.buildpack),
+                );
                 BuildEvent::Done(droplet)
             }
             Err(e) => {
@@ -521,10 +536,10 @@ async fn build(State(ctx): S, Path(name): Path<String>, body: Bytes) -> Result<R
         line.push(b'\n');
         Ok::<_, Infallible>(Bytes::from(line))
     });
-    Ok(Response::builder()
+    Response::builder()
         .header(http::header::CONTENT_TYPE, "application/x-ndjson")
         .body(Body::from_stream(stream))
-        .map_err(|e| Error::Other(e.to_string()))?)
+        .map_err(|e| Error::Other(e.to_string()))
 }
 
 async fn action(
@@ -558,7 +573,11 @@ async fn action(
     }
     app.updated_at = OffsetDateTime::now_utc();
     ctx.store.put_app(&app)?;
-    ctx.event(&app, &format!("{action}ed").replace("stoped", "stopped"), &format!("app {action}"));
+    ctx.event(
+        &app,
+        &format!("{action}ed").replace("stoped", "stopped"),
+        &format!("app {action}"),
+    );
     crate::instances::reconcile_once(&ctx, &ctx.shutdown).await?;
     Ok(Json(app_response(&ctx, &app)))
 }

@@ -99,7 +99,9 @@ pub fn desired_slots(apps: &[AppRecord]) -> BTreeMap<SlotKey, InstanceSpec> {
         if app.state != AppState::Started {
             continue;
         }
-        let Some(droplet) = &app.droplet else { continue };
+        let Some(droplet) = &app.droplet else {
+            continue;
+        };
         for (process, p) in &app.processes {
             let Some(command) = app.effective_command(process) else {
                 continue;
@@ -183,7 +185,12 @@ impl Instances {
         let mut out: Vec<_> = views
             .iter()
             .filter(|(k, _)| k.app_guid == app_guid)
-            .filter_map(|(_, v)| v.pending.as_ref().or(v.current.as_ref()).map(|l| l.status.clone()))
+            .filter_map(|(_, v)| {
+                v.pending
+                    .as_ref()
+                    .or(v.current.as_ref())
+                    .map(|l| l.status.clone())
+            })
             .collect();
         out.sort_by(|a, b| (&a.process, a.index).cmp(&(&b.process, b.index)));
         out
@@ -248,7 +255,9 @@ impl Instances {
                 .filter(|k| k.app_guid == app_guid)
                 .cloned()
                 .collect();
-            keys.into_iter().filter_map(|k| stopping.remove(&k)).collect()
+            keys.into_iter()
+                .filter_map(|k| stopping.remove(&k))
+                .collect()
         };
         for h in handles {
             let _ = h.await;
@@ -302,7 +311,11 @@ pub async fn reconcile_once(ctx: &Arc<Ctx>, shutdown: &CancellationToken) -> Res
     let mut by_slot: HashMap<SlotKey, Vec<Managed>> = HashMap::new();
     let mut orphans = Vec::new();
     {
-        let mut slots = ctx.instances.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slots = ctx
+            .instances
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for c in &containers {
             match slot_of(c) {
                 Some(key) => {
@@ -316,9 +329,12 @@ pub async fn reconcile_once(ctx: &Arc<Ctx>, shutdown: &CancellationToken) -> Res
                 }
                 None => {
                     let staging = c.label(labels::KIND) == Some("staging");
-                    let active = c
-                        .label(labels::APP_GUID)
-                        .is_some_and(|g| ctx.active_stagings.lock().unwrap_or_else(|e| e.into_inner()).contains(g));
+                    let active = c.label(labels::APP_GUID).is_some_and(|g| {
+                        ctx.active_stagings
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .contains(g)
+                    });
                     if !staging || !active {
                         orphans.push(c.clone());
                     }
@@ -326,7 +342,11 @@ pub async fn reconcile_once(ctx: &Arc<Ctx>, shutdown: &CancellationToken) -> Res
             }
         }
         // Slots no longer desired: their supervisors drain and stop their containers.
-        let gone: Vec<SlotKey> = slots.keys().filter(|k| !desired.contains_key(k)).cloned().collect();
+        let gone: Vec<SlotKey> = slots
+            .keys()
+            .filter(|k| !desired.contains_key(k))
+            .cloned()
+            .collect();
         for key in gone {
             if let Some(h) = slots.remove(&key) {
                 h.cancel.cancel();
@@ -388,7 +408,10 @@ struct Running {
 
 enum StartOutcome {
     Started(Running),
-    Failed { reason: String, last_output: Vec<String> },
+    Failed {
+        reason: String,
+        last_output: Vec<String>,
+    },
     Cancelled,
 }
 
@@ -398,7 +421,13 @@ struct Crashes {
     last_output: Vec<String>,
 }
 
-fn status(key: &SlotKey, state: InstanceState, r: Option<&Running>, droplet: &str, c: &Crashes) -> InstanceStatus {
+fn status(
+    key: &SlotKey,
+    state: InstanceState,
+    r: Option<&Running>,
+    droplet: &str,
+    c: &Crashes,
+) -> InstanceStatus {
     InstanceStatus {
         process: key.process.clone(),
         index: key.index,
@@ -464,20 +493,45 @@ async fn supervise(
                     }
                     restart_at = None;
                 }
-                match start(&ctx, &key, &spec, &hash, &cancel, &shutdown, false, &crashes).await {
+                match start(
+                    &ctx, &key, &spec, &hash, &cancel, &shutdown, false, &crashes,
+                )
+                .await
+                {
                     StartOutcome::Started(r) => {
                         ctx.instances.set_view(&key, |v| {
                             v.current = Some(Live {
-                                status: status(&key, InstanceState::Running, Some(&r), &r.droplet, &crashes),
+                                status: status(
+                                    &key,
+                                    InstanceState::Running,
+                                    Some(&r),
+                                    &r.droplet,
+                                    &crashes,
+                                ),
                                 addr: r.addr,
                             })
                         });
-                        cell(&ctx, &key, &format!("Instance {} is running and healthy", key.index));
+                        cell(
+                            &ctx,
+                            &key,
+                            &format!("Instance {} is running and healthy", key.index),
+                        );
                         current = Some(r);
                         let _ = publish_routes(&ctx);
                     }
-                    StartOutcome::Failed { reason, last_output } => {
-                        match record_crash(&ctx, &key, &spec, &mut crashes, reason, last_output, None) {
+                    StartOutcome::Failed {
+                        reason,
+                        last_output,
+                    } => {
+                        match record_crash(
+                            &ctx,
+                            &key,
+                            &spec,
+                            &mut crashes,
+                            reason,
+                            last_output,
+                            None,
+                        ) {
                             Some(wait) => restart_at = Some(tokio::time::Instant::now() + wait),
                             None => {
                                 // Out of restarts: wait for a new spec or the end.
@@ -500,13 +554,24 @@ async fn supervise(
             Some(r) => {
                 if r.spec_hash != hash && failed_hash.as_deref() != Some(hash.as_str()) {
                     // Replace: start the new one beside the old, swap once healthy.
-                    match start(&ctx, &key, &spec, &hash, &cancel, &shutdown, true, &crashes).await {
+                    match start(&ctx, &key, &spec, &hash, &cancel, &shutdown, true, &crashes).await
+                    {
                         StartOutcome::Started(new) => {
-                            crashes = Crashes { count: 0, reason: None, last_output: vec![] };
+                            crashes = Crashes {
+                                count: 0,
+                                reason: None,
+                                last_output: vec![],
+                            };
                             ctx.instances.set_view(&key, |v| {
                                 v.pending = None;
                                 v.current = Some(Live {
-                                    status: status(&key, InstanceState::Running, Some(&new), &new.droplet, &crashes),
+                                    status: status(
+                                        &key,
+                                        InstanceState::Running,
+                                        Some(&new),
+                                        &new.droplet,
+                                        &crashes,
+                                    ),
                                     addr: new.addr,
                                 });
                             });
@@ -515,7 +580,10 @@ async fn supervise(
                             failed_hash = None;
                             drain(&ctx, &key, &r).await;
                         }
-                        StartOutcome::Failed { reason, last_output } => {
+                        StartOutcome::Failed {
+                            reason,
+                            last_output,
+                        } => {
                             ctx.instances.set_view(&key, |v| {
                                 v.pending = Some(Live {
                                     status: InstanceStatus {
@@ -524,7 +592,13 @@ async fn supervise(
                                         last_output: last_output.clone(),
                                         crash_count: 1,
                                         droplet: Some(spec.droplet.clone()),
-                                        ..status(&key, InstanceState::Crashed, None, &spec.droplet, &crashes)
+                                        ..status(
+                                            &key,
+                                            InstanceState::Crashed,
+                                            None,
+                                            &spec.droplet,
+                                            &crashes,
+                                        )
                                     },
                                     addr: None,
                                 });
@@ -635,7 +709,7 @@ fn record_crash(
 
 /// Takes over containers left by an earlier controller for this slot: keeps one running instance
 /// (preferring one with the current spec), removes the rest.
-async fn adopt(ctx: &Ctx, key: &SlotKey, mut existing: Vec<Managed>) -> Option<Running> {
+async fn adopt(ctx: &Arc<Ctx>, key: &SlotKey, mut existing: Vec<Managed>) -> Option<Running> {
     existing.sort_by_key(|c| std::cmp::Reverse((c.running, c.created)));
     let mut kept = None;
     for c in existing {
@@ -646,9 +720,19 @@ async fn adopt(ctx: &Ctx, key: &SlotKey, mut existing: Vec<Managed>) -> Option<R
                         .state
                         .as_ref()
                         .and_then(|s| s.started_at.as_deref())
-                        .and_then(|s| OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok())
+                        .and_then(|s| {
+                            OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                                .ok()
+                        })
                         .unwrap_or_else(OffsetDateTime::now_utc);
                     tracing::info!(container = %c.id, slot = ?key, "adopted running instance");
+                    crate::logs::follow_instance(
+                        ctx.clone(),
+                        key.app_guid.clone(),
+                        crate::logs::app_source(&key.process, key.index),
+                        c.id.clone(),
+                        true,
+                    );
                     kept = Some(Running {
                         id: c.id.clone(),
                         instance_id: c.label(labels::INSTANCE).unwrap_or_default().to_string(),
@@ -829,7 +913,11 @@ async fn start(
         });
     };
     set_starting(None);
-    cell(ctx, key, &format!("Creating instance {} ({})", key.index, &instance_id[..8]));
+    cell(
+        ctx,
+        key,
+        &format!("Creating instance {} ({})", key.index, &instance_id[..8]),
+    );
 
     let created = async {
         let id = docker::create(&ctx.docker, &name, body).await?;
@@ -854,7 +942,10 @@ async fn start(
         Err(e) => {
             tracing::error!(error = %e, "could not create an instance container");
             return StartOutcome::Failed {
-                reason: format!("the platform could not start the container: {}", e.to_api().message),
+                reason: format!(
+                    "the platform could not start the container: {}",
+                    e.to_api().message
+                ),
                 last_output: vec![],
             };
         }
@@ -871,7 +962,11 @@ async fn start(
         since: OffsetDateTime::now_utc(),
     };
     set_starting(Some(&running));
-    cell(ctx, key, &format!("Started container for instance {}", key.index));
+    cell(
+        ctx,
+        key,
+        &format!("Started container for instance {}", key.index),
+    );
 
     let hc = &spec.health_check;
     let timeout = Duration::from_secs(u64::from(hc.timeout_secs.clamp(1, 180)));
@@ -985,7 +1080,11 @@ mod tests {
         assert_eq!(restart_delay(4, base), Some(Duration::from_secs(60)));
         assert_eq!(restart_delay(5, base), Some(Duration::from_secs(120)));
         assert_eq!(restart_delay(8, base), Some(Duration::from_secs(960)));
-        assert_eq!(restart_delay(9, base), Some(Duration::from_secs(960)), "16 min cap");
+        assert_eq!(
+            restart_delay(9, base),
+            Some(Duration::from_secs(960)),
+            "16 min cap"
+        );
         assert_eq!(restart_delay(199, base), Some(Duration::from_secs(960)));
         assert_eq!(restart_delay(200, base), None);
     }
@@ -1001,8 +1100,16 @@ mod tests {
                     let mut buf = [0u8; 1024];
                     let n = s.read(&mut buf).await.unwrap_or(0);
                     let req = String::from_utf8_lossy(&buf[..n]).to_string();
-                    let status = if req.starts_with("GET /ok ") { "204 No Content" } else { "500 Oops" };
-                    let _ = s.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes()).await;
+                    let status = if req.starts_with("GET /ok ") {
+                        "204 No Content"
+                    } else {
+                        "500 Oops"
+                    };
+                    let _ = s
+                        .write_all(
+                            format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes(),
+                        )
+                        .await;
                 });
             }
         });

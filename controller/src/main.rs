@@ -14,9 +14,14 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
-        Command::BuildStack => {
+        Command::BuildStack { if_missing } => {
             let docker = pier_controller::docker::connect().await?;
-            pier_controller::stack::build_stack(&docker, &cli.config.stack_image).await
+            let image = &cli.config.stack_image;
+            if if_missing && pier_controller::stack::image_exists(&docker, image).await? {
+                println!("stack image {image} is already there");
+                return Ok(());
+            }
+            pier_controller::stack::build_stack(&docker, image).await
         }
         Command::Serve => serve(cli.config).await,
     }
@@ -42,11 +47,11 @@ async fn serve(config: pier_controller::Config) -> anyhow::Result<()> {
     }
     let sd = shutdown.clone();
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            Ok(s) => s,
-            Err(_) => return,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

@@ -47,7 +47,11 @@ fn clean_path(raw: &Path) -> Result<Option<PathBuf>> {
             }
         }
     }
-    Ok(if out.as_os_str().is_empty() { None } else { Some(out) })
+    Ok(if out.as_os_str().is_empty() {
+        None
+    } else {
+        Some(out)
+    })
 }
 
 /// True when a symlink at `entry` pointing to `target` stays inside the root.
@@ -109,7 +113,13 @@ pub fn repack<R: Read, W: Write>(
             continue;
         };
         let dest = prefix.join(&path);
-        for parent in path.ancestors().skip(1).collect::<Vec<_>>().into_iter().rev() {
+        for parent in path
+            .ancestors()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
             if !parent.as_os_str().is_empty() && dirs.insert(parent.to_path_buf()) {
                 let mut h = dir_header();
                 builder.append_data(&mut h, prefix.join(parent), std::io::empty())?;
@@ -136,7 +146,9 @@ pub fn repack<R: Read, W: Write>(
                 h.set_mtime(entry.header().mtime().unwrap_or(0));
                 builder
                     .append_data(&mut h, &dest, &mut entry)
-                    .map_err(|e| refuse(format!("package entry {shown:?} could not be read: {e}")))?;
+                    .map_err(|e| {
+                        refuse(format!("package entry {shown:?} could not be read: {e}"))
+                    })?;
             }
             tar::EntryType::Directory => {
                 if !dirs.insert(path.clone()) {
@@ -149,7 +161,9 @@ pub fn repack<R: Read, W: Write>(
             tar::EntryType::Symlink => {
                 let target = entry
                     .link_name()
-                    .map_err(|e| refuse(format!("symlink {shown:?} has an unreadable target: {e}")))?
+                    .map_err(|e| {
+                        refuse(format!("symlink {shown:?} has an unreadable target: {e}"))
+                    })?
                     .ok_or_else(|| refuse(format!("symlink {shown:?} has no target")))?
                     .into_owned();
                 if !link_stays_inside(&path, &target) {
@@ -211,7 +225,12 @@ fn dir_header() -> tar::Header {
 /// Validates a package file on disk.
 pub fn validate_file(path: &Path, max_extracted: u64) -> Result<PackageSummary> {
     let f = std::fs::File::open(path)?;
-    repack(std::io::BufReader::new(f), std::io::sink(), "", max_extracted)
+    repack(
+        std::io::BufReader::new(f),
+        std::io::sink(),
+        "",
+        max_extracted,
+    )
 }
 
 #[cfg(test)]
@@ -267,18 +286,40 @@ pub(crate) mod tests {
 
     fn refused(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)], needle: &str) {
         let err = check(entries).unwrap_err().to_api();
-        assert!(err.message.contains(needle), "{:?} lacks {needle:?}", err.message);
+        assert!(
+            err.message.contains(needle),
+            "{:?} lacks {needle:?}",
+            err.message
+        );
     }
 
     #[test]
     fn refuses_hostile_entries_naming_them() {
-        refused(&[("../evil", T::Regular, b"x", None)], "\"../evil\" contains '..'");
+        refused(
+            &[("../evil", T::Regular, b"x", None)],
+            "\"../evil\" contains '..'",
+        );
         refused(&[("a/../../evil", T::Regular, b"x", None)], "a/../../evil");
-        refused(&[("/etc/passwd", T::Regular, b"x", None)], "\"/etc/passwd\" is an absolute path");
-        refused(&[("up", T::Symlink, b"", Some("../outside"))], "symlink \"up\" points outside");
-        refused(&[("abs", T::Symlink, b"", Some("/etc/shadow"))], "symlink \"abs\" points outside");
-        refused(&[("d/l", T::Symlink, b"", Some("../../x"))], "symlink \"d/l\"");
-        refused(&[("hard", T::Link, b"", Some("app.py"))], "\"hard\" is a hardlink");
+        refused(
+            &[("/etc/passwd", T::Regular, b"x", None)],
+            "\"/etc/passwd\" is an absolute path",
+        );
+        refused(
+            &[("up", T::Symlink, b"", Some("../outside"))],
+            "symlink \"up\" points outside",
+        );
+        refused(
+            &[("abs", T::Symlink, b"", Some("/etc/shadow"))],
+            "symlink \"abs\" points outside",
+        );
+        refused(
+            &[("d/l", T::Symlink, b"", Some("../../x"))],
+            "symlink \"d/l\"",
+        );
+        refused(
+            &[("hard", T::Link, b"", Some("app.py"))],
+            "\"hard\" is a hardlink",
+        );
         refused(&[("dev", T::Char, b"", None)], "\"dev\" is a device file");
         refused(&[("blk", T::Block, b"", None)], "\"blk\" is a device file");
         refused(&[("fifo", T::Fifo, b"", None)], "\"fifo\" is a FIFO");

@@ -86,7 +86,10 @@ mod tests {
         assert!(r.current().is_none());
         assert_eq!(r.publish(vec![entry("a.localhost")]), 1);
         assert_eq!(r.publish(vec![entry("a.localhost")]), 1);
-        assert_eq!(r.publish(vec![entry("b.localhost"), entry("a.localhost")]), 2);
+        assert_eq!(
+            r.publish(vec![entry("b.localhost"), entry("a.localhost")]),
+            2
+        );
         assert_eq!(r.current().unwrap().routes[0].host, "a.localhost");
     }
 }

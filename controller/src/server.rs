@@ -88,9 +88,8 @@ impl Controller {
     /// Prepares everything and binds the listeners; nothing is served until [`Controller::run`].
     pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Controller> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!("cannot create the data dir {}", config.data_dir.display())
-        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
         let mut config = config;
         config.data_dir = config.data_dir.canonicalize()?;
         let store = Store::open(&config.data_dir.join("db")).with_context(|| {
@@ -187,7 +186,10 @@ impl Controller {
             tracing::warn!(error = %e, "first reconcile pass failed; retrying in the loop");
         }
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(crate::instances::run_reconciler(ctx.clone(), shutdown.clone()));
+        tasks.spawn(crate::instances::run_reconciler(
+            ctx.clone(),
+            shutdown.clone(),
+        ));
         if let Some(listener) = self.router_listener.take() {
             let rx = ctx.routing.subscribe();
             let opts = pier_router::ProxyOptions::default();

@@ -83,7 +83,8 @@ pub async fn build_stack(docker: &Docker, image: &str) -> anyhow::Result<()> {
             "WORKDIR /home/vcap".into(),
         ])
         .build();
-    let mut progress = docker.create_image(Some(opts), Some(bollard::body_try_stream(stream)), None);
+    let mut progress =
+        docker.create_image(Some(opts), Some(bollard::body_try_stream(stream)), None);
     while let Some(item) = progress.next().await {
         item.map_err(|e| anyhow::anyhow!("docker import of the stack failed: {e}"))?;
     }

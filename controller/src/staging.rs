@@ -112,10 +112,13 @@ struct Output {
 
 impl Output {
     async fn line(&self, stream: LogStream, text: &str) {
-        let line = self
-            .ctx
-            .logs
-            .publish(&self.app_guid, "STG/0", stream, text, OffsetDateTime::now_utc());
+        let line = self.ctx.logs.publish(
+            &self.app_guid,
+            "STG/0",
+            stream,
+            text,
+            OffsetDateTime::now_utc(),
+        );
         // The CLI may have gone away; staging goes on regardless.
         let _ = self.tx.send(pier_api::BuildEvent::Log(line)).await;
     }
@@ -147,7 +150,11 @@ pub async fn stage(
             .map_err(|e| Error::Other(format!("staging input task failed: {e}")))??;
     }
 
-    let name = format!("pier-stage-{}-{}", app.name, &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let name = format!(
+        "pier-stage-{}-{}",
+        app.name,
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let volume = cache_volume(&app.guid);
     let mut lbls = HashMap::from([
         (labels::CONTROLLER.to_string(), ctx.controller_id.clone()),
@@ -237,28 +244,37 @@ async fn run_container(
                 buf.push_str(&String::from_utf8_lossy(&bytes));
                 while let Some(i) = buf.find('\n') {
                     let line: String = buf.drain(..=i).collect();
-                    let stream = if is_err { LogStream::Err } else { LogStream::Out };
+                    let stream = if is_err {
+                        LogStream::Err
+                    } else {
+                        LogStream::Out
+                    };
                     out.line(stream, line.trim_end_matches(['\n', '\r'])).await;
                 }
             }
             for (is_err, rest) in partial {
                 if !rest.is_empty() {
-                    let stream = if is_err { LogStream::Err } else { LogStream::Out };
+                    let stream = if is_err {
+                        LogStream::Err
+                    } else {
+                        LogStream::Out
+                    };
                     out.line(stream, &rest).await;
                 }
             }
         }
     };
     let wait = async {
-        let mut w = ctx.docker.wait_container(
-            id,
-            None::<bollard::query_parameters::WaitContainerOptions>,
-        );
+        let mut w = ctx
+            .docker
+            .wait_container(id, None::<bollard::query_parameters::WaitContainerOptions>);
         match w.next().await {
             Some(Ok(r)) => Ok(r.status_code),
             Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
             Some(Err(e)) => Err(Error::from(e)),
-            None => Err(Error::Other("staging container wait ended without a status".into())),
+            None => Err(Error::Other(
+                "staging container wait ended without a status".into(),
+            )),
         }
     };
     let timeout = ctx.config.staging_timeout();
@@ -289,9 +305,7 @@ async fn run_container(
         223 | 224 => {
             return Err(Error::api(
                 ErrorCode::StagingFailed,
-                format!(
-                    "the buildpack failed (staging exit status {code}); see its output above"
-                ),
+                format!("the buildpack failed (staging exit status {code}); see its output above"),
             ))
         }
         137 => {
@@ -346,7 +360,10 @@ fn build_input_tar(
             let mut h = entry.header().clone();
             let path = entry.path()?.into_owned();
             if h.entry_type() == tar::EntryType::Symlink {
-                let target = entry.link_name()?.map(|t| t.into_owned()).unwrap_or_default();
+                let target = entry
+                    .link_name()?
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
                 builder.append_link(&mut h, &path, &target)?;
             } else {
                 builder.append_data(&mut h, &path, &mut entry)?;
@@ -413,9 +430,8 @@ fn read_outputs(
             _ => {}
         }
     }
-    let droplet = droplet.ok_or_else(|| {
-        Error::api(ErrorCode::StagingFailed, "staging produced no droplet")
-    })?;
+    let droplet = droplet
+        .ok_or_else(|| Error::api(ErrorCode::StagingFailed, "staging produced no droplet"))?;
     let mut types = parse_release(&release)?;
     types.extend(parse_procfile(&procfile)?);
     Ok((droplet, buildpack.trim().to_string(), types))
@@ -451,14 +467,20 @@ pub fn parse_procfile(text: &str) -> Result<BTreeMap<String, String>> {
         let Some((kind, cmd)) = line.split_once(':') else {
             return Err(Error::api(
                 ErrorCode::StagingFailed,
-                format!("Procfile line {}: expected `type: command`, got {line:?}", n + 1),
+                format!(
+                    "Procfile line {}: expected `type: command`, got {line:?}",
+                    n + 1
+                ),
             ));
         };
         let kind = kind.trim();
         if kind.parse::<pier_api::ProcessType>().is_err() {
             return Err(Error::api(
                 ErrorCode::StagingFailed,
-                format!("Procfile line {}: {kind:?} is not a valid process type", n + 1),
+                format!(
+                    "Procfile line {}: {kind:?} is not a valid process type",
+                    n + 1
+                ),
             ));
         }
         out.insert(kind.to_string(), cmd.trim().to_string());

@@ -6,9 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use pier_api::{
-    AppEvent, AppName, AppState, DropletInfo, HealthCheck, ProcessType, RouteSpec,
-};
+use pier_api::{AppEvent, AppName, AppState, DropletInfo, HealthCheck, ProcessType, RouteSpec};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -134,7 +132,8 @@ impl Store {
             "{app_guid}/{:020}/{id:020}",
             ev.time.unix_timestamp_nanos().max(0)
         );
-        self.events.insert(key.as_bytes(), serde_json::to_vec(&ev)?)?;
+        self.events
+            .insert(key.as_bytes(), serde_json::to_vec(&ev)?)?;
         self.flush()
     }
 

@@ -1,0 +1,73 @@
+//! Pier's router: routes HTTP requests by Host and path prefix to app instances.
+//!
+//! ```text
+//!                       watch::Sender<Option<Arc<RouteTable>>>
+//!   controller ──────────────┬───────────────────────────────────────┐
+//!   (in-process: send        │ standalone: sync::follow_controller   │
+//!    tables directly)        │ long-polls GET /v1/routes             ▼
+//!                            └──────────────────────────▶ watch::Receiver ──▶ serve()
+//!                                                                          │
+//!   client ──HTTP/1.1 or h2c──▶ accept ─▶ proxy ─▶ Table::lookup ─▶ pooled client ─▶ instance
+//! ```
+//!
+//! # Entry points (what an embedding controller calls)
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! use pier_router::{serve, ProxyOptions};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! println!("router on {}", listener.local_addr()?);
+//! let (tables, rx) = tokio::sync::watch::channel(None); // None: answer 503 until loaded
+//! let shutdown = CancellationToken::new();
+//! let router = tokio::spawn(serve(listener, rx, ProxyOptions::default(), shutdown.clone()));
+//! // whenever routes change:
+//! tables.send_replace(Some(Arc::new(pier_api::RouteTable::default())));
+//! // on exit: stop accepting, drain up to ProxyOptions::drain_timeout
+//! shutdown.cancel();
+//! # let _ = router.await;
+//! # Ok(()) }
+//! ```
+//!
+//! - [`serve`]`(listener, table_rx, opts, shutdown) -> io::Result<()>`: the data plane.
+//! - [`follow_controller`]`(SyncOptions, table_tx, shutdown)`: standalone mode, feeds the channel
+//!   from the controller's `GET /v1/routes` long-poll and keeps the last table when it is away.
+//! - [`serve_admin`]`(listener, metrics, shutdown)`: `/metrics` in Prometheus text; share the
+//!   `Arc<Metrics>` in [`ProxyOptions::metrics`].
+//! - [`AccessLog`]: optional per-request callback ([`AccessLogEntry::to_rtr_line`] formats a
+//!   Cloud Foundry `RTR` line); set [`ProxyOptions::access_log`].
+//!
+//! # Behaviour
+//! - Lookup: Host (lowercased, port stripped), then the longest path prefix on a segment boundary.
+//! - Load balancing: round-robin from a random start per route; least-connections exists in
+//!   [`table::Balancing`] but the wire table has no per-route option yet.
+//! - Errors the router makes carry `x-pier-router-error`: 404 `unknown_route`, 503
+//!   `no_instances`, 503 `table_loading` (never 404 before the first table), 502 `backend_error`,
+//!   504 `upstream_timeout`, 400 `bad_request`.
+//! - Retries: only connect failures with the request body untouched, at most 3 attempts and never
+//!   more than the route has instances; an instance that refused is skipped for 30 s.
+//! - Sticky sessions: `JSESSIONID` from the app → `__VCAP_ID__` cookie naming the instance.
+//!
+//! # Never misrouting after a port is reused
+//! A backend is an (address, instance id) pair. The router can only be wrong about an address
+//! while it holds a stale table, so the invariant is split between the two sides:
+//! - the controller holds a released host port back from reuse for longer than a router may hold a
+//!   stale table without having talked to it (quarantine), and publishes a removal before the
+//!   container is gone;
+//! - the router publishes every change it learns at once (long-poll), sends `X-CF-InstanceID` on
+//!   every request so an app or a check can verify it, and keys its failed-instance memory by
+//!   instance id so a new instance on a reused port is not penalised for the old one.
+
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod sync;
+pub mod table;
+
+pub use metrics::Metrics;
+pub use proxy::{cause, AccessLog, AccessLogEntry, ProxyOptions, TableReceiver};
+pub use server::{serve, serve_admin};
+pub use sync::{follow_controller, SyncOptions};
+pub use table::{Balancing, Table};

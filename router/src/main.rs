@@ -1,0 +1,198 @@
+//! `pier-router`: the standalone router. Follows the controller's route table and proxies.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use pier_router::{follow_controller, serve, serve_admin, ProxyOptions, SyncOptions};
+use tokio_util::sync::CancellationToken;
+
+/// Pier's HTTP router: routes requests by Host to app instances, learning routes from the
+/// controller.
+#[derive(Debug, Parser)]
+#[command(name = "pier-router", version)]
+struct Config {
+    /// Address to accept client traffic on (port 0 picks a free port).
+    #[arg(long, env = "PIER_ROUTER_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Address for `/metrics` and `/health`; empty turns the admin listener off.
+    #[arg(long, env = "PIER_ROUTER_ADMIN_LISTEN", default_value = "")]
+    admin_listen: String,
+    /// The controller's API base URL.
+    #[arg(
+        long,
+        env = "PIER_ROUTER_CONTROLLER",
+        default_value = "http://127.0.0.1:9000"
+    )]
+    controller: String,
+    /// Bearer token for the controller's API.
+    #[arg(
+        long,
+        env = "PIER_ROUTER_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    token: String,
+    /// File holding the bearer token (used when --token is empty), e.g. the controller's
+    /// `admin-token` file in its data dir.
+    #[arg(long, env = "PIER_ROUTER_TOKEN_FILE", default_value = "")]
+    token_file: String,
+    /// Time allowed to connect to an instance (`500ms`, `5s`, `2m`).
+    #[arg(long, env = "PIER_ROUTER_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// Time allowed for an instance to send its response headers; past it the client gets 504.
+    #[arg(long, env = "PIER_ROUTER_UPSTREAM_TIMEOUT", default_value = "900s", value_parser = parse_duration)]
+    upstream_timeout: Duration,
+    /// Time a client has to send a request's headers.
+    #[arg(long, env = "PIER_ROUTER_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
+    /// Largest request head accepted, in bytes; bigger gets 431.
+    #[arg(long, env = "PIER_ROUTER_MAX_HEADER_BYTES", default_value_t = 65536)]
+    max_header_bytes: usize,
+    /// Client connections served at once.
+    #[arg(long, env = "PIER_ROUTER_MAX_CONNECTIONS", default_value_t = 10000)]
+    max_connections: usize,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    #[arg(long, env = "PIER_ROUTER_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Log filter (tracing-subscriber syntax).
+    #[arg(long, env = "PIER_ROUTER_LOG", default_value = "info")]
+    log: String,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: use e.g. 500ms, 5s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?} has an unknown unit: use ms, s or m")),
+    }
+}
+
+impl Config {
+    fn token(&self) -> Result<String> {
+        if !self.token.is_empty() {
+            return Ok(self.token.clone());
+        }
+        if self.token_file.is_empty() {
+            bail!("no controller token: pass --token or --token-file (PIER_ROUTER_TOKEN / PIER_ROUTER_TOKEN_FILE)");
+        }
+        let path = PathBuf::from(&self.token_file);
+        let token = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the token file {}", path.display()))?;
+        let token = token.trim().to_string();
+        if token.is_empty() {
+            bail!("the token file {} is empty", path.display());
+        }
+        Ok(token)
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let config = Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&config.log)
+                .with_context(|| format!("--log {:?} is not a valid filter", config.log))?,
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    // Validate everything before binding.
+    let token = config.token()?;
+    let admin: Option<SocketAddr> = if config.admin_listen.is_empty() {
+        None
+    } else {
+        Some(config.admin_listen.parse().with_context(|| {
+            format!("--admin-listen {:?} is not an address", config.admin_listen)
+        })?)
+    };
+    let _: http::Uri = config
+        .controller
+        .parse()
+        .with_context(|| format!("--controller {:?} is not a URL", config.controller))?;
+
+    let opts = ProxyOptions {
+        connect_timeout: config.connect_timeout,
+        upstream_timeout: config.upstream_timeout,
+        header_read_timeout: config.header_read_timeout,
+        max_header_bytes: config.max_header_bytes,
+        max_connections: config.max_connections,
+        drain_timeout: config.drain_timeout,
+        ..ProxyOptions::default()
+    };
+    let metrics = opts.metrics.clone();
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let admin_listener = match admin {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding the admin listener {a}"))?,
+        ),
+        None => None,
+    };
+    println!("pier-router listening on {addr}");
+    if let Some(l) = &admin_listener {
+        println!("pier-router admin listening on {}", l.local_addr()?);
+    }
+
+    let shutdown = CancellationToken::new();
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let sync = tokio::spawn(follow_controller(
+        SyncOptions {
+            controller: config.controller.clone(),
+            token,
+            ..SyncOptions::default()
+        },
+        tx,
+        shutdown.clone(),
+    ));
+    if let Some(l) = admin_listener {
+        tokio::spawn(serve_admin(l, metrics, shutdown.clone()));
+    }
+    tokio::spawn(signals(shutdown.clone()));
+
+    serve(listener, rx, opts, shutdown.clone()).await?;
+    shutdown.cancel();
+    let _ = sync.await;
+    Ok(())
+}
+
+async fn signals(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    shutdown.cancel();
+}

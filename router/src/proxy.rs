@@ -1,0 +1,1048 @@
+//! The proxy: one request in, one response out, bodies streamed both ways.
+//!
+//! ```text
+//! client ─▶ resolve host ─▶ table lookup ─▶ pick backend ─▶ pooled client ─▶ instance
+//!           (Host or :authority)  │              │  ▲                │
+//!                                 │              │  └── connect failed, body untouched:
+//!                                 │              │      mark instance failed 30 s, next one
+//!                                 ▼              ▼      (at most `max_attempts`, ≤ instances)
+//!                  404 unknown_route    503 no_instances / table_loading
+//! ```
+//!
+//! Invariants:
+//! - Bodies are never buffered: the client's body is handed to the instance's connection as a
+//!   stream, and the instance's body back to the client the same way.
+//! - A request is only retried when none of its bytes can have reached an instance: the pooled
+//!   client reports a connect error *and* the request body was never polled. The body sits in a
+//!   shared slot that the first poll empties, so a second attempt is impossible once it started.
+//! - Every response the router makes itself carries [`pier_api::ROUTER_ERROR_HEADER`] naming the
+//!   cause, a plain-text body, and the request id.
+//! - Before the first table arrives, every request gets 503 `table_loading`, never 404.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fmt;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pier_api::{RouteTable, ROUTER_ERROR_HEADER};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::table::{InFlight, Route, Table};
+
+/// Boxed error type of response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body of every response the proxy returns.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+/// The table as the controller publishes it: `None` until the first table is known.
+pub type TableReceiver = watch::Receiver<Option<Arc<RouteTable>>>;
+
+pub const X_VCAP_REQUEST_ID: HeaderName = HeaderName::from_static("x-vcap-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start");
+const X_CF_APPLICATION_ID: HeaderName = HeaderName::from_static("x-cf-applicationid");
+const X_CF_INSTANCE_INDEX: HeaderName = HeaderName::from_static("x-cf-instanceindex");
+const X_CF_INSTANCE_ID: HeaderName = HeaderName::from_static("x-cf-instanceid");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const STICKY_COOKIE: &str = "__VCAP_ID__";
+const SESSION_COOKIE: &str = "JSESSIONID";
+
+/// Causes named in the [`ROUTER_ERROR_HEADER`] of responses the router makes itself.
+pub mod cause {
+    pub const UNKNOWN_ROUTE: &str = "unknown_route";
+    pub const NO_INSTANCES: &str = "no_instances";
+    pub const TABLE_LOADING: &str = "table_loading";
+    pub const BACKEND_ERROR: &str = "backend_error";
+    pub const UPSTREAM_TIMEOUT: &str = "upstream_timeout";
+    pub const BAD_REQUEST: &str = "bad_request";
+}
+
+/// One finished request, as handed to an [`AccessLog`].
+#[derive(Debug, Clone)]
+pub struct AccessLogEntry {
+    /// When the router received the request.
+    pub started_at: SystemTime,
+    /// The app's name and guid; `None` when no route matched.
+    pub app: Option<String>,
+    pub app_guid: Option<String>,
+    /// The instance that answered (the last one tried); `None` when none was reached.
+    pub instance_index: Option<u32>,
+    pub instance_id: Option<String>,
+    pub backend_addr: Option<SocketAddr>,
+    pub host: String,
+    pub method: String,
+    /// Path and query as the client sent them.
+    pub path: String,
+    pub status: u16,
+    /// Request body bytes read from the client.
+    pub bytes_received: u64,
+    /// Response body bytes sent to the client.
+    pub bytes_sent: u64,
+    /// From receiving the request until the response body ended (or was abandoned).
+    pub duration: Duration,
+    pub client_addr: SocketAddr,
+    /// The `X-Forwarded-For` value sent to the instance.
+    pub x_forwarded_for: String,
+    pub request_id: String,
+    pub user_agent: Option<String>,
+    pub referer: Option<String>,
+    /// Set when the router generated the response itself.
+    pub router_error: Option<&'static str>,
+}
+
+impl AccessLogEntry {
+    /// A gorouter-style access log line, as Cloud Foundry shows under the `RTR` source.
+    pub fn to_rtr_line(&self) -> String {
+        let q = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
+        format!(
+            "{host} - \"{method} {path}\" {status} {recv} {sent} \"{referer}\" \"{ua}\" \"{client}\" \"{backend}\" \
+             x_forwarded_for:\"{xff}\" vcap_request_id:\"{rid}\" response_time:{secs:.6} app_id:\"{app}\" \
+             app_index:\"{index}\"{err}",
+            host = self.host,
+            method = self.method,
+            path = self.path,
+            status = self.status,
+            recv = self.bytes_received,
+            sent = self.bytes_sent,
+            referer = q(&self.referer),
+            ua = q(&self.user_agent),
+            client = self.client_addr,
+            backend = self
+                .backend_addr
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "-".into()),
+            xff = self.x_forwarded_for,
+            rid = self.request_id,
+            secs = self.duration.as_secs_f64(),
+            app = q(&self.app_guid),
+            index = self
+                .instance_index
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "-".into()),
+            err = self
+                .router_error
+                .map(|c| format!(" x_pier_router_error:\"{c}\""))
+                .unwrap_or_default(),
+        )
+    }
+}
+
+/// Receives one call per finished request. Calls happen on the proxy's tasks: return quickly
+/// (hand the entry to a channel if the work is slow).
+pub trait AccessLog: Send + Sync + 'static {
+    fn log(&self, entry: AccessLogEntry);
+}
+
+impl<F: Fn(AccessLogEntry) + Send + Sync + 'static> AccessLog for F {
+    fn log(&self, entry: AccessLogEntry) {
+        self(entry)
+    }
+}
+
+/// Everything tunable about the proxy and its listener. `Default` gives gorouter-like values.
+#[derive(Clone)]
+pub struct ProxyOptions {
+    /// Time allowed to open a TCP connection to an instance (a timeout counts as a connect
+    /// failure and is retried).
+    pub connect_timeout: Duration,
+    /// Time allowed for an instance to send response headers after the request started; past
+    /// it the client gets 504.
+    pub upstream_timeout: Duration,
+    /// Attempts per request, counting the first (never more than the route has instances).
+    pub max_attempts: usize,
+    /// How long an instance that refused a connection is skipped.
+    pub failed_backend_ttl: Duration,
+    /// Idle keep-alive connections kept per instance.
+    pub pool_max_idle_per_host: usize,
+    /// How long an idle pooled connection to an instance is kept.
+    pub pool_idle_timeout: Duration,
+    /// Time a client has to send a request's headers (against slowloris).
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted (request line plus headers); bigger gets 431.
+    pub max_header_bytes: usize,
+    /// Client connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// On shutdown, how long in-flight requests may take to finish.
+    pub drain_timeout: Duration,
+    /// Accept HTTP/2 (h2c, prior knowledge) from clients besides HTTP/1.
+    pub http2: bool,
+    /// Called once per finished request.
+    pub access_log: Option<Arc<dyn AccessLog>>,
+    /// Where counters go; clone the `Arc` before handing the options over to read them.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            connect_timeout: Duration::from_secs(5),
+            upstream_timeout: Duration::from_secs(900),
+            max_attempts: 3,
+            failed_backend_ttl: Duration::from_secs(30),
+            pool_max_idle_per_host: 100,
+            pool_idle_timeout: Duration::from_secs(90),
+            header_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            max_connections: 10_000,
+            drain_timeout: Duration::from_secs(20),
+            http2: true,
+            access_log: None,
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+}
+
+impl fmt::Debug for ProxyOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyOptions")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("upstream_timeout", &self.upstream_timeout)
+            .field("max_attempts", &self.max_attempts)
+            .field("failed_backend_ttl", &self.failed_backend_ttl)
+            .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
+            .field("pool_idle_timeout", &self.pool_idle_timeout)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("max_header_bytes", &self.max_header_bytes)
+            .field("max_connections", &self.max_connections)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("http2", &self.http2)
+            .field("access_log", &self.access_log.is_some())
+            .finish()
+    }
+}
+
+/// Builds a [`Table`] once per published [`RouteTable`], on the first request that sees it, so
+/// a table sent on the watch channel applies to the very next request.
+struct TableCache {
+    rx: TableReceiver,
+    built: RwLock<Option<(Arc<RouteTable>, Arc<Table>)>>,
+}
+
+impl TableCache {
+    fn current(&self) -> Option<Arc<Table>> {
+        let src = self.rx.borrow().clone()?;
+        if let Some((s, t)) = &*self.built.read().unwrap_or_else(|e| e.into_inner()) {
+            if Arc::ptr_eq(s, &src) {
+                return Some(Arc::clone(t));
+            }
+        }
+        let mut built = self.built.write().unwrap_or_else(|e| e.into_inner());
+        if let Some((s, t)) = &*built {
+            if Arc::ptr_eq(s, &src) {
+                return Some(Arc::clone(t));
+            }
+        }
+        let table = Arc::new(Table::new(&src));
+        tracing::info!(epoch = %table.epoch, version = table.version, routes = table.len(),
+            "route table loaded");
+        *built = Some((src, Arc::clone(&table)));
+        Some(table)
+    }
+}
+
+/// The proxy service shared by every connection.
+pub(crate) struct Proxy {
+    client: Client<HttpConnector, SlotBody>,
+    tables: TableCache,
+    opts: ProxyOptions,
+    /// Instances that refused a connection, by address, with the instance id and when.
+    failed: Mutex<HashMap<SocketAddr, (String, Instant)>>,
+    failed_count: AtomicU64,
+}
+
+impl Proxy {
+    pub(crate) fn new(tables: TableReceiver, opts: ProxyOptions) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(opts.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(opts.pool_idle_timeout)
+            .pool_max_idle_per_host(opts.pool_max_idle_per_host)
+            .build(connector);
+        Proxy {
+            client,
+            tables: TableCache {
+                rx: tables,
+                built: RwLock::new(None),
+            },
+            opts,
+            failed: Mutex::new(HashMap::new()),
+            failed_count: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn options(&self) -> &ProxyOptions {
+        &self.opts
+    }
+
+    fn is_failed(&self, b: &pier_api::Backend, now: Instant) -> bool {
+        if self.failed_count.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        matches!(failed.get(&b.addr), Some((id, until)) if *id == b.instance_id && *until > now)
+    }
+
+    fn mark_failed(&self, b: &pier_api::Backend) {
+        let now = Instant::now();
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        failed.retain(|_, (_, until)| *until > now);
+        failed.insert(
+            b.addr,
+            (b.instance_id.clone(), now + self.opts.failed_backend_ttl),
+        );
+        self.failed_count
+            .store(failed.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Serves one request. Never fails: every error becomes a response.
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        client_addr: SocketAddr,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let started = Instant::now();
+        let request_id = request_id(req.headers());
+        let host = request_host(&req);
+        let mut log = RequestLog::new(&self, &req, &host, client_addr, request_id.clone());
+
+        let Some(host) = host else {
+            return Ok(log.router_error(
+                StatusCode::BAD_REQUEST,
+                cause::BAD_REQUEST,
+                "Request has no Host header.".into(),
+            ));
+        };
+        let Some(table) = self.tables.current() else {
+            return Ok(log.router_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                cause::TABLE_LOADING,
+                "The router is loading its route table; try again in a moment.".into(),
+            ));
+        };
+        let Some(route) = table.lookup(&host, req.uri().path()).cloned() else {
+            let shown = crate::table::normalize_host(&host).to_ascii_lowercase();
+            return Ok(log.router_error(
+                StatusCode::NOT_FOUND,
+                cause::UNKNOWN_ROUTE,
+                format!("Requested route ('{shown}') does not exist."),
+            ));
+        };
+        log.set_route(&route);
+        if route.backends.is_empty() {
+            return Ok(log.router_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                cause::NO_INSTANCES,
+                format!(
+                    "Requested route ('{}{}') has no available instances of app '{}'.",
+                    route.host, route.path, route.app
+                ),
+            ));
+        }
+
+        // An HTTP/1 upgrade (WebSocket): keep Connection/Upgrade for the instance, and splice the
+        // two connections together once it answers 101.
+        let upgrade = upgrade_protocol(&req).map(|proto| (proto, hyper::upgrade::on(&mut req)));
+
+        let (parts, body) = req.into_parts();
+        let sticky = sticky_instance(&parts.headers);
+        let xff = forwarded_for(&parts.headers, client_addr);
+        log.set_xff(&xff);
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        // `Expect: 100-continue` was answered on the client side (hyper sends 100 when the body is
+        // first read); passing it on would only make the instance send a second 100.
+        headers.remove(header::EXPECT);
+        if let Some((proto, _)) = &upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, proto.clone());
+        }
+        if !headers.contains_key(header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(&host) {
+                headers.insert(header::HOST, v);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        }
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            if let Ok(v) = HeaderValue::from_str(&host) {
+                headers.insert(X_FORWARDED_HOST, v);
+            }
+        }
+        if !headers.contains_key(&X_REQUEST_START) {
+            let ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            headers.insert(X_REQUEST_START, HeaderValue::from(ms as u64));
+        }
+        headers.insert(X_VCAP_REQUEST_ID, request_id.clone());
+        if !headers.contains_key(&TRACEPARENT) {
+            if let Ok(v) = HeaderValue::from_str(&traceparent()) {
+                headers.insert(TRACEPARENT, v);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&route.app_guid) {
+            headers.insert(X_CF_APPLICATION_ID, v);
+        }
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+
+        let slot = BodySlot::new(body);
+        log.received = Some(Arc::clone(&slot.received));
+        let attempts = self.opts.max_attempts.clamp(1, route.backends.len());
+        let mut tried: Vec<usize> = Vec::with_capacity(attempts);
+        let mut last_error: Option<hyper_util::client::legacy::Error> = None;
+        for attempt in 0..attempts {
+            let now = Instant::now();
+            let choice = sticky
+                .as_deref()
+                .filter(|_| attempt == 0)
+                .and_then(|id| route.find_instance(id))
+                .filter(|&i| !self.is_failed(&route.backends[i], now))
+                .or_else(|| route.pick(|i, b| !tried.contains(&i) && !self.is_failed(b, now)))
+                // Every untried instance failed recently: trying one beats refusing outright.
+                .or_else(|| route.pick(|i, _| !tried.contains(&i)));
+            let Some(i) = choice else { break };
+            tried.push(i);
+            let backend = &route.backends[i];
+            log.set_backend(backend);
+
+            let mut up_headers = headers.clone();
+            up_headers.insert(X_CF_INSTANCE_INDEX, HeaderValue::from(backend.index));
+            if let Ok(v) = HeaderValue::from_str(&backend.instance_id) {
+                up_headers.insert(X_CF_INSTANCE_ID, v);
+            }
+            let uri = Uri::builder()
+                .scheme("http")
+                .authority(backend.addr.to_string())
+                .path_and_query(path_and_query.clone())
+                .build();
+            let Ok(uri) = uri else {
+                return Ok(log.router_error(
+                    StatusCode::BAD_REQUEST,
+                    cause::BAD_REQUEST,
+                    "Request target is not valid.".into(),
+                ));
+            };
+            let mut up = Request::new(slot.body());
+            *up.method_mut() = parts.method.clone();
+            *up.uri_mut() = uri;
+            *up.version_mut() = Version::HTTP_11;
+            *up.headers_mut() = up_headers;
+
+            log.in_flight = Some(route.start_request(i));
+            let sent = Instant::now();
+            let result =
+                tokio::time::timeout(self.opts.upstream_timeout, self.client.request(up)).await;
+            match result {
+                Ok(Ok(resp)) => {
+                    self.opts.metrics.record_upstream_latency(sent.elapsed());
+                    return Ok(self.respond(resp, upgrade, backend, &request_id, log));
+                }
+                Ok(Err(e)) if e.is_connect() && !slot.started() => {
+                    tracing::warn!(app = %route.app, instance = backend.index, addr = %backend.addr,
+                        error = %error_chain(&e), "instance refused the connection; skipping it for a while");
+                    self.mark_failed(backend);
+                    if attempt + 1 < attempts {
+                        self.opts.metrics.record_retry();
+                    }
+                    last_error = Some(e);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(app = %route.app, instance = backend.index, addr = %backend.addr,
+                        error = %error_chain(&e), elapsed_ms = started.elapsed().as_millis() as u64,
+                        "request to instance failed");
+                    return Ok(log.router_error(
+                        StatusCode::BAD_GATEWAY,
+                        cause::BACKEND_ERROR,
+                        "The app's instance failed to answer the request.".into(),
+                    ));
+                }
+                Err(_) => {
+                    tracing::warn!(app = %route.app, instance = backend.index, addr = %backend.addr,
+                        timeout_ms = self.opts.upstream_timeout.as_millis() as u64,
+                        "instance did not answer in time");
+                    return Ok(log.router_error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        cause::UPSTREAM_TIMEOUT,
+                        "The app's instance did not answer in time.".into(),
+                    ));
+                }
+            }
+        }
+        tracing::warn!(app = %route.app, attempts = tried.len(),
+            error = %last_error.as_ref().map(|e| error_chain(e as &dyn std::error::Error)).unwrap_or_default(),
+            "no instance accepted a connection");
+        Ok(log.router_error(
+            StatusCode::BAD_GATEWAY,
+            cause::BACKEND_ERROR,
+            "No instance of the app accepted a connection.".into(),
+        ))
+    }
+
+    fn respond(
+        &self,
+        mut resp: Response<Incoming>,
+        upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+        backend: &pier_api::Backend,
+        request_id: &HeaderValue,
+        mut log: RequestLog,
+    ) -> Response<ProxyBody> {
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        match upgrade {
+            Some((_, client_side)) if switching => {
+                let backend_side = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    match tokio::try_join!(client_side, backend_side) {
+                        Ok((c, b)) => {
+                            let mut c = TokioIo::new(c);
+                            let mut b = TokioIo::new(b);
+                            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut b).await {
+                                tracing::debug!(error = %e, "upgraded connection ended");
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                    }
+                });
+            }
+            _ => strip_hop_by_hop(resp.headers_mut()),
+        }
+        let (mut parts, body) = resp.into_parts();
+        parts.headers.insert(X_VCAP_REQUEST_ID, request_id.clone());
+        add_sticky_cookie(&mut parts.headers, &backend.instance_id);
+        log.status = parts.status.as_u16();
+        let body = LoggedBody {
+            inner: body.map_err(BoxError::from).boxed_unsync(),
+            log: Some(log),
+        };
+        Response::from_parts(parts, body.boxed_unsync())
+    }
+}
+
+/// Per-request accounting, finished (logged and counted) when the response body is done or
+/// dropped.
+struct RequestLog {
+    metrics: Arc<Metrics>,
+    sink: Option<Arc<dyn AccessLog>>,
+    started: Instant,
+    app: Option<Arc<Route>>,
+    status: u16,
+    bytes_sent: u64,
+    received: Option<Arc<AtomicU64>>,
+    request_id: HeaderValue,
+    /// Holds the backend's in-flight count (least-connections) until the response ends.
+    in_flight: Option<InFlight>,
+    entry: Option<Box<AccessLogEntry>>,
+}
+
+impl RequestLog {
+    fn new(
+        proxy: &Proxy,
+        req: &Request<Incoming>,
+        host: &Option<String>,
+        client_addr: SocketAddr,
+        request_id: HeaderValue,
+    ) -> Self {
+        let sink = proxy.opts.access_log.clone();
+        let entry = sink.as_ref().map(|_| {
+            let h = |n: header::HeaderName| {
+                req.headers()
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            Box::new(AccessLogEntry {
+                started_at: SystemTime::now(),
+                app: None,
+                app_guid: None,
+                instance_index: None,
+                instance_id: None,
+                backend_addr: None,
+                host: host.clone().unwrap_or_default(),
+                method: req.method().to_string(),
+                path: req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_else(|| "/".into()),
+                status: 0,
+                bytes_received: 0,
+                bytes_sent: 0,
+                duration: Duration::ZERO,
+                client_addr,
+                x_forwarded_for: String::new(),
+                request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+                user_agent: h(header::USER_AGENT),
+                referer: h(header::REFERER),
+                router_error: None,
+            })
+        });
+        RequestLog {
+            metrics: Arc::clone(&proxy.opts.metrics),
+            sink,
+            started: Instant::now(),
+            app: None,
+            status: 0,
+            bytes_sent: 0,
+            received: None,
+            request_id,
+            in_flight: None,
+            entry,
+        }
+    }
+
+    fn set_route(&mut self, route: &Arc<Route>) {
+        if let Some(e) = &mut self.entry {
+            e.app = Some(route.app.clone());
+            e.app_guid = Some(route.app_guid.clone());
+        }
+        self.app = Some(Arc::clone(route));
+    }
+
+    fn set_xff(&mut self, xff: &str) {
+        if let Some(e) = &mut self.entry {
+            e.x_forwarded_for = xff.to_string();
+        }
+    }
+
+    fn set_backend(&mut self, b: &pier_api::Backend) {
+        if let Some(e) = &mut self.entry {
+            e.instance_index = Some(b.index);
+            e.instance_id = Some(b.instance_id.clone());
+            e.backend_addr = Some(b.addr);
+        }
+    }
+
+    fn router_error(
+        mut self,
+        status: StatusCode,
+        cause: &'static str,
+        message: String,
+    ) -> Response<ProxyBody> {
+        self.metrics.record_router_error(cause);
+        self.status = status.as_u16();
+        if let Some(e) = &mut self.entry {
+            e.router_error = Some(cause);
+        }
+        let mut resp = error_response(status, cause, message);
+        resp.headers_mut()
+            .insert(X_VCAP_REQUEST_ID, self.request_id.clone());
+        let (parts, body) = resp.into_parts();
+        Response::from_parts(
+            parts,
+            LoggedBody {
+                inner: body,
+                log: Some(self),
+            }
+            .boxed_unsync(),
+        )
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        let app = self.app.as_ref().map(|r| r.app.as_str()).unwrap_or("");
+        self.metrics.record_request(app, self.status);
+        if let (Some(sink), Some(mut entry)) = (self.sink.take(), self.entry.take()) {
+            entry.status = self.status;
+            entry.bytes_sent = self.bytes_sent;
+            entry.bytes_received = self
+                .received
+                .as_ref()
+                .map(|r| r.load(Ordering::Relaxed))
+                .unwrap_or(0);
+            entry.duration = self.started.elapsed();
+            sink.log(*entry);
+        }
+    }
+}
+
+/// A router-generated response: status, cause header, plain-text body.
+pub fn error_response(
+    status: StatusCode,
+    cause: &'static str,
+    message: String,
+) -> Response<ProxyBody> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(message + "\n"))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(ROUTER_ERROR_HEADER, HeaderValue::from_static(cause));
+    resp
+}
+
+pin_project_lite::pin_project! {
+    /// Counts response bytes; finishing the log when dropped.
+    struct LoggedBody {
+        #[pin]
+        inner: ProxyBody,
+        log: Option<RequestLog>,
+    }
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let res = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &res {
+            if let (Some(data), Some(log)) = (frame.data_ref(), this.log.as_mut()) {
+                log.bytes_sent += data.len() as u64;
+            }
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The client's request body, waiting for whichever attempt first polls it.
+struct BodySlot {
+    slot: Arc<Mutex<Option<Incoming>>>,
+    received: Arc<AtomicU64>,
+}
+
+impl BodySlot {
+    fn new(body: Incoming) -> Self {
+        BodySlot {
+            slot: Arc::new(Mutex::new(Some(body))),
+            received: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A body for one attempt; only the first attempt that polls gets the client's bytes.
+    fn body(&self) -> SlotBody {
+        SlotBody {
+            state: SlotState::Waiting(Arc::clone(&self.slot)),
+            received: Arc::clone(&self.received),
+        }
+    }
+
+    /// Whether an attempt has started reading the body (so bytes may have reached an instance).
+    fn started(&self) -> bool {
+        self.slot.lock().map(|s| s.is_none()).unwrap_or(true)
+    }
+}
+
+enum SlotState {
+    Waiting(Arc<Mutex<Option<Incoming>>>),
+    Taken(Incoming),
+    Gone,
+}
+
+/// The upstream request body: the client's [`Incoming`], taken from the slot on first poll.
+pub(crate) struct SlotBody {
+    state: SlotState,
+    received: Arc<AtomicU64>,
+}
+
+impl SlotBody {
+    fn with_inner<T>(&self, f: impl FnOnce(&Incoming) -> T, default: T) -> T {
+        match &self.state {
+            SlotState::Taken(b) => f(b),
+            SlotState::Waiting(slot) => match slot.lock() {
+                Ok(g) => g.as_ref().map(f).unwrap_or(default),
+                Err(_) => default,
+            },
+            SlotState::Gone => default,
+        }
+    }
+}
+
+impl Body for SlotBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let SlotState::Waiting(slot) = &self.state {
+            let taken = slot.lock().ok().and_then(|mut g| g.take());
+            self.state = match taken {
+                Some(b) => SlotState::Taken(b),
+                None => SlotState::Gone,
+            };
+        }
+        match &mut self.state {
+            SlotState::Taken(b) => match Pin::new(b).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(d) = frame.data_ref() {
+                        self.received.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            _ => Poll::Ready(Some(Err(
+                "request body was already sent to another instance".into(),
+            ))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.with_inner(Body::is_end_stream, false)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.with_inner(Body::size_hint, SizeHint::default())
+    }
+}
+
+/// The host the client asked for: the Host header, else the URI's authority (HTTP/2).
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
+}
+
+/// The incoming request id if it is sane, else a new one.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    headers
+        .get(&X_VCAP_REQUEST_ID)
+        .filter(|v| {
+            let b = v.as_bytes();
+            !b.is_empty() && b.len() <= 256 && b.iter().all(|c| c.is_ascii_graphic())
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("-"))
+        })
+}
+
+fn traceparent() -> String {
+    let trace: u128 = rand::random::<u128>() | 1;
+    let span: u64 = rand::random::<u64>() | 1;
+    format!("00-{trace:032x}-{span:016x}-00")
+}
+
+/// The X-Forwarded-For value to send: the incoming one(s) with the client's address appended.
+fn forwarded_for(headers: &HeaderMap, client: SocketAddr) -> String {
+    let ip = client.ip().to_canonical();
+    let prior: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if prior.is_empty() {
+        ip.to_string()
+    } else {
+        format!("{}, {ip}", prior.join(", "))
+    }
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The protocol an HTTP/1.1 client asks to upgrade to, if any.
+fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 || !connection_has(req.headers(), "upgrade") {
+        return None;
+    }
+    if req.method() == Method::CONNECT {
+        return None;
+    }
+    req.headers().get(header::UPGRADE).cloned()
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including every header named in `Connection`.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// The instance id of a `__VCAP_ID__` cookie on the request.
+fn sticky_instance(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == STICKY_COOKIE)
+        .map(|(_, v)| v.trim_matches('"').to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// When the app starts a session (`Set-Cookie: JSESSIONID=…`), pin the client to this instance
+/// with a `__VCAP_ID__` cookie carrying the same attributes.
+fn add_sticky_cookie(headers: &mut HeaderMap, instance_id: &str) {
+    let session = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| {
+            v.split_once('=')
+                .is_some_and(|(k, _)| k.trim() == SESSION_COOKIE)
+        })
+        .map(str::to_string);
+    let Some(session) = session else { return };
+    let attrs = session.split_once(';').map(|(_, a)| a.trim()).unwrap_or("");
+    let cookie = if attrs.is_empty() {
+        format!("{STICKY_COOKIE}={instance_id}; Path=/; HttpOnly")
+    } else {
+        format!("{STICKY_COOKIE}={instance_id}; {attrs}")
+    };
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        headers.append(header::SET_COOKIE, v);
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_including_those_named_in_connection() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let client: SocketAddr = ([10, 0, 0, 9], 5000).into();
+        let mut h = HeaderMap::new();
+        assert_eq!(forwarded_for(&h, client), "10.0.0.9");
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
+        assert_eq!(forwarded_for(&h, client), "1.1.1.1, 2.2.2.2, 10.0.0.9");
+    }
+
+    #[test]
+    fn request_id_kept_when_sane() {
+        let mut h = HeaderMap::new();
+        h.insert(X_VCAP_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(X_VCAP_REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&h), "has space");
+        assert_eq!(request_id(&HeaderMap::new()).len(), 36);
+    }
+
+    #[test]
+    fn sticky_cookie_parsing_and_setting() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; __VCAP_ID__=inst-7; JSESSIONID=x"),
+        );
+        assert_eq!(sticky_instance(&h).as_deref(), Some("inst-7"));
+
+        let mut resp = HeaderMap::new();
+        add_sticky_cookie(&mut resp, "inst-7");
+        assert!(resp.get(header::SET_COOKIE).is_none());
+        resp.insert(
+            header::SET_COOKIE,
+            HeaderValue::from_static("JSESSIONID=abc; Path=/app; Max-Age=60"),
+        );
+        add_sticky_cookie(&mut resp, "inst-7");
+        let all: Vec<_> = resp.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1], "__VCAP_ID__=inst-7; Path=/app; Max-Age=60");
+    }
+}
