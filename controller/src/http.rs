@@ -41,6 +41,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/apps/{name}/actions/{action}", post(action))
         .route("/v1/apps/{name}/events", get(events))
         .route("/v1/routes", get(routes))
+        .merge(crate::logs_http::routes())
         .route(
             "/v1/packages",
             post(upload_package).layer(DefaultBodyLimit::disable()),

@@ -31,6 +31,7 @@ pub mod error;
 pub mod http;
 pub mod instances;
 pub mod logs;
+pub mod logs_http;
 pub mod package;
 pub mod routing;
 pub mod server;
