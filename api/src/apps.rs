@@ -90,6 +90,25 @@ pub struct AppConfigRequest {
     pub health_check: Option<HealthCheck>,
 }
 
+/// Change one process type of an app (`PUT /v1/apps/{name}/processes/{type}`): what `pier scale`
+/// and `pier set-health-check` send. Absent fields are left as they are. A process type the
+/// droplet doesn't declare can't be scaled above 0 until a staging declares it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessConfigRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u64>,
+    /// `""` clears the user's command, falling back to the Procfile's or buildpack's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AppState {
@@ -117,7 +136,7 @@ impl InstanceState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceStatus {
     pub process: ProcessType,
     pub index: u32,
@@ -134,6 +153,9 @@ pub struct InstanceStatus {
     /// sha256 of the droplet the instance runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub droplet: Option<String>,
+    /// The app revision the instance runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
     #[serde(default)]
     pub crash_count: u32,
     /// Why it is not running: the exit status, an OOM kill, a failed health check.
@@ -142,6 +164,21 @@ pub struct InstanceStatus {
     /// The last lines the instance printed, kept when it failed to start or crashed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub last_output: Vec<String>,
+    /// Resource use, filled in when asked for (`GET /v1/apps/{name}?stats=true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<InstanceStats>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct InstanceStats {
+    /// Percent of one core, averaged since the previous sample.
+    pub cpu_percent: f64,
+    pub memory_bytes: u64,
+    pub memory_limit_bytes: u64,
+    /// Bytes the instance wrote to its container filesystem.
+    pub disk_bytes: u64,
+    pub disk_limit_bytes: u64,
+    pub uptime_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,7 +204,7 @@ pub struct DropletInfo {
     pub created_at: OffsetDateTime,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AppResponse {
     pub name: AppName,
     pub guid: String,

@@ -17,10 +17,24 @@
 //! | `DELETE /v1/apps/{name}`                | → 204                                                  |
 //! | `POST /v1/apps/{name}/builds`           | [`BuildRequest`] → NDJSON stream of [`BuildEvent`]     |
 //! | `POST /v1/apps/{name}/actions/{action}` | `start` `stop` `restart` → [`AppResponse`]             |
+//! | `PUT  /v1/apps/{name}/processes/{type}` | [`ProcessConfigRequest`] → [`AppResponse`] (scale)     |
+//! | `POST /v1/apps/{name}/deployments`      | [`DeployRequest`] → [`DeploymentResponse`]             |
+//! | `GET  /v1/apps/{name}/deployments`      | → `Vec<`[`DeploymentResponse`]`>` newest first         |
+//! | `POST /v1/apps/{name}/deployments/{id}/{cancel,continue}` | → [`DeploymentResponse`]     |
+//! | `GET  /v1/apps/{name}/revisions`        | → `Vec<`[`RevisionResponse`]`>` newest first           |
 //! | `GET  /v1/apps/{name}/events`           | → `Vec<`[`AppEvent`]`>` newest first                   |
+//! | `GET  /v1/apps/{name}/logs`             | → `Vec<`[`LogLine`]`>` the buffered lines              |
+//! | `GET  /v1/apps/{name}/logs/stream`      | `?after=SEQ` or `?recent=N` → SSE of [`LogEvent`]      |
+//! | `POST /v1/router/logs`                  | [`RouterLogBatch`] → 204 (standalone router's RTR)     |
+//! | `GET  /v1/buildpacks`                  | → `Vec<`[`BuildpackResponse`]`>` in position order     |
+//! | `POST /v1/buildpacks`                  | [`CreateBuildpackRequest`] → [`BuildpackResponse`]     |
+//! | `PUT/DELETE /v1/buildpacks/{name}`     | [`UpdateBuildpackRequest`] → [`BuildpackResponse`]; 204 |
+//! | `DELETE /v1/apps/{name}/cache`          | → 204: clears the app's buildpack cache                |
 //! | `GET  /v1/routes?epoch=E&version=V`     | → [`RouteTable`]; long-polls while the table is at V   |
 
 pub mod apps;
+pub mod buildpacks;
+pub mod deployments;
 pub mod error;
 pub mod logs;
 pub mod names;
@@ -28,10 +42,14 @@ pub mod routes;
 pub mod size;
 
 pub use apps::*;
+pub use buildpacks::{BuildpackResponse, CreateBuildpackRequest, UpdateBuildpackRequest};
+pub use deployments::*;
 pub use error::{ApiError, ErrorCode};
-pub use logs::{LogLine, LogStream};
+pub use logs::{
+    LogDrop, LogEvent, LogLine, LogStream, RouterLogBatch, RouterLogDropped, RouterLogLine,
+};
 pub use names::{AppName, NameError, ProcessType};
-pub use routes::{Backend, RouteEntry, RouteSpec, RouteTable};
+pub use routes::{Backend, Balancing, RouteEntry, RouteSpec, RouteTable};
 pub use size::parse_size_mb;
 
 /// Header the router puts on every response it generates itself, naming the cause.

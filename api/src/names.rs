@@ -103,8 +103,7 @@ impl FromStr for ProcessType {
         let ok = !s.is_empty()
             && s.len() <= 63
             && s.starts_with(|c: char| c.is_ascii_lowercase())
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if ok {
             Ok(ProcessType(s.to_string()))
@@ -143,7 +142,10 @@ mod tests {
             assert!(ok.parse::<AppName>().is_ok(), "{ok}");
         }
         assert_eq!("".parse::<AppName>(), Err(NameError::Empty));
-        assert!(matches!("a".repeat(64).parse::<AppName>(), Err(NameError::TooLong(_))));
+        assert!(matches!(
+            "a".repeat(64).parse::<AppName>(),
+            Err(NameError::TooLong(_))
+        ));
         for bad in ["Hello", "-a", "a-", "a_b", "a.b", "a b", "ü", "../x"] {
             assert!(
                 matches!(bad.parse::<AppName>(), Err(NameError::NotDnsLabel(_))),

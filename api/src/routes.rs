@@ -75,6 +75,29 @@ pub struct Backend {
     /// The instance's guid (`CF_INSTANCE_GUID`); unique for the life of the container.
     pub instance_id: String,
     pub index: u32,
+    /// Share of the route's traffic relative to the other backends (canary steps); 1 when absent.
+    /// 0 takes the backend out of round-robin rotation.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(w: &u32) -> bool {
+    *w == 1
+}
+
+/// How the router spreads one route's requests over its instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balancing {
+    /// Round-robin from a random start index (gorouter's default).
+    #[default]
+    RoundRobin,
+    /// The instance with the fewest requests in flight through this router; ties go round-robin.
+    LeastConnections,
 }
 
 /// A route and the instances behind it.
@@ -87,6 +110,10 @@ pub struct RouteEntry {
     pub app_guid: String,
     /// Empty when the app has no running instance: the router answers 503, not 404.
     pub backends: Vec<Backend>,
+    /// Load balancing for this route; absent on the wire means round-robin, so tables from
+    /// before this field existed still parse.
+    #[serde(default)]
+    pub balancing: Balancing,
 }
 
 /// The router's whole table. The controller bumps `version` on every change; `epoch` changes each
@@ -110,5 +137,18 @@ mod tests {
         assert!("bad_host.com".parse::<RouteSpec>().is_err());
         assert!("".parse::<RouteSpec>().is_err());
         assert!("a.com/x/../y".parse::<RouteSpec>().is_err());
+    }
+
+    #[test]
+    fn balancing_defaults_to_round_robin_on_the_wire() {
+        let old = r#"{"host":"a.com","app":"a","app_guid":"g","backends":[]}"#;
+        let e: RouteEntry = serde_json::from_str(old).unwrap();
+        assert_eq!(e.balancing, Balancing::RoundRobin);
+        let new = r#"{"host":"a.com","app":"a","app_guid":"g","backends":[],"balancing":"least_connections"}"#;
+        let e: RouteEntry = serde_json::from_str(new).unwrap();
+        assert_eq!(e.balancing, Balancing::LeastConnections);
+        assert!(serde_json::to_string(&e)
+            .unwrap()
+            .contains("\"least_connections\""));
     }
 }

@@ -34,6 +34,37 @@ pub enum Command {
     Restart(NameArg),
     /// Stage the app's package again, then restart it on the new droplet.
     Restage(NameArg),
+    /// Show an app's logs: the recent lines, then every instance's output live (Ctrl-C stops).
+    Logs(LogsArgs),
+    /// Change how many instances of a process run, or their memory and disk, without restaging.
+    Scale(ScaleArgs),
+    /// Set how the platform checks that a process's instances are healthy.
+    SetHealthCheck(HealthCheckArgs),
+    /// What happened to an app, newest first: pushes, stagings, scaling, crashes.
+    Events(EventsArgs),
+    /// List the installed buildpacks in detection order.
+    Buildpacks(BuildpacksArgs),
+    /// Install a buildpack (a folder or a .tgz) at a position in the detection order.
+    CreateBuildpack(CreateBuildpackArgs),
+    /// Move, enable/disable, or replace the files of a buildpack.
+    UpdateBuildpack(UpdateBuildpackArgs),
+    /// Delete an admin buildpack.
+    DeleteBuildpack(DeleteBuildpackArgs),
+    /// Clear an app's buildpack cache; the next staging starts cold.
+    ClearBuildpackCache(NameArg),
+    /// Write a running app's manifest (manifest.yml, or -p PATH).
+    CreateAppManifest(CreateAppManifestArgs),
+    /// The deployment in progress and past ones.
+    Deployments(EventsArgs),
+    /// Stop the deployment in progress and roll back to the previous revision.
+    CancelDeployment(NameArg),
+    /// Move a canary deployment to its next step now.
+    ContinueDeployment(NameArg),
+    /// The app's revisions (droplet + env + command combinations that ran), newest first.
+    Revisions(EventsArgs),
+    /// Deploy an earlier revision, rolling.
+    #[command(disable_version_flag = true)]
+    Rollback(RollbackArgs),
 }
 
 #[derive(Debug, Args)]
@@ -63,7 +94,9 @@ pub struct PushArgs {
     /// Disk limit per instance, like 512M or 1G.
     #[arg(short = 'k', long = "disk", value_name = "DISK", value_parser = parse_size)]
     pub disk_mb: Option<u64>,
-    /// Buildpack to use; repeat for several, in order. `default` means detect over all of them.
+    /// Buildpack to use: an installed one's name, or a folder (`./path`) uploaded with the app.
+    /// Repeat for several, in order: all but the last supply, the last finalizes. `default` means
+    /// detect over the installed ones.
     #[arg(short = 'b', long = "buildpack", value_name = "BUILDPACK")]
     pub buildpacks: Vec<String>,
     /// Start command, overriding the Procfile and the buildpack's default.
@@ -72,6 +105,8 @@ pub struct PushArgs {
     /// Upload and stage, but don't start the app.
     #[arg(long)]
     pub no_start: bool,
+    #[command(flatten)]
+    pub deploy: DeployArgs,
     /// The manifest to read (a file, or a folder holding manifest.yml). Default: ./manifest.yml.
     #[arg(
         short = 'f',
@@ -83,6 +118,12 @@ pub struct PushArgs {
     /// Ignore manifest.yml in the current folder.
     #[arg(long)]
     pub no_manifest: bool,
+    /// A manifest variable: `((NAME))` becomes VALUE. Repeatable; wins over --vars-file.
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
+    /// A YAML file of manifest variables (`name: value` lines). Repeatable; later files win.
+    #[arg(long = "vars-file", value_name = "FILE")]
+    pub vars_files: Vec<PathBuf>,
 }
 
 impl PushArgs {
@@ -119,6 +160,167 @@ pub struct DeleteArgs {
     #[arg(value_name = "NAME", value_parser = parse_app_name)]
     pub name: AppName,
     /// Don't ask for confirmation.
+    #[arg(short = 'f', long = "force")]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    #[arg(value_name = "NAME", value_parser = parse_app_name)]
+    pub name: AppName,
+    /// Number of instances (0 stops them all).
+    #[arg(short = 'i', long = "instances")]
+    pub instances: Option<u32>,
+    /// Memory limit per instance, like 256M or 1G. Instances are replaced one at a time.
+    #[arg(short = 'm', long = "memory", value_parser = parse_size)]
+    pub memory_mb: Option<u64>,
+    /// Disk quota per instance, like 1G.
+    #[arg(short = 'k', long = "disk", value_parser = parse_size)]
+    pub disk_mb: Option<u64>,
+    /// The process type to scale.
+    #[arg(long = "process", default_value = "web")]
+    pub process: pier_api::ProcessType,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthCheckArgs {
+    #[arg(value_name = "NAME", value_parser = parse_app_name)]
+    pub name: AppName,
+    /// `port` (TCP connect to $PORT), `http` (GET an endpoint; 200-399 is healthy) or `process`.
+    #[arg(value_name = "TYPE")]
+    pub kind: pier_api::HealthCheckType,
+    /// For `http`: the path to GET.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Seconds a new instance has to pass its first check (1-180).
+    #[arg(short = 't', long = "timeout")]
+    pub timeout: Option<u32>,
+    /// Seconds one http check may take.
+    #[arg(long = "invocation-timeout")]
+    pub invocation_timeout: Option<u32>,
+    /// The process type.
+    #[arg(long = "process", default_value = "web")]
+    pub process: pier_api::ProcessType,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[arg(value_name = "NAME", value_parser = parse_app_name)]
+    pub name: AppName,
+    /// The revision to go back to (see `pier revisions NAME`).
+    #[arg(long = "version")]
+    pub version: u64,
+}
+
+/// How a start of new code reaches the instances that run.
+#[derive(Debug, Args, Clone, Default)]
+pub struct DeployArgs {
+    /// `rolling` (default: new instances beside the old, drained one by one), `recreate` (stop,
+    /// then start) or `canary` (one new instance, promoted step by step while it does no worse).
+    #[arg(long)]
+    pub strategy: Option<pier_api::DeploymentStrategy>,
+    /// New instances started at once in a rolling deployment.
+    #[arg(long = "max-in-flight")]
+    pub max_in_flight: Option<u32>,
+    /// Canary traffic percentages, like 10,50,100.
+    #[arg(long = "instance-steps", value_delimiter = ',')]
+    pub instance_steps: Option<Vec<u32>>,
+    /// Seconds of traffic compared at each canary step (default 60).
+    #[arg(long = "analysis-window")]
+    pub analysis_window: Option<u32>,
+}
+
+impl DeployArgs {
+    pub fn request(&self) -> pier_api::DeployRequest {
+        pier_api::DeployRequest {
+            strategy: self.strategy,
+            max_in_flight: self.max_in_flight,
+            instance_steps: self.instance_steps.clone(),
+            analysis_window_secs: self.analysis_window,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[arg(value_name = "NAME", value_parser = parse_app_name)]
+    pub name: AppName,
+    /// Print the events as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[arg(value_name = "NAME", value_parser = parse_app_name)]
+    pub name: AppName,
+    /// Print the buffered lines (the last 1000 by default) and exit instead of following.
+    #[arg(long)]
+    pub recent: bool,
+    /// Print one JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildpacksArgs {
+    /// Print the buildpacks as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateBuildpackArgs {
+    /// The buildpack's name (lowercase letters, digits, '_', '-', '.').
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The buildpack: a folder with bin/detect, or a .tgz / .tar.gz of one.
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
+    /// Position in the detection order (1 is tried first). Default: last.
+    #[arg(short = 'i', long = "position", value_name = "N")]
+    pub position: Option<u32>,
+    /// Install it disabled: detection skips it, but apps can still name it with -b.
+    #[arg(long)]
+    pub disable: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateBuildpackArgs {
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// New files: a folder with bin/detect, or a .tgz / .tar.gz of one (admin buildpacks only).
+    #[arg(short = 'p', long = "path", value_name = "PATH")]
+    pub path: Option<PathBuf>,
+    /// New position in the detection order (1 is tried first).
+    #[arg(short = 'i', long = "position", value_name = "N")]
+    pub position: Option<u32>,
+    /// Let detection use it again.
+    #[arg(long, conflicts_with = "disable")]
+    pub enable: bool,
+    /// Skip it in detection (apps can still name it with -b).
+    #[arg(long)]
+    pub disable: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteBuildpackArgs {
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Don't ask for confirmation.
+    #[arg(short = 'f', long = "force")]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateAppManifestArgs {
+    #[arg(value_name = "NAME", value_parser = parse_app_name)]
+    pub name: AppName,
+    /// Where to write it. Default: ./manifest.yml.
+    #[arg(short = 'p', long = "path", value_name = "PATH")]
+    pub path: Option<PathBuf>,
+    /// Replace the file if it exists.
     #[arg(short = 'f', long = "force")]
     pub force: bool,
 }

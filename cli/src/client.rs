@@ -182,6 +182,75 @@ impl Client {
         .await
     }
 
+    /// The app with each running instance's CPU, memory and disk use (takes about a second).
+    pub async fn app_with_stats(&self, name: &AppName) -> Result<AppResponse> {
+        self.json(
+            self.request(Method::GET, &format!("/v1/apps/{name}?stats=true")),
+            "app",
+        )
+        .await
+    }
+
+    pub async fn put_process(
+        &self,
+        name: &AppName,
+        process: &pier_api::ProcessType,
+        config: &pier_api::ProcessConfigRequest,
+    ) -> Result<AppResponse> {
+        let req = self
+            .request(Method::PUT, &format!("/v1/apps/{name}/processes/{process}"))
+            .json(config);
+        self.json(req, "app").await
+    }
+
+    pub async fn deploy(
+        &self,
+        name: &AppName,
+        req: &pier_api::DeployRequest,
+    ) -> Result<pier_api::DeploymentResponse> {
+        let req = self
+            .request(Method::POST, &format!("/v1/apps/{name}/deployments"))
+            .json(req);
+        self.json(req, "deployment").await
+    }
+
+    pub async fn deployments(&self, name: &AppName) -> Result<Vec<pier_api::DeploymentResponse>> {
+        self.json(
+            self.request(Method::GET, &format!("/v1/apps/{name}/deployments")),
+            "deployments",
+        )
+        .await
+    }
+
+    /// `cancel` or `continue` the deployment in progress.
+    pub async fn deployment_action(
+        &self,
+        name: &AppName,
+        action: &str,
+    ) -> Result<pier_api::DeploymentResponse> {
+        let req = self.request(
+            Method::POST,
+            &format!("/v1/apps/{name}/deployments/current/{action}"),
+        );
+        self.json(req, "deployment").await
+    }
+
+    pub async fn revisions(&self, name: &AppName) -> Result<Vec<pier_api::RevisionResponse>> {
+        self.json(
+            self.request(Method::GET, &format!("/v1/apps/{name}/revisions")),
+            "revisions",
+        )
+        .await
+    }
+
+    pub async fn events(&self, name: &AppName) -> Result<Vec<pier_api::AppEvent>> {
+        self.json(
+            self.request(Method::GET, &format!("/v1/apps/{name}/events")),
+            "events",
+        )
+        .await
+    }
+
     pub async fn put_app(&self, name: &AppName, config: &AppConfigRequest) -> Result<AppResponse> {
         let req = self
             .request(Method::PUT, &format!("/v1/apps/{name}"))
@@ -219,6 +288,45 @@ impl Client {
             what: "package".to_string(),
             detail: e.to_string(),
         })
+    }
+
+    pub async fn buildpacks(&self) -> Result<Vec<pier_api::BuildpackResponse>> {
+        self.json(self.request(Method::GET, "/v1/buildpacks"), "buildpacks")
+            .await
+    }
+
+    pub async fn create_buildpack(
+        &self,
+        req: &pier_api::CreateBuildpackRequest,
+    ) -> Result<pier_api::BuildpackResponse> {
+        let req = self.request(Method::POST, "/v1/buildpacks").json(req);
+        self.json(req, "buildpack").await
+    }
+
+    pub async fn update_buildpack(
+        &self,
+        name: &str,
+        req: &pier_api::UpdateBuildpackRequest,
+    ) -> Result<pier_api::BuildpackResponse> {
+        let req = self
+            .request(Method::PUT, &format!("/v1/buildpacks/{name}"))
+            .json(req);
+        self.json(req, "buildpack").await
+    }
+
+    pub async fn delete_buildpack(&self, name: &str) -> Result<()> {
+        let req = self
+            .request(Method::DELETE, &format!("/v1/buildpacks/{name}"))
+            .timeout(CALL_TIMEOUT);
+        self.send(req).await.map(drop)
+    }
+
+    /// Removes the app's buildpack cache (`DELETE /v1/apps/{name}/cache`).
+    pub async fn clear_cache(&self, name: &AppName) -> Result<()> {
+        let req = self
+            .request(Method::DELETE, &format!("/v1/apps/{name}/cache"))
+            .timeout(CALL_TIMEOUT);
+        self.send(req).await.map(drop)
     }
 
     /// Starts a build and returns its events as they arrive, one per NDJSON line.

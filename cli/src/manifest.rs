@@ -1,15 +1,20 @@
-//! `manifest.yml`: the Cloud Foundry app manifest, the subset Pier understands.
+//! `manifest.yml`: the Cloud Foundry app manifest.
 //!
 //! Parsing is strict: an unknown field is refused (a typo would otherwise be silently ignored),
 //! and every value is validated while it is read, so errors carry serde_yaml_ng's path and
 //! position: `applications[0].memory: invalid size "lots": ... at line 4 column 13`.
+//!
+//! Variables: `((name))` is replaced before parsing, from `--var name=value` (wins) and
+//! `--vars-file FILE` (a flat YAML map). A variable that is a whole value keeps its YAML type
+//! (`instances: ((n))` with `n=2` is a number); one inside a longer string is spliced in as text.
+//! A variable no source gives is an error naming it and its line.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use pier_api::{AppName, HealthCheck, HealthCheckType, RouteSpec};
+use pier_api::{AppName, HealthCheck, HealthCheckType, ProcessType, RouteSpec};
 use std::marker::PhantomData;
 use std::str::FromStr;
 
@@ -48,6 +53,45 @@ pub struct AppManifest {
     pub health_check_http_endpoint: Option<String>,
     pub health_check_invocation_timeout: Option<u32>,
     pub timeout: Option<u32>,
+    pub stack: Option<String>,
+    /// `processes:` in the order written.
+    pub processes: Option<Vec<ProcessManifest>>,
+}
+
+/// One entry of an app's `processes:`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessManifest {
+    pub kind: ProcessType,
+    pub instances: Option<u32>,
+    pub memory_mb: Option<u64>,
+    pub disk_mb: Option<u64>,
+    pub command: Option<String>,
+    pub health_check_type: Option<HealthCheckType>,
+    pub health_check_http_endpoint: Option<String>,
+    pub health_check_invocation_timeout: Option<u32>,
+    pub timeout: Option<u32>,
+}
+
+impl ProcessManifest {
+    pub fn health_check(&self) -> Option<HealthCheck> {
+        health_check_from(
+            self.health_check_type,
+            &self.health_check_http_endpoint,
+            self.health_check_invocation_timeout,
+            self.timeout,
+        )
+    }
+
+    /// The request that applies this entry to the process.
+    pub fn request(&self) -> pier_api::ProcessConfigRequest {
+        pier_api::ProcessConfigRequest {
+            instances: self.instances,
+            memory_mb: self.memory_mb,
+            disk_mb: self.disk_mb,
+            command: self.command.clone(),
+            health_check: self.health_check(),
+        }
+    }
 }
 
 /// The file as written. Every field is checked while it is read (see [`Checked`]).
@@ -80,6 +124,40 @@ struct RawApp {
     health_check_http_endpoint: Option<Checked<Endpoint>>,
     health_check_invocation_timeout: Option<Checked<Timeout>>,
     timeout: Option<Checked<Timeout>>,
+    stack: Option<String>,
+    processes: Option<Vec<RawProcess>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawProcess {
+    #[serde(rename = "type")]
+    kind: Checked<ProcessType>,
+    instances: Option<u32>,
+    memory: Option<Checked<Size>>,
+    #[serde(rename = "disk_quota", alias = "disk-quota")]
+    disk_quota: Option<Checked<Size>>,
+    command: Option<String>,
+    health_check_type: Option<Checked<HealthCheckKind>>,
+    health_check_http_endpoint: Option<Checked<Endpoint>>,
+    health_check_invocation_timeout: Option<Checked<Timeout>>,
+    timeout: Option<Checked<Timeout>>,
+}
+
+impl From<RawProcess> for ProcessManifest {
+    fn from(raw: RawProcess) -> Self {
+        ProcessManifest {
+            kind: raw.kind.0,
+            instances: raw.instances,
+            memory_mb: raw.memory.map(|c| c.0 .0),
+            disk_mb: raw.disk_quota.map(|c| c.0 .0),
+            command: raw.command,
+            health_check_type: raw.health_check_type.map(|c| c.0 .0),
+            health_check_http_endpoint: raw.health_check_http_endpoint.map(|c| c.0 .0),
+            health_check_invocation_timeout: raw.health_check_invocation_timeout.map(|c| c.0 .0),
+            timeout: raw.timeout.map(|c| c.0 .0),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +189,10 @@ impl From<RawApp> for AppManifest {
             health_check_http_endpoint: raw.health_check_http_endpoint.map(|c| c.0 .0),
             health_check_invocation_timeout: raw.health_check_invocation_timeout.map(|c| c.0 .0),
             timeout: raw.timeout.map(|c| c.0 .0),
+            stack: raw.stack,
+            processes: raw
+                .processes
+                .map(|ps| ps.into_iter().map(ProcessManifest::from).collect()),
         }
     }
 }
@@ -151,6 +233,11 @@ impl LoadedManifest {
 
 /// Reads `path`: a manifest file, or a folder holding `manifest.yml` (or `manifest.yaml`).
 pub fn load(path: &Path) -> Result<LoadedManifest> {
+    load_with_vars(path, &BTreeMap::new())
+}
+
+/// Like [`load`], replacing `((name))` variables from `vars` first.
+pub fn load_with_vars(path: &Path, vars: &BTreeMap<String, String>) -> Result<LoadedManifest> {
     let file = if path.is_dir() {
         find_in(path).ok_or_else(|| {
             Failure::new(format!("there is no manifest.yml in {}", path.display()))
@@ -160,10 +247,14 @@ pub fn load(path: &Path) -> Result<LoadedManifest> {
     };
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read {}", file.display()))?;
+    let text = substitute(&text, vars).map_err(|e| {
+        Failure::new(format!("{}: {e}", file.display()))
+            .hint("give each variable with --var NAME=VALUE or in a --vars-file")
+    })?;
     let manifest = parse(&text).map_err(|e| {
         Failure::new(format!("{}: {e}", file.display())).hint(
             "Pier reads name, path, instances, memory, disk_quota, buildpacks (or buildpack), \
-                 command, env, routes, no-route, random-route, health-check-type, \
+                 command, env, routes, no-route, random-route, stack, processes, health-check-type, \
                  health-check-http-endpoint, health-check-invocation-timeout and timeout",
         )
     })?;
@@ -198,6 +289,17 @@ pub fn parse(text: &str) -> Result<Manifest, String> {
             ));
         }
     }
+    for (i, app) in manifest.applications.iter().enumerate() {
+        let mut types = std::collections::BTreeSet::new();
+        for p in app.processes.iter().flatten() {
+            if !types.insert(p.kind.as_str()) {
+                return Err(format!(
+                    "applications[{i}].processes: the type {} is listed more than once",
+                    p.kind
+                ));
+            }
+        }
+    }
     let mut seen = std::collections::BTreeSet::new();
     for app in &manifest.applications {
         if let Some(name) = &app.name {
@@ -222,28 +324,139 @@ impl AppManifest {
     /// The health check the manifest describes, if it says anything about one. Fields it doesn't
     /// give take Cloud Foundry's defaults, because the API sets the whole health check at once.
     pub fn health_check(&self) -> Option<HealthCheck> {
-        if self.health_check_type.is_none()
-            && self.health_check_http_endpoint.is_none()
-            && self.health_check_invocation_timeout.is_none()
-            && self.timeout.is_none()
-        {
-            return None;
+        health_check_from(
+            self.health_check_type,
+            &self.health_check_http_endpoint,
+            self.health_check_invocation_timeout,
+            self.timeout,
+        )
+    }
+
+    /// The `web` entry of `processes:`, if there is one.
+    pub fn web_process(&self) -> Option<&ProcessManifest> {
+        self.processes.iter().flatten().find(|p| p.kind.is_web())
+    }
+}
+
+fn health_check_from(
+    kind: Option<HealthCheckType>,
+    endpoint: &Option<String>,
+    invocation_timeout: Option<u32>,
+    timeout: Option<u32>,
+) -> Option<HealthCheck> {
+    if kind.is_none() && endpoint.is_none() && invocation_timeout.is_none() && timeout.is_none() {
+        return None;
+    }
+    let defaults = HealthCheck::default();
+    let kind = match (kind, endpoint) {
+        (Some(k), _) => k,
+        // An endpoint alone means an http check, as in CF's v3 manifests.
+        (None, Some(_)) => HealthCheckType::Http,
+        (None, None) => defaults.kind,
+    };
+    Some(HealthCheck {
+        kind,
+        endpoint: endpoint.clone(),
+        timeout_secs: timeout.unwrap_or(defaults.timeout_secs),
+        invocation_timeout_secs: invocation_timeout.unwrap_or(defaults.invocation_timeout_secs),
+    })
+}
+
+/// Collects variables: every `--vars-file` in order (later files win), then `--var NAME=VALUE`
+/// (wins over files).
+pub fn collect_vars(vars: &[String], files: &[PathBuf]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for f in files {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| Failure::new(format!("cannot read the vars file {}: {e}", f.display())))?;
+        let map: BTreeMap<String, Checked<EnvValue>> =
+            serde_yaml_ng::from_str(&text).map_err(|e| {
+                Failure::new(format!("{}: {e}", f.display()))
+                    .hint("a vars file is a flat YAML map: `name: value` per line")
+            })?;
+        for (k, v) in map {
+            check_var_name(&k).map_err(|e| Failure::new(format!("{}: {e}", f.display())))?;
+            out.insert(k, v.0 .0);
         }
-        let defaults = HealthCheck::default();
-        let kind = match (self.health_check_type, &self.health_check_http_endpoint) {
-            (Some(k), _) => k,
-            // An endpoint alone means an http check, as in CF's v3 manifests.
-            (None, Some(_)) => HealthCheckType::Http,
-            (None, None) => defaults.kind,
+    }
+    for v in vars {
+        let Some((k, val)) = v.split_once('=') else {
+            return Err(Failure::new(format!("--var {v:?} has no '='"))
+                .hint("write --var NAME=VALUE")
+                .into());
         };
-        Some(HealthCheck {
-            kind,
-            endpoint: self.health_check_http_endpoint.clone(),
-            timeout_secs: self.timeout.unwrap_or(defaults.timeout_secs),
-            invocation_timeout_secs: self
-                .health_check_invocation_timeout
-                .unwrap_or(defaults.invocation_timeout_secs),
-        })
+        check_var_name(k).map_err(|e| Failure::new(format!("--var {v:?}: {e}")))?;
+        out.insert(k.to_string(), val.to_string());
+    }
+    Ok(out)
+}
+
+fn check_var_name(k: &str) -> Result<(), String> {
+    if !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "variable name {k:?} is invalid: use letters, digits, '_', '-' and '.'"
+        ))
+    }
+}
+
+/// Replaces `((name))` in a manifest's text. Every missing variable is named, with its line.
+pub fn substitute(text: &str, vars: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut missing = Vec::new();
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(start) = rest.find("((") {
+            let Some(len) = rest[start + 2..].find("))") else {
+                break;
+            };
+            let name = &rest[start + 2..start + 2 + len];
+            if check_var_name(name).is_err() {
+                out.push_str(&rest[..start + 2]);
+                rest = &rest[start + 2..];
+                continue;
+            }
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 4 + len..];
+            match vars.get(name) {
+                None => {
+                    missing.push(format!("(({name})) on line {}", n + 1));
+                    out.push_str(&rest[start..start + 4 + len]);
+                }
+                Some(v) => {
+                    // The whole value (after `key: ` or `- `): keep YAML's typing, but quote
+                    // values YAML would read as something else (`a: b`, `#x`, `[1]`, ...).
+                    let before = out.rsplit('\n').next().unwrap_or("").trim_end();
+                    let whole =
+                        (before.ends_with(':') || before.ends_with('-')) && after.trim().is_empty();
+                    let plain = !v.is_empty()
+                        && !v.contains(": ")
+                        && !v.contains(" #")
+                        && !v.contains('\n')
+                        && !v.starts_with(|c: char| "{}[]&*!|>'\"%@`#,?:- ".contains(c))
+                        && !v.ends_with([' ', ':']);
+                    if whole && !plain {
+                        out.push_str(&serde_json::to_string(v).unwrap_or_default());
+                    } else {
+                        out.push_str(v);
+                    }
+                }
+            }
+            rest = after;
+        }
+        out.push_str(rest);
+    }
+    if missing.is_empty() {
+        Ok(out)
+    } else {
+        Err(format!(
+            "the manifest uses variables nothing gives: {}",
+            missing.join(", ")
+        ))
     }
 }
 
@@ -499,6 +712,78 @@ applications:
         assert!(parse("applications:\n- name: a\n- name: a\n")
             .unwrap_err()
             .contains("more than once"));
+    }
+
+    #[test]
+    fn processes_and_stack() {
+        let m = parse(
+            "applications:\n- name: a\n  stack: pier-bookworm\n  processes:\n  - type: web\n    instances: 2\n    health-check-type: http\n    health-check-http-endpoint: /health\n  - type: worker\n    instances: 1\n    memory: 64M\n    command: python3 worker.py\n    health-check-type: process\n",
+        )
+        .unwrap();
+        let app = &m.applications[0];
+        assert_eq!(app.stack.as_deref(), Some("pier-bookworm"));
+        let web = app.web_process().unwrap();
+        assert_eq!(web.instances, Some(2));
+        assert_eq!(web.health_check().unwrap().kind, HealthCheckType::Http);
+        let worker = &app.processes.as_ref().unwrap()[1];
+        assert_eq!(worker.kind.as_str(), "worker");
+        let req = worker.request();
+        assert_eq!(req.memory_mb, Some(64));
+        assert_eq!(req.command.as_deref(), Some("python3 worker.py"));
+        assert_eq!(req.health_check.unwrap().kind, HealthCheckType::Process);
+
+        let err =
+            parse("applications:\n- name: a\n  processes:\n  - type: Bad Type\n").unwrap_err();
+        assert!(err.contains("processes[0].type"), "{err}");
+        let err = parse("applications:\n- name: a\n  processes:\n  - type: w\n  - type: w\n")
+            .unwrap_err();
+        assert!(err.contains("more than once"), "{err}");
+        let err = parse("applications:\n- name: a\n  processes:\n  - type: w\n    memroy: 1G\n")
+            .unwrap_err();
+        assert!(err.contains("unknown field `memroy`"), "{err}");
+    }
+
+    #[test]
+    fn variables_are_substituted() {
+        let vars = BTreeMap::from([
+            ("n".to_string(), "3".to_string()),
+            ("greeting".to_string(), "hi: there".to_string()),
+            ("host".to_string(), "api".to_string()),
+        ]);
+        let text = "applications:\n- name: app-((host))\n  instances: ((n))\n  env:\n    G: ((greeting))\n  routes:\n  - route: ((host)).example.com\n";
+        let m = parse(&substitute(text, &vars).unwrap()).unwrap();
+        let app = &m.applications[0];
+        assert_eq!(app.name.as_ref().unwrap().as_str(), "app-api");
+        assert_eq!(app.instances, Some(3));
+        assert_eq!(app.env.as_ref().unwrap()["G"], "hi: there");
+        assert_eq!(
+            app.routes.as_ref().unwrap()[0].to_string(),
+            "api.example.com"
+        );
+
+        let err = substitute("a: ((x))\nb: ((y))\n", &BTreeMap::new()).unwrap_err();
+        assert!(
+            err.contains("((x)) on line 1") && err.contains("((y)) on line 2"),
+            "{err}"
+        );
+        // Not a variable: left alone.
+        assert_eq!(
+            substitute("a: ((not a var))\n", &BTreeMap::new()).unwrap(),
+            "a: ((not a var))\n"
+        );
+    }
+
+    #[test]
+    fn vars_from_flags_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("vars.yml");
+        std::fs::write(&f, "n: 2\nhost: from-file\n").unwrap();
+        let vars = collect_vars(&["host=from-flag".to_string()], std::slice::from_ref(&f)).unwrap();
+        assert_eq!(vars["n"], "2");
+        assert_eq!(vars["host"], "from-flag", "--var wins over a vars file");
+        assert!(collect_vars(&["novalue".to_string()], &[]).is_err());
+        std::fs::write(&f, "- a\n").unwrap();
+        assert!(collect_vars(&[], &[f]).is_err());
     }
 
     #[test]

@@ -143,11 +143,16 @@ pub fn main_process(app: &AppResponse) -> Option<&ProcessResponse> {
 /// Instances as a table: index, state, since, host port (and process when there are several types).
 pub fn instance_table(instances: &[InstanceStatus]) -> String {
     let several_types = instances.iter().any(|i| !i.process.is_web());
+    let with_stats = instances.iter().any(|i| i.stats.is_some());
     let mut header = vec![];
     if several_types {
         header.push("process");
     }
-    header.extend(["index", "state", "since", "host port"]);
+    header.extend(["index", "state", "since"]);
+    if with_stats {
+        header.extend(["cpu", "memory", "disk", "uptime"]);
+    }
+    header.extend(["crashes", "host port"]);
     let rows: Vec<Vec<String>> = instances
         .iter()
         .map(|i| {
@@ -158,6 +163,26 @@ pub fn instance_table(instances: &[InstanceStatus]) -> String {
             row.push(format!("#{}", i.index));
             row.push(i.state.as_str().to_ascii_lowercase());
             row.push(format_time(i.since));
+            if with_stats {
+                match &i.stats {
+                    Some(s) => {
+                        row.push(format!("{:.1}%", s.cpu_percent));
+                        row.push(format!(
+                            "{} of {}",
+                            format_bytes(s.memory_bytes),
+                            format_bytes(s.memory_limit_bytes)
+                        ));
+                        row.push(format!(
+                            "{} of {}",
+                            format_bytes(s.disk_bytes),
+                            format_bytes(s.disk_limit_bytes)
+                        ));
+                        row.push(format_uptime(s.uptime_secs));
+                    }
+                    None => row.extend(std::iter::repeat_n("-".to_string(), 4)),
+                }
+            }
+            row.push(i.crash_count.to_string());
             row.push(
                 i.host_port
                     .map(|p| format!("127.0.0.1:{p}"))
@@ -167,6 +192,20 @@ pub fn instance_table(instances: &[InstanceStatus]) -> String {
         })
         .collect();
     table(&header, &rows)
+}
+
+/// `3d4h`, `2h5m`, `4m12s`, `9s`.
+pub fn format_uptime(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d{h}h")
+    } else if h > 0 {
+        format!("{h}h{m}m")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
+    }
 }
 
 #[cfg(test)]

@@ -122,7 +122,7 @@ async fn push_uploads_configures_streams_staging_live_starts_and_waits() {
             "POST /v1/packages",
             "PUT /v1/apps/hello",
             "POST /v1/apps/hello/builds",
-            "POST /v1/apps/hello/actions/start",
+            "POST /v1/apps/hello/deployments",
         ]
     );
     assert!(fake.requests().contains(&"GET /v1/apps/hello".to_string()));
@@ -294,7 +294,7 @@ async fn a_crash_on_start_shows_the_instance_output() {
     assert_eq!(out.code, 1, "{}", out.stdout);
     assert!(
         out.stderr
-            .contains("error: instance #0 of hello crashed: exited with status 3"),
+            .contains("error: deployment of hello (revision 1) failed: new instance 0 (web) of revision 1 failed: exited with status 3"),
         "{}",
         out.stderr
     );

@@ -99,7 +99,36 @@ pub struct Config {
     /// Lines of log kept per app.
     #[arg(long, env = "PIER_LOG_BUFFER_LINES", default_value_t = 1000)]
     pub log_buffer_lines: usize,
+
+    /// Revisions kept per app; older droplets are deleted.
+    #[arg(long, env = "PIER_REVISIONS_KEPT", default_value_t = DEFAULT_REVISIONS_KEPT)]
+    pub revisions_kept: usize,
+
+    /// A canary whose 5xx rate is more than this fraction above the baseline's is rolled back.
+    #[arg(
+        long,
+        env = "PIER_CANARY_MAX_ERROR_RATE_INCREASE",
+        default_value_t = 0.01
+    )]
+    pub canary_max_error_rate_increase: f64,
+
+    /// A canary whose p99 latency is more than this many ms above the baseline's is rolled back.
+    #[arg(long, env = "PIER_CANARY_MAX_P99_INCREASE_MS", default_value_t = 250.0)]
+    pub canary_max_p99_increase_ms: f64,
+
+    /// How long a removed instance may take to finish the requests it is serving before it gets
+    /// SIGTERM, in seconds.
+    #[arg(long, env = "PIER_DRAIN_TIMEOUT", default_value_t = 30)]
+    pub drain_timeout_secs: u64,
+
+    /// Most lines of app output (`APP/...`) one app may log per second; past it lines are
+    /// dropped and an `LGR` line says how many. 0 means no limit.
+    #[arg(long, env = "PIER_LOG_RATE_LIMIT", default_value_t = 0)]
+    pub log_rate_limit: u64,
 }
+
+/// Defaults of the deployment settings, shared by the clap defaults and `Config::for_tests`.
+pub const DEFAULT_REVISIONS_KEPT: usize = 10;
 
 impl Config {
     /// A config for tests and embedding: port 0 everywhere, the given data dir.
@@ -122,6 +151,11 @@ impl Config {
             crash_backoff_base_ms: 30_000,
             controller_id: None,
             log_buffer_lines: 1000,
+            revisions_kept: DEFAULT_REVISIONS_KEPT,
+            canary_max_error_rate_increase: 0.01,
+            canary_max_p99_increase_ms: 250.0,
+            drain_timeout_secs: 30,
+            log_rate_limit: 0,
         }
     }
 
@@ -134,6 +168,9 @@ impl Config {
                 "--router-listen {:?} is neither an address like 127.0.0.1:8080 nor `none`",
                 self.router_listen
             );
+        }
+        if self.log_buffer_lines == 0 {
+            anyhow::bail!("--log-buffer-lines must be more than 0");
         }
         if self.max_package_bytes == 0 {
             anyhow::bail!("--max-package-bytes must be more than 0");

@@ -29,6 +29,7 @@ pub mod labels {
     pub const INDEX: &str = "pier.index";
     pub const INSTANCE: &str = "pier.instance";
     pub const DROPLET: &str = "pier.droplet";
+    pub const REVISION: &str = "pier.revision";
     /// Hash of everything that makes an instance what it is; a different hash means replace it.
     pub const SPEC: &str = "pier.spec";
 }

@@ -16,8 +16,9 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use pier_api::{
-    AppConfigRequest, AppName, AppResponse, AppState, BuildEvent, BuildRequest, ErrorCode,
-    HealthCheck, InfoResponse, PackageResponse, ProcessResponse, ProcessType, RouteSpec,
+    AppConfigRequest, AppName, AppResponse, AppState, BuildEvent, BuildRequest, DeployRequest,
+    DeploymentResponse, ErrorCode, HealthCheck, HealthCheckType, InfoResponse, PackageResponse,
+    ProcessConfigRequest, ProcessResponse, ProcessType, RouteSpec,
 };
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -40,8 +41,22 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/v1/apps/{name}/builds", post(build))
         .route("/v1/apps/{name}/actions/{action}", post(action))
         .route("/v1/apps/{name}/events", get(events))
+        .route(
+            "/v1/apps/{name}/deployments",
+            get(list_deployments).post(create_deployment),
+        )
+        .route(
+            "/v1/apps/{name}/deployments/{id}/{action}",
+            post(deployment_action),
+        )
+        .route("/v1/apps/{name}/revisions", get(revisions))
+        .route(
+            "/v1/apps/{name}/processes/{process}",
+            axum::routing::put(put_process),
+        )
         .route("/v1/routes", get(routes))
         .merge(crate::logs_http::routes())
+        .merge(crate::buildpacks_http::routes())
         .route(
             "/v1/packages",
             post(upload_package).layer(DefaultBodyLimit::disable()),
@@ -151,9 +166,36 @@ async fn list_apps(State(ctx): S) -> Result<Json<Vec<AppResponse>>> {
     Ok(Json(apps.iter().map(|a| app_response(&ctx, a)).collect()))
 }
 
-async fn get_app(State(ctx): S, Path(name): Path<String>) -> Result<Json<AppResponse>> {
+#[derive(Deserialize)]
+struct AppQuery {
+    #[serde(default)]
+    stats: bool,
+}
+
+async fn get_app(
+    State(ctx): S,
+    Path(name): Path<String>,
+    Query(q): Query<AppQuery>,
+) -> Result<Json<AppResponse>> {
     let app = load(&ctx, &name)?;
-    Ok(Json(app_response(&ctx, &app)))
+    let mut resp = app_response(&ctx, &app);
+    if q.stats {
+        let stats = futures_util::future::join_all(resp.instances.iter().map(|i| {
+            let disk = app
+                .processes
+                .get(&i.process)
+                .map(|p| p.disk_mb)
+                .unwrap_or(0);
+            crate::instances::instance_stats(&ctx, i, disk)
+        }))
+        .await;
+        for (i, st) in resp.instances.iter_mut().zip(stats) {
+            if i.state == pier_api::InstanceState::Running {
+                i.stats = st;
+            }
+        }
+    }
+    Ok(Json(resp))
 }
 
 const MAX_INSTANCES: u32 = 256;
@@ -164,8 +206,8 @@ fn valid_env_name(k: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Checks a config request completely before anything is changed.
-fn validate_config(ctx: &Ctx, req: &AppConfigRequest) -> Result<()> {
+/// Checks the per-process fields of a request.
+fn validate_process(req: &ProcessConfigRequest) -> Result<()> {
     if let Some(n) = req.instances {
         if n > MAX_INSTANCES {
             return Err(Error::bad_request(format!(
@@ -187,32 +229,10 @@ fn validate_config(ctx: &Ctx, req: &AppConfigRequest) -> Result<()> {
             )));
         }
     }
-    if let Some(env) = &req.env {
-        for (k, v) in env {
-            if !valid_env_name(k) {
-                return Err(Error::bad_request(format!(
-                    "env var name {k:?} is invalid: use letters, digits and '_', not starting with a digit"
-                )));
-            }
-            if k == "PORT" || k.starts_with("VCAP_") || k.starts_with("CF_INSTANCE_") {
-                return Err(Error::bad_request(format!(
-                    "env var {k} is set by the platform and cannot be overridden"
-                )));
-            }
-            if v.contains('\0') {
-                return Err(Error::bad_request(format!(
-                    "env var {k} contains a NUL byte"
-                )));
-            }
-        }
-    }
     if let Some(c) = &req.command {
         if c.contains('\0') {
             return Err(Error::bad_request("command contains a NUL byte"));
         }
-    }
-    if let Some(bps) = &req.buildpacks {
-        crate::staging::check_buildpacks(bps)?;
     }
     if let Some(hc) = &req.health_check {
         if !(1..=180).contains(&hc.timeout_secs) {
@@ -233,7 +253,86 @@ fn validate_config(ctx: &Ctx, req: &AppConfigRequest) -> Result<()> {
             }
         }
     }
-    let _ = ctx;
+    Ok(())
+}
+
+fn web_part(req: &AppConfigRequest) -> ProcessConfigRequest {
+    ProcessConfigRequest {
+        instances: req.instances,
+        memory_mb: req.memory_mb,
+        disk_mb: req.disk_mb,
+        command: req.command.clone(),
+        health_check: req.health_check.clone(),
+    }
+}
+
+/// Applies the fields a request names to a process.
+fn apply_process(p: &mut ProcessRecord, req: &ProcessConfigRequest) {
+    if let Some(n) = req.instances {
+        p.instances = n;
+    }
+    if let Some(m) = req.memory_mb {
+        p.memory_mb = m;
+    }
+    if let Some(d) = req.disk_mb {
+        p.disk_mb = d;
+    }
+    if let Some(c) = &req.command {
+        p.command = if c.trim().is_empty() {
+            None
+        } else {
+            Some(c.clone())
+        };
+    }
+    if let Some(hc) = &req.health_check {
+        p.health_check = hc.clone();
+    }
+}
+
+/// A process as a new app or a newly declared process type gets it: web runs one instance with a
+/// port check; other types run none until scaled, and are checked by being alive.
+pub fn default_process(ctx: &Ctx, kind: &ProcessType) -> ProcessRecord {
+    ProcessRecord {
+        instances: u32::from(kind.is_web()),
+        memory_mb: ctx.config.default_memory_mb,
+        disk_mb: ctx.config.default_disk_mb,
+        command: None,
+        health_check: HealthCheck {
+            kind: if kind.is_web() {
+                HealthCheckType::Port
+            } else {
+                HealthCheckType::Process
+            },
+            ..HealthCheck::default()
+        },
+    }
+}
+
+/// Checks a config request completely before anything is changed.
+fn validate_config(req: &AppConfigRequest) -> Result<()> {
+    validate_process(&web_part(req))?;
+    if let Some(env) = &req.env {
+        for (k, v) in env {
+            if !valid_env_name(k) {
+                return Err(Error::bad_request(format!(
+                    "env var name {k:?} is invalid: use letters, digits and '_', not starting with a digit"
+                )));
+            }
+            if k == "PORT" || k.starts_with("VCAP_") || k.starts_with("CF_INSTANCE_") {
+                return Err(Error::bad_request(format!(
+                    "env var {k} is set by the platform and cannot be overridden"
+                )));
+            }
+            if v.contains('\0') {
+                return Err(Error::bad_request(format!(
+                    "env var {k} contains a NUL byte"
+                )));
+            }
+        }
+    }
+    if let Some(bps) = &req.buildpacks {
+        crate::staging::check_buildpacks(bps)?;
+    }
     Ok(())
 }
 
@@ -267,7 +366,7 @@ async fn put_app(
 ) -> Result<Json<AppResponse>> {
     let name = parse_name(&name)?;
     let req: AppConfigRequest = json_body(&body)?;
-    validate_config(&ctx, &req)?;
+    validate_config(&req)?;
     let lock = ctx.app_lock(&name);
     let _guard = lock.lock().await;
     let now = OffsetDateTime::now_utc();
@@ -281,19 +380,16 @@ async fn put_app(
         droplet: None,
         processes: BTreeMap::from([(
             ProcessType::web(),
-            ProcessRecord {
-                instances: 1,
-                memory_mb: ctx.config.default_memory_mb,
-                disk_mb: ctx.config.default_disk_mb,
-                command: None,
-                health_check: HealthCheck::default(),
-            },
+            default_process(&ctx, &ProcessType::web()),
         )]),
         routes: Vec::new(),
         env: BTreeMap::new(),
         buildpacks: Vec::new(),
         staging: None,
         restart_gen: 0,
+        revisions: Vec::new(),
+        current_revision: None,
+        deployments: Vec::new(),
         old_blobs: Vec::new(),
         created_at: now,
         updated_at: now,
@@ -301,32 +397,8 @@ async fn put_app(
     let web = app
         .processes
         .entry(ProcessType::web())
-        .or_insert_with(|| ProcessRecord {
-            instances: 1,
-            memory_mb: ctx.config.default_memory_mb,
-            disk_mb: ctx.config.default_disk_mb,
-            command: None,
-            health_check: HealthCheck::default(),
-        });
-    if let Some(n) = req.instances {
-        web.instances = n;
-    }
-    if let Some(m) = req.memory_mb {
-        web.memory_mb = m;
-    }
-    if let Some(d) = req.disk_mb {
-        web.disk_mb = d;
-    }
-    if let Some(c) = &req.command {
-        web.command = if c.trim().is_empty() {
-            None
-        } else {
-            Some(c.clone())
-        };
-    }
-    if let Some(hc) = &req.health_check {
-        web.health_check = hc.clone();
-    }
+        .or_insert_with(|| default_process(&ctx, &ProcessType::web()));
+    apply_process(web, &web_part(&req));
     if let Some(bps) = &req.buildpacks {
         app.buildpacks = bps.clone();
     }
@@ -510,6 +582,13 @@ async fn build(State(ctx): S, Path(name): Path<String>, body: Bytes) -> Result<R
                         latest.old_blobs.push(old.sha256);
                     }
                 }
+                // Every process type the droplet declares becomes a process of the app.
+                for kind in droplet.process_types.keys() {
+                    if let Ok(kind) = kind.parse::<ProcessType>() {
+                        let p = default_process(&ctx, &kind);
+                        latest.processes.entry(kind).or_insert(p);
+                    }
+                }
                 latest.updated_at = OffsetDateTime::now_utc();
                 ctx.event(
                     &latest,
@@ -546,25 +625,37 @@ async fn build(State(ctx): S, Path(name): Path<String>, body: Bytes) -> Result<R
 async fn action(
     State(ctx): S,
     Path((name, action)): Path<(String, String)>,
+    body: Bytes,
 ) -> Result<Json<AppResponse>> {
     let app = load(&ctx, &name)?;
     let lock = ctx.app_lock(&app.name);
-    let _guard = lock.lock().await;
+    let guard = lock.lock().await;
     let mut app = load(&ctx, &name)?;
     match action.as_str() {
+        // Starting or restarting is a deployment: rolling when instances already run.
         "start" | "restart" => {
-            if app.droplet.is_none() {
-                return Err(Error::bad_request(format!(
-                    "app {} has not been staged yet; push it first",
-                    app.name
-                )));
+            let mut req: DeployRequest = json_body(&body)?;
+            req.restart |= action == "restart";
+            if let Some(d) = crate::deployments::deploy(&ctx, &mut app, &req)? {
+                ctx.store.put_app(&app)?;
+                ctx.event(
+                    &app,
+                    "deployment_started",
+                    d.reason.as_deref().unwrap_or("deploying"),
+                );
             }
-            if action == "restart" {
-                app.restart_gen += 1;
-            }
-            app.state = AppState::Started;
         }
-        "stop" => app.state = AppState::Stopped,
+        "stop" => {
+            if let Some(d) = app.active_deployment_mut() {
+                d.state = pier_api::DeploymentState::Canceled;
+                d.reason = Some("the app was stopped".into());
+                d.finished_at = Some(OffsetDateTime::now_utc());
+            }
+            app.state = AppState::Stopped;
+            app.updated_at = OffsetDateTime::now_utc();
+            ctx.store.put_app(&app)?;
+            ctx.event(&app, "stopped", "app stopped");
+        }
         other => {
             return Err(Error::api(
                 ErrorCode::NotFound,
@@ -572,13 +663,139 @@ async fn action(
             ))
         }
     }
+    drop(guard);
+    crate::instances::reconcile_once(&ctx, &ctx.shutdown).await?;
+    Ok(Json(app_response(&ctx, &app)))
+}
+
+async fn create_deployment(
+    State(ctx): S,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<DeploymentResponse>> {
+    let req: DeployRequest = json_body(&body)?;
+    let app = load(&ctx, &name)?;
+    let lock = ctx.app_lock(&app.name);
+    let guard = lock.lock().await;
+    let mut app = load(&ctx, &name)?;
+    let d = match crate::deployments::deploy(&ctx, &mut app, &req)? {
+        Some(d) => {
+            ctx.store.put_app(&app)?;
+            ctx.event(
+                &app,
+                "deployment_started",
+                d.reason.as_deref().unwrap_or("deploying"),
+            );
+            d
+        }
+        // Nothing changed: answer with the deployment that got the app here.
+        None => app.deployments.last().cloned().ok_or_else(|| {
+            Error::bad_request(format!("app {} already runs that revision", app.name))
+        })?,
+    };
+    drop(guard);
+    crate::instances::reconcile_once(&ctx, &ctx.shutdown).await?;
+    Ok(Json(crate::deployments::deployment_response(&d)))
+}
+
+async fn list_deployments(
+    State(ctx): S,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<DeploymentResponse>>> {
+    let app = load(&ctx, &name)?;
+    Ok(Json(
+        app.deployments
+            .iter()
+            .rev()
+            .map(crate::deployments::deployment_response)
+            .collect(),
+    ))
+}
+
+async fn deployment_action(
+    State(ctx): S,
+    Path((name, id, action)): Path<(String, String, String)>,
+) -> Result<Json<DeploymentResponse>> {
+    let app = load(&ctx, &name)?;
+    let lock = ctx.app_lock(&app.name);
+    let guard = lock.lock().await;
+    let mut app = load(&ctx, &name)?;
+    let current = app.active_deployment().map(|d| d.id.clone());
+    if id != "current" && current.as_deref() != Some(id.as_str()) {
+        return Err(Error::api(
+            ErrorCode::NotFound,
+            format!("deployment {id} of app {} is not in progress", app.name),
+        ));
+    }
+    let d = match action.as_str() {
+        "cancel" => crate::deployments::cancel(&mut app)?,
+        "continue" => crate::deployments::continue_canary(&mut app)?,
+        other => {
+            return Err(Error::api(
+                ErrorCode::NotFound,
+                format!("unknown deployment action {other:?}: use cancel or continue"),
+            ))
+        }
+    };
     app.updated_at = OffsetDateTime::now_utc();
     ctx.store.put_app(&app)?;
     ctx.event(
         &app,
-        &format!("{action}ed").replace("stoped", "stopped"),
-        &format!("app {action}"),
+        &format!("deployment_{action}"),
+        d.reason.as_deref().unwrap_or(""),
     );
+    drop(guard);
+    crate::instances::reconcile_once(&ctx, &ctx.shutdown).await?;
+    Ok(Json(crate::deployments::deployment_response(&d)))
+}
+
+async fn revisions(
+    State(ctx): S,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<pier_api::RevisionResponse>>> {
+    let app = load(&ctx, &name)?;
+    Ok(Json(
+        app.revisions
+            .iter()
+            .rev()
+            .map(|r| crate::deployments::revision_response(&app, r))
+            .collect(),
+    ))
+}
+
+async fn put_process(
+    State(ctx): S,
+    Path((name, process)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<AppResponse>> {
+    let req: ProcessConfigRequest = json_body(&body)?;
+    validate_process(&req)?;
+    let kind: ProcessType = process
+        .parse()
+        .map_err(|e: pier_api::NameError| Error::bad_request(e.to_string()))?;
+    let app = load(&ctx, &name)?;
+    let lock = ctx.app_lock(&app.name);
+    let _guard = lock.lock().await;
+    let mut app = load(&ctx, &name)?;
+    let known: Vec<String> = app.processes.keys().map(|k| k.to_string()).collect();
+    let Some(p) = app.processes.get_mut(&kind) else {
+        return Err(Error::api(
+            ErrorCode::NotFound,
+            format!(
+                "app {} has no process type {kind:?} (it has: {}); declare it in the Procfile or manifest and push",
+                app.name,
+                known.join(", ")
+            ),
+        ));
+    };
+    apply_process(p, &req);
+    let summary = format!(
+        "{kind}: {} instances, {}M memory, {}M disk, {:?} health check",
+        p.instances, p.memory_mb, p.disk_mb, p.health_check.kind
+    );
+    app.updated_at = OffsetDateTime::now_utc();
+    ctx.store.put_app(&app)?;
+    ctx.event(&app, "scaled", &summary);
     crate::instances::reconcile_once(&ctx, &ctx.shutdown).await?;
     Ok(Json(app_response(&ctx, &app)))
 }

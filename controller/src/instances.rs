@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use bollard::models::{ContainerCreateBody, PortBinding};
 use futures_util::StreamExt;
 use pier_api::{
-    AppState, Backend, HealthCheck, HealthCheckType, InstanceState, InstanceStatus, LogStream,
-    ProcessType, RouteEntry,
+    AppState, Backend, DeploymentStrategy, HealthCheck, HealthCheckType, InstanceState,
+    InstanceStatus, LogStream, ProcessType, RouteEntry,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -37,12 +37,17 @@ use tokio_util::sync::CancellationToken;
 use crate::docker::{self, labels, Managed};
 use crate::error::{Error, Result};
 use crate::server::Ctx;
-use crate::store::AppRecord;
+use crate::store::{AppRecord, ProcessRecord, Revision};
 
 /// How often a starting instance's health check is tried.
 const STARTUP_POLL: Duration = Duration::from_millis(100);
 /// Running this long resets the crash count (Cloud Foundry: 5 minutes).
 const HEALTHY_RESET: Duration = Duration::from_secs(300);
+/// Health checks of a running instance: how often, and how many failures in a row replace it.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+const HEALTH_FAILURES: u32 = 3;
+/// An instance that ran this long before its health check failed starts a fresh crash count.
+const HEALTH_RESET_GUARD: Duration = HEALTHY_RESET;
 /// After this many crashes an instance is not restarted any more.
 pub const MAX_CRASHES: u32 = 200;
 
@@ -81,8 +86,17 @@ pub struct InstanceSpec {
     pub disk_mb: u64,
     pub health_check: HealthCheck,
     pub restart_gen: u64,
+    pub revision: u64,
     #[serde(skip)]
     pub uris: Vec<String>,
+    /// Deployment settings: how a change of this spec is rolled out, not what runs.
+    #[serde(skip)]
+    pub recreate: bool,
+    #[serde(skip)]
+    pub max_in_flight: u32,
+    /// Share of the route's traffic, relative to the other instances (canary steps).
+    #[serde(skip)]
+    pub weight: u32,
 }
 
 impl InstanceSpec {
@@ -93,18 +107,53 @@ impl InstanceSpec {
 }
 
 /// What the desired state asks for: one spec per instance slot of every started app.
+///
+/// Instances run the app's current revision. During a canary deployment the usual slots keep the
+/// previous revision and one extra web slot runs the new one, weighted by the canary's step.
 pub fn desired_slots(apps: &[AppRecord]) -> BTreeMap<SlotKey, InstanceSpec> {
     let mut out = BTreeMap::new();
     for app in apps {
         if app.state != AppState::Started {
             continue;
         }
-        let Some(droplet) = &app.droplet else {
+        let Some(current) = app.running_revision() else {
             continue;
         };
+        let deployment = app.active_deployment();
+        let strategy = deployment.map(|d| d.strategy).unwrap_or_default();
+        let max_in_flight = deployment.map(|d| d.max_in_flight).unwrap_or(1).max(1);
+        let canary = deployment.and_then(|d| {
+            let c = d.canary.as_ref()?;
+            let base = app.revision(d.previous_revision?)?;
+            Some((base, c.steps.get(c.step).copied().unwrap_or(100)))
+        });
+        let spec =
+            |rev: &Revision, process: &ProcessType, index: u32, p: &ProcessRecord, weight: u32| {
+                let command = app.command_in(rev, process)?;
+                Some(InstanceSpec {
+                    app_name: app.name.to_string(),
+                    app_guid: app.guid.clone(),
+                    process: process.clone(),
+                    index,
+                    revision: rev.version,
+                    droplet: rev.droplet.sha256.clone(),
+                    command,
+                    env: rev.env.clone(),
+                    memory_mb: p.memory_mb,
+                    disk_mb: p.disk_mb,
+                    health_check: p.health_check.clone(),
+                    restart_gen: app.restart_gen,
+                    uris: app.routes.iter().map(|r| r.to_string()).collect(),
+                    recreate: strategy == DeploymentStrategy::Recreate,
+                    max_in_flight,
+                    weight,
+                })
+            };
         for (process, p) in &app.processes {
-            let Some(command) = app.effective_command(process) else {
-                continue;
+            let (rev, base_weight) = match (canary, process.is_web()) {
+                // The canary takes `pct`% of traffic: it weighs pct × n against n × (100 − pct).
+                (Some((base, pct)), true) => (base, 100u32.saturating_sub(pct)),
+                _ => (current, 1),
             };
             for index in 0..p.instances {
                 let key = SlotKey {
@@ -112,23 +161,20 @@ pub fn desired_slots(apps: &[AppRecord]) -> BTreeMap<SlotKey, InstanceSpec> {
                     process: process.clone(),
                     index,
                 };
-                out.insert(
-                    key,
-                    InstanceSpec {
-                        app_name: app.name.to_string(),
-                        app_guid: app.guid.clone(),
-                        process: process.clone(),
-                        index,
-                        droplet: droplet.sha256.clone(),
-                        command: command.clone(),
-                        env: app.env.clone(),
-                        memory_mb: p.memory_mb,
-                        disk_mb: p.disk_mb,
-                        health_check: p.health_check.clone(),
-                        restart_gen: app.restart_gen,
-                        uris: app.routes.iter().map(|r| r.to_string()).collect(),
-                    },
-                );
+                if let Some(s) = spec(rev, process, index, p, base_weight) {
+                    out.insert(key, s);
+                }
+            }
+            if let (Some((_, pct)), true) = (canary, process.is_web()) {
+                let index = p.instances;
+                let key = SlotKey {
+                    app_guid: app.guid.clone(),
+                    process: process.clone(),
+                    index,
+                };
+                if let Some(s) = spec(current, process, index, p, pct * p.instances.max(1)) {
+                    out.insert(key, s);
+                }
             }
         }
     }
@@ -175,7 +221,15 @@ pub struct Instances {
     owned: Mutex<HashSet<String>>,
     /// Supervisors still stopping containers after their slot went away.
     stopping: Mutex<HashMap<SlotKey, tokio::task::JoinHandle<()>>>,
+    /// Revisions (by app) a replacement instance already failed to start on: the other slots
+    /// don't try them, so a failed deployment stops at its first failure.
+    failed_revisions: Mutex<HashSet<(String, u64, u64)>>,
+    /// One permit per app: its instances are replaced one at a time, so it keeps answering.
+    replace_permits: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     pub trigger: Notify,
+    /// Reconcile passes run one at a time, so no pass acts on a desired state older than the
+    /// slots another pass already changed.
+    pass: tokio::sync::Mutex<()>,
 }
 
 impl Instances {
@@ -196,8 +250,27 @@ impl Instances {
         out
     }
 
-    /// Healthy, routable instances of an app's web process.
-    fn backends(&self, app_guid: &str) -> Vec<Backend> {
+    /// Every slot of an app the supervisors know, with what runs and what is being started.
+    pub fn report(&self, app_guid: &str) -> Vec<SlotReport> {
+        let views = self.views.read().unwrap_or_else(|e| e.into_inner());
+        views
+            .iter()
+            .filter(|(k, _)| k.app_guid == app_guid)
+            .map(|(k, v)| SlotReport {
+                key: k.clone(),
+                instance_id: v
+                    .current
+                    .as_ref()
+                    .and_then(|l| l.status.instance_id.clone()),
+                current: v.current.as_ref().map(|l| l.status.clone()),
+                pending_state: v.pending.as_ref().map(|l| l.status.state),
+                pending: v.pending.as_ref().map(|l| l.status.clone()),
+            })
+            .collect()
+    }
+
+    /// Healthy, routable instances of an app's web process, weighted as the desired state says.
+    fn backends(&self, app_guid: &str, desired: &BTreeMap<SlotKey, InstanceSpec>) -> Vec<Backend> {
         let views = self.views.read().unwrap_or_else(|e| e.into_inner());
         views
             .iter()
@@ -211,6 +284,7 @@ impl Instances {
                     addr: live.addr?,
                     instance_id: live.status.instance_id.clone()?,
                     index: k.index,
+                    weight: desired.get(k).map_or(1, |s| s.weight),
                 })
             })
             .collect()
@@ -223,6 +297,31 @@ impl Instances {
         if v.current.is_none() && v.pending.is_none() {
             views.remove(key);
         }
+    }
+
+    /// Keyed by revision and restart generation: restarting a revision tries it afresh.
+    fn revision_failed(&self, spec: &InstanceSpec) -> bool {
+        self.failed_revisions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&(spec.app_guid.clone(), spec.revision, spec.restart_gen))
+    }
+
+    fn mark_revision_failed(&self, spec: &InstanceSpec) {
+        self.failed_revisions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((spec.app_guid.clone(), spec.revision, spec.restart_gen));
+    }
+
+    /// Replacements of one app's instances that may run at once (a deployment's max in flight).
+    fn replace_permit(&self, app_guid: &str, max_in_flight: u32) -> Arc<tokio::sync::Semaphore> {
+        self.replace_permits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(format!("{app_guid}/{max_in_flight}"))
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1) as usize)))
+            .clone()
     }
 
     fn own(&self, id: &str) {
@@ -265,13 +364,52 @@ impl Instances {
     }
 }
 
+/// One slot of an app as the supervisors see it, for deployments.
+#[derive(Debug, Clone)]
+pub struct SlotReport {
+    pub key: SlotKey,
+    pub instance_id: Option<String>,
+    pub current: Option<InstanceStatus>,
+    pub pending_state: Option<InstanceState>,
+    pub pending: Option<InstanceStatus>,
+}
+
+impl SlotReport {
+    /// The revision the slot serves from a healthy instance.
+    pub fn running_revision(&self) -> Option<u64> {
+        self.current
+            .as_ref()
+            .filter(|c| c.state == InstanceState::Running)
+            .and_then(|c| c.revision)
+    }
+
+    /// Why an instance of `revision` in this slot failed, with its last output.
+    pub fn failure_of(&self, revision: u64) -> Option<String> {
+        let failed = [self.pending.as_ref(), self.current.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|st| {
+                st.revision == Some(revision)
+                    && (st.state == InstanceState::Crashed
+                        || (st.crash_count > 0 && st.state != InstanceState::Running))
+            })?;
+        let mut why = failed.reason.clone().unwrap_or_else(|| "crashed".into());
+        if !failed.last_output.is_empty() {
+            why.push_str("; last output:\n    ");
+            why.push_str(&failed.last_output.join("\n    "));
+        }
+        Some(why)
+    }
+}
+
 /// Rebuilds the route table from the store and the healthy instances, and publishes it.
 pub fn publish_routes(ctx: &Ctx) -> Result<()> {
     let apps = ctx.store.list_apps()?;
+    let desired = desired_slots(&apps);
     let mut entries = Vec::new();
     for app in &apps {
         let backends = if app.state == AppState::Started {
-            ctx.instances.backends(&app.guid)
+            ctx.instances.backends(&app.guid, &desired)
         } else {
             Vec::new()
         };
@@ -282,6 +420,7 @@ pub fn publish_routes(ctx: &Ctx) -> Result<()> {
                 app: app.name.to_string(),
                 app_guid: app.guid.clone(),
                 backends: backends.clone(),
+                balancing: Default::default(),
             });
         }
     }
@@ -303,8 +442,51 @@ pub async fn run_reconciler(ctx: Arc<Ctx>, shutdown: CancellationToken) {
     }
 }
 
+/// Follows Docker's event stream for this controller's containers, so that a container killed or
+/// removed behind the platform's back is acted on at once rather than at the next periodic pass.
+/// Reconnects when the stream breaks (a Docker daemon restart, say).
+pub async fn follow_docker_events(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    loop {
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            (
+                "label".to_string(),
+                vec![format!("{}={}", labels::CONTROLLER, ctx.controller_id)],
+            ),
+            (
+                "event".to_string(),
+                vec!["die".into(), "destroy".into(), "oom".into(), "start".into()],
+            ),
+        ]);
+        let opts = bollard::query_parameters::EventsOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let mut events = ctx.docker.events(Some(opts));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                ev = events.next() => match ev {
+                    Some(Ok(_)) => ctx.instances.trigger.notify_one(),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "docker event stream broke; reconnecting");
+                        break;
+                    }
+                    None => break,
+                },
+            }
+        }
+        // Whatever happened while the stream was down is caught by the next pass.
+        ctx.instances.trigger.notify_one();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 /// One comparison of desired and actual state, and the actions that close the gap.
 pub async fn reconcile_once(ctx: &Arc<Ctx>, shutdown: &CancellationToken) -> Result<()> {
+    let _pass = ctx.instances.pass.lock().await;
     let containers = docker::list_managed(&ctx.docker, &ctx.controller_id).await?;
     let apps = ctx.store.list_apps()?;
     let desired = desired_slots(&apps);
@@ -349,6 +531,7 @@ pub async fn reconcile_once(ctx: &Arc<Ctx>, shutdown: &CancellationToken) -> Res
             .collect();
         for key in gone {
             if let Some(h) = slots.remove(&key) {
+                tracing::info!(app = %key.app_guid, process = %key.process, index = key.index, "slot no longer desired; stopping it");
                 h.cancel.cancel();
             }
         }
@@ -366,6 +549,7 @@ pub async fn reconcile_once(ctx: &Arc<Ctx>, shutdown: &CancellationToken) -> Res
                     for c in &existing {
                         ctx.instances.own(&c.id);
                     }
+                    tracing::info!(app = %key.app_guid, process = %key.process, index = key.index, adopting = existing.len(), "supervising slot");
                     let task = tokio::spawn(supervise(
                         ctx.clone(),
                         key.clone(),
@@ -400,6 +584,7 @@ struct Running {
     instance_id: String,
     spec_hash: String,
     droplet: String,
+    revision: u64,
     addr: Option<SocketAddr>,
     host_port: Option<u16>,
     started: Instant,
@@ -425,7 +610,7 @@ fn status(
     key: &SlotKey,
     state: InstanceState,
     r: Option<&Running>,
-    droplet: &str,
+    target: (&str, u64),
     c: &Crashes,
 ) -> InstanceStatus {
     InstanceStatus {
@@ -436,10 +621,12 @@ fn status(
         instance_id: r.map(|r| r.instance_id.clone()),
         container_id: r.map(|r| r.id.clone()),
         host_port: r.and_then(|r| r.host_port),
-        droplet: Some(droplet.to_string()),
+        droplet: Some(target.0.to_string()),
+        revision: Some(target.1),
         crash_count: c.count,
         reason: c.reason.clone(),
         last_output: c.last_output.clone(),
+        stats: None,
     }
 }
 
@@ -466,11 +653,18 @@ async fn supervise(
         reason: None,
         last_output: vec![],
     };
-    let mut current = adopt(&ctx, &key, existing).await;
+    let first_hash = spec_rx.borrow().hash();
+    let mut current = adopt(&ctx, &key, existing, &first_hash).await;
     if let Some(r) = &current {
         ctx.instances.set_view(&key, |v| {
             v.current = Some(Live {
-                status: status(&key, InstanceState::Running, Some(r), &r.droplet, &crashes),
+                status: status(
+                    &key,
+                    InstanceState::Running,
+                    Some(r),
+                    (&r.droplet, r.revision),
+                    &crashes,
+                ),
                 addr: r.addr,
             })
         });
@@ -505,7 +699,7 @@ async fn supervise(
                                     &key,
                                     InstanceState::Running,
                                     Some(&r),
-                                    &r.droplet,
+                                    (&r.droplet, r.revision),
                                     &crashes,
                                 ),
                                 addr: r.addr,
@@ -553,7 +747,33 @@ async fn supervise(
             }
             Some(r) => {
                 if r.spec_hash != hash && failed_hash.as_deref() != Some(hash.as_str()) {
-                    // Replace: start the new one beside the old, swap once healthy.
+                    // Replace: start the new one beside the old, swap once healthy; one instance
+                    // of the app at a time.
+                    if spec.recreate {
+                        // Recreate: the old instance goes first, then the slot starts afresh.
+                        retire(&ctx, &key, &r).await;
+                        current = None;
+                        continue;
+                    }
+                    let sem = ctx
+                        .instances
+                        .replace_permit(&key.app_guid, spec.max_in_flight);
+                    let permit = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = cancel.cancelled() => {
+                            retire(&ctx, &key, &r).await;
+                            return;
+                        }
+                        p = sem.acquire_owned() => p.ok(),
+                    };
+                    // The spec may have moved on while waiting for the permit.
+                    if spec_rx.has_changed().unwrap_or(false) {
+                        continue;
+                    }
+                    if ctx.instances.revision_failed(&spec) {
+                        failed_hash = Some(hash);
+                        continue;
+                    }
                     match start(&ctx, &key, &spec, &hash, &cancel, &shutdown, true, &crashes).await
                     {
                         StartOutcome::Started(new) => {
@@ -569,7 +789,7 @@ async fn supervise(
                                         &key,
                                         InstanceState::Running,
                                         Some(&new),
-                                        &new.droplet,
+                                        (&new.droplet, new.revision),
                                         &crashes,
                                     ),
                                     addr: new.addr,
@@ -578,6 +798,7 @@ async fn supervise(
                             let _ = publish_routes(&ctx);
                             current = Some(new);
                             failed_hash = None;
+                            drop(permit);
                             drain(&ctx, &key, &r).await;
                         }
                         StartOutcome::Failed {
@@ -596,13 +817,14 @@ async fn supervise(
                                             &key,
                                             InstanceState::Crashed,
                                             None,
-                                            &spec.droplet,
+                                            (&spec.droplet, spec.revision),
                                             &crashes,
                                         )
                                     },
                                     addr: None,
                                 });
                             });
+                            ctx.instances.mark_revision_failed(&spec);
                             let _ = ctx.store.add_event(
                                 &key.app_guid,
                                 "replacement_failed",
@@ -613,23 +835,46 @@ async fn supervise(
                         }
                         StartOutcome::Cancelled => {
                             if !shutdown.is_cancelled() {
-                                drain(&ctx, &key, &r).await;
-                                ctx.instances.set_view(&key, |v| *v = SlotView::default());
+                                retire(&ctx, &key, &r).await;
                             }
                             return;
                         }
                     }
                     continue;
                 }
+                let checks = spec.health_check.kind != HealthCheckType::Process;
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = cancel.cancelled() => {
-                        drain(&ctx, &key, &r).await;
-                        ctx.instances.set_view(&key, |v| *v = SlotView::default());
+                        retire(&ctx, &key, &r).await;
                         return;
                     }
                     changed = spec_rx.changed() => {
                         if changed.is_err() { return; }
+                    }
+                    failed = watch_health(&ctx, &key, &r, &spec.health_check), if checks => {
+                        // Out of the router first, then the container goes; it restarts as after a crash.
+                        ctx.instances.set_view(&key, |v| {
+                            if let Some(c) = &mut v.current { c.status.state = InstanceState::Crashed; }
+                        });
+                        let _ = publish_routes(&ctx);
+                        let last_output = docker::tail(&ctx.docker, &r.id, 20).await;
+                        drain(&ctx, &key, &r).await;
+                        current = None;
+                        if r.started.elapsed() >= HEALTH_RESET_GUARD {
+                            crashes.count = 0;
+                        }
+                        match record_crash(&ctx, &key, &spec, &mut crashes, failed, last_output, Some((r.droplet.clone(), r.revision))) {
+                            Some(wait) => restart_at = Some(tokio::time::Instant::now() + wait),
+                            None => {
+                                restart_at = None;
+                                tokio::select! {
+                                    _ = shutdown.cancelled() => return,
+                                    _ = cancel.cancelled() => { ctx.instances.set_view(&key, |v| *v = SlotView::default()); return; }
+                                    r = spec_rx.changed() => { if r.is_err() { return; } crashes.count = 0; }
+                                }
+                            }
+                        }
                     }
                     exit = wait_exit(&ctx, &r.id) => {
                         let ran = r.started.elapsed();
@@ -650,7 +895,7 @@ async fn supervise(
                             (None, _) => "the container was removed".to_string(),
                             (Some(c), _) => format!("exited with status {c}"),
                         };
-                        if let Some(wait) = record_crash(&ctx, &key, &spec, &mut crashes, reason, last_output, Some(r.droplet.clone())) {
+                        if let Some(wait) = record_crash(&ctx, &key, &spec, &mut crashes, reason, last_output, Some((r.droplet.clone(), r.revision))) {
                             restart_at = Some(tokio::time::Instant::now() + wait);
                         } else {
                             restart_at = None;
@@ -667,6 +912,41 @@ async fn supervise(
     }
 }
 
+/// Health checks after startup: every [`HEALTH_INTERVAL`]; returns the reason once
+/// [`HEALTH_FAILURES`] checks in a row have failed. Each failure is a `HEALTH/<index>` log line.
+async fn watch_health(ctx: &Ctx, key: &SlotKey, r: &Running, hc: &HealthCheck) -> String {
+    let mut failures = 0;
+    loop {
+        tokio::time::sleep(HEALTH_INTERVAL).await;
+        let ok = match r.addr {
+            Some(addr) => check_once(addr, hc).await,
+            None => true,
+        };
+        if ok {
+            failures = 0;
+            continue;
+        }
+        failures += 1;
+        let what = match hc.kind {
+            HealthCheckType::Http => format!(
+                "HTTP GET {} failed or answered outside 200-399",
+                hc.endpoint.as_deref().unwrap_or("/")
+            ),
+            _ => "TCP connect to port 8080 failed".to_string(),
+        };
+        ctx.logs.publish(
+            &key.app_guid,
+            &format!("HEALTH/{}", key.index),
+            LogStream::Err,
+            &format!("health check failed ({failures}/{HEALTH_FAILURES}): {what}"),
+            OffsetDateTime::now_utc(),
+        );
+        if failures >= HEALTH_FAILURES {
+            return format!("health check failed {failures} times in a row: {what}");
+        }
+    }
+}
+
 /// Records a crash (event, CELL line, CRASHED view) and returns the wait before the restart.
 fn record_crash(
     ctx: &Ctx,
@@ -675,7 +955,7 @@ fn record_crash(
     crashes: &mut Crashes,
     reason: String,
     last_output: Vec<String>,
-    droplet: Option<String>,
+    droplet: Option<(String, u64)>,
 ) -> Option<Duration> {
     crashes.count += 1;
     crashes.reason = Some(reason.clone());
@@ -696,10 +976,10 @@ fn record_crash(
     tracing::info!(app = %spec.app_name, "{msg}");
     cell(ctx, key, &msg);
     let _ = ctx.store.add_event(&key.app_guid, "crashed", &msg, "pier");
-    let d = droplet.unwrap_or_else(|| spec.droplet.clone());
+    let d = droplet.unwrap_or_else(|| (spec.droplet.clone(), spec.revision));
     ctx.instances.set_view(key, |v| {
         v.current = Some(Live {
-            status: status(key, InstanceState::Crashed, None, &d, crashes),
+            status: status(key, InstanceState::Crashed, None, (&d.0, d.1), crashes),
             addr: None,
         })
     });
@@ -709,8 +989,20 @@ fn record_crash(
 
 /// Takes over containers left by an earlier controller for this slot: keeps one running instance
 /// (preferring one with the current spec), removes the rest.
-async fn adopt(ctx: &Arc<Ctx>, key: &SlotKey, mut existing: Vec<Managed>) -> Option<Running> {
-    existing.sort_by_key(|c| std::cmp::Reverse((c.running, c.created)));
+async fn adopt(
+    ctx: &Arc<Ctx>,
+    key: &SlotKey,
+    mut existing: Vec<Managed>,
+    spec_hash: &str,
+) -> Option<Running> {
+    // Prefer a running container of the current spec, then the newest running one.
+    existing.sort_by_key(|c| {
+        std::cmp::Reverse((
+            c.running,
+            c.label(labels::SPEC) == Some(spec_hash),
+            c.created,
+        ))
+    });
     let mut kept = None;
     for c in existing {
         if kept.is_none() && c.running {
@@ -738,6 +1030,10 @@ async fn adopt(ctx: &Arc<Ctx>, key: &SlotKey, mut existing: Vec<Managed>) -> Opt
                         instance_id: c.label(labels::INSTANCE).unwrap_or_default().to_string(),
                         spec_hash: c.label(labels::SPEC).unwrap_or_default().to_string(),
                         droplet: c.label(labels::DROPLET).unwrap_or_default().to_string(),
+                        revision: c
+                            .label(labels::REVISION)
+                            .and_then(|r| r.parse().ok())
+                            .unwrap_or(0),
                         addr: docker::instance_addr(&i),
                         host_port: docker::host_port(&i),
                         started: Instant::now(),
@@ -754,18 +1050,52 @@ async fn adopt(ctx: &Arc<Ctx>, key: &SlotKey, mut existing: Vec<Managed>) -> Opt
     kept
 }
 
-/// Leaves the router, then SIGTERM, SIGKILL after the grace period, and removal.
+/// Stops the slot's instance for good: out of the router (shown DOWN while it stops), then drained.
+async fn retire(ctx: &Ctx, key: &SlotKey, r: &Running) {
+    // A newer supervisor of the same slot may already show its own instance: touch only ours.
+    let ours = |l: &Option<Live>| {
+        l.as_ref().and_then(|l| l.status.instance_id.as_deref()) == Some(r.instance_id.as_str())
+    };
+    ctx.instances.set_view(key, |v| {
+        if ours(&v.current) {
+            if let Some(c) = &mut v.current {
+                c.status.state = InstanceState::Down;
+            }
+        }
+        if ours(&v.pending) {
+            v.pending = None;
+        }
+    });
+    drain(ctx, key, r).await;
+    ctx.instances.set_view(key, |v| {
+        if ours(&v.current) {
+            v.current = v.pending.take();
+        }
+    });
+}
+
+/// Leaves the router, then SIGTERM, SIGKILL after the grace period, and removal. The caller has
+/// already taken the instance out of the view's RUNNING state, so the published table drops it.
 async fn drain(ctx: &Ctx, key: &SlotKey, r: &Running) {
     cell(ctx, key, &format!("Stopping instance {}", key.index));
     // The route table no longer lists this container once the caller replaced or cleared the view;
     // publishing first means the router stops sending before the process gets SIGTERM.
     let _ = publish_routes(ctx);
+    // Let the requests the router already sent it finish before SIGTERM.
+    let deadline = Instant::now() + Duration::from_secs(ctx.config.drain_timeout_secs);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    while pier_router::table::in_flight(&r.instance_id) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let drained = Instant::now();
+    tracing::info!(instance = %r.instance_id, in_flight = pier_router::table::in_flight(&r.instance_id), "drained; stopping");
     if let Err(e) = docker::stop(&ctx.docker, &r.id, ctx.config.stop_grace()).await {
         tracing::warn!(container = %r.id, error = %e, "stop failed; removing anyway");
     }
     if let Err(e) = docker::remove(&ctx.docker, &r.id).await {
         tracing::warn!(container = %r.id, error = %e, "remove failed; the reconciler will retry");
     }
+    tracing::info!(instance = %r.instance_id, secs = drained.elapsed().as_secs_f64(), "stopped and removed");
     ctx.instances.disown(&r.id);
 }
 
@@ -875,6 +1205,7 @@ async fn start(
         (labels::INDEX.to_string(), spec.index.to_string()),
         (labels::INSTANCE.to_string(), instance_id.clone()),
         (labels::DROPLET.to_string(), spec.droplet.clone()),
+        (labels::REVISION.to_string(), spec.revision.to_string()),
         (labels::SPEC.to_string(), hash.to_string()),
     ]);
     let mut host = docker::base_host_config(spec.memory_mb, ctx.config.pids_limit);
@@ -901,7 +1232,13 @@ async fn start(
     };
     let set_starting = |r: Option<&Running>| {
         let live = Live {
-            status: status(key, InstanceState::Starting, r, &spec.droplet, crashes),
+            status: status(
+                key,
+                InstanceState::Starting,
+                r,
+                (&spec.droplet, spec.revision),
+                crashes,
+            ),
             addr: None,
         };
         ctx.instances.set_view(key, |v| {
@@ -956,6 +1293,7 @@ async fn start(
         instance_id: instance_id.clone(),
         spec_hash: hash.to_string(),
         droplet: spec.droplet.clone(),
+        revision: spec.revision,
         addr: inspect.as_ref().and_then(docker::instance_addr),
         host_port: inspect.as_ref().and_then(docker::host_port),
         started: Instant::now(),
@@ -966,6 +1304,14 @@ async fn start(
         ctx,
         key,
         &format!("Started container for instance {}", key.index),
+    );
+    // Its output, from its first line (Docker keeps it), into the app's log.
+    crate::logs::follow_instance(
+        ctx.clone(),
+        key.app_guid.clone(),
+        crate::logs::app_source(&key.process, key.index),
+        id.clone(),
+        false,
     );
 
     let hc = &spec.health_check;
@@ -1025,6 +1371,70 @@ async fn start(
         reason: failure,
         last_output,
     }
+}
+
+/// Resource use of one instance container: CPU over about a second, memory, written disk.
+pub async fn instance_stats(
+    ctx: &Ctx,
+    status: &InstanceStatus,
+    disk_mb: u64,
+) -> Option<pier_api::InstanceStats> {
+    let id = status.container_id.as_deref()?;
+    let opts = bollard::query_parameters::StatsOptionsBuilder::default()
+        .stream(false)
+        .one_shot(false)
+        .build();
+    let mut stream = ctx.docker.stats(id, Some(opts));
+    let s = stream.next().await?.ok()?;
+    let cpu = s.cpu_stats.as_ref();
+    let pre = s.precpu_stats.as_ref();
+    let total = |c: Option<&bollard::models::ContainerCpuStats>| {
+        c.and_then(|c| c.cpu_usage.as_ref())
+            .and_then(|u| u.total_usage)
+            .unwrap_or(0)
+    };
+    let system = |c: Option<&bollard::models::ContainerCpuStats>| {
+        c.and_then(|c| c.system_cpu_usage).unwrap_or(0)
+    };
+    let cpu_delta = total(cpu).saturating_sub(total(pre)) as f64;
+    let sys_delta = system(cpu).saturating_sub(system(pre)) as f64;
+    let cpus = cpu.and_then(|c| c.online_cpus).unwrap_or(1).max(1) as f64;
+    let cpu_percent = if sys_delta > 0.0 {
+        cpu_delta / sys_delta * cpus * 100.0
+    } else {
+        0.0
+    };
+    let mem = s.memory_stats.as_ref();
+    // Page cache is not the app's memory (what `docker stats` subtracts too).
+    let cache = mem
+        .and_then(|m| m.stats.as_ref())
+        .and_then(|st| st.get("inactive_file").or_else(|| st.get("cache")).copied())
+        .unwrap_or(0);
+    let disk = ctx
+        .docker
+        .inspect_container(
+            id,
+            Some(
+                bollard::query_parameters::InspectContainerOptionsBuilder::default()
+                    .size(true)
+                    .build(),
+            ),
+        )
+        .await
+        .ok()
+        .and_then(|i| i.size_rw)
+        .unwrap_or(0);
+    let uptime = (OffsetDateTime::now_utc() - status.since)
+        .whole_seconds()
+        .max(0) as u64;
+    Some(pier_api::InstanceStats {
+        cpu_percent: (cpu_percent * 10.0).round() / 10.0,
+        memory_bytes: mem.and_then(|m| m.usage).unwrap_or(0).saturating_sub(cache),
+        memory_limit_bytes: mem.and_then(|m| m.limit).unwrap_or(0),
+        disk_bytes: disk.max(0) as u64,
+        disk_limit_bytes: disk_mb * 1024 * 1024,
+        uptime_secs: uptime,
+    })
 }
 
 /// One health check of an instance at `addr`.

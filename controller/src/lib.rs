@@ -25,7 +25,9 @@
 
 pub mod auth;
 pub mod blobs;
+pub mod buildpacks_http;
 pub mod config;
+pub mod deployments;
 pub mod docker;
 pub mod error;
 pub mod http;

@@ -1,11 +1,170 @@
-//! Log endpoints (`GET /v1/apps/{name}/logs`), merged into the authenticated API router.
+//! Log endpoints, merged into the authenticated API router (every one needs the admin token).
+//!
+//! - `GET /v1/apps/{name}/logs`: the buffered lines, as a JSON array (`pier logs --recent`).
+//! - `GET /v1/apps/{name}/logs/stream?after=SEQ` or `?recent=N`: server-sent events, one
+//!   [`pier_api::LogEvent`] per event with `id: <seq>`, until the client goes away, the app is
+//!   deleted or the controller stops. `after` (or the standard `Last-Event-ID` header) resumes;
+//!   without either the stream starts with the last `recent` buffered lines (all by default).
+//!   A comment line every 15 s keeps idle connections open through proxies.
+//! - `POST /v1/router/logs`: a standalone `pier-router`'s access-log lines
+//!   ([`pier_api::RouterLogBatch`]), published as `RTR/<router index>`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use pier_api::{AppName, ErrorCode, LogEvent, LogLine, LogStream, RouterLogBatch};
+use serde::Deserialize;
 
+use crate::error::{Error, Result};
+use crate::logs::Start;
 use crate::server::Ctx;
+use crate::store::AppRecord;
+
+/// Lines sent in one write at most.
+const MAX_BATCH: usize = 2048;
+const KEEPALIVE: Duration = Duration::from_secs(15);
 
 pub fn routes() -> Router<Arc<Ctx>> {
     Router::new()
+        .route("/v1/apps/{name}/logs", get(recent))
+        .route("/v1/apps/{name}/logs/stream", get(stream))
+        .route("/v1/router/logs", post(router_logs))
+}
+
+fn load(ctx: &Ctx, name: &str) -> Result<AppRecord> {
+    let name = name
+        .parse::<AppName>()
+        .map_err(|e| Error::api(ErrorCode::InvalidName, e.to_string()))?;
+    ctx.store
+        .get_app(&name)?
+        .ok_or_else(|| Error::api(ErrorCode::NotFound, format!("app {name} not found")))
+}
+
+async fn recent(
+    State(ctx): State<Arc<Ctx>>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<LogLine>>> {
+    let app = load(&ctx, &name)?;
+    Ok(Json(ctx.logs.recent(&app.guid)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct StreamQuery {
+    after: Option<u64>,
+    recent: Option<usize>,
+}
+
+async fn stream(
+    State(ctx): State<Arc<Ctx>>,
+    Path(name): Path<String>,
+    Query(q): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let app = load(&ctx, &name)?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let start = match q.after.or(last_event_id) {
+        Some(seq) => Start::After(seq),
+        None => Start::Recent(q.recent.unwrap_or(usize::MAX)),
+    };
+    let reader = ctx.logs.reader(&app.guid, start);
+    // First an event with only an id: where this stream starts, so a client that reconnects
+    // before any line came resumes from here (and the response starts at once).
+    let hello = Bytes::from(format!("id: {}\n\n", reader.cursor()));
+    let shutdown = ctx.shutdown.clone();
+    let lines =
+        futures_util::stream::unfold((reader, shutdown), |(mut reader, shutdown)| async move {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                r = tokio::time::timeout(KEEPALIVE, reader.next(MAX_BATCH)) => r,
+            };
+            let chunk = match next {
+                Err(_) => Bytes::from_static(b": keep-alive\n\n"),
+                // The app was deleted.
+                Ok(None) => return None,
+                Ok(Some(events)) => encode(&events),
+            };
+            Some((Ok::<_, std::convert::Infallible>(chunk), (reader, shutdown)))
+        });
+    let body = futures_util::stream::once(async move { Ok(hello) }).chain(lines);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// Server-sent events: `id: <seq>` and the event as one line of JSON.
+fn encode(events: &[LogEvent]) -> Bytes {
+    let mut out = Vec::with_capacity(events.len() * 160);
+    for e in events {
+        out.extend_from_slice(format!("id: {}\ndata: ", e.seq()).as_bytes());
+        // Serializing these types cannot fail; a line of JSON has no raw newline.
+        let _ = serde_json::to_writer(&mut out, e);
+        out.extend_from_slice(b"\n\n");
+    }
+    Bytes::from(out)
+}
+
+async fn router_logs(State(ctx): State<Arc<Ctx>>, Json(batch): Json<RouterLogBatch>) -> StatusCode {
+    let source = format!("RTR/{}", batch.router_index);
+    for line in &batch.lines {
+        // Only apps this controller knows; a stale router must not create logs for others.
+        if ctx.logs.has_app(&line.app_guid) {
+            ctx.logs.publish(
+                &line.app_guid,
+                &source,
+                LogStream::Out,
+                &line.text,
+                line.time,
+            );
+        }
+    }
+    for d in &batch.dropped {
+        if d.count > 0 && ctx.logs.has_app(&d.app_guid) {
+            ctx.logs.publish(
+                &d.app_guid,
+                "LGR",
+                LogStream::Err,
+                &format!(
+                    "{} access log lines dropped by router {}: its queue was full or the \
+                     controller was unreachable",
+                    d.count, batch.router_index
+                ),
+                time::OffsetDateTime::now_utc(),
+            );
+        }
+    }
+    StatusCode::NO_CONTENT
+}
+
+/// The built-in router's access log: each request becomes an `RTR/0` line in its app's log,
+/// timed when the response ended.
+pub fn access_log(ctx: std::sync::Weak<Ctx>) -> Arc<dyn pier_router::AccessLog> {
+    Arc::new(move |entry: pier_router::AccessLogEntry| {
+        let (Some(ctx), Some(guid)) = (ctx.upgrade(), entry.app_guid.as_deref()) else {
+            return;
+        };
+        // Per-instance outcomes feed canary analysis (deployments.rs).
+        if let Some(id) = entry.instance_id.as_deref() {
+            ctx.request_stats
+                .record(id, entry.status, entry.duration.as_secs_f64() * 1000.0);
+        }
+        let ended = time::OffsetDateTime::from(entry.started_at + entry.duration);
+        ctx.logs
+            .publish(guid, "RTR/0", LogStream::Out, &entry.to_rtr_line(), ended);
+    })
 }

@@ -77,6 +77,7 @@ mod tests {
             app: "a".into(),
             app_guid: "g".into(),
             backends: vec![],
+            balancing: Default::default(),
         }
     }
 

@@ -28,6 +28,8 @@ pub struct Ctx {
     pub instances: Instances,
     pub logs: LogBroker,
     pub routing: Routing,
+    /// Per-instance request outcomes from the router, for canary analysis.
+    pub request_stats: crate::deployments::RequestStats,
     pub controller_id: String,
     pub buildpacks_dir: PathBuf,
     pub token_hash: [u8; 32],
@@ -150,14 +152,22 @@ impl Controller {
                 .or(Some(80)),
             None => router_addr.map(|a| a.port()),
         };
+        // Log buffers of the apps that still exist come back with their seq numbers.
+        let logs = LogBroker::new(config.log_buffer_lines)
+            .with_dir(config.data_dir.join("logs"))
+            .with_rate_limit(config.log_rate_limit);
+        let app_guids = store.list_apps()?.into_iter().map(|a| a.guid).collect();
+        logs.restore(&app_guids)
+            .context("cannot read the saved log buffers")?;
         let ctx = Arc::new(Ctx {
-            logs: LogBroker::new(config.log_buffer_lines),
+            logs,
             config,
             store,
             blobs,
             docker,
             instances: Instances::default(),
             routing: Routing::new(),
+            request_stats: Default::default(),
             controller_id,
             buildpacks_dir,
             token_hash: token.hash,
@@ -186,13 +196,25 @@ impl Controller {
             tracing::warn!(error = %e, "first reconcile pass failed; retrying in the loop");
         }
         let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(crate::logs::run_persister(ctx.clone(), shutdown.clone()));
         tasks.spawn(crate::instances::run_reconciler(
+            ctx.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(crate::deployments::run_watcher(
+            ctx.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(crate::instances::follow_docker_events(
             ctx.clone(),
             shutdown.clone(),
         ));
         if let Some(listener) = self.router_listener.take() {
             let rx = ctx.routing.subscribe();
-            let opts = pier_router::ProxyOptions::default();
+            let opts = pier_router::ProxyOptions {
+                access_log: Some(crate::logs_http::access_log(Arc::downgrade(&ctx))),
+                ..pier_router::ProxyOptions::default()
+            };
             let sd = shutdown.clone();
             tasks.spawn(async move {
                 if let Err(e) = pier_router::serve(listener, rx, opts, sd).await {
@@ -210,6 +232,9 @@ impl Controller {
             .with_graceful_shutdown(async move { sd.cancelled().await })
             .await?;
         while tasks.join_next().await.is_some() {}
+        // Lines published while the tasks ended.
+        let c = ctx.clone();
+        let _ = tokio::task::spawn_blocking(move || c.logs.persist(true)).await;
         ctx.store.flush()?;
         Ok(())
     }

@@ -11,8 +11,15 @@
 //!  GET archive /tmp/out ──▶ droplet.tgz into the blob store (sha256), release.yml, Procfile
 //!  container removed on every path; the app's cache volume is kept for the next staging.
 //! ```
-//! Exit codes of the lifecycle: 222 no buildpack detected, 223 compile failed, 224 release failed,
-//! 225 packing failed (docs/staging.md).
+//! Exit codes of the lifecycle: 222 no buildpack detected, 223 supply/finalize/compile failed,
+//! 224 release failed, 225 packing failed, 226 a named buildpack is unusable (docs/staging.md).
+//!
+//! Buildpacks: the built-ins and admin-created ones live side by side in `DATA_DIR/buildpacks/NAME`
+//! (mounted read-only); their order, positions and enabled flags are the [`Registry`] in
+//! `DATA_DIR/buildpacks.json`. An app with no buildpacks named is detected over the enabled ones in
+//! position order; named ones (`-b`) run without detection, every one but the last supplying.
+//! Buildpacks pushed with the app (`-b ./path`, `NAME@sha256:HEX`) are package blobs, repacked
+//! into the staging tar under `/tmp/local-buildpacks/NAME`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
@@ -35,11 +42,156 @@ use crate::store::AppRecord;
 static BUILTIN_BUILDPACKS: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/../buildpacks");
 const LIFECYCLE: &str = include_str!("../../lifecycle/stage.sh");
 
-/// Built-in buildpacks in detection order.
-pub const BUILTIN_ORDER: &[&str] = &["staticfile", "python"];
+/// Built-in buildpacks in their default detection order (Cloud Foundry's relative order; `binary`
+/// never detects and must be named).
+pub const BUILTIN_ORDER: &[&str] = &["staticfile", "java", "nodejs", "python", "binary"];
 
-/// Writes the built-in buildpacks into `DATA_DIR/buildpacks`, where staging mounts them read-only.
+/// One installed buildpack, in [`Registry`] order.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BuildpackRecord {
+    pub name: String,
+    pub enabled: bool,
+    pub builtin: bool,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// The installed buildpacks in position order, saved as `DATA_DIR/buildpacks.json`. One per
+/// process (the controller has one data dir); `check_buildpacks` reads it without a context.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    pub file: PathBuf,
+    pub dir: PathBuf,
+    pub list: Vec<BuildpackRecord>,
+}
+
+static REGISTRY: std::sync::Mutex<Option<Registry>> = std::sync::Mutex::new(None);
+
+/// Runs `f` on the registry (loaded by [`install_buildpacks`]).
+pub fn with_registry<T>(f: impl FnOnce(&mut Registry) -> Result<T>) -> Result<T> {
+    let mut guard = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    let reg = guard
+        .as_mut()
+        .ok_or_else(|| Error::Other("the buildpack registry is not loaded".into()))?;
+    f(reg)
+}
+
+impl Registry {
+    /// Writes the list atomically (temp file + rename).
+    pub fn save(&self) -> Result<()> {
+        let tmp = self.file.with_extension("json.tmp");
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(&self.list)?)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.file)?;
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&BuildpackRecord> {
+        self.list.iter().find(|b| b.name == name)
+    }
+
+    /// Moves (or inserts) `rec` to the 1-based `position`; past the end means last.
+    pub fn place(&mut self, rec: BuildpackRecord, position: Option<u32>) {
+        let old = self.list.iter().position(|b| b.name == rec.name);
+        if let Some(i) = old {
+            self.list.remove(i);
+        }
+        let at = match (position, old) {
+            (Some(p), _) => (p.max(1) as usize - 1).min(self.list.len()),
+            (None, Some(i)) => i.min(self.list.len()),
+            (None, None) => self.list.len(),
+        };
+        self.list.insert(at, rec);
+    }
+
+    /// Names detection tries when the app names none: the enabled ones, in position order.
+    pub fn detect_order(&self) -> Vec<String> {
+        self.list
+            .iter()
+            .filter(|b| b.enabled)
+            .map(|b| b.name.clone())
+            .collect()
+    }
+}
+
+/// Writes the built-in buildpacks into `DATA_DIR/buildpacks`, where staging mounts them read-only,
+/// and loads the buildpack registry (adding built-ins it doesn't list yet, dropping admin
+/// buildpacks whose folder is gone).
 pub fn install_buildpacks(data_dir: &Path) -> Result<PathBuf> {
+    let dir = write_builtins(data_dir)?;
+    // Leftovers of an update or delete that was cut short.
+    for e in std::fs::read_dir(&dir)?.flatten() {
+        if e.file_name().to_string_lossy().starts_with('.') {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let file = data_dir.join("buildpacks.json");
+    let mut list: Vec<BuildpackRecord> = match std::fs::read(&file) {
+        Ok(bytes) => serde_json::from_slice(&bytes)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    list.retain(|b| {
+        if b.builtin {
+            BUILTIN_ORDER.contains(&b.name.as_str())
+        } else {
+            dir.join(&b.name).join("bin").is_dir()
+        }
+    });
+    for name in BUILTIN_ORDER {
+        if !list.iter().any(|b| b.name == *name) {
+            list.push(BuildpackRecord {
+                name: name.to_string(),
+                enabled: true,
+                builtin: true,
+                sha256: None,
+                updated_at: OffsetDateTime::now_utc(),
+            });
+        }
+    }
+    let reg = Registry {
+        file,
+        dir: dir.clone(),
+        list,
+    };
+    reg.save()?;
+    *REGISTRY.lock().unwrap_or_else(|e| e.into_inner()) = Some(reg);
+    Ok(dir)
+}
+
+/// Makes a buildpack folder readable by the staging user: folders and programs 0755 (everything
+/// under `bin/`, and files that had an execute bit), other files 0644.
+pub fn fix_modes(p: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for e in std::fs::read_dir(p)? {
+        let e = e?;
+        let path = e.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        if meta.is_dir() {
+            fix_modes(&path)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        } else {
+            let in_bin = path
+                .parent()
+                .and_then(|d| d.file_name())
+                .is_some_and(|n| n == "bin");
+            let exec = in_bin || meta.permissions().mode() & 0o111 != 0;
+            let mode = if exec { 0o755 } else { 0o644 };
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        }
+    }
+    Ok(())
+}
+
+fn write_builtins(data_dir: &Path) -> Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let dir = data_dir.join("buildpacks");
     for name in BUILTIN_ORDER {
@@ -51,26 +203,10 @@ pub fn install_buildpacks(data_dir: &Path) -> Result<PathBuf> {
             std::fs::remove_dir_all(&dest)?;
         }
         write_dir(src, &dir)?;
+        // Executable bits are not embedded: everything under a bin/ folder is a program.
+        fix_modes(&dest)?;
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
     }
-    // Executable bits are not embedded: everything under a bin/ folder is a program.
-    fn fix_modes(p: &Path) -> std::io::Result<()> {
-        for e in std::fs::read_dir(p)? {
-            let path = e?.path();
-            if path.is_dir() {
-                fix_modes(&path)?;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
-            } else {
-                let exec = path
-                    .parent()
-                    .and_then(|d| d.file_name())
-                    .is_some_and(|n| n == "bin");
-                let mode = if exec { 0o755 } else { 0o644 };
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
-            }
-        }
-        Ok(())
-    }
-    fix_modes(&dir)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
     Ok(dir)
 }
@@ -86,17 +222,99 @@ fn write_dir(d: &Dir<'_>, root: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Checks buildpack names a user asked for against those installed.
+/// Checks buildpack names a user asked for against those installed. Buildpacks uploaded with the
+/// app (`NAME@sha256:HEX`) only need the right form here; staging finds their package.
 pub fn check_buildpacks(names: &[String]) -> Result<()> {
+    let installed: Vec<String> =
+        with_registry(|r| Ok(r.list.iter().map(|b| b.name.clone()).collect()))
+            .unwrap_or_else(|_| BUILTIN_ORDER.iter().map(|s| s.to_string()).collect());
+    let mut seen = std::collections::BTreeSet::new();
     for n in names {
-        if !BUILTIN_ORDER.contains(&n.as_str()) {
+        let name = match pier_api::buildpacks::parse_uploaded_buildpack(n) {
+            Some((name, _)) => name,
+            None if n.contains('@') || n.contains('/') => {
+                return Err(Error::bad_request(format!(
+                    "buildpack {n:?} is neither an installed buildpack's name nor NAME@sha256:HEX \
+                     (a folder pushed with -b ./path); URLs are not supported, staging is offline"
+                )))
+            }
+            None if !installed.contains(n) => {
+                return Err(Error::bad_request(format!(
+                    "unknown buildpack {n:?}; installed: {} (pier buildpacks lists them)",
+                    installed.join(", ")
+                )))
+            }
+            None => n.as_str(),
+        };
+        if !seen.insert(name) {
             return Err(Error::bad_request(format!(
-                "unknown buildpack {n:?}; available: {}",
-                BUILTIN_ORDER.join(", ")
+                "buildpack {name:?} is named twice; each buildpack can run once"
             )));
         }
     }
     Ok(())
+}
+
+/// What a staging runs: `PIER_BUILDPACKS` entries, whether the user named them, and the uploaded
+/// buildpacks to put in the staging tar (name, package sha256).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub order: Vec<String>,
+    pub explicit: bool,
+    pub uploaded: Vec<(String, String)>,
+}
+
+/// Resolves an app's buildpack list against the registry and the blob store.
+pub fn resolve(app_buildpacks: &[String], blobs: &crate::blobs::BlobStore) -> Result<Resolved> {
+    if app_buildpacks.is_empty() {
+        let order = with_registry(|r| Ok(r.detect_order()))?;
+        if order.is_empty() {
+            return Err(Error::api(
+                ErrorCode::NoBuildpack,
+                "every buildpack is disabled, so none can detect the app; enable one with \
+                 pier update-buildpack NAME --enable, or name one with -b",
+            ));
+        }
+        return Ok(Resolved {
+            order,
+            explicit: false,
+            uploaded: Vec::new(),
+        });
+    }
+    let mut out = Resolved {
+        order: Vec::new(),
+        explicit: true,
+        uploaded: Vec::new(),
+    };
+    for entry in app_buildpacks {
+        if let Some((name, sha)) = pier_api::buildpacks::parse_uploaded_buildpack(entry) {
+            if !blobs.exists(sha) {
+                return Err(Error::api(
+                    ErrorCode::StagingFailed,
+                    format!(
+                        "the buildpack {name} pushed with the app (package {}) is no longer stored; \
+                         push again with -b ./path/to/{name}",
+                        &sha[..12]
+                    ),
+                ));
+            }
+            out.order.push(format!("/tmp/local-buildpacks/{name}"));
+            out.uploaded.push((name.to_string(), sha.to_string()));
+        } else {
+            let known = with_registry(|r| Ok(r.get(entry).is_some()))?;
+            if !known {
+                return Err(Error::api(
+                    ErrorCode::StagingFailed,
+                    format!(
+                        "the app names buildpack {entry:?}, which is not installed (any more); \
+                         push with -b NAME of one pier buildpacks lists"
+                    ),
+                ));
+            }
+            out.order.push(entry.clone());
+        }
+    }
+    Ok(out)
 }
 
 pub fn cache_volume(app_guid: &str) -> String {
@@ -136,6 +354,8 @@ pub async fn stage(
         app_guid: app.guid.clone(),
         tx,
     };
+    let resolved = resolve(&app.buildpacks, &ctx.blobs)?;
+    keep_uploaded_buildpacks(&ctx, app, &resolved)?;
     let work = tempfile::Builder::new()
         .prefix("stage-")
         .tempdir_in(ctx.blobs.tmp_dir())?;
@@ -145,7 +365,12 @@ pub async fn stage(
         let input = input.clone();
         let env = app.env.clone();
         let max = ctx.config.max_extracted_bytes;
-        tokio::task::spawn_blocking(move || build_input_tar(&pkg, &input, &env, max))
+        let uploaded = resolved
+            .uploaded
+            .iter()
+            .map(|(name, sha)| Ok((name.clone(), ctx.blobs.path(sha)?)))
+            .collect::<Result<Vec<_>>>()?;
+        tokio::task::spawn_blocking(move || build_input_tar(&pkg, &input, &env, &uploaded, max))
             .await
             .map_err(|e| Error::Other(format!("staging input task failed: {e}")))??;
     }
@@ -171,13 +396,12 @@ pub async fn stage(
         .await?;
     lbls.insert("pier.volume".into(), volume.clone());
 
-    let order: Vec<String> = if app.buildpacks.is_empty() {
-        BUILTIN_ORDER.iter().map(|s| s.to_string()).collect()
-    } else {
-        app.buildpacks.clone()
-    };
     let mut env: Vec<String> = vec![
-        format!("PIER_BUILDPACKS={}", order.join(" ")),
+        format!("PIER_BUILDPACKS={}", resolved.order.join(" ")),
+        format!(
+            "PIER_BUILDPACKS_EXPLICIT={}",
+            if resolved.explicit { "1" } else { "" }
+        ),
         "CF_STACK=pier-bookworm".into(),
         "HOME=/home/vcap".into(),
         "LANG=C.UTF-8".into(),
@@ -308,6 +532,13 @@ async fn run_container(
                 format!("the buildpack failed (staging exit status {code}); see its output above"),
             ))
         }
+        226 => {
+            return Err(Error::api(
+                ErrorCode::StagingFailed,
+                "a named buildpack cannot run in that place (see the output above); only \
+                 buildpacks with bin/supply can come before the last one",
+            ))
+        }
         137 => {
             return Err(Error::api(
                 ErrorCode::StagingFailed,
@@ -338,23 +569,62 @@ async fn run_container(
     })
 }
 
+/// Records the packages of buildpacks pushed with the app among its blobs, so deleting the app
+/// deletes them. Runs under the app's lock (the build holds it).
+fn keep_uploaded_buildpacks(ctx: &Ctx, app: &AppRecord, resolved: &Resolved) -> Result<()> {
+    if resolved.uploaded.is_empty() {
+        return Ok(());
+    }
+    if let Some(mut latest) = ctx.store.get_app(&app.name)? {
+        let before = latest.old_blobs.len();
+        for (_, sha) in &resolved.uploaded {
+            if !latest.old_blobs.contains(sha) {
+                latest.old_blobs.push(sha.clone());
+            }
+        }
+        if latest.old_blobs.len() != before {
+            ctx.store.put_app(&latest)?;
+        }
+    }
+    Ok(())
+}
+
 /// The tar a staging container receives: `app/` (the validated package), `env/` and the lifecycle.
 fn build_input_tar(
     package: &Path,
     dest: &Path,
     env: &BTreeMap<String, String>,
+    uploaded: &[(String, PathBuf)],
     max_extracted: u64,
 ) -> Result<()> {
-    // The repacked app goes first, into its own tar; then it is concatenated with the rest.
-    let app_tar = dest.with_extension("app.tar");
-    {
-        let f = std::io::BufWriter::new(std::fs::File::create(&app_tar)?);
-        let pkg = std::io::BufReader::new(std::fs::File::open(package)?);
-        crate::package::repack(pkg, f, "app", max_extracted)?;
-    }
     let mut builder = tar::Builder::new(std::io::BufWriter::new(std::fs::File::create(dest)?));
-    {
-        let mut a = tar::Archive::new(std::io::BufReader::new(std::fs::File::open(&app_tar)?));
+    // The repacked app goes first, into its own tar; then it is concatenated with the rest. Each
+    // buildpack pushed with the app goes the same way, to local-buildpacks/NAME.
+    let mut parts = vec![(package.to_path_buf(), "app".to_string())];
+    for (name, pkg) in uploaded {
+        parts.push((pkg.clone(), format!("local-buildpacks/{name}")));
+    }
+    for (i, (pkg_path, prefix)) in parts.iter().enumerate() {
+        let part_tar = dest.with_extension(format!("part{i}.tar"));
+        {
+            let f = std::io::BufWriter::new(std::fs::File::create(&part_tar)?);
+            let pkg = std::io::BufReader::new(std::fs::File::open(pkg_path)?);
+            crate::package::repack(pkg, f, prefix, max_extracted)?;
+        }
+        if i == 1 {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_uid(crate::package::VCAP_UID);
+            h.set_gid(crate::package::VCAP_UID);
+            h.set_size(0);
+            builder.append_data(&mut h, "local-buildpacks", std::io::empty())?;
+        }
+        append_tar(&mut builder, &part_tar)?;
+        std::fs::remove_file(&part_tar)?;
+    }
+    fn append_tar<W: Write>(builder: &mut tar::Builder<W>, part: &Path) -> Result<()> {
+        let mut a = tar::Archive::new(std::io::BufReader::new(std::fs::File::open(part)?));
         for entry in a.entries()? {
             let mut entry = entry?;
             let mut h = entry.header().clone();
@@ -369,8 +639,8 @@ fn build_input_tar(
                 builder.append_data(&mut h, &path, &mut entry)?;
             }
         }
+        Ok(())
     }
-    std::fs::remove_file(&app_tar)?;
     let dir = |name: &str| {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Directory);
@@ -502,6 +772,34 @@ mod tests {
         assert_eq!(p["web"], "gunicorn app:app");
         assert_eq!(p["worker"], "python3 w.py");
         assert!(parse_procfile("nonsense").is_err());
+    }
+
+    #[test]
+    fn registry_positions() {
+        let rec = |n: &str| BuildpackRecord {
+            name: n.into(),
+            enabled: true,
+            builtin: false,
+            sha256: None,
+            updated_at: OffsetDateTime::now_utc(),
+        };
+        let mut r = Registry {
+            file: PathBuf::new(),
+            dir: PathBuf::new(),
+            list: vec![rec("a"), rec("b")],
+        };
+        r.place(rec("c"), Some(1));
+        r.place(rec("d"), Some(99));
+        r.place(rec("e"), None);
+        let names = |r: &Registry| r.list.iter().map(|b| b.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&r), ["c", "a", "b", "d", "e"]);
+        // Moving keeps one entry; no position keeps the place.
+        r.place(rec("e"), Some(2));
+        let mut off = rec("a");
+        off.enabled = false;
+        r.place(off, None);
+        assert_eq!(names(&r), ["c", "e", "a", "b", "d"]);
+        assert_eq!(r.detect_order(), ["c", "e", "b", "d"]);
     }
 
     #[test]

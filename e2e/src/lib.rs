@@ -19,7 +19,13 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
         .parent()
-        .and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) })
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
         .expect("target dir");
     let path = dir.join(name);
     assert!(
@@ -143,7 +149,9 @@ pub struct Proc {
 
 impl Proc {
     fn spawn(mut cmd: Command) -> Proc {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
         let mut child = cmd.spawn().expect("spawn");
         let (tx, rx) = mpsc::channel();
         for stream in [
@@ -342,7 +350,11 @@ impl Platform {
 
     /// The app as the API reports it (`GET /v1/apps/NAME`), or None on 404.
     pub fn app_json(&self, name: &str) -> Option<serde_json::Value> {
-        let (status, body) = http_get(&format!("{}/v1/apps/{name}", self.api), None, Some(&self.token));
+        let (status, body) = http_get(
+            &format!("{}/v1/apps/{name}", self.api),
+            None,
+            Some(&self.token),
+        );
         match status {
             200 => Some(serde_json::from_str(&body).expect("app json")),
             404 => None,
@@ -375,7 +387,13 @@ impl Platform {
             std::fs::read_dir(p)
                 .map(|rd| {
                     rd.flatten()
-                        .map(|e| if e.path().is_dir() { count(&e.path()) } else { 1 })
+                        .map(|e| {
+                            if e.path().is_dir() {
+                                count(&e.path())
+                            } else {
+                                1
+                            }
+                        })
                         .sum()
                 })
                 .unwrap_or(0)
@@ -475,7 +493,9 @@ pub fn post_chunked(url: &str, token: &str, body: Vec<u8>) -> (u16, String) {
         let resp = reqwest::Client::new()
             .post(url)
             .bearer_auth(token)
-            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                chunks,
+            )))
             .send()
             .await;
         match resp {

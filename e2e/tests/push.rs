@@ -23,7 +23,10 @@ fn push_python_app_repush_and_delete() {
         out.contains(&format!("http://hello.localhost:{router_port}")),
         "push prints the URL:\n{out}"
     );
-    assert!(out.contains("Detected buildpack: python"), "staging output streamed:\n{out}");
+    assert!(
+        out.contains("Detected buildpack: python"),
+        "staging output streamed:\n{out}"
+    );
 
     // Both instances answer through the router, by host name.
     let mut seen = HashSet::new();
@@ -59,10 +62,14 @@ fn push_python_app_repush_and_delete() {
 
     // Re-push with a change: every response afterwards is the new version.
     let src = std::fs::read_to_string(app.path().join("app.py")).unwrap();
-    assert!(src.contains("version=1") || src.contains("VERSION"), "example app carries a version");
+    assert!(
+        src.contains("version=1") || src.contains("VERSION"),
+        "example app carries a version"
+    );
     std::fs::write(
         app.path().join("app.py"),
-        src.replace("version=1", "version=2").replace("\"1\"", "\"2\""),
+        src.replace("version=1", "version=2")
+            .replace("\"1\"", "\"2\""),
     )
     .unwrap();
     p.pier_ok(&["push", "hello", "-i", "2"], app.path());
@@ -82,8 +89,15 @@ fn push_python_app_repush_and_delete() {
     p.pier_ok(&["delete", "hello", "-f"], app.path());
     let (status, body) = p.get_via_router("hello.localhost", "/");
     assert_eq!(status, 404, "{body}");
-    assert!(body.contains("hello.localhost"), "404 names the host: {body}");
-    assert!(p.containers().is_empty(), "containers left: {:?}", p.containers());
+    assert!(
+        body.contains("hello.localhost"),
+        "404 names the host: {body}"
+    );
+    assert!(
+        p.containers().is_empty(),
+        "containers left: {:?}",
+        p.containers()
+    );
     assert_eq!(p.blob_count(), 0, "packages and droplets deleted");
     assert!(p.app_json("hello").is_none());
 }
@@ -150,11 +164,20 @@ fn instances_get_cloud_foundry_env_and_confinement() {
     assert_eq!(hc["Memory"], 128 * 1024 * 1024);
     assert!(hc["PidsLimit"].as_i64().unwrap() > 0);
     assert_eq!(hc["CapDrop"][0], "ALL");
-    assert!(hc["SecurityOpt"][0].as_str().unwrap().contains("no-new-privileges"));
+    assert!(hc["SecurityOpt"][0]
+        .as_str()
+        .unwrap()
+        .contains("no-new-privileges"));
     assert_eq!(hc["PortBindings"]["8080/tcp"][0]["HostIp"], "127.0.0.1");
     assert_eq!(i[0]["Config"]["User"], "vcap");
     let labels = &i[0]["Config"]["Labels"];
-    for l in ["pier.app", "pier.process", "pier.index", "pier.droplet", "pier.instance"] {
+    for l in [
+        "pier.app",
+        "pier.process",
+        "pier.index",
+        "pier.droplet",
+        "pier.instance",
+    ] {
         assert!(labels[l].is_string(), "label {l}");
     }
 }
@@ -164,17 +187,25 @@ fn push_fails_clearly_when_the_app_never_gets_healthy() {
     let p = Platform::start();
     let sleepy = fixture("never-listens");
     let out = p.pier(&["push"], sleepy.path());
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "push must fail:\n{text}");
     assert!(text.contains("health check"), "says why:\n{text}");
-    assert!(text.contains("booting but never listening"), "shows the last output:\n{text}");
+    assert!(
+        text.contains("booting but never listening"),
+        "shows the last output:\n{text}"
+    );
 
     let crash = fixture("crash-on-start");
     let out = p.pier(&["push", "crashy"], crash.path());
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "push must fail:\n{text}");
     assert!(text.contains("exited with status 3"), "says why:\n{text}");
-    assert!(text.contains("boom: missing configuration"), "shows the output:\n{text}");
+    assert!(
+        text.contains("boom: missing configuration"),
+        "shows the output:\n{text}"
+    );
 }
 
 #[test]
@@ -200,7 +231,11 @@ fn controller_restart_keeps_instances_and_routes() {
         let all = j["instances"].as_array()?;
         (all.len() == 2 && all.iter().all(|i| i["state"] == "RUNNING")).then_some(j)
     });
-    assert_eq!(p.instance_ids("steady"), before, "same containers, none restarted");
+    assert_eq!(
+        p.instance_ids("steady"),
+        before,
+        "same containers, none restarted"
+    );
     let ids: HashSet<_> = json["instances"]
         .as_array()
         .unwrap()

@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use pier_e2e::*;
 
-fn gz_tar(entries: &[(&str, u8, &[u8], &str)]) -> Vec<u8> {
+/// A raw tar entry: path, type flag, data, link target.
+type Entry<'a> = (&'a str, u8, &'a [u8], &'a str);
+
+fn gz_tar(entries: &[Entry]) -> Vec<u8> {
     // Raw headers, so the test can write what a hostile client would ('..', absolute paths...).
     let mut out = Vec::new();
     for (path, kind, data, link) in entries {
@@ -30,19 +33,26 @@ fn assert_nothing_changed(p: &Platform) {
     let (s, body) = http_get(&format!("{}/v1/apps", p.api), None, Some(&p.token));
     assert_eq!(s, 200);
     assert_eq!(body.trim(), "[]", "no app created");
-    assert!(p.containers().is_empty(), "no container: {:?}", p.containers());
+    assert!(
+        p.containers().is_empty(),
+        "no container: {:?}",
+        p.containers()
+    );
 }
 
 #[test]
 fn hostile_packages_are_refused_naming_the_entry() {
     let p = Platform::start();
-    let cases: &[(&[(&str, u8, &[u8], &str)], &str)] = &[
+    let cases: &[(&[Entry], &str)] = &[
         (&[("../evil.sh", b'0', b"x", "")], "../evil.sh"),
         (&[("ok/../../evil", b'0', b"x", "")], "ok/../../evil"),
         (&[("/etc/cron.d/evil", b'0', b"x", "")], "/etc/cron.d/evil"),
         (&[("escape", b'2', b"", "../../etc/passwd")], "escape"),
         (&[("abs", b'2', b"", "/etc/shadow")], "abs"),
-        (&[("app.py", b'0', b"x", ""), ("hard", b'1', b"", "app.py")], "hard"),
+        (
+            &[("app.py", b'0', b"x", ""), ("hard", b'1', b"", "app.py")],
+            "hard",
+        ),
         (&[("tty", b'3', b"", "")], "tty"),
         (&[("disk", b'4', b"", "")], "disk"),
     ];
@@ -128,7 +138,10 @@ fn bad_names_tokens_manifests_and_undetectable_apps() {
         let out = p.pier(&["push", bad], app.path());
         assert!(!out.status.success(), "{bad} accepted");
         let text = String::from_utf8_lossy(&out.stderr);
-        assert!(text.contains("DNS label") || text.contains("63"), "{bad}: {text}");
+        assert!(
+            text.contains("DNS label") || text.contains("63"),
+            "{bad}: {text}"
+        );
         let (status, _, body) = http_request(
             "PUT",
             &format!("{}/v1/apps/{bad}", p.api),
@@ -175,7 +188,10 @@ fn bad_names_tokens_manifests_and_undetectable_apps() {
     let out = p.pier(&["push"], m.path());
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(text.contains("instances") && text.contains("line 3"), "{text}");
+    assert!(
+        text.contains("instances") && text.contains("line 3"),
+        "{text}"
+    );
 
     // A symlink out of the folder is refused, naming it.
     let s = tempfile::tempdir().unwrap();
@@ -191,10 +207,16 @@ fn bad_names_tokens_manifests_and_undetectable_apps() {
     // No buildpack detects the folder: the tried ones are listed; nothing runs or is left.
     let nothing = copy_dir(&repo_root().join("e2e/fixtures/nothing-to-detect"));
     let out = p.pier(&["push", "nothing"], nothing.path());
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{text}");
-    assert!(text.contains("Tried: staticfile, python"), "{text}");
-    let json = p.app_json("nothing").expect("the app record exists, unstaged");
+    assert!(
+        text.contains("Tried: staticfile, java, nodejs, python, binary"),
+        "{text}"
+    );
+    let json = p
+        .app_json("nothing")
+        .expect("the app record exists, unstaged");
     assert!(json["droplet"].is_null(), "no droplet");
     assert!(json["instances"].as_array().unwrap().is_empty());
     eventually(Duration::from_secs(10), "staging container removed", || {

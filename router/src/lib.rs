@@ -31,7 +31,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! - [`serve`]`(listener, table_rx, opts, shutdown) -> io::Result<()>`: the data plane.
+//! - [`serve`]`(listener, table_rx, opts, shutdown) -> io::Result<()>`: the data plane, on the
+//!   caller's runtime.
+//! - [`serve_threads`]`(bind_reuseport(addr, n)?, table_rx, opts, shutdown)`: the same on `n`
+//!   single-threaded runtimes (the standalone binary's mode: nginx-like, faster per request).
 //! - [`follow_controller`]`(SyncOptions, table_tx, shutdown)`: standalone mode, feeds the channel
 //!   from the controller's `GET /v1/routes` long-poll and keeps the last table when it is away.
 //! - [`serve_admin`]`(listener, metrics, shutdown)`: `/metrics` in Prometheus text; share the
@@ -41,8 +44,8 @@
 //!
 //! # Behaviour
 //! - Lookup: Host (lowercased, port stripped), then the longest path prefix on a segment boundary.
-//! - Load balancing: round-robin from a random start per route; least-connections exists in
-//!   [`table::Balancing`] but the wire table has no per-route option yet.
+//! - Load balancing per route ([`pier_api::RouteEntry::balancing`]): round-robin from a random
+//!   start (default), or least-connections (fewest requests in flight through this router).
 //! - Errors the router makes carry `x-pier-router-error`: 404 `unknown_route`, 503
 //!   `no_instances`, 503 `table_loading` (never 404 before the first table), 502 `backend_error`,
 //!   504 `upstream_timeout`, 400 `bad_request`.
@@ -59,15 +62,19 @@
 //! - the router publishes every change it learns at once (long-poll), sends `X-CF-InstanceID` on
 //!   every request so an app or a check can verify it, and keys its failed-instance memory by
 //!   instance id so a new instance on a reused port is not penalised for the old one.
+//!
+//! The full list of invariants on both sides, the hardening rules with their defaults, and why
+//! `Content-Length` with `Transfer-Encoding` is answered rather than refused: `docs/router.md`.
 
 pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod sync;
 pub mod table;
+mod upstream;
 
 pub use metrics::Metrics;
 pub use proxy::{cause, AccessLog, AccessLogEntry, ProxyOptions, TableReceiver};
-pub use server::{serve, serve_admin};
+pub use server::{bind_reuseport, load_tls, serve, serve_admin, serve_threads, serve_tls};
 pub use sync::{follow_controller, SyncOptions};
 pub use table::{Balancing, Table};

@@ -6,8 +6,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use pier_router::{follow_controller, serve, serve_admin, ProxyOptions, SyncOptions};
+use pier_router::{follow_controller, serve_admin, serve_threads, ProxyOptions, SyncOptions};
 use tokio_util::sync::CancellationToken;
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod access_forward;
 
 /// Pier's HTTP router: routes requests by Host to app instances, learning routes from the
 /// controller.
@@ -17,6 +22,17 @@ struct Config {
     /// Address to accept client traffic on (port 0 picks a free port).
     #[arg(long, env = "PIER_ROUTER_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Address to accept TLS client traffic on; empty turns TLS off. Needs --tls-cert and
+    /// --tls-key.
+    #[arg(long, env = "PIER_ROUTER_TLS_LISTEN", default_value = "")]
+    tls_listen: String,
+    /// PEM certificate chain served to every TLS client, e.g. a wildcard for the default domain
+    /// (`*.apps.example.com`).
+    #[arg(long, env = "PIER_ROUTER_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "PIER_ROUTER_TLS_KEY")]
+    tls_key: Option<PathBuf>,
     /// Address for `/metrics` and `/health`; empty turns the admin listener off.
     #[arg(long, env = "PIER_ROUTER_ADMIN_LISTEN", default_value = "")]
     admin_listen: String,
@@ -39,13 +55,23 @@ struct Config {
     /// `admin-token` file in its data dir.
     #[arg(long, env = "PIER_ROUTER_TOKEN_FILE", default_value = "")]
     token_file: String,
+    /// Serve a fixed route table from this JSON file (a `pier_api::RouteTable`, as the
+    /// controller's `GET /v1/routes` returns it) instead of following the controller; for
+    /// benchmarks and tests. The controller options and token are then ignored.
+    #[arg(long, env = "PIER_ROUTER_ROUTES_FILE")]
+    routes_file: Option<PathBuf>,
     /// Time allowed to connect to an instance (`500ms`, `5s`, `2m`).
     #[arg(long, env = "PIER_ROUTER_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     connect_timeout: Duration,
     /// Time allowed for an instance to send its response headers; past it the client gets 504.
     #[arg(long, env = "PIER_ROUTER_UPSTREAM_TIMEOUT", default_value = "900s", value_parser = parse_duration)]
     upstream_timeout: Duration,
-    /// Time a client has to send a request's headers.
+    /// Longest a request may take from arrival until its response ends; past it a request still
+    /// waiting gets 504 and a streaming response is cut off (WebSockets are not limited).
+    #[arg(long, env = "PIER_ROUTER_MAX_REQUEST_TIME", default_value = "900s", value_parser = parse_duration)]
+    max_request_time: Duration,
+    /// Time a client has to send a request's headers; also how long an idle keep-alive
+    /// connection is kept (hyper times both with one clock).
     #[arg(long, env = "PIER_ROUTER_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     header_read_timeout: Duration,
     /// Largest request head accepted, in bytes; bigger gets 431.
@@ -57,6 +83,10 @@ struct Config {
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[arg(long, env = "PIER_ROUTER_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// Threads serving client traffic, each with its own listener (SO_REUSEPORT) and connection
+    /// pool; 0 means one per CPU core.
+    #[arg(long, env = "PIER_ROUTER_THREADS", default_value_t = 0)]
+    threads: usize,
     /// Log filter (tracing-subscriber syntax).
     #[arg(long, env = "PIER_ROUTER_LOG", default_value = "info")]
     log: String,
@@ -98,7 +128,9 @@ impl Config {
     }
 }
 
-#[tokio::main]
+// This runtime only follows the controller, serves the admin listener and waits for signals;
+// client traffic runs on `serve_threads`' own single-threaded runtimes.
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> Result<()> {
     let config = Config::parse();
     tracing_subscriber::fmt()
@@ -110,7 +142,14 @@ async fn main() -> Result<()> {
         .init();
 
     // Validate everything before binding.
-    let token = config.token()?;
+    let static_table = match &config.routes_file {
+        Some(path) => Some(load_routes_file(path)?),
+        None => None,
+    };
+    let token = match static_table {
+        Some(_) => String::new(),
+        None => config.token()?,
+    };
     let admin: Option<SocketAddr> = if config.admin_listen.is_empty() {
         None
     } else {
@@ -118,26 +157,55 @@ async fn main() -> Result<()> {
             format!("--admin-listen {:?} is not an address", config.admin_listen)
         })?)
     };
+    let tls = if config.tls_listen.is_empty() {
+        None
+    } else {
+        let addr: SocketAddr = config
+            .tls_listen
+            .parse()
+            .with_context(|| format!("--tls-listen {:?} is not an address", config.tls_listen))?;
+        let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+            bail!("--tls-listen needs --tls-cert and --tls-key (PIER_ROUTER_TLS_CERT / PIER_ROUTER_TLS_KEY)");
+        };
+        Some((addr, pier_router::load_tls(cert, key)?))
+    };
     let _: http::Uri = config
         .controller
         .parse()
         .with_context(|| format!("--controller {:?} is not a URL", config.controller))?;
 
+    let shutdown = CancellationToken::new();
     let opts = ProxyOptions {
         connect_timeout: config.connect_timeout,
         upstream_timeout: config.upstream_timeout,
+        max_request_time: config.max_request_time,
         header_read_timeout: config.header_read_timeout,
         max_header_bytes: config.max_header_bytes,
         max_connections: config.max_connections,
         drain_timeout: config.drain_timeout,
+        // Access lines go to the controller as the apps' RTR logs (not with a fixed table).
+        access_log: static_table.is_none().then(|| {
+            access_forward::start(config.controller.clone(), token.clone(), shutdown.clone())
+        }),
         ..ProxyOptions::default()
     };
     let metrics = opts.metrics.clone();
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let threads = match config.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let listeners = pier_router::bind_reuseport(config.listen, threads)
         .with_context(|| format!("binding {}", config.listen))?;
-    let addr = listener.local_addr()?;
+    let addr = listeners[0].local_addr()?;
+    let tls = match tls {
+        Some((a, config)) => Some((
+            pier_router::bind_reuseport(a, threads)
+                .with_context(|| format!("binding the TLS listener {a}"))?,
+            config,
+        )),
+        None => None,
+    };
     let admin_listener = match admin {
         Some(a) => Some(
             tokio::net::TcpListener::bind(a)
@@ -147,30 +215,57 @@ async fn main() -> Result<()> {
         None => None,
     };
     println!("pier-router listening on {addr}");
+    if let Some((l, _)) = &tls {
+        println!("pier-router TLS listening on {}", l[0].local_addr()?);
+    }
     if let Some(l) = &admin_listener {
         println!("pier-router admin listening on {}", l.local_addr()?);
     }
 
-    let shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::watch::channel(None);
-    let sync = tokio::spawn(follow_controller(
-        SyncOptions {
-            controller: config.controller.clone(),
-            token,
-            ..SyncOptions::default()
-        },
-        tx,
-        shutdown.clone(),
-    ));
+    let sync = match static_table {
+        Some(table) => {
+            tx.send_replace(Some(std::sync::Arc::new(table)));
+            // Keep the sender alive so the table stays published.
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                drop(tx);
+            })
+        }
+        None => tokio::spawn(follow_controller(
+            SyncOptions {
+                controller: config.controller.clone(),
+                token,
+                ..SyncOptions::default()
+            },
+            tx,
+            shutdown.clone(),
+        )),
+    };
     if let Some(l) = admin_listener {
         tokio::spawn(serve_admin(l, metrics, shutdown.clone()));
     }
     tokio::spawn(signals(shutdown.clone()));
 
-    serve(listener, rx, opts, shutdown.clone()).await?;
+    let data_plane = shutdown.clone();
+    tokio::task::spawn_blocking(move || serve_threads(listeners, tls, rx, opts, data_plane))
+        .await
+        .context("the data plane panicked")??;
     shutdown.cancel();
     let _ = sync.await;
     Ok(())
+}
+
+fn load_routes_file(path: &std::path::Path) -> Result<pier_api::RouteTable> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the routes file {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a route table: expected JSON like {{\"epoch\":\"e\",\"version\":1,\"routes\":[...]}}",
+            path.display()
+        )
+    })
 }
 
 async fn signals(shutdown: CancellationToken) {

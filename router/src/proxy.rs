@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,14 +36,13 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use pier_api::{RouteTable, ROUTER_ERROR_HEADER};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::table::{InFlight, Route, Table};
+use crate::upstream::{Lease, Pool};
 
 /// Boxed error type of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -72,6 +72,9 @@ pub mod cause {
     pub const TABLE_LOADING: &str = "table_loading";
     pub const BACKEND_ERROR: &str = "backend_error";
     pub const UPSTREAM_TIMEOUT: &str = "upstream_timeout";
+    /// Not a response: a streaming response cut off at the maximum request time (access log
+    /// and metrics only).
+    pub const REQUEST_TIMEOUT: &str = "request_timeout";
     pub const BAD_REQUEST: &str = "bad_request";
 }
 
@@ -166,6 +169,10 @@ pub struct ProxyOptions {
     /// Time allowed for an instance to send response headers after the request started; past
     /// it the client gets 504.
     pub upstream_timeout: Duration,
+    /// Longest a request may take from arrival until its response body ends (gorouter's request
+    /// timeout). A request still waiting for the instance's headers then gets 504; a response
+    /// already streaming is cut off. Upgraded (WebSocket) connections are not limited by it.
+    pub max_request_time: Duration,
     /// Attempts per request, counting the first (never more than the route has instances).
     pub max_attempts: usize,
     /// How long an instance that refused a connection is skipped.
@@ -195,6 +202,7 @@ impl Default for ProxyOptions {
         ProxyOptions {
             connect_timeout: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(900),
+            max_request_time: Duration::from_secs(900),
             max_attempts: 3,
             failed_backend_ttl: Duration::from_secs(30),
             pool_max_idle_per_host: 100,
@@ -215,6 +223,7 @@ impl fmt::Debug for ProxyOptions {
         f.debug_struct("ProxyOptions")
             .field("connect_timeout", &self.connect_timeout)
             .field("upstream_timeout", &self.upstream_timeout)
+            .field("max_request_time", &self.max_request_time)
             .field("max_attempts", &self.max_attempts)
             .field("failed_backend_ttl", &self.failed_backend_ttl)
             .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
@@ -258,38 +267,45 @@ impl TableCache {
     }
 }
 
-/// The proxy service shared by every connection.
-pub(crate) struct Proxy {
-    client: Client<HttpConnector, SlotBody>,
+/// What every proxy thread shares: the built table (with its balancing state) and the memory of
+/// failed instances.
+pub(crate) struct Shared {
     tables: TableCache,
-    opts: ProxyOptions,
     /// Instances that refused a connection, by address, with the instance id and when.
     failed: Mutex<HashMap<SocketAddr, (String, Instant)>>,
     failed_count: AtomicU64,
 }
 
-impl Proxy {
-    pub(crate) fn new(tables: TableReceiver, opts: ProxyOptions) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(opts.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(opts.pool_idle_timeout)
-            .pool_max_idle_per_host(opts.pool_max_idle_per_host)
-            .build(connector);
-        Proxy {
-            client,
+impl Shared {
+    pub(crate) fn new(tables: TableReceiver) -> Arc<Self> {
+        Arc::new(Shared {
             tables: TableCache {
                 rx: tables,
                 built: RwLock::new(None),
             },
-            opts,
             failed: Mutex::new(HashMap::new()),
             failed_count: AtomicU64::new(0),
-        }
+        })
+    }
+}
+
+/// The proxy service shared by every connection of one runtime. Its client's pooled
+/// connections are driven by tasks on the runtime that opened them, so each thread of
+/// [`crate::serve_threads`] has its own `Proxy` over one [`Shared`].
+pub(crate) struct Proxy {
+    pool: Arc<Pool>,
+    shared: Arc<Shared>,
+    opts: ProxyOptions,
+}
+
+impl Proxy {
+    pub(crate) fn with_shared(shared: Arc<Shared>, opts: ProxyOptions) -> Self {
+        let pool = Pool::new(
+            opts.connect_timeout,
+            opts.pool_idle_timeout,
+            opts.pool_max_idle_per_host,
+        );
+        Proxy { pool, shared, opts }
     }
 
     pub(crate) fn options(&self) -> &ProxyOptions {
@@ -297,22 +313,23 @@ impl Proxy {
     }
 
     fn is_failed(&self, b: &pier_api::Backend, now: Instant) -> bool {
-        if self.failed_count.load(Ordering::Relaxed) == 0 {
+        if self.shared.failed_count.load(Ordering::Relaxed) == 0 {
             return false;
         }
-        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        let failed = self.shared.failed.lock().unwrap_or_else(|e| e.into_inner());
         matches!(failed.get(&b.addr), Some((id, until)) if *id == b.instance_id && *until > now)
     }
 
     fn mark_failed(&self, b: &pier_api::Backend) {
         let now = Instant::now();
-        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failed = self.shared.failed.lock().unwrap_or_else(|e| e.into_inner());
         failed.retain(|_, (_, until)| *until > now);
         failed.insert(
             b.addr,
             (b.instance_id.clone(), now + self.opts.failed_backend_ttl),
         );
-        self.failed_count
+        self.shared
+            .failed_count
             .store(failed.len() as u64, Ordering::Relaxed);
     }
 
@@ -321,8 +338,10 @@ impl Proxy {
         self: Arc<Self>,
         mut req: Request<Incoming>,
         client_addr: SocketAddr,
+        https: bool,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
+        let deadline = tokio::time::Instant::from_std(started) + self.opts.max_request_time;
         let request_id = request_id(req.headers());
         let host = request_host(&req);
         let mut log = RequestLog::new(&self, &req, &host, client_addr, request_id.clone());
@@ -334,7 +353,7 @@ impl Proxy {
                 "Request has no Host header.".into(),
             ));
         };
-        let Some(table) = self.tables.current() else {
+        let Some(table) = self.shared.tables.current() else {
             return Ok(log.router_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 cause::TABLE_LOADING,
@@ -387,7 +406,8 @@ impl Proxy {
             headers.insert(X_FORWARDED_FOR, v);
         }
         if !headers.contains_key(&X_FORWARDED_PROTO) {
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            let proto = if https { "https" } else { "http" };
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         }
         if !headers.contains_key(&X_FORWARDED_HOST) {
             if let Ok(v) = HeaderValue::from_str(&host) {
@@ -403,9 +423,7 @@ impl Proxy {
         }
         headers.insert(X_VCAP_REQUEST_ID, request_id.clone());
         if !headers.contains_key(&TRACEPARENT) {
-            if let Ok(v) = HeaderValue::from_str(&traceparent()) {
-                headers.insert(TRACEPARENT, v);
-            }
+            headers.insert(TRACEPARENT, traceparent());
         }
         if let Ok(v) = HeaderValue::from_str(&route.app_guid) {
             headers.insert(X_CF_APPLICATION_ID, v);
@@ -420,7 +438,7 @@ impl Proxy {
         log.received = Some(Arc::clone(&slot.received));
         let attempts = self.opts.max_attempts.clamp(1, route.backends.len());
         let mut tried: Vec<usize> = Vec::with_capacity(attempts);
-        let mut last_error: Option<hyper_util::client::legacy::Error> = None;
+        let mut last_error: Option<crate::upstream::Error> = None;
         for attempt in 0..attempts {
             let now = Instant::now();
             let choice = sticky
@@ -436,37 +454,41 @@ impl Proxy {
             let backend = &route.backends[i];
             log.set_backend(backend);
 
-            let mut up_headers = headers.clone();
-            up_headers.insert(X_CF_INSTANCE_INDEX, HeaderValue::from(backend.index));
-            if let Ok(v) = HeaderValue::from_str(&backend.instance_id) {
-                up_headers.insert(X_CF_INSTANCE_ID, v);
-            }
-            let uri = Uri::builder()
-                .scheme("http")
-                .authority(backend.addr.to_string())
-                .path_and_query(path_and_query.clone())
-                .build();
-            let Ok(uri) = uri else {
-                return Ok(log.router_error(
-                    StatusCode::BAD_REQUEST,
-                    cause::BAD_REQUEST,
-                    "Request target is not valid.".into(),
-                ));
+            // Only a connect failure leads to another attempt: the last one can have the
+            // headers themselves instead of a copy.
+            let mut up_headers = if attempt + 1 < attempts {
+                headers.clone()
+            } else {
+                std::mem::take(&mut headers)
             };
+            up_headers.insert(X_CF_INSTANCE_INDEX, HeaderValue::from(backend.index));
+            up_headers.insert(X_CF_INSTANCE_ID, route.instance_id_header(i));
             let mut up = Request::new(slot.body());
             *up.method_mut() = parts.method.clone();
-            *up.uri_mut() = uri;
+            // Origin-form: the instance learns the host from the Host header.
+            *up.uri_mut() = Uri::from(path_and_query.clone());
             *up.version_mut() = Version::HTTP_11;
             *up.headers_mut() = up_headers;
 
             log.in_flight = Some(route.start_request(i));
             let sent = Instant::now();
+            // One timer for both limits: whichever comes first.
+            let wait_until =
+                (tokio::time::Instant::from_std(sent) + self.opts.upstream_timeout).min(deadline);
             let result =
-                tokio::time::timeout(self.opts.upstream_timeout, self.client.request(up)).await;
+                tokio::time::timeout_at(wait_until, self.pool.send(backend.addr, up)).await;
             match result {
-                Ok(Ok(resp)) => {
+                Ok(Ok((resp, lease))) => {
                     self.opts.metrics.record_upstream_latency(sent.elapsed());
-                    return Ok(self.respond(resp, upgrade, backend, &request_id, log));
+                    return Ok(self.respond(
+                        resp,
+                        lease,
+                        upgrade,
+                        backend,
+                        &request_id,
+                        deadline,
+                        log,
+                    ));
                 }
                 Ok(Err(e)) if e.is_connect() && !slot.started() => {
                     tracing::warn!(app = %route.app, instance = backend.index, addr = %backend.addr,
@@ -490,6 +512,7 @@ impl Proxy {
                 Err(_) => {
                     tracing::warn!(app = %route.app, instance = backend.index, addr = %backend.addr,
                         timeout_ms = self.opts.upstream_timeout.as_millis() as u64,
+                        max_request_ms = self.opts.max_request_time.as_millis() as u64,
                         "instance did not answer in time");
                     return Ok(log.router_error(
                         StatusCode::GATEWAY_TIMEOUT,
@@ -512,12 +535,22 @@ impl Proxy {
     fn respond(
         &self,
         mut resp: Response<Incoming>,
+        lease: Lease,
         upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
         backend: &pier_api::Backend,
         request_id: &HeaderValue,
+        deadline: tokio::time::Instant,
         mut log: RequestLog,
     ) -> Response<ProxyBody> {
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        // An upgraded connection belongs to the tunnel now; otherwise it is reusable once the
+        // body has ended.
+        let mut lease = (!switching).then_some(lease);
+        if resp.body().is_end_stream() {
+            if let Some(l) = lease.take() {
+                l.release();
+            }
+        }
         match upgrade {
             Some((_, client_side)) if switching => {
                 let backend_side = hyper::upgrade::on(&mut resp);
@@ -543,6 +576,9 @@ impl Proxy {
         let body = LoggedBody {
             inner: body.map_err(BoxError::from).boxed_unsync(),
             log: Some(log),
+            deadline: Some(deadline),
+            timer: None,
+            lease,
         };
         Response::from_parts(parts, body.boxed_unsync())
     }
@@ -662,6 +698,9 @@ impl RequestLog {
             LoggedBody {
                 inner: body,
                 log: Some(self),
+                deadline: None,
+                timer: None,
+                lease: None,
             }
             .boxed_unsync(),
         )
@@ -708,11 +747,19 @@ pub fn error_response(
 }
 
 pin_project_lite::pin_project! {
-    /// Counts response bytes; finishing the log when dropped.
+    /// Counts response bytes, finishing the log when dropped, and ends the response with an
+    /// error (the client sees the connection cut) once the request's deadline has passed.
     struct LoggedBody {
         #[pin]
         inner: ProxyBody,
         log: Option<RequestLog>,
+        deadline: Option<tokio::time::Instant>,
+        // Armed only when the body first has to wait, so a response that is already complete
+        // (the common small one) never touches the timer wheel.
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        // The instance connection this body comes from, released to the pool when it ends;
+        // dropped (closing the connection) if the body is abandoned or fails.
+        lease: Option<Lease>,
     }
 }
 
@@ -724,12 +771,40 @@ impl Body for LoggedBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let res = this.inner.poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &res {
-            if let (Some(data), Some(log)) = (frame.data_ref(), this.log.as_mut()) {
-                log.bytes_sent += data.len() as u64;
+        let mut this = self.project();
+        if let Some(timer) = this.timer.as_mut() {
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Some(Err(request_timed_out(this.log))));
             }
+        }
+        let res = this.inner.as_mut().poll_frame(cx);
+        if res.is_pending() && this.timer.is_none() {
+            if let Some(deadline) = *this.deadline {
+                let mut timer = Box::pin(tokio::time::sleep_until(deadline));
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(request_timed_out(this.log))));
+                }
+                *this.timer = Some(timer);
+            }
+        }
+        match &res {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(log)) = (frame.data_ref(), this.log.as_mut()) {
+                    log.bytes_sent += data.len() as u64;
+                }
+                if this.lease.is_some() && this.inner.is_end_stream() {
+                    if let Some(l) = this.lease.take() {
+                        l.release();
+                    }
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(l) = this.lease.take() {
+                    l.release();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => *this.lease = None,
+            Poll::Pending => {}
         }
         res
     }
@@ -741,6 +816,19 @@ impl Body for LoggedBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+fn request_timed_out(log: &mut Option<RequestLog>) -> BoxError {
+    if let Some(log) = log {
+        log.metrics.record_router_error(cause::REQUEST_TIMEOUT);
+        if let Some(e) = &mut log.entry {
+            e.router_error = Some(cause::REQUEST_TIMEOUT);
+        }
+        tracing::warn!(app = %log.app.as_ref().map(|r| r.app.as_str()).unwrap_or(""),
+            elapsed_ms = log.started.elapsed().as_millis() as u64,
+            "response cut off: the request took longer than the maximum request time");
+    }
+    "the request took longer than the router's maximum request time".into()
 }
 
 /// The client's request body, waiting for whichever attempt first polls it.
@@ -858,15 +946,27 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         })
         .cloned()
         .unwrap_or_else(|| {
-            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+            // A v4 uuid from the thread-local generator: `Uuid::new_v4` asks the OS for every id.
+            let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+            let mut buf = uuid::Uuid::encode_buffer();
+            HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
                 .unwrap_or_else(|_| HeaderValue::from_static("-"))
         })
 }
 
-fn traceparent() -> String {
+/// A new W3C `traceparent`: version 00, random trace and span ids, not sampled.
+fn traceparent() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let trace: u128 = rand::random::<u128>() | 1;
     let span: u64 = rand::random::<u64>() | 1;
-    format!("00-{trace:032x}-{span:016x}-00")
+    let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    for i in 0..32 {
+        buf[3 + i] = HEX[((trace >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    for i in 0..16 {
+        buf[36 + i] = HEX[((span >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// The X-Forwarded-For value to send: the incoming one(s) with the client's address appended.

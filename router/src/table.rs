@@ -10,19 +10,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
+use http::HeaderValue;
 use pier_api::{Backend, RouteEntry, RouteTable};
 
-/// How a route spreads requests over its backends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Balancing {
-    /// Round-robin from a random start index (gorouter's default).
-    #[default]
-    RoundRobin,
-    /// The backend with the fewest requests in flight; ties go round-robin.
-    LeastConnections,
-}
+pub use pier_api::Balancing;
 
 /// One route with its backends and balancing state.
 #[derive(Debug)]
@@ -34,12 +27,18 @@ pub struct Route {
     pub backends: Vec<Backend>,
     pub balancing: Balancing,
     cursor: AtomicUsize,
-    in_flight: Vec<AtomicUsize>,
+    /// Per backend, shared by every table that lists the instance (see [`in_flight`]).
+    in_flight: Vec<Arc<AtomicUsize>>,
+    /// Backend indexes in weighted round-robin order (each backend once when weights are equal).
+    schedule: Vec<usize>,
+    /// Per backend, made once per table rather than per request: the instance id as a header
+    /// value.
+    instance_ids: Vec<HeaderValue>,
 }
 
 impl Route {
-    fn new(entry: &RouteEntry, balancing: Balancing) -> Self {
-        let n = entry.backends.len();
+    fn new(entry: &RouteEntry) -> Self {
+        let n = schedule(&entry.backends).len();
         let start = if n > 1 { rand::random_range(0..n) } else { 0 };
         Route {
             host: normalize_host(&entry.host).to_string(),
@@ -47,10 +46,28 @@ impl Route {
             app: entry.app.clone(),
             app_guid: entry.app_guid.clone(),
             backends: entry.backends.clone(),
-            balancing,
+            balancing: entry.balancing,
             cursor: AtomicUsize::new(start),
-            in_flight: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            in_flight: entry
+                .backends
+                .iter()
+                .map(|b| counter(&b.instance_id))
+                .collect(),
+            schedule: schedule(&entry.backends),
+            instance_ids: entry
+                .backends
+                .iter()
+                .map(|b| {
+                    HeaderValue::from_str(&b.instance_id)
+                        .unwrap_or_else(|_| HeaderValue::from_static("-"))
+                })
+                .collect(),
         }
+    }
+
+    /// Backend `i`'s instance id as a header value (`X-CF-InstanceID`).
+    pub fn instance_id_header(&self, i: usize) -> HeaderValue {
+        self.instance_ids[i].clone()
     }
 
     /// Picks the next backend, skipping those for which `usable` says no. Returns its index into
@@ -63,7 +80,14 @@ impl Route {
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         let order = (0..n).map(|k| (start.wrapping_add(k)) % n);
         match self.balancing {
-            Balancing::RoundRobin => order.into_iter().find(|&i| usable(i, &self.backends[i])),
+            Balancing::RoundRobin => {
+                let s = &self.schedule;
+                let first = (0..s.len())
+                    .map(|k| s[start.wrapping_add(k) % s.len()])
+                    .find(|&i| usable(i, &self.backends[i]));
+                // Weight-0 backends are out of the rotation, but still better than nothing.
+                first.or_else(|| order.into_iter().find(|&i| usable(i, &self.backends[i])))
+            }
             Balancing::LeastConnections => order
                 .filter(|&i| usable(i, &self.backends[i]))
                 .min_by_key(|&i| self.in_flight[i].load(Ordering::Relaxed)),
@@ -94,6 +118,81 @@ impl Route {
     }
 }
 
+/// Requests in flight per instance id, across route tables: a table built after an instance left
+/// still sees the requests that old tables sent it. Entries go away with the last table using them.
+static IN_FLIGHT: LazyLock<Mutex<HashMap<String, Weak<AtomicUsize>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn counter(instance_id: &str) -> Arc<AtomicUsize> {
+    let mut map = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = map.get(instance_id).and_then(Weak::upgrade) {
+        return c;
+    }
+    map.retain(|_, w| w.strong_count() > 0);
+    let c = Arc::new(AtomicUsize::new(0));
+    map.insert(instance_id.to_string(), Arc::downgrade(&c));
+    c
+}
+
+/// Requests this process's routers are serving on `instance_id` right now. The controller waits
+/// for this to reach 0 before it stops an instance it took out of the table (draining).
+pub fn in_flight(instance_id: &str) -> usize {
+    IN_FLIGHT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(instance_id)
+        .and_then(Weak::upgrade)
+        .map_or(0, |c| c.load(Ordering::Relaxed))
+}
+
+/// Weighted round-robin order (smooth, as nginx does it: heavy backends are spread out, not
+/// bunched). Equal weights give each backend once.
+fn schedule(backends: &[Backend]) -> Vec<usize> {
+    let weights: Vec<u64> = backends.iter().map(|b| u64::from(b.weight)).collect();
+    if weights
+        .iter()
+        .all(|&w| w == weights.first().copied().unwrap_or(0))
+    {
+        return (0..backends.len()).collect();
+    }
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let g = weights
+        .iter()
+        .copied()
+        .filter(|&w| w > 0)
+        .fold(0, gcd)
+        .max(1);
+    let mut w: Vec<u64> = weights.iter().map(|x| x / g).collect();
+    // Bound the schedule's length; keep every non-zero weight at least 1.
+    let total: u64 = w.iter().sum();
+    if total > 1000 {
+        w = w
+            .iter()
+            .map(|&x| if x == 0 { 0 } else { (x * 1000 / total).max(1) })
+            .collect();
+    }
+    let total: i64 = w.iter().sum::<u64>() as i64;
+    let mut current = vec![0i64; w.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (c, &x) in current.iter_mut().zip(&w) {
+            *c += x as i64;
+        }
+        let Some((best, _)) = current.iter().enumerate().max_by_key(|(_, c)| **c) else {
+            break;
+        };
+        current[best] -= total;
+        out.push(best);
+    }
+    out
+}
+
 /// Guard counting one request in flight on one backend.
 #[derive(Debug)]
 pub struct InFlight {
@@ -122,14 +221,9 @@ impl Table {
     /// Builds the table. When two entries name the same host and path (the controller should never
     /// send that), the first wins, so a route cannot silently change owner.
     pub fn new(src: &RouteTable) -> Self {
-        Self::with_balancing(src, |_| Balancing::RoundRobin)
-    }
-
-    /// Like [`Table::new`], choosing each route's balancing with `balancing`.
-    pub fn with_balancing(src: &RouteTable, balancing: impl Fn(&RouteEntry) -> Balancing) -> Self {
         let mut hosts: HashMap<String, Vec<Arc<Route>>> = HashMap::new();
         for entry in &src.routes {
-            let route = Route::new(entry, balancing(entry));
+            let route = Route::new(entry);
             let routes = hosts.entry(route.host.clone()).or_default();
             if routes.iter().any(|r| r.path == route.path) {
                 tracing::warn!(host = %route.host, path = %route.path, app = %route.app,
@@ -209,6 +303,7 @@ mod tests {
             addr: ([127, 0, 0, 1], port).into(),
             instance_id: format!("inst-{port}"),
             index,
+            weight: 1,
         }
     }
 
@@ -223,6 +318,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, p)| backend(*p, i as u32))
                 .collect(),
+            balancing: Balancing::RoundRobin,
         }
     }
 
@@ -341,12 +437,10 @@ mod tests {
 
     #[test]
     fn least_connections_prefers_idle_backends() {
-        let src = RouteTable {
-            epoch: "e".into(),
-            version: 1,
-            routes: vec![entry("h", "", "a", &[1, 2])],
-        };
-        let t = Table::with_balancing(&src, |_| Balancing::LeastConnections);
+        let t = table(vec![RouteEntry {
+            balancing: Balancing::LeastConnections,
+            ..entry("h", "", "a", &[1, 2])
+        }]);
         let r = t.lookup("h", "/").expect("route");
         let first = r.pick(|_, _| true).expect("pick");
         let _busy = r.start_request(first);
@@ -364,5 +458,47 @@ mod tests {
         let r = t.lookup("h", "/").expect("route");
         assert_eq!(r.find_instance("inst-2"), Some(1));
         assert_eq!(r.find_instance("gone"), None);
+    }
+
+    #[test]
+    fn weights_share_traffic_and_zero_leaves_the_rotation() {
+        let mut bs = vec![backend(1, 0), backend(2, 1), backend(3, 2)];
+        bs[0].weight = 90;
+        bs[1].weight = 90;
+        bs[2].weight = 20; // a canary at 10 % of three... of two baseline instances
+        let sched = schedule(&bs);
+        let share = |i| sched.iter().filter(|&&x| x == i).count() as f64 / sched.len() as f64;
+        assert!((share(2) - 0.1).abs() < 0.01, "{sched:?}");
+        assert!((share(0) - 0.45).abs() < 0.01);
+        // Spread out, not bunched: the canary never comes twice in a row.
+        assert!(sched.windows(2).all(|w| !(w[0] == 2 && w[1] == 2)));
+        bs[0].weight = 0;
+        bs[1].weight = 0;
+        assert_eq!(schedule(&bs), vec![2]);
+        let equal = vec![backend(1, 0), backend(2, 1)];
+        assert_eq!(schedule(&equal), vec![0, 1]);
+    }
+
+    #[test]
+    fn in_flight_is_counted_per_instance_across_tables() {
+        let e = RouteEntry {
+            host: "w.localhost".into(),
+            path: String::new(),
+            app: "w".into(),
+            app_guid: "g".into(),
+            backends: vec![backend(4242, 0)],
+            balancing: Default::default(),
+        };
+        let old = Arc::new(Route::new(&e));
+        let guard = old.start_request(0);
+        assert_eq!(in_flight("inst-4242"), 1);
+        // A newer table without the instance still sees the old table's request until it ends.
+        let _new = Route::new(&RouteEntry {
+            backends: vec![],
+            ..e.clone()
+        });
+        assert_eq!(in_flight("inst-4242"), 1);
+        drop(guard);
+        assert_eq!(in_flight("inst-4242"), 0);
     }
 }

@@ -111,3 +111,83 @@ async fn binary_refuses_to_start_without_a_token() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--token"), "{err}");
 }
+
+#[tokio::test]
+async fn binary_with_a_routes_file_drains_in_flight_requests_on_sigterm() {
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let slow = spawn_backend(move |_req: http::Request<hyper::body::Incoming>| {
+        let mut release = release_rx.clone();
+        let arrived = arrived_tx.clone();
+        async move {
+            let _ = arrived.send(()).await;
+            let _ = release.wait_for(|v| *v).await;
+            http::Response::new(full("done"))
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let routes = dir.path().join("routes.json");
+    let table = RouteTable {
+        epoch: "file".into(),
+        version: 1,
+        routes: vec![route("slow.localhost", "", "slow", &[slow.addr])],
+    };
+    std::fs::write(&routes, serde_json::to_vec(&table).expect("json")).expect("write routes");
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pier-router"))
+        .args(["--listen", "127.0.0.1:0", "--threads", "2"])
+        .arg("--routes-file")
+        .arg(&routes)
+        .env_remove("PIER_ROUTER_TOKEN")
+        .env_remove("PIER_ROUTER_TOKEN_FILE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start pier-router");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next_line().await.expect("read").expect("a line");
+    let addr = first
+        .strip_prefix("pier-router listening on ")
+        .expect("listening line")
+        .to_string();
+
+    let url = format!("http://{addr}/");
+    let in_flight = tokio::spawn(async move {
+        send(
+            Request::get(url)
+                .header("host", "slow.localhost")
+                .body(empty())
+                .expect("request"),
+        )
+        .await
+    });
+    arrived_rx
+        .recv()
+        .await
+        .expect("request reached the backend");
+
+    let pid = child.id().expect("pid").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    // Still draining: the listener is closed to new clients soon after the signal…
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(&addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // …while the request in flight finishes, and then the process exits cleanly.
+    release_tx.send_replace(true);
+    let ans = in_flight.await.expect("join");
+    assert_eq!(ans.status, StatusCode::OK);
+    assert_eq!(ans.body, "done");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exited after draining")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+}

@@ -6,7 +6,7 @@ use crate::output::{self, format_mb, format_time};
 
 pub async fn run(args: AppArgs) -> Result<()> {
     let client = super::connect()?;
-    let app = client.app(&args.name).await?;
+    let app = client.app_with_stats(&args.name).await?;
     if args.json {
         println!(
             "{}",

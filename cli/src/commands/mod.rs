@@ -9,14 +9,24 @@ use crate::config::Settings;
 
 pub mod app;
 pub mod apps;
+pub mod buildpacks;
+pub mod create_app_manifest;
+pub mod create_buildpack;
 pub mod delete;
+pub mod delete_buildpack;
+pub mod deployments;
+pub mod events;
+pub mod health_check;
 pub mod login;
+pub mod logs;
 pub mod push;
 pub mod restage;
 pub mod restart;
+pub mod scale;
 pub mod stage;
 pub mod start;
 pub mod stop;
+pub mod update_buildpack;
 pub mod wait;
 
 pub async fn run(cli: Cli) -> Result<()> {
@@ -30,6 +40,21 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Stop(args) => stop::run(args).await,
         Command::Restart(args) => restart::run(args).await,
         Command::Restage(args) => restage::run(args).await,
+        Command::Logs(args) => logs::run(args).await,
+        Command::Scale(args) => scale::run(args).await,
+        Command::SetHealthCheck(args) => health_check::run(args).await,
+        Command::Events(args) => events::run(args).await,
+        Command::Buildpacks(args) => buildpacks::run(args).await,
+        Command::CreateBuildpack(args) => create_buildpack::run(args).await,
+        Command::UpdateBuildpack(args) => update_buildpack::run(args).await,
+        Command::DeleteBuildpack(args) => delete_buildpack::run(args).await,
+        Command::ClearBuildpackCache(args) => buildpacks::clear_cache(args).await,
+        Command::CreateAppManifest(args) => create_app_manifest::run(args).await,
+        Command::Deployments(args) => deployments::list(args).await,
+        Command::CancelDeployment(args) => deployments::act(args, "cancel").await,
+        Command::ContinueDeployment(args) => deployments::act(args, "continue").await,
+        Command::Revisions(args) => deployments::revisions(args).await,
+        Command::Rollback(args) => deployments::rollback(args).await,
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use futures_util::TryStreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use pier_api::{AppConfigRequest, AppName, BuildRequest};
+use pier_api::{AppConfigRequest, AppName, BuildRequest, ProcessConfigRequest, ProcessType};
 
 use crate::archive::{self, Packed};
 use crate::args::PushArgs;
@@ -22,7 +22,14 @@ pub struct Plan {
     pub name: AppName,
     pub path: PathBuf,
     pub config: AppConfigRequest,
+    /// Buildpack folders uploaded with the app: (index in `config.buildpacks`, folder).
+    pub local_buildpacks: Vec<(usize, PathBuf)>,
+    /// Manifest `processes:` other than web, applied after staging (when the types exist).
+    pub processes: Vec<(ProcessType, ProcessConfigRequest)>,
 }
+
+/// The only stack there is (what `CF_STACK` says during staging).
+pub const STACK: &str = "pier-bookworm";
 
 pub async fn run(args: PushArgs) -> Result<()> {
     let cwd = std::env::current_dir().context("cannot read the current folder")?;
@@ -30,7 +37,13 @@ pub async fn run(args: PushArgs) -> Result<()> {
     // Pack every app before connecting: an escaping symlink or unreadable file fails the push
     // with nothing sent.
     let mut packed = Vec::with_capacity(plans.len());
+    let mut buildpacks = Vec::with_capacity(plans.len());
     for p in &plans {
+        let mut local = Vec::new();
+        for (_, path) in &p.local_buildpacks {
+            local.push(super::create_buildpack::prepare(path)?);
+        }
+        buildpacks.push(local);
         let path = p.path.clone();
         let pack = tokio::task::spawn_blocking(move || archive::pack(&path))
             .await
@@ -45,8 +58,8 @@ pub async fn run(args: PushArgs) -> Result<()> {
         packed.push(pack);
     }
     let client = super::connect()?;
-    for (plan, pack) in plans.into_iter().zip(packed) {
-        push_one(&client, plan, pack, args.no_start).await?;
+    for ((plan, pack), local) in plans.into_iter().zip(packed).zip(buildpacks) {
+        push_one(&client, plan, pack, local, args.no_start, &args.deploy).await?;
     }
     Ok(())
 }
@@ -54,15 +67,24 @@ pub async fn run(args: PushArgs) -> Result<()> {
 /// Resolves the apps to push from the manifest and the flags (flags win), without any I/O beyond
 /// reading the manifest and checking the folders exist.
 pub fn plan(args: &PushArgs, cwd: &Path) -> Result<Vec<Plan>> {
+    let vars_files: Vec<PathBuf> = args.vars_files.iter().map(|f| cwd.join(f)).collect();
+    let vars = manifest::collect_vars(&args.vars, &vars_files)?;
     let loaded = if args.no_manifest {
         None
     } else if let Some(path) = &args.manifest {
-        Some(manifest::load(&cwd.join(path))?)
+        Some(manifest::load_with_vars(&cwd.join(path), &vars)?)
     } else {
         manifest::find_in(cwd)
-            .map(|file| manifest::load(&file))
+            .map(|file| manifest::load_with_vars(&file, &vars))
             .transpose()?
     };
+    if loaded.is_none() && !(args.vars.is_empty() && args.vars_files.is_empty()) {
+        return Err(
+            Failure::new("--var and --vars-file fill in a manifest, and there is none")
+                .hint("add -f MANIFEST, or drop the variables")
+                .into(),
+        );
+    }
 
     let plans = match &loaded {
         None => {
@@ -74,7 +96,14 @@ pub fn plan(args: &PushArgs, cwd: &Path) -> Result<Vec<Plan>> {
                 .path
                 .as_ref()
                 .map_or_else(|| cwd.to_path_buf(), |p| cwd.join(p));
-            vec![resolve(args, name, path, &AppManifest::default())]
+            vec![resolve(
+                args,
+                name,
+                path,
+                &AppManifest::default(),
+                cwd,
+                cwd,
+            )?]
         }
         Some(m) => from_manifest(args, cwd, m)?,
     };
@@ -87,8 +116,36 @@ pub fn plan(args: &PushArgs, cwd: &Path) -> Result<Vec<Plan>> {
             .hint("give the folder with -p PATH, or fix `path:` in the manifest")
             .into());
         }
+        check_processes(p)?;
     }
     Ok(plans)
+}
+
+/// Manifest processes other than web must be Procfile types: staging makes processes from the
+/// Procfile, and a process the droplet doesn't declare can't be configured.
+fn check_processes(p: &Plan) -> Result<()> {
+    if p.processes.is_empty() {
+        return Ok(());
+    }
+    let procfile = std::fs::read_to_string(p.path.join("Procfile")).unwrap_or_default();
+    let types: Vec<&str> = procfile
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(k, _)| k.trim()))
+        .collect();
+    for (kind, _) in &p.processes {
+        if !types.contains(&kind.as_str()) {
+            return Err(Failure::new(format!(
+                "{}: the manifest configures process type {kind}, which the app's Procfile doesn't declare",
+                p.name
+            ))
+            .hint(format!(
+                "add `{kind}: COMMAND` to {}/Procfile (every Procfile type becomes a process)",
+                p.path.display()
+            ))
+            .into());
+        }
+    }
+    Ok(())
 }
 
 fn from_manifest(args: &PushArgs, cwd: &Path, m: &LoadedManifest) -> Result<Vec<Plan>> {
@@ -127,7 +184,7 @@ fn from_manifest(args: &PushArgs, cwd: &Path, m: &LoadedManifest) -> Result<Vec<
         .into());
     }
     let manifest_dir = m.file.parent().unwrap_or(cwd);
-    Ok(selected
+    selected
         .into_iter()
         .map(|(name, app)| {
             let path = match (&args.path, m.app_path(app)) {
@@ -135,44 +192,134 @@ fn from_manifest(args: &PushArgs, cwd: &Path, m: &LoadedManifest) -> Result<Vec<
                 (None, Some(p)) => p,
                 (None, None) => manifest_dir.to_path_buf(),
             };
-            resolve(args, name, path, app)
+            resolve(args, name, path, app, cwd, manifest_dir)
         })
-        .collect())
+        .collect()
+}
+
+/// A buildpack entry that names a folder rather than an installed buildpack.
+fn is_local_buildpack(b: &str) -> bool {
+    b.starts_with("./")
+        || b.starts_with("../")
+        || b.starts_with('/')
+        || b.starts_with("~/")
+        || b == "."
 }
 
 /// Flags over the manifest; only what either gives is sent, so the controller keeps the rest.
-fn resolve(args: &PushArgs, name: AppName, path: PathBuf, app: &AppManifest) -> Plan {
-    let buildpacks = if args.buildpacks.is_empty() {
-        app.buildpack_list()
+/// Precedence for the web process: flags > app-level manifest fields > `processes: - type: web`.
+fn resolve(
+    args: &PushArgs,
+    name: AppName,
+    path: PathBuf,
+    app: &AppManifest,
+    cwd: &Path,
+    manifest_dir: &Path,
+) -> Result<Plan> {
+    // Buildpack folders are relative to where they were written: the flags' to the current
+    // folder, the manifest's to the manifest's folder.
+    let (buildpacks, base) = if args.buildpacks.is_empty() {
+        (app.buildpack_list(), manifest_dir)
     } else {
-        Some(args.buildpacks.clone())
-    }
+        (Some(args.buildpacks.clone()), cwd)
+    };
     // `default` and `null` mean "detect", as in cf; detection is an empty list here.
-    .map(|list| {
+    let buildpacks = buildpacks.map(|list| {
         list.into_iter()
             .filter(|b| b != "default" && b != "null")
             .collect::<Vec<_>>()
     });
-    Plan {
+    let mut local_buildpacks = Vec::new();
+    if let Some(list) = &buildpacks {
+        for (i, b) in list.iter().enumerate() {
+            if is_local_buildpack(b) {
+                let p = match b.strip_prefix("~/") {
+                    Some(rest) => std::env::var_os("HOME")
+                        .map(PathBuf::from)
+                        .unwrap_or_default()
+                        .join(rest),
+                    None => base.join(b),
+                };
+                local_buildpacks.push((i, p));
+            } else if b.contains("://") {
+                return Err(Failure::new(format!(
+                    "{name}: buildpack {b} is a URL; staging has no network, so Pier can't fetch it"
+                ))
+                .hint("download it and push with -b ./path/to/buildpack, or install it with pier create-buildpack")
+                .into());
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (_, p) in &local_buildpacks {
+            let n = super::create_buildpack::name_from_path(p);
+            if !names.insert(n.clone()) {
+                return Err(Failure::new(format!(
+                    "{name}: two buildpack folders would both be called {n}"
+                ))
+                .hint("rename one of the folders")
+                .into());
+            }
+        }
+    }
+    if let Some(stack) = &app.stack {
+        if stack != STACK {
+            return Err(Failure::new(format!(
+                "{name}: stack {stack} is not available; this platform has one stack, {STACK}"
+            ))
+            .hint(format!("write `stack: {STACK}` or leave stack out"))
+            .into());
+        }
+    }
+    let web = app.web_process();
+    let processes = app
+        .processes
+        .iter()
+        .flatten()
+        .filter(|p| !p.kind.is_web())
+        .map(|p| (p.kind.clone(), p.request()))
+        .collect();
+    Ok(Plan {
         name,
         path,
         config: AppConfigRequest {
-            instances: args.instances.or(app.instances),
-            memory_mb: args.memory_mb.or(app.memory_mb),
-            disk_mb: args.disk_mb.or(app.disk_mb),
-            command: args.command.clone().or_else(|| app.command.clone()),
+            instances: args
+                .instances
+                .or(app.instances)
+                .or(web.and_then(|w| w.instances)),
+            memory_mb: args
+                .memory_mb
+                .or(app.memory_mb)
+                .or(web.and_then(|w| w.memory_mb)),
+            disk_mb: args.disk_mb.or(app.disk_mb).or(web.and_then(|w| w.disk_mb)),
+            command: args
+                .command
+                .clone()
+                .or_else(|| app.command.clone())
+                .or_else(|| web.and_then(|w| w.command.clone())),
             buildpacks,
             env: app.env.clone(),
             routes: app.routes.clone(),
             no_route: app.no_route,
             random_route: app.random_route,
-            health_check: app.health_check(),
+            health_check: app
+                .health_check()
+                .or_else(|| web.and_then(|w| w.health_check())),
         },
-    }
+        local_buildpacks,
+        processes,
+    })
 }
 
-async fn push_one(client: &Client, plan: Plan, packed: Packed, no_start: bool) -> Result<()> {
-    let name = &plan.name;
+async fn push_one(
+    client: &Client,
+    mut plan: Plan,
+    packed: Packed,
+    local: Vec<super::create_buildpack::LocalBuildpack>,
+    no_start: bool,
+    deploy: &crate::args::DeployArgs,
+) -> Result<()> {
+    let name = plan.name.clone();
+    let name = &name;
     println!(
         "Pushing {name} from {} ({} entries, {})",
         plan.path.display(),
@@ -191,6 +338,19 @@ async fn push_one(client: &Client, plan: Plan, packed: Packed, no_start: bool) -
     }
     let package = upload(client, packed).await?;
     println!("Uploaded package {}", super::app::short(&package.sha256));
+    // Buildpack folders go up as packages too; the app names them NAME@sha256:HEX.
+    for ((i, path), bp) in plan.local_buildpacks.iter().zip(local) {
+        let sha = super::create_buildpack::upload(client, bp).await?;
+        let bp_name = super::create_buildpack::name_from_path(path);
+        println!(
+            "Uploaded buildpack {bp_name} from {} ({})",
+            path.display(),
+            super::app::short(&sha)
+        );
+        if let Some(list) = plan.config.buildpacks.as_mut() {
+            list[*i] = pier_api::buildpacks::uploaded_buildpack_ref(&bp_name, &sha);
+        }
+    }
 
     client.put_app(name, &plan.config).await?;
 
@@ -204,6 +364,10 @@ async fn push_one(client: &Client, plan: Plan, packed: Packed, no_start: bool) -
         },
     )
     .await?;
+    for (kind, req) in &plan.processes {
+        client.put_process(name, kind, req).await?;
+        println!("Configured process {kind} from the manifest");
+    }
     if no_start {
         println!(
             "{name} is staged but not started (--no-start): run `pier start {name}` to start it."
@@ -211,8 +375,17 @@ async fn push_one(client: &Client, plan: Plan, packed: Packed, no_start: bool) -
         return Ok(());
     }
     println!("Starting {name}...");
-    let app = client.action(name, "start").await?;
-    let app = super::wait::until_running(client, app, &droplet.sha256).await?;
+    // The instances' first output, live, until they run (the stream opens before the start).
+    let output = super::logs::show_startup(name).await;
+    let _ = &droplet;
+    let app = match client.deploy(name, &deploy.request()).await {
+        Ok(d) => super::wait::until_deployed(client, name, &d).await,
+        Err(e) => Err(e.into()),
+    };
+    if let Some(task) = output {
+        task.abort();
+    }
+    let app = app?;
     super::wait::print_running(&app);
     Ok(())
 }

@@ -7,10 +7,10 @@ use crate::args::NameArg;
 /// droplet.
 pub async fn run(args: NameArg) -> Result<()> {
     let client = super::connect()?;
-    let droplet = super::stage::run(&client, &args.name, &BuildRequest { package: None }).await?;
+    super::stage::run(&client, &args.name, &BuildRequest { package: None }).await?;
     println!("Restarting {}...", args.name);
-    let app = client.action(&args.name, "restart").await?;
-    let app = super::wait::until_running(&client, app, &droplet.sha256).await?;
+    client.action(&args.name, "restart").await?;
+    let app = super::wait::until_latest_deployed(&client, &args.name).await?;
     super::wait::print_running(&app);
     Ok(())
 }

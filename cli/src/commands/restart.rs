@@ -5,9 +5,8 @@ use crate::args::NameArg;
 pub async fn run(args: NameArg) -> Result<()> {
     let client = super::connect()?;
     println!("Restarting {}...", args.name);
-    let app = client.action(&args.name, "restart").await?;
-    let droplet = super::wait::current_droplet(&app)?;
-    let app = super::wait::until_running(&client, app, &droplet).await?;
+    client.action(&args.name, "restart").await?;
+    let app = super::wait::until_latest_deployed(&client, &args.name).await?;
     super::wait::print_running(&app);
     Ok(())
 }

@@ -177,3 +177,124 @@ pub fn print_running(app: &AppResponse) {
         print!("{}", output::instance_table(&app.instances));
     }
 }
+
+/// Waits for a deployment to end: success prints nothing here and returns the app; failure or
+/// cancellation returns the reason (which names the failed instance and its last output). A canary
+/// returns once its first new instance serves its share: the rest takes minutes and goes on in the
+/// controller (`pier deployments NAME`).
+pub async fn until_deployed(
+    client: &Client,
+    name: &pier_api::AppName,
+    started: &pier_api::DeploymentResponse,
+) -> Result<AppResponse> {
+    use pier_api::DeploymentState as S;
+    let mut last_report = String::new();
+    loop {
+        let all = client.deployments(name).await?;
+        let d = all
+            .iter()
+            .find(|d| d.id == started.id)
+            .cloned()
+            .unwrap_or_else(|| started.clone());
+        match d.state {
+            S::Succeeded => return Ok(client.app(name).await?),
+            S::Failed | S::Canceled => {
+                let reason = d.reason.unwrap_or_else(|| "no reason given".into());
+                let mut lines = reason.lines();
+                let head = lines.next().unwrap_or_default().to_string();
+                let details: Vec<String> = lines.map(str::to_string).collect();
+                return Err(Failure::new(format!(
+                    "deployment of {name} (revision {}) {}: {head}",
+                    d.revision,
+                    if d.state == S::Failed { "failed" } else { "was canceled" }
+                ))
+                .details(details)
+                .hint(format!(
+                    "`pier logs {name} --recent` shows more; `pier deployments {name}` shows the history"
+                ))
+                .into());
+            }
+            S::Deploying | S::Paused => {}
+        }
+        let app = client.app(name).await?;
+        if let Some(c) = &d.canary {
+            let up = app
+                .instances
+                .iter()
+                .any(|i| i.revision == Some(d.revision) && i.state == InstanceState::Running);
+            if up {
+                println!(
+                    "Canary of revision {} is serving {}% of traffic; it moves through steps {:?} \
+                     as its figures allow. Follow it with `pier deployments {name}`.",
+                    d.revision,
+                    c.steps.get(c.step).copied().unwrap_or(100),
+                    c.steps
+                );
+                return Ok(app);
+            }
+        }
+        let desired = output::main_process(&app).map_or(0, |p| p.instances) as usize;
+        let new = app
+            .instances
+            .iter()
+            .filter(|i| i.revision == Some(d.revision) && i.state == InstanceState::Running)
+            .count();
+        let report = format!(
+            "{} of {desired} instances on revision {} running",
+            new.min(desired),
+            d.revision
+        );
+        if report != last_report {
+            eprintln!("Waiting for {name}: {report}");
+            last_report = report;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits for whatever deployment the app has last (after `start` or `restart`).
+pub async fn until_latest_deployed(
+    client: &Client,
+    name: &pier_api::AppName,
+) -> Result<AppResponse> {
+    match client.deployments(name).await?.into_iter().next() {
+        Some(d) => until_deployed(client, name, &d).await,
+        None => Ok(client.app(name).await?),
+    }
+}
+
+/// After a cancel: waits until every web instance runs the app's current revision again.
+pub async fn until_running_revision(
+    client: &Client,
+    name: &pier_api::AppName,
+) -> Result<AppResponse> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let revs = client.revisions(name).await?;
+        let current = revs.iter().find(|r| r.current).map(|r| r.version);
+        let app = client.app(name).await?;
+        let desired = output::main_process(&app).map_or(0, |p| p.instances) as usize;
+        let on = app
+            .instances
+            .iter()
+            .filter(|i| {
+                i.process.is_web() && i.revision == current && i.state == InstanceState::Running
+            })
+            .count();
+        let others = app
+            .instances
+            .iter()
+            .filter(|i| i.process.is_web() && i.revision != current)
+            .count();
+        if on >= desired && others == 0 {
+            return Ok(app);
+        }
+        if Instant::now() > deadline {
+            return Err(Failure::new(format!(
+                "{name} did not settle back on revision {current:?} within 180 s"
+            ))
+            .into());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}

@@ -75,6 +75,7 @@ impl Fake {
             )
             .route("/v1/apps/{name}/builds", post(build))
             .route("/v1/apps/{name}/actions/{action}", post(action))
+            .route("/v1/apps/{name}/deployments", get(deployments).post(deploy))
             .layer(axum::middleware::from_fn_with_state(state.clone(), record))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -416,6 +417,8 @@ async fn action(
                     crash_count: 0,
                     reason: None,
                     last_output: vec![],
+                    stats: None,
+                    revision: Some(1),
                 })
                 .collect();
             *state.polls.lock().unwrap() = 0;
@@ -427,4 +430,75 @@ async fn action(
         _ => return api_error(ErrorCode::NotFound, "no such action"),
     }
     Json(a.clone()).into_response()
+}
+
+/// `POST /v1/apps/{name}/deployments`: the same as a start, answered with a deployment.
+async fn deploy(
+    State(state): State<Arc<FakeState>>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    let resp = action(State(state), UrlPath((name, "start".to_string())), headers).await;
+    if !resp.status().is_success() {
+        return resp;
+    }
+    Json(deployment(DeploymentState::Deploying, None)).into_response()
+}
+
+fn deployment(state: DeploymentState, reason: Option<String>) -> DeploymentResponse {
+    DeploymentResponse {
+        id: "dep-1".into(),
+        revision: 1,
+        previous_revision: None,
+        strategy: DeploymentStrategy::Rolling,
+        state,
+        max_in_flight: 1,
+        reason,
+        canary: None,
+        created_at: now(),
+        finished_at: None,
+    }
+}
+
+/// `GET /v1/apps/{name}/deployments`: derived from the instances the app polls show.
+async fn deployments(
+    State(state): State<Arc<FakeState>>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = unauthorized(&headers) {
+        return r;
+    }
+    let app = state.app.lock().unwrap();
+    let Some(a) = app.as_ref().filter(|a| a.name.as_str() == name) else {
+        return api_error(ErrorCode::NotFound, &format!("app {name:?} not found"));
+    };
+    if a.state != AppState::Started {
+        return Json(Vec::<DeploymentResponse>::new()).into_response();
+    }
+    let d = if let Some(bad) = a
+        .instances
+        .iter()
+        .find(|i| i.state == InstanceState::Crashed)
+    {
+        let mut why = format!(
+            "new instance {} (web) of revision 1 failed: {}; last output:",
+            bad.index,
+            bad.reason.clone().unwrap_or_default()
+        );
+        for l in &bad.last_output {
+            why.push_str("\n    ");
+            why.push_str(l);
+        }
+        deployment(DeploymentState::Failed, Some(why))
+    } else if !a.instances.is_empty()
+        && a.instances
+            .iter()
+            .all(|i| i.state == InstanceState::Running)
+    {
+        deployment(DeploymentState::Succeeded, None)
+    } else {
+        deployment(DeploymentState::Deploying, None)
+    };
+    Json(vec![d]).into_response()
 }

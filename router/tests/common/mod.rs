@@ -110,8 +110,10 @@ pub fn route(host: &str, path: &str, app: &str, backends: &[SocketAddr]) -> Rout
                 addr: *a,
                 instance_id: format!("{app}-inst-{i}"),
                 index: i as u32,
+                weight: 1,
             })
             .collect(),
+        balancing: Default::default(),
     }
 }
 
@@ -137,6 +139,20 @@ where
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind backend");
+    serve_backend(listener, handler)
+}
+
+/// Like [`named_backend`], on a given address (a port reused by a new instance).
+pub async fn spawn_backend_on(addr: SocketAddr, name: &'static str) -> FakeBackend {
+    let listener = TcpListener::bind(addr).await.expect("bind backend");
+    serve_backend(listener, named_handler(name))
+}
+
+fn serve_backend<F, Fut>(listener: TcpListener, handler: F) -> FakeBackend
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
     let addr = listener.local_addr().expect("backend addr");
     let hits = Arc::new(AtomicUsize::new(0));
     let shutdown = CancellationToken::new();
@@ -175,29 +191,40 @@ where
 
 /// A backend answering with JSON: its name, the path and the request headers it saw.
 pub async fn named_backend(name: &'static str) -> FakeBackend {
-    spawn_backend(move |req: Request<Incoming>| async move {
-        let headers: HashMap<String, String> = req
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        let body = serde_json::json!({
-            "name": name,
-            "path": req.uri().path(),
-            "headers": headers,
-        });
-        Response::builder()
-            .header("content-type", "application/json")
-            .header("x-backend", name)
-            .body(full(body.to_string()))
-            .expect("response")
-    })
-    .await
+    spawn_backend(named_handler(name)).await
+}
+
+fn named_handler(
+    name: &'static str,
+) -> impl Fn(Request<Incoming>) -> std::pin::Pin<Box<dyn Future<Output = Response<TestBody>> + Send>>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    move |req: Request<Incoming>| {
+        Box::pin(async move {
+            let headers: HashMap<String, String> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            let body = serde_json::json!({
+                "name": name,
+                "path": req.uri().path(),
+                "headers": headers,
+            });
+            Response::builder()
+                .header("content-type", "application/json")
+                .header("x-backend", name)
+                .body(full(body.to_string()))
+                .expect("response")
+        })
+    }
 }
 
 /// A free port with nothing listening on it.

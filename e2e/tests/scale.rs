@@ -1,0 +1,401 @@
+//! Scale and self-heal: the instances that run are always the ones that were asked for.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use pier_e2e::*;
+
+fn example(name: &str) -> tempfile::TempDir {
+    copy_dir(&repo_root().join("examples").join(name))
+}
+
+fn fixture(name: &str) -> tempfile::TempDir {
+    copy_dir(&repo_root().join("e2e/fixtures").join(name))
+}
+
+/// Instance indexes that answered `n` requests through the router (python-app says `instance=N`).
+fn seen(p: &Platform, host: &str, n: usize) -> BTreeSet<u32> {
+    let mut out = BTreeSet::new();
+    for _ in 0..n {
+        let (status, body) = p.get_via_router(host, "/");
+        assert_eq!(status, 200, "{body}");
+        let idx = body
+            .split("instance=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no instance index in {body:?}"));
+        out.insert(idx);
+    }
+    out
+}
+
+fn running(p: &Platform, app: &str) -> usize {
+    p.app_json(app)
+        .map(|j| {
+            j["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|i| i["state"] == "RUNNING" && i["process"] == "web")
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn events(p: &Platform, app: &str) -> Vec<serde_json::Value> {
+    let (s, body) = http_get(
+        &format!("{}/v1/apps/{app}/events", p.api),
+        None,
+        Some(&p.token),
+    );
+    assert_eq!(s, 200, "{body}");
+    serde_json::from_str::<Vec<serde_json::Value>>(&body).unwrap()
+}
+
+#[test]
+fn scale_up_down_to_zero_and_back_routes_only_running_instances() {
+    let p = Platform::start();
+    let app = example("python-app");
+    p.pier_ok(&["push", "scaly"], app.path());
+    for (n, expect) in [(5u32, 5usize), (2, 2), (0, 0), (1, 1)] {
+        let out = p.pier_ok(&["scale", "scaly", "-i", &n.to_string()], app.path());
+        assert!(out.contains(&format!("{n} instances")), "{out}");
+        let want: BTreeSet<u32> = (0..n).collect();
+        if n == 0 {
+            let (status, _, _) = eventually(Duration::from_secs(15), "no instance routed", || {
+                let r = http_request(
+                    "GET",
+                    &format!("{}/", p.router),
+                    Some("scaly.localhost"),
+                    None,
+                    &[],
+                    b"",
+                );
+                (r.0 == 503).then_some(r)
+            });
+            assert_eq!(status, 503);
+        } else {
+            // Traffic reaches exactly the running instances.
+            let mut last = BTreeSet::new();
+            let ok = (0..100).any(|_| {
+                last = seen(&p, "scaly.localhost", 12 * n as usize);
+                last == want || {
+                    std::thread::sleep(Duration::from_millis(200));
+                    false
+                }
+            });
+            assert!(ok, "traffic reached {last:?}, not exactly {want:?}");
+        }
+        eventually(Duration::from_secs(20), "containers match", || {
+            (p.instance_ids("scaly").len() == expect && running(&p, "scaly") == expect)
+                .then_some(())
+        });
+    }
+    let ev = events(&p, "scaly");
+    assert!(ev.iter().any(|e| e["kind"] == "scaled"), "{ev:?}");
+    // `pier app` shows usage per instance; `pier events` lists what happened.
+    let out = p.pier_ok(&["app", "scaly"], app.path());
+    assert!(
+        out.contains("cpu") && out.contains("memory") && out.contains("uptime"),
+        "{out}"
+    );
+    let out = p.pier_ok(&["events", "scaly"], app.path());
+    assert!(out.contains("scaled"), "{out}");
+}
+
+#[test]
+fn killed_instance_is_replaced_and_no_longer_routed() {
+    let p = Platform::start();
+    let app = example("python-app");
+    p.pier_ok(&["push", "killy", "-i", "2"], app.path());
+    let before = p.instance_ids("killy");
+    let victim = before[0].clone();
+    let started = Instant::now();
+    docker(&["kill", &victim]);
+    // Every request after the kill is answered: the router drops the dead instance at once.
+    for _ in 0..20 {
+        assert_eq!(p.get_via_router("killy.localhost", "/").0, 200);
+    }
+    let after = eventually(Duration::from_secs(20), "replacement running", || {
+        let ids = p.instance_ids("killy");
+        (ids.len() == 2 && !ids.contains(&victim) && running(&p, "killy") == 2).then_some(ids)
+    });
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(after.iter().filter(|id| before.contains(id)).count(), 1);
+    assert_eq!(seen(&p, "killy.localhost", 20), BTreeSet::from([0, 1]));
+    let ev = events(&p, "killy");
+    assert!(
+        ev.iter().any(|e| e["kind"] == "crashed"
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .contains("exited with status 137")),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn crashing_app_shows_crashed_and_backs_off() {
+    let p = Platform::start_with(Options {
+        crash_backoff_base_ms: Some(1500),
+        ..Default::default()
+    });
+    let crash = fixture("crash-on-start");
+    let out = p.pier(&["push", "crashy"], crash.path());
+    assert!(!out.status.success());
+    // Crashes 1 and 2 restart at once, then 1.5 s, 3 s, ...: wait for the fifth crash.
+    let ev = eventually(Duration::from_secs(30), "five crashes", || {
+        let ev = events(&p, "crashy");
+        let crashes: Vec<_> = ev.into_iter().filter(|e| e["kind"] == "crashed").collect();
+        (crashes.len() >= 5).then_some(crashes)
+    });
+    let times: Vec<time::OffsetDateTime> = ev
+        .iter()
+        .rev()
+        .map(|e| {
+            time::OffsetDateTime::parse(
+                e["time"].as_str().unwrap(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap()
+        })
+        .collect();
+    let gap = |a: usize, b: usize| (times[b] - times[a]).as_seconds_f64();
+    assert!(gap(2, 3) >= 1.4, "third wait >= base: {}", gap(2, 3));
+    assert!(gap(3, 4) >= 2.9, "fourth wait doubles: {}", gap(3, 4));
+    assert!(ev
+        .iter()
+        .any(|e| e["message"].as_str().unwrap().contains("restarting in")));
+    // While it waits it shows CRASHED with its crash count.
+    let j = eventually(Duration::from_secs(10), "CRASHED state", || {
+        let j = p.app_json("crashy")?;
+        (j["instances"][0]["state"] == "CRASHED").then_some(j)
+    });
+    assert!(j["instances"][0]["crash_count"].as_u64().unwrap() >= 3);
+    assert!(j["instances"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("exited with status 3"));
+}
+
+#[test]
+fn oom_kill_is_recorded_as_such() {
+    let p = Platform::start();
+    let app = fixture("oom");
+    p.pier_ok(&["push"], app.path());
+    let _ = p.get_via_router("hungry.localhost", "/eat");
+    let ev = eventually(Duration::from_secs(30), "OOM crash event", || {
+        events(&p, "hungry")
+            .into_iter()
+            .find(|e| e["kind"] == "crashed")
+    });
+    assert!(
+        ev["message"].as_str().unwrap().contains("out of memory"),
+        "{ev}"
+    );
+    eventually(Duration::from_secs(20), "restarted", || {
+        (running(&p, "hungry") == 1).then_some(())
+    });
+}
+
+#[test]
+fn failing_health_check_replaces_the_instance() {
+    let p = Platform::start();
+    let app = fixture("flaky-health");
+    p.pier_ok(&["push", "flaky"], app.path());
+    p.pier_ok(
+        &["set-health-check", "flaky", "http", "--endpoint", "/health"],
+        app.path(),
+    );
+    // The new health check replaces the instance (a spec change); wait for it to settle.
+    let first = eventually(
+        Duration::from_secs(20),
+        "one instance on the new check",
+        || {
+            let ids = p.instance_ids("flaky");
+            (ids.len() == 1 && running(&p, "flaky") == 1).then_some(ids[0].clone())
+        },
+    );
+    let (status, body) = p.get_via_router("flaky.localhost", "/break");
+    assert_eq!(status, 200, "{body}");
+    let replaced = eventually(Duration::from_secs(30), "a replacement", || {
+        let ids = p.instance_ids("flaky");
+        (ids.len() == 1 && ids[0] != first && running(&p, "flaky") == 1).then_some(ids[0].clone())
+    });
+    assert_ne!(replaced, first);
+    let ev = events(&p, "flaky");
+    assert!(
+        ev.iter().any(|e| e["message"]
+            .as_str()
+            .unwrap()
+            .contains("health check failed")),
+        "{ev:?}"
+    );
+    let (_, body) = p.get_via_router("flaky.localhost", "/");
+    assert!(
+        body.contains("broken=False"),
+        "the new instance is healthy: {body}"
+    );
+}
+
+#[test]
+fn worker_processes_scale_on_their_own_and_get_no_route() {
+    let p = Platform::start();
+    let app = fixture("web-and-worker");
+    p.pier_ok(&["push", "duo"], app.path());
+    let j = p.app_json("duo").unwrap();
+    let procs: Vec<_> = j["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(procs, ["web", "worker"]);
+    p.pier_ok(
+        &["scale", "duo", "--process", "worker", "-i", "2"],
+        app.path(),
+    );
+    eventually(Duration::from_secs(20), "two workers running", || {
+        let j = p.app_json("duo")?;
+        let workers = j["instances"]
+            .as_array()?
+            .iter()
+            .filter(|i| i["process"] == "worker" && i["state"] == "RUNNING")
+            .count();
+        (workers == 2).then_some(())
+    });
+    let labels: Vec<_> = p
+        .containers()
+        .into_values()
+        .filter(|l| l.get("pier.kind").map(String::as_str) == Some("instance"))
+        .collect();
+    assert_eq!(
+        labels
+            .iter()
+            .filter(|l| l["pier.process"] == "worker")
+            .count(),
+        2
+    );
+    // Only web is routed.
+    for _ in 0..10 {
+        assert_eq!(
+            p.get_via_router("duo.localhost", "/"),
+            (200, "web".to_string())
+        );
+    }
+    let out = p.pier(
+        &["scale", "duo", "--process", "nope", "-i", "1"],
+        app.path(),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no process type"));
+}
+
+#[test]
+fn concurrent_builds_of_one_app_are_refused_with_409() {
+    let p = Platform::start();
+    let app = example("python-deps-app");
+    p.pier_ok(&["push", "busy", "--no-start"], app.path());
+    let url = format!("{}/v1/apps/busy/builds", p.api);
+    let token = p.token.clone();
+    let first =
+        std::thread::spawn(move || http_request("POST", &url, None, Some(&token), &[], b"{}"));
+    // Once the first build is staging, a second one at the same time is refused.
+    eventually(Duration::from_secs(10), "the first build staging", || {
+        p.containers()
+            .values()
+            .any(|l| l.get("pier.kind").map(String::as_str) == Some("staging"))
+            .then_some(())
+    });
+    let second = http_request(
+        "POST",
+        &format!("{}/v1/apps/busy/builds", p.api),
+        None,
+        Some(&p.token),
+        &[],
+        b"{}",
+    );
+    assert_eq!(second.0, 409, "{}", second.2);
+    assert!(second.2.contains("in progress"), "{}", second.2);
+    let (status, _, body) = first.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("\"done\""), "{body}");
+}
+
+#[test]
+fn kill_9_mid_scale_and_mid_staging_then_converge() {
+    let mut p = Platform::start();
+    let app = example("python-app");
+    p.pier_ok(&["push", "sturdy"], app.path());
+    // Mid-scale: the controller dies while it is creating containers.
+    let (s, _, body) = http_request(
+        "PUT",
+        &format!("{}/v1/apps/sturdy/processes/web", p.api),
+        None,
+        Some(&p.token),
+        &[("content-type", "application/json")],
+        br#"{"instances":6}"#,
+    );
+    assert_eq!(s, 200, "{body}");
+    p.controller.as_mut().unwrap().kill9();
+    p.start_controller();
+    eventually(Duration::from_secs(30), "6 running, no duplicates", || {
+        (running(&p, "sturdy") == 6 && p.instance_ids("sturdy").len() == 6).then_some(())
+    });
+    assert_eq!(seen(&p, "sturdy.localhost", 60), (0..6).collect());
+
+    // Mid-staging: kill -9 while a (cold, slower) staging runs.
+    let deps = example("python-deps-app");
+    p.pier_ok(&["push", "stager", "--no-start"], deps.path());
+    let url = format!("{}/v1/apps/stager/builds", p.api);
+    let token = p.token.clone();
+    let build =
+        std::thread::spawn(move || http_request("POST", &url, None, Some(&token), &[], b"{}"));
+    eventually(Duration::from_secs(10), "staging container", || {
+        p.containers()
+            .values()
+            .any(|l| l.get("pier.kind").map(String::as_str) == Some("staging"))
+            .then_some(())
+    });
+    p.controller.as_mut().unwrap().kill9();
+    let _ = build.join();
+    p.start_controller();
+    eventually(Duration::from_secs(20), "staging container removed", || {
+        (!p.containers()
+            .values()
+            .any(|l| l.get("pier.kind").map(String::as_str) == Some("staging")))
+        .then_some(())
+    });
+    let ev = events(&p, "stager");
+    assert!(ev.iter().any(|e| e["kind"] == "staging_failed"), "{ev:?}");
+    // Nothing stuck: it stages fine now.
+    p.pier_ok(&["restage", "stager"], deps.path());
+    assert_eq!(running(&p, "sturdy"), 6);
+    assert_eq!(p.instance_ids("sturdy").len(), 6);
+}
+
+#[test]
+fn killing_every_app_container_converges_back() {
+    let p = Platform::start();
+    let app = example("python-app");
+    p.pier_ok(&["push", "phoenix", "-i", "3"], app.path());
+    let ids = p.instance_ids("phoenix");
+    let mut args = vec!["kill"];
+    args.extend(ids.iter().map(String::as_str));
+    docker(&args);
+    eventually(Duration::from_secs(30), "3 new instances", || {
+        let now = p.instance_ids("phoenix");
+        (now.len() == 3 && now.iter().all(|i| !ids.contains(i)) && running(&p, "phoenix") == 3)
+            .then_some(())
+    });
+    assert_eq!(seen(&p, "phoenix.localhost", 30), BTreeSet::from([0, 1, 2]));
+}

@@ -1,0 +1,195 @@
+//! Connections to instances: HTTP/1.1 over TCP, kept alive and pooled per address.
+//!
+//! ```text
+//! send(addr, req) ─▶ idle connection for addr? ──yes─▶ send on it ─┐
+//!                        │ no (or it closed before the request was written: req comes back)
+//!                        ▼                                          │
+//!                    connect (timeout) ─▶ handshake ─▶ send ────────┤
+//!                        │ refused / timed out                      ▼
+//!                        ▼                               response; the connection goes back to
+//!                  Error::Connect (retryable:            the pool when the caller says the
+//!                  no byte was written)                  response body ended ([`Lease::release`])
+//! ```
+//!
+//! Why not hyper-util's pooled client: that one spawns a task per request to notice when the
+//! connection is free again and goes through a shared pool with futures per checkout. Here the
+//! response body's wrapper knows exactly when the body ended, and a pool belongs to one runtime
+//! (one per thread in [`crate::serve_threads`]), so its lock is never contended.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::proxy::SlotBody;
+
+/// Why a request did not get a response.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No connection could be opened: nothing was sent, so another instance may be tried.
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The request may have reached the instance.
+    #[error("request to {addr}: {source}")]
+    Request {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+}
+
+impl Error {
+    /// Whether no byte of the request can have reached the instance.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Error::Connect { .. })
+    }
+}
+
+pub(crate) struct Pool {
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    puts: AtomicU64,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle_per_addr: usize,
+}
+
+struct Idle {
+    sender: SendRequest<SlotBody>,
+    since: Instant,
+}
+
+/// A connection in use by one request; [`Lease::release`] once its response body has ended.
+pub(crate) struct Lease {
+    pool: Arc<Pool>,
+    addr: SocketAddr,
+    sender: SendRequest<SlotBody>,
+}
+
+impl Lease {
+    /// Puts the connection back for the next request to the same address.
+    pub(crate) fn release(self) {
+        self.pool.put(self.addr, self.sender);
+    }
+}
+
+impl Pool {
+    pub(crate) fn new(
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_idle_per_addr: usize,
+    ) -> Arc<Self> {
+        Arc::new(Pool {
+            idle: Mutex::new(HashMap::new()),
+            puts: AtomicU64::new(0),
+            connect_timeout,
+            idle_timeout,
+            max_idle_per_addr,
+        })
+    }
+
+    /// Sends `req` (origin-form URI, Host set) to `addr` on a pooled or new connection.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        mut req: Request<SlotBody>,
+    ) -> Result<(Response<Incoming>, Lease), Error> {
+        // Pooled connections first. One the instance closed while idle hands the request back
+        // unsent; then the next one, or a new connection, gets it.
+        while let Some(mut sender) = self.take(addr) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, self.lease(addr, sender))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => {
+                        return Err(Error::Request {
+                            addr,
+                            source: e.into_error(),
+                        })
+                    }
+                },
+            }
+        }
+        let mut sender = self.connect(addr).await?;
+        match sender.send_request(req).await {
+            Ok(resp) => Ok((resp, self.lease(addr, sender))),
+            Err(source) => Err(Error::Request { addr, source }),
+        }
+    }
+
+    fn lease(self: &Arc<Self>, addr: SocketAddr, sender: SendRequest<SlotBody>) -> Lease {
+        Lease {
+            pool: Arc::clone(self),
+            addr,
+            sender,
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<SlotBody>, Error> {
+        let connect_err = |source| Error::Connect { addr, source };
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                connect_err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {:?}", self.connect_timeout),
+                ))
+            })?
+            .map_err(connect_err)?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| connect_err(std::io::Error::other(e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%addr, error = %e, "connection to instance ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// The most recently used idle connection to `addr` that is still open and fresh.
+    fn take(&self, addr: SocketAddr) -> Option<SendRequest<SlotBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(&addr)?;
+        while let Some(c) = list.pop() {
+            if !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout {
+                return Some(c.sender);
+            }
+        }
+        None
+    }
+
+    fn put(&self, addr: SocketAddr, sender: SendRequest<SlotBody>) {
+        if sender.is_closed() || self.max_idle_per_addr == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(addr).or_default();
+        if list.len() >= self.max_idle_per_addr {
+            // Keep the newest; the oldest is the likeliest to be closed by the instance.
+            list.remove(0);
+        }
+        list.push(Idle { sender, since: now });
+        // Addresses of instances that are gone: forget their connections now and then.
+        if self.puts.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 && idle.len() > 1 {
+            idle.retain(|_, l| {
+                l.retain(|c| !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout);
+                !l.is_empty()
+            });
+        }
+    }
+}
