@@ -30,6 +30,8 @@
 //! | `POST /v1/buildpacks`                  | [`CreateBuildpackRequest`] → [`BuildpackResponse`]     |
 //! | `PUT/DELETE /v1/buildpacks/{name}`     | [`UpdateBuildpackRequest`] → [`BuildpackResponse`]; 204 |
 //! | `DELETE /v1/apps/{name}/cache`          | → 204: clears the app's buildpack cache                |
+//! | `POST/DELETE /v1/apps/{name}/routes`    | [`RouteRequest`] → [`AppResponse`] (map, unmap)        |
+//! | `GET  /v1/route-mappings`               | → `Vec<`[`RouteMapping`]`>`                            |
 //! | `GET  /v1/routes?epoch=E&version=V`     | → [`RouteTable`]; long-polls while the table is at V   |
 
 pub mod apps;
@@ -49,7 +51,9 @@ pub use logs::{
     LogDrop, LogEvent, LogLine, LogStream, RouterLogBatch, RouterLogDropped, RouterLogLine,
 };
 pub use names::{AppName, NameError, ProcessType};
-pub use routes::{Backend, Balancing, RouteEntry, RouteSpec, RouteTable};
+pub use routes::{
+    Backend, Balancing, RouteEntry, RouteMapping, RouteRequest, RouteSpec, RouteTable,
+};
 pub use size::parse_size_mb;
 
 /// Header the router puts on every response it generates itself, naming the cause.

@@ -152,3 +152,18 @@ mod tests {
             .contains("\"least_connections\""));
     }
 }
+
+/// Map or unmap a route (`POST /v1/apps/{name}/routes`, `DELETE /v1/apps/{name}/routes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRequest {
+    pub route: RouteSpec,
+}
+
+/// One route and the app it is mapped to (`GET /v1/route-mappings`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteMapping {
+    pub route: RouteSpec,
+    pub app: String,
+    pub url: String,
+}

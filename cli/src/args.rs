@@ -62,6 +62,12 @@ pub enum Command {
     ContinueDeployment(NameArg),
     /// The app's revisions (droplet + env + command combinations that ran), newest first.
     Revisions(EventsArgs),
+    /// Map a route (host under DOMAIN, optional path) to an app.
+    MapRoute(RouteArgs),
+    /// Unmap a route from an app.
+    UnmapRoute(RouteArgs),
+    /// Every route and the app it leads to.
+    Routes(AppsArgs),
     /// Deploy an earlier revision, rolling.
     #[command(disable_version_flag = true)]
     Rollback(RollbackArgs),
@@ -201,6 +207,35 @@ pub struct HealthCheckArgs {
     /// The process type.
     #[arg(long = "process", default_value = "web")]
     pub process: pier_api::ProcessType,
+}
+
+#[derive(Debug, Args)]
+pub struct RouteArgs {
+    #[arg(value_name = "NAME", value_parser = parse_app_name)]
+    pub name: AppName,
+    /// The domain, like localhost or example.com.
+    #[arg(value_name = "DOMAIN")]
+    pub domain: String,
+    /// The host name in front of the domain.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// A path prefix, like /api; the longest matching prefix wins.
+    #[arg(long)]
+    pub path: Option<String>,
+}
+
+impl RouteArgs {
+    pub fn route(&self) -> Result<pier_api::RouteSpec, String> {
+        let host = match &self.hostname {
+            Some(h) => format!("{h}.{}", self.domain),
+            None => self.domain.clone(),
+        };
+        let path = self.path.as_deref().unwrap_or("");
+        if !path.is_empty() && !path.starts_with('/') {
+            return Err(format!("path {path:?} must start with /"));
+        }
+        format!("{host}{path}").parse()
+    }
 }
 
 #[derive(Debug, Args)]

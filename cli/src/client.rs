@@ -243,6 +243,27 @@ impl Client {
         .await
     }
 
+    /// Maps (`map`) or unmaps a route.
+    pub async fn route(
+        &self,
+        name: &AppName,
+        route: &pier_api::RouteSpec,
+        map: bool,
+    ) -> Result<AppResponse> {
+        let method = if map { Method::POST } else { Method::DELETE };
+        let req = self
+            .request(method, &format!("/v1/apps/{name}/routes"))
+            .json(&pier_api::RouteRequest {
+                route: route.clone(),
+            });
+        self.json(req, "app").await
+    }
+
+    pub async fn route_mappings(&self) -> Result<Vec<pier_api::RouteMapping>> {
+        self.json(self.request(Method::GET, "/v1/route-mappings"), "routes")
+            .await
+    }
+
     pub async fn events(&self, name: &AppName) -> Result<Vec<pier_api::AppEvent>> {
         self.json(
             self.request(Method::GET, &format!("/v1/apps/{name}/events")),

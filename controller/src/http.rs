@@ -51,6 +51,11 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         )
         .route("/v1/apps/{name}/revisions", get(revisions))
         .route(
+            "/v1/apps/{name}/routes",
+            post(map_route).delete(unmap_route),
+        )
+        .route("/v1/route-mappings", get(route_mappings))
+        .route(
             "/v1/apps/{name}/processes/{process}",
             axum::routing::put(put_process),
         )
@@ -342,7 +347,25 @@ fn random_suffix() -> String {
 }
 
 /// Refuses routes that another app already has.
+/// Host names under the platform's domain that no app may take (they name the platform itself).
+pub const RESERVED_HOSTNAMES: &[&str] = &["api", "admin", "pier", "router", "metrics", "system"];
+
 fn check_routes_free(ctx: &Ctx, app_guid: &str, routes: &[RouteSpec]) -> Result<()> {
+    let domain = &ctx.config.domain;
+    for r in routes {
+        let reserved = r.host == *domain
+            || r.host
+                .strip_suffix(domain.as_str())
+                .and_then(|h| h.strip_suffix('.'))
+                .is_some_and(|h| RESERVED_HOSTNAMES.contains(&h));
+        if reserved {
+            return Err(Error::bad_request(format!(
+                "route {r} is reserved by the platform; reserved host names under {domain} are the \
+                 domain itself and {}",
+                RESERVED_HOSTNAMES.join(", ")
+            )));
+        }
+    }
     for other in ctx.store.list_apps()? {
         if other.guid == app_guid {
             continue;
@@ -798,6 +821,81 @@ async fn put_process(
     ctx.event(&app, "scaled", &summary);
     crate::instances::reconcile_once(&ctx, &ctx.shutdown).await?;
     Ok(Json(app_response(&ctx, &app)))
+}
+
+async fn map_route(
+    State(ctx): S,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<AppResponse>> {
+    change_route(ctx, name, body, true).await
+}
+
+async fn unmap_route(
+    State(ctx): S,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<AppResponse>> {
+    change_route(ctx, name, body, false).await
+}
+
+async fn change_route(
+    ctx: Arc<Ctx>,
+    name: String,
+    body: Bytes,
+    map: bool,
+) -> Result<Json<AppResponse>> {
+    let req: pier_api::RouteRequest = json_body(&body)?;
+    let app = load(&ctx, &name)?;
+    let lock = ctx.app_lock(&app.name);
+    let _guard = lock.lock().await;
+    let mut app = load(&ctx, &name)?;
+    let route = req.route;
+    if map {
+        if app.routes.contains(&route) {
+            return Ok(Json(app_response(&ctx, &app)));
+        }
+        check_routes_free(&ctx, &app.guid, std::slice::from_ref(&route))?;
+        app.routes.push(route.clone());
+    } else {
+        let before = app.routes.len();
+        app.routes.retain(|r| r != &route);
+        if app.routes.len() == before {
+            return Err(Error::api(
+                ErrorCode::NotFound,
+                format!("route {route} is not mapped to app {}", app.name),
+            ));
+        }
+    }
+    app.updated_at = OffsetDateTime::now_utc();
+    ctx.store.put_app(&app)?;
+    let what = if map {
+        "route_mapped"
+    } else {
+        "route_unmapped"
+    };
+    ctx.event(
+        &app,
+        what,
+        &format!("{} {route}", if map { "mapped" } else { "unmapped" }),
+    );
+    crate::instances::publish_routes(&ctx)?;
+    Ok(Json(app_response(&ctx, &app)))
+}
+
+async fn route_mappings(State(ctx): S) -> Result<Json<Vec<pier_api::RouteMapping>>> {
+    let mut out = vec![];
+    for app in ctx.store.list_apps()? {
+        for r in &app.routes {
+            out.push(pier_api::RouteMapping {
+                route: r.clone(),
+                app: app.name.to_string(),
+                url: ctx.url_for(&r.host, &r.path),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.route.cmp(&b.route));
+    Ok(Json(out))
 }
 
 async fn events(State(ctx): S, Path(name): Path<String>) -> Result<Json<Vec<pier_api::AppEvent>>> {

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -105,7 +106,16 @@ impl Pool {
         // Pooled connections first. One the instance closed while idle hands the request back
         // unsent; then the next one, or a new connection, gets it.
         while let Some(mut sender) = self.take(addr) {
-            if sender.ready().await.is_err() {
+            // A released connection is normally ready at once; if its task has not caught up
+            // yet, give it a moment rather than the request's whole timeout.
+            let ready = match sender.ready().now_or_never() {
+                Some(r) => r.is_ok(),
+                None => matches!(
+                    tokio::time::timeout(Duration::from_secs(1), sender.ready()).await,
+                    Ok(Ok(()))
+                ),
+            };
+            if !ready {
                 continue;
             }
             match sender.try_send_request(req).await {

@@ -22,6 +22,7 @@ pub mod logs;
 pub mod push;
 pub mod restage;
 pub mod restart;
+pub mod routes;
 pub mod scale;
 pub mod stage;
 pub mod start;
@@ -55,6 +56,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::ContinueDeployment(args) => deployments::act(args, "continue").await,
         Command::Revisions(args) => deployments::revisions(args).await,
         Command::Rollback(args) => deployments::rollback(args).await,
+        Command::MapRoute(args) => routes::map(args, true).await,
+        Command::UnmapRoute(args) => routes::map(args, false).await,
+        Command::Routes(args) => routes::list(args).await,
     }
 }
 
