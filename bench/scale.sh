@@ -72,6 +72,7 @@ else
 fi
 
 for r in $(seq 1 "$ROUNDS"); do
+  quiet_gate "$r"
   log "round $r/$ROUNDS: floor"
   out=$($TOOL floor --n 10 -- docker run -d --rm --label "pier.bench=$BENCH_ID" --user vcap --cap-drop ALL \
     --security-opt no-new-privileges -w /tmp -p '127.0.0.1:{port}:8080' "$STACK_IMAGE" python3 -m http.server 8080)
@@ -116,6 +117,7 @@ log "$RESTART_INSTANCES RUNNING after $SCALE50 s"
 sleep 2
 
 for r in $(seq 1 "$RESTART_ROUNDS"); do
+  quiet_gate "restart-$r"
   before=$(snapshot)
   [[ $(wc -l <<<"$before") == "$RESTART_INSTANCES" ]] || { echo "expected $RESTART_INSTANCES containers" >&2; exit 1; }
   log "restart round $r/$RESTART_ROUNDS: kill -$RESTART_SIGNAL the controller, start it again"
@@ -159,7 +161,8 @@ section=$(cat <<EOF
 Command: \`bench/scale.sh\` (ROUNDS=$ROUNDS, RESTART_ROUNDS=$RESTART_ROUNDS, RESTART_INSTANCES=$RESTART_INSTANCES,
 RESTART_SIGNAL=$RESTART_SIGNAL; $(date -u +%Y-%m-%d), rev $GIT_REV, $(nproc) cores, Docker $(docker version -f '{{.Server.Version}}'),
 storage driver $(docker info -f '{{.Driver}}')). Release builds; a throwaway controller (temp data dir, free ports, built-in
-router, \`--controller-id bench-…\`). examples/python-app, 256 MiB per instance. Medians, (min–max).
+router, \`--controller-id bench-…\`). examples/python-app, 256 MiB per instance. Medians, (min–max). The machine is shared with other
+sessions' builds and benchmarks: $(gate_summary).
 
 | what | median (min–max) | × floor |
 |---|---|---|
@@ -188,6 +191,7 @@ still there after 30 s): $DOWN. Containers force-removed after a DELETE left the
 <details><summary>Raw rows (bench/results/scale.tsv)</summary>
 
 \`\`\`
+gate     round cpu_idle waited_s
 floor10  round all_ready first_ready load1
 scale10  round converged all_routed all_running answered load1 non200 scale_down created_first containers_started apps_listening healthy
 restart  round converged api_up all_running table_has_all first_200 restarts load1

@@ -62,8 +62,9 @@ def request(port, method, path, body, token):
 class Router:
     """Polls NAME through the router from a thread; records status changes and 200s."""
 
-    def __init__(self, port, host, t0, want_instances=0):
+    def __init__(self, port, host, t0, want_instances=0, slow=None):
         self.port, self.host, self.t0 = port, host, t0
+        self.slow = slow  # poll interval while `after` is unset (warm pushes: the old app answers)
         self.want = want_instances
         self.statuses = {}
         self.first_200 = None
@@ -96,8 +97,7 @@ class Router:
                         self.seen[i] = now
                         if self.want and len(self.seen) >= self.want and self.all_seen is None:
                             self.all_seen = now
-                # Between 200s, poll a little slower while nothing changes.
-            time.sleep(POLL)
+            time.sleep(self.slow if self.slow and self.after is None else POLL)
 
     def finish(self):
         self.stop.set()
@@ -115,7 +115,7 @@ def wait(pred, timeout, step=POLL):
 
 def cmd_timed_run(a):
     t0 = time.time()
-    router = Router(a.router_port, a.host, t0)
+    router = Router(a.router_port, a.host, t0, slow=a.poll_before_exit)
     proc = subprocess.Popen(a.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=a.cwd)
     lines = []
     for raw in proc.stdout:
@@ -386,6 +386,7 @@ def main():
     s.add_argument("--cwd")
     s.add_argument("--timeout", type=float, default=120)
     s.add_argument("--keep-lines", action="store_true")
+    s.add_argument("--poll-before-exit", type=float, help="poll interval until the command exits")
     s.add_argument("cmd", nargs="+")
 
     s = sub.add_parser("floor")

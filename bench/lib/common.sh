@@ -34,6 +34,8 @@ bench_cleanup() {
     [[ -n $ids ]] && docker rm -f $ids >/dev/null 2>&1
     ids=$(docker volume ls -q --filter "label=pier.controller=$BENCH_ID")
     [[ -n $ids ]] && docker volume rm -f $ids >/dev/null 2>&1
+    ids=$(docker images -q --filter "label=pier.bench=$BENCH_ID" | sort -u)
+    [[ -n $ids ]] && docker rmi -f $ids >/dev/null 2>&1
     local left
     left=$(docker ps -aq --filter "label=pier.controller=$BENCH_ID" | wc -l)
     log "cleanup: removed containers and volumes of $BENCH_ID ($left left)"
@@ -102,6 +104,32 @@ start_controller() {
 api() { # api METHOD PATH [JSON]
   curl -sS -f -X "$1" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
     ${3:+--data "$3"} "http://127.0.0.1:$API_PORT$2"
+}
+
+# The machine is shared: before a round, wait (QUIET_WAIT s at most, default 60) until the CPUs
+# are at least QUIET_IDLE idle over a second (default 0.75), so co-tenants' load hits fewer rounds.
+# Appends "gate ROUND IDLE WAITED" to $RES.
+quiet_gate() {
+  local round=$1 start=$SECONDS idle
+  while :; do
+    idle=$(python3 -c '
+import time
+def r():
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return v[3] + v[4], sum(v)
+i0, t0 = r(); time.sleep(1); i1, t1 = r(); print(f"{(i1 - i0) / max(t1 - t0, 1):.2f}")')
+    if awk -v i="$idle" -v q="${QUIET_IDLE:-0.75}" 'BEGIN { exit !(i >= q) }' ||
+      [[ $((SECONDS - start)) -ge ${QUIET_WAIT:-60} ]]; then
+      break
+    fi
+  done
+  printf 'gate\t%s\t%s\t%s\n' "$round" "$idle" "$((SECONDS - start))" >>"$RES"
+  log "round $round: CPU ${idle} idle (waited $((SECONDS - start)) s)"
+}
+
+gate_summary() { # "K of N rounds started with >= Q idle CPU (idle min-max)"
+  awk -F'\t' -v q="${QUIET_IDLE:-0.75}" '$1 == "gate" { n++; if ($3 >= q) k++; if (min == "" || $3 < min) min = $3; if ($3 > max) max = $3 }
+    END { printf "%d of %d rounds started with ≥ %.0f%% of the CPUs idle (idle over the second before each round: %.0f–%.0f%%)", k, n, q * 100, min * 100, max * 100 }' "$RES"
 }
 
 # Seconds with 3 decimals between two $EPOCHREALTIME values.

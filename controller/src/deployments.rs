@@ -343,10 +343,13 @@ fn advance(d: &mut DeploymentRecord, analysis: String) {
     }
 }
 
+/// One request's outcome: when it ended, its status, and how long it took in ms.
+type Outcome = (Instant, u16, f64);
+
 /// Per-instance request outcomes the router reported, for canary analysis.
 #[derive(Default)]
 pub struct RequestStats {
-    by_instance: Mutex<HashMap<String, VecDeque<(Instant, u16, f64)>>>,
+    by_instance: Mutex<HashMap<String, VecDeque<Outcome>>>,
 }
 
 /// Outcomes kept per instance, newest last (bounds memory however busy the app is).

@@ -229,11 +229,13 @@ pub struct Platform {
     router_port: u16,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// The port in a line like `... listening on http://127.0.0.1:PORT`.
+fn port_of(line: &str) -> u16 {
+    line.trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"))
 }
 
 impl Platform {
@@ -256,11 +258,11 @@ impl Platform {
             opts,
             controller: None,
             router_proc: None,
-            api_port: free_port(),
-            router_port: free_port(),
+            // Port 0: the binaries bind a free port and print it (no port picked here can be taken
+            // by someone else, Docker's published ports included, before they bind it).
+            api_port: 0,
+            router_port: 0,
         };
-        p.api = format!("http://127.0.0.1:{}", p.api_port);
-        p.router = format!("http://127.0.0.1:{}", p.router_port);
         p.start_controller();
         p.token = std::fs::read_to_string(p.data.path().join("admin-token"))
             .expect("admin token file")
@@ -272,7 +274,8 @@ impl Platform {
         p
     }
 
-    /// Starts (or restarts) the controller on the same ports and data dir.
+    /// Starts (or restarts) the controller on the same ports (free ones the first time) and data
+    /// dir.
     pub fn start_controller(&mut self) {
         let mut cmd = Command::new(bin("pier-controller"));
         cmd.arg("--data-dir")
@@ -285,10 +288,7 @@ impl Platform {
             .arg("false")
             .env("PIER_LOG", "info,bollard=warn");
         if self.opts.standalone_router {
-            cmd.arg("--router-listen")
-                .arg("none")
-                .arg("--router-url")
-                .arg(&self.router);
+            cmd.arg("--router-listen").arg("none");
         } else {
             cmd.arg("--router-listen")
                 .arg(format!("127.0.0.1:{}", self.router_port));
@@ -300,7 +300,14 @@ impl Platform {
             cmd.arg("--crash-backoff-base-ms").arg(b.to_string());
         }
         let mut proc = Proc::spawn(cmd);
-        proc.wait_for_line("pier-controller listening on", Duration::from_secs(60));
+        let line = proc.wait_for_line("pier-controller listening on", Duration::from_secs(60));
+        self.api_port = port_of(&line);
+        self.api = format!("http://127.0.0.1:{}", self.api_port);
+        if !self.opts.standalone_router {
+            let line = proc.wait_for_line("(built in) listening on", Duration::from_secs(10));
+            self.router_port = port_of(&line);
+            self.router = format!("http://127.0.0.1:{}", self.router_port);
+        }
         self.controller = Some(proc);
     }
 
@@ -313,7 +320,9 @@ impl Platform {
             .arg("--token")
             .arg(&self.token);
         let mut proc = Proc::spawn(cmd);
-        proc.wait_for_line("listening on", Duration::from_secs(30));
+        let line = proc.wait_for_line("listening on", Duration::from_secs(30));
+        self.router_port = port_of(&line);
+        self.router = format!("http://127.0.0.1:{}", self.router_port);
         self.router_proc = Some(proc);
     }
 
@@ -404,6 +413,22 @@ impl Platform {
 
 impl Drop for Platform {
     fn drop(&mut self) {
+        // A failing test shows what the controller said, to make the failure explainable.
+        if std::thread::panicking() {
+            if let Some(c) = self.controller.as_mut() {
+                while let Ok(l) = c.lines.try_recv() {
+                    c.seen.push(l);
+                }
+                let from = c.seen.len().saturating_sub(150);
+                eprintln!(
+                    "--- controller output (last {} lines) ---",
+                    c.seen.len() - from
+                );
+                for l in &c.seen[from..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
         self.router_proc.take();
         self.controller.take();
         cleanup_docker(&self.controller_id);

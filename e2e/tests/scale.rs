@@ -222,14 +222,14 @@ fn failing_health_check_replaces_the_instance() {
         "one instance on the new check",
         || {
             let ids = p.instance_ids("flaky");
-            (ids.len() == 1 && running(&p, "flaky") == 1).then_some(ids[0].clone())
+            (ids.len() == 1 && running(&p, "flaky") == 1).then(|| ids[0].clone())
         },
     );
     let (status, body) = p.get_via_router("flaky.localhost", "/break");
     assert_eq!(status, 200, "{body}");
     let replaced = eventually(Duration::from_secs(30), "a replacement", || {
         let ids = p.instance_ids("flaky");
-        (ids.len() == 1 && ids[0] != first && running(&p, "flaky") == 1).then_some(ids[0].clone())
+        (ids.len() == 1 && ids[0] != first && running(&p, "flaky") == 1).then(|| ids[0].clone())
     });
     assert_ne!(replaced, first);
     let ev = events(&p, "flaky");
@@ -348,7 +348,7 @@ fn kill_9_mid_scale_and_mid_staging_then_converge() {
     assert_eq!(s, 200, "{body}");
     p.controller.as_mut().unwrap().kill9();
     p.start_controller();
-    eventually(Duration::from_secs(30), "6 running, no duplicates", || {
+    eventually(Duration::from_secs(60), "6 running, no duplicates", || {
         (running(&p, "sturdy") == 6 && p.instance_ids("sturdy").len() == 6).then_some(())
     });
     assert_eq!(seen(&p, "sturdy.localhost", 60), (0..6).collect());

@@ -35,6 +35,8 @@
 //!   caller's runtime.
 //! - [`serve_threads`]`(bind_reuseport(addr, n)?, table_rx, opts, shutdown)`: the same on `n`
 //!   single-threaded runtimes (the standalone binary's mode: nginx-like, faster per request).
+//! - [`serve_tls`]`(listener, load_tls(cert, key)?, table_rx, opts, shutdown)`: [`serve`] behind
+//!   TLS termination (rustls; one certificate, e.g. a wildcard for the default domain).
 //! - [`follow_controller`]`(SyncOptions, table_tx, shutdown)`: standalone mode, feeds the channel
 //!   from the controller's `GET /v1/routes` long-poll and keeps the last table when it is away.
 //! - [`serve_admin`]`(listener, metrics, shutdown)`: `/metrics` in Prometheus text; share the

@@ -480,15 +480,7 @@ impl Proxy {
             match result {
                 Ok(Ok((resp, lease))) => {
                     self.opts.metrics.record_upstream_latency(sent.elapsed());
-                    return Ok(self.respond(
-                        resp,
-                        lease,
-                        upgrade,
-                        backend,
-                        &request_id,
-                        deadline,
-                        log,
-                    ));
+                    return Ok(self.respond(resp, lease, upgrade, backend, deadline, log));
                 }
                 Ok(Err(e)) if e.is_connect() && !slot.started() => {
                     tracing::warn!(app = %route.app, instance = backend.index, addr = %backend.addr,
@@ -538,7 +530,6 @@ impl Proxy {
         lease: Lease,
         upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
         backend: &pier_api::Backend,
-        request_id: &HeaderValue,
         deadline: tokio::time::Instant,
         mut log: RequestLog,
     ) -> Response<ProxyBody> {
@@ -570,7 +561,9 @@ impl Proxy {
             _ => strip_hop_by_hop(resp.headers_mut()),
         }
         let (mut parts, body) = resp.into_parts();
-        parts.headers.insert(X_VCAP_REQUEST_ID, request_id.clone());
+        parts
+            .headers
+            .insert(X_VCAP_REQUEST_ID, log.request_id.clone());
         add_sticky_cookie(&mut parts.headers, &backend.instance_id);
         log.status = parts.status.as_u16();
         let body = LoggedBody {
