@@ -212,6 +212,8 @@ pub struct Options {
     pub crash_backoff_base_ms: Option<u64>,
     /// Run the router as the standalone `pier-router` binary instead of the built-in one.
     pub standalone_router: bool,
+    /// More `pier-controller` arguments.
+    pub controller_args: Vec<String>,
 }
 
 /// A controller (and router) started for one test, with its own data dir and Docker label.
@@ -299,6 +301,7 @@ impl Platform {
         if let Some(b) = self.opts.crash_backoff_base_ms {
             cmd.arg("--crash-backoff-base-ms").arg(b.to_string());
         }
+        cmd.args(&self.opts.controller_args);
         let mut proc = Proc::spawn(cmd);
         let line = proc.wait_for_line("pier-controller listening on", Duration::from_secs(60));
         self.api_port = port_of(&line);

@@ -372,3 +372,75 @@ fn revisions_keep_only_the_newest_and_refusals_change_nothing() {
     assert_eq!(revs.len(), 1, "{revs:?}");
     assert_eq!(revs[0]["current"], true);
 }
+
+#[test]
+fn recreate_cancel_one_deployment_at_a_time_and_revision_pruning() {
+    let p = Platform::start_with(Options {
+        controller_args: vec!["--revisions-kept".into(), "3".into()],
+        ..Default::default()
+    });
+    let app = fixture("versioned");
+    set_version(app.path(), "1");
+    p.pier_ok(&["push", "cycler", "-i", "2"], app.path());
+
+    // Recreate: every old instance is gone before a new one starts.
+    set_version(app.path(), "2");
+    let before = p.instance_ids("cycler");
+    p.pier_ok(&["push", "cycler", "--strategy", "recreate"], app.path());
+    let after = p.instance_ids("cycler");
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|id| !before.contains(id)));
+    let (_, body) = p.get_via_router("cycler.localhost", "/");
+    assert!(body.starts_with("version=2"), "{body}");
+
+    // A slow new version: while its deployment runs, a second one is refused with 409, and a
+    // cancel rolls back to the revision before it.
+    set_version(app.path(), "3");
+    std::fs::write(
+        app.path().join("Procfile"),
+        "web: sleep 4 && python3 app.py\n",
+    )
+    .unwrap();
+    // Stage the new source without starting it, then deploy by hand.
+    p.pier_ok(&["push", "cycler", "--no-start"], app.path());
+    let (s, _, body) = http_request(
+        "POST",
+        &format!("{}/v1/apps/cycler/deployments", p.api),
+        None,
+        Some(&p.token),
+        &[],
+        b"{}",
+    );
+    assert_eq!(s, 200, "{body}");
+    let (s, _, body) = http_request(
+        "POST",
+        &format!("{}/v1/apps/cycler/deployments", p.api),
+        None,
+        Some(&p.token),
+        &[],
+        br#"{"restart":true}"#,
+    );
+    assert_eq!(s, 409, "{body}");
+    let out = p.pier_ok(&["cancel-deployment", "cycler"], app.path());
+    assert!(out.contains("rolling back to revision 2"), "{out}");
+    for _ in 0..10 {
+        let (s, body) = p.get_via_router("cycler.localhost", "/");
+        assert_eq!(s, 200);
+        assert!(body.starts_with("version=2"), "{body}");
+    }
+    let deps = p.pier_ok(&["deployments", "cycler"], app.path());
+    assert!(deps.contains("CANCELED"), "{deps}");
+
+    // Only the newest 3 revisions are kept.
+    for v in ["4", "5"] {
+        set_version(app.path(), v);
+        std::fs::write(app.path().join("Procfile"), "web: python3 app.py\n").unwrap();
+        p.pier_ok(&["push", "cycler"], app.path());
+    }
+    let revs: Vec<serde_json::Value> =
+        serde_json::from_str(&p.pier_ok(&["revisions", "cycler", "--json"], app.path())).unwrap();
+    assert_eq!(revs.len(), 3, "{revs:?}");
+    assert_eq!(revs[0]["current"], true);
+    let out = p.pier(&["rollback", "cycler", "--version", "1"], app.path());
+    assert!(!out.status.success(), "revision 1 was pruned");
+}
