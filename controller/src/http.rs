@@ -411,6 +411,7 @@ async fn put_app(
         staging: None,
         restart_gen: 0,
         revisions: Vec::new(),
+        droplet_source: None,
         current_revision: None,
         deployments: Vec::new(),
         old_blobs: Vec::new(),
@@ -554,6 +555,7 @@ async fn build(State(ctx): S, Path(name): Path<String>, body: Bytes) -> Result<R
     })?;
     // Re-read under the lock.
     let mut app = load(&ctx, &name)?;
+    let pushed = req.package.is_some();
     let package = match req.package.or_else(|| app.package.clone()) {
         Some(p) => p,
         None => {
@@ -568,6 +570,37 @@ async fn build(State(ctx): S, Path(name): Path<String>, body: Bytes) -> Result<R
             ErrorCode::NotFound,
             format!("package {package} not found; upload it again"),
         ));
+    }
+    // A push of the very same source, buildpacks, env and stack as the current droplet's reuses
+    // it: nothing would come out different (a restage, without a package, always stages).
+    let source = crate::staging::fingerprint(&ctx, &app, &package);
+    if pushed && app.droplet_source.as_deref() == Some(source.as_str()) {
+        if let Some(d) = app.droplet.clone().filter(|d| ctx.blobs.exists(&d.sha256)) {
+            let line = ctx.logs.publish(
+                &app.guid,
+                "STG/0",
+                pier_api::LogStream::Out,
+                &format!(
+                    "-----> Source unchanged since the last staging: reusing droplet {}",
+                    &d.sha256[..12]
+                ),
+                OffsetDateTime::now_utc(),
+            );
+            ctx.event(&app, "staged", "source unchanged; droplet reused");
+            drop(guard);
+            let body = [BuildEvent::Log(line), BuildEvent::Done(d)]
+                .iter()
+                .flat_map(|ev| {
+                    let mut l = serde_json::to_vec(ev).unwrap_or_default();
+                    l.push(b'\n');
+                    l
+                })
+                .collect::<Vec<u8>>();
+            return Response::builder()
+                .header(http::header::CONTENT_TYPE, "application/x-ndjson")
+                .body(Body::from(body))
+                .map_err(|e| Error::Other(e.to_string()));
+        }
     }
     let staging_id = uuid::Uuid::new_v4().to_string();
     if let Some(old) = app.package.replace(package.clone()) {
@@ -600,6 +633,7 @@ async fn build(State(ctx): S, Path(name): Path<String>, body: Bytes) -> Result<R
         latest.staging = None;
         let event = match result {
             Ok(droplet) => {
+                latest.droplet_source = Some(source.clone());
                 if let Some(old) = latest.droplet.replace(droplet.clone()) {
                     if old.sha256 != droplet.sha256 {
                         latest.old_blobs.push(old.sha256);

@@ -222,6 +222,21 @@ fn write_dir(d: &Dir<'_>, root: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What a droplet is made from: the package, the app's buildpacks and env, the stack, the
+/// installed buildpacks and the lifecycle. Equal fingerprints stage to equivalent droplets.
+pub fn fingerprint(ctx: &Ctx, app: &AppRecord, package: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(package.as_bytes());
+    h.update(serde_json::to_vec(&app.buildpacks).unwrap_or_default());
+    h.update(serde_json::to_vec(&app.env).unwrap_or_default());
+    h.update(ctx.config.stack_image.as_bytes());
+    h.update(LIFECYCLE.as_bytes());
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update(std::fs::read(ctx.config.data_dir.join("buildpacks.json")).unwrap_or_default());
+    hex::encode(h.finalize())
+}
+
 /// Checks buildpack names a user asked for against those installed. Buildpacks uploaded with the
 /// app (`NAME@sha256:HEX`) only need the right form here; staging finds their package.
 pub fn check_buildpacks(names: &[String]) -> Result<()> {

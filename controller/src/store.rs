@@ -85,6 +85,10 @@ pub struct AppRecord {
     /// Set while a staging runs; a controller that finds it set at start marks that staging failed.
     #[serde(default)]
     pub staging: Option<String>,
+    /// Fingerprint of what the current droplet was staged from (package, buildpacks, env, stack);
+    /// pushing the same again reuses the droplet instead of staging.
+    #[serde(default)]
+    pub droplet_source: Option<String>,
     /// Packages and droplets the app no longer uses, deleted with it.
     #[serde(default)]
     pub old_blobs: Vec<String>,
@@ -259,6 +263,7 @@ mod tests {
             staging: None,
             restart_gen: 0,
             revisions: vec![],
+            droplet_source: None,
             current_revision: None,
             deployments: vec![],
             old_blobs: vec![],

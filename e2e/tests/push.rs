@@ -60,6 +60,11 @@ fn push_python_app_repush_and_delete() {
     assert_eq!(cli_json["name"], "hello");
     assert_eq!(cli_json["instances"].as_array().unwrap().len(), 2);
 
+    // Re-push of unchanged source: the droplet is reused and nothing restarts.
+    let out = p.pier_ok(&["push", "hello", "-i", "2"], app.path());
+    assert!(out.contains("reusing droplet"), "{out}");
+    assert_eq!(p.instance_ids("hello"), first_ids, "no instance replaced");
+
     // Re-push with a change: every response afterwards is the new version.
     let src = std::fs::read_to_string(app.path().join("app.py")).unwrap();
     assert!(
