@@ -732,7 +732,7 @@ async fn supervise(
                                 tokio::select! {
                                     _ = shutdown.cancelled() => return,
                                     _ = cancel.cancelled() => { ctx.instances.set_view(&key, |v| *v = SlotView::default()); return; }
-                                    r = spec_rx.changed() => { if r.is_err() { return; } crashes.count = 0; }
+                                    r = spec_rx.changed() => { if r.is_err() { if !shutdown.is_cancelled() { ctx.instances.set_view(&key, |v| *v = SlotView::default()); } return; } crashes.count = 0; }
                                 }
                             }
                         }
@@ -850,7 +850,13 @@ async fn supervise(
                         return;
                     }
                     changed = spec_rx.changed() => {
-                        if changed.is_err() { return; }
+                        // The sender goes with the slot's handle: the slot is gone, like a cancel.
+                        if changed.is_err() {
+                            if !shutdown.is_cancelled() {
+                                retire(&ctx, &key, &r).await;
+                            }
+                            return;
+                        }
                     }
                     failed = watch_health(&ctx, &key, &r, &spec.health_check), if checks => {
                         // Out of the router first, then the container goes; it restarts as after a crash.
@@ -871,7 +877,7 @@ async fn supervise(
                                 tokio::select! {
                                     _ = shutdown.cancelled() => return,
                                     _ = cancel.cancelled() => { ctx.instances.set_view(&key, |v| *v = SlotView::default()); return; }
-                                    r = spec_rx.changed() => { if r.is_err() { return; } crashes.count = 0; }
+                                    r = spec_rx.changed() => { if r.is_err() { if !shutdown.is_cancelled() { ctx.instances.set_view(&key, |v| *v = SlotView::default()); } return; } crashes.count = 0; }
                                 }
                             }
                         }
@@ -902,7 +908,7 @@ async fn supervise(
                             tokio::select! {
                                 _ = shutdown.cancelled() => return,
                                 _ = cancel.cancelled() => { ctx.instances.set_view(&key, |v| *v = SlotView::default()); return; }
-                                r = spec_rx.changed() => { if r.is_err() { return; } crashes.count = 0; }
+                                r = spec_rx.changed() => { if r.is_err() { if !shutdown.is_cancelled() { ctx.instances.set_view(&key, |v| *v = SlotView::default()); } return; } crashes.count = 0; }
                             }
                         }
                     }
