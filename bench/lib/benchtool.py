@@ -62,8 +62,11 @@ def request(port, method, path, body, token):
 class Router:
     """Polls NAME through the router from a thread; records status changes and 200s."""
 
-    def __init__(self, port, host, t0, want_instances=0, slow=None):
+    def __init__(self, port, host, t0, want_instances=0, slow=None, expect=None):
         self.port, self.host, self.t0 = port, host, t0
+        self.expect = expect.encode() if expect else None  # first 200 whose body contains it
+        self.first_expected = None
+        self.other_after_exit = 0  # 200s without `expect` on requests sent after `after`
         self.slow = slow  # poll interval while `after` is unset (warm pushes: the old app answers)
         self.want = want_instances
         self.statuses = {}
@@ -74,6 +77,7 @@ class Router:
         self.all_seen = None
         self.requests = 0
         self.stop = threading.Event()
+        self.wake = threading.Event()  # set with `after`: stop a slow poll's sleep at once
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
 
@@ -90,6 +94,12 @@ class Router:
                     self.first_200 = now
                 if self.after is not None and t - self.t0 >= self.after and self.first_200_after is None:
                     self.first_200_after = now
+                if self.expect is not None:
+                    if self.expect in (body or b""):
+                        if self.first_expected is None:
+                            self.first_expected = now
+                    elif self.after is not None and t - self.t0 >= self.after:
+                        self.other_after_exit += 1
                 m = re.search(rb"instance=(\d+)", body or b"")
                 if m:
                     i = int(m.group(1))
@@ -97,10 +107,14 @@ class Router:
                         self.seen[i] = now
                         if self.want and len(self.seen) >= self.want and self.all_seen is None:
                             self.all_seen = now
-            time.sleep(self.slow if self.slow and self.after is None else POLL)
+            if self.slow and self.after is None:
+                self.wake.wait(self.slow)
+            else:
+                time.sleep(POLL)
 
     def finish(self):
         self.stop.set()
+        self.wake.set()
         self.thread.join(5)
 
 
@@ -115,7 +129,7 @@ def wait(pred, timeout, step=POLL):
 
 def cmd_timed_run(a):
     t0 = time.time()
-    router = Router(a.router_port, a.host, t0, slow=a.poll_before_exit)
+    router = Router(a.router_port, a.host, t0, slow=a.poll_before_exit, expect=a.expect)
     proc = subprocess.Popen(a.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=a.cwd)
     lines = []
     for raw in proc.stdout:
@@ -123,7 +137,9 @@ def cmd_timed_run(a):
     rc = proc.wait()
     exit_t = time.time() - t0
     router.after = exit_t
-    wait(lambda: router.first_200_after is not None, a.timeout)
+    router.wake.set()
+    wait(lambda: router.first_200_after is not None
+         and (a.expect is None or router.first_expected is not None), a.timeout)
     router.finish()
 
     def line_time(pattern):
@@ -137,6 +153,8 @@ def cmd_timed_run(a):
         "exit": round(exit_t, 4),
         "first_200": router.first_200,
         "first_200_after_exit": router.first_200_after,
+        "first_expected": router.first_expected,
+        "old_after_exit": router.other_after_exit,
         "statuses": router.statuses,
         "uploaded": line_time(r"^Uploaded package"),
         "staged": line_time(r"^Starting "),
@@ -387,6 +405,7 @@ def main():
     s.add_argument("--timeout", type=float, default=120)
     s.add_argument("--keep-lines", action="store_true")
     s.add_argument("--poll-before-exit", type=float, help="poll interval until the command exits")
+    s.add_argument("--expect", help="also record the first 200 whose body contains this")
     s.add_argument("cmd", nargs="+")
 
     s = sub.add_parser("floor")

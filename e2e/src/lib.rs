@@ -100,8 +100,15 @@ pub fn containers(controller_id: &str) -> HashMap<String, HashMap<String, String
     })
 }
 
-/// Removes every container and volume labelled with the controller id.
+/// Removes every container and volume labelled with the controller id. Twice: a create that the
+/// killed controller had already sent can land in Docker after the first pass.
 pub fn cleanup_docker(controller_id: &str) {
+    cleanup_pass(controller_id);
+    std::thread::sleep(Duration::from_millis(1500));
+    cleanup_pass(controller_id);
+}
+
+fn cleanup_pass(controller_id: &str) {
     runtime().block_on(async {
         let Ok(docker) = docker().negotiate_version().await else {
             return;
