@@ -72,7 +72,39 @@ fn bench_logs_latency_and_zero_loss_rate() {
     let (mut child, rx) = follow(&p);
     wait_text(&rx, "logger instance=0 listening", Duration::from_secs(20));
 
-    // Latency.
+    // Latency, with `docker logs -f` on the same container reading the same lines as the baseline
+    // (the floor: Pier's path starts with Docker's own log follow).
+    let container = p
+        .instance_ids("logger")
+        .pop()
+        .expect("the logger's container");
+    let mut docker = Command::new("docker")
+        .args(["logs", "-f", "--since", "1s", &container])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn docker logs");
+    let (dtx, drx) = mpsc::channel::<f64>();
+    let dout = docker.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(dout).lines() {
+            let Ok(line) = line else { break };
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .expect("clock")
+                .as_secs_f64();
+            if let Some(ts) = line
+                .trim()
+                .strip_prefix("stamp ")
+                .and_then(|v| v.parse::<f64>().ok())
+            {
+                if dtx.send((now - ts) * 1000.0).is_err() {
+                    break;
+                }
+            }
+        }
+    });
     let count = 500;
     let (status, _) = p.get_via_router(
         "logger.localhost",
@@ -96,6 +128,20 @@ fn bench_logs_latency_and_zero_loss_rate() {
         percentile(&lat, 0.99),
         lat[lat.len() - 1]
     );
+    let mut base: Vec<f64> = (0..count)
+        .map_while(|_| drx.recv_timeout(Duration::from_secs(5)).ok())
+        .collect();
+    let _ = docker.kill();
+    let _ = docker.wait();
+    if !base.is_empty() {
+        base.sort_by(f64::total_cmp);
+        println!(
+            "BENCH baseline docker logs -f, same {} lines: p50 {:.1} ms, p99 {:.1} ms",
+            base.len(),
+            percentile(&base, 0.5),
+            percentile(&base, 0.99)
+        );
+    }
 
     // Highest steady rate with zero loss.
     let mut best = 0;
