@@ -64,7 +64,11 @@ pier_push() { # pier_push KIND ROUND APP
   esac
   out=$($TOOL timed-run --router-port "$ROUTER_PORT" --host "$app.localhost" --cwd "$SRC" "${opts[@]}" \
     -- "$BIN/pier" push "$app")
-  [[ $(jq .rc <<<"$out") == 0 ]] || { echo "pier push $app failed: $out" >&2; exit 1; }
+  if [[ $(jq .rc <<<"$out") != 0 ]]; then
+    echo "pier push $app ($kind) failed: $out" >&2
+    printf 'failed\t%s\tpier %s: %s\n' "$r" "$kind" "$(jq -r '.lines | map(.[1]) | map(select(startswith("error"))) | join(" ")' <<<"$out")" >>"$RES"
+    return 1
+  fi
   # total: cold = first 200 (the router answers nothing for a new name before); warm = first 200 on
   # a request sent after `pier push` returned (the old instance answers 200 throughout a re-push);
   # changed = first 200 from the new version (its body says version=...).
@@ -97,7 +101,10 @@ curl_push() { # curl_push KIND ROUND APP
       esac
     done)
   t4=$EPOCHREALTIME
-  [[ -n $droplet ]] || exit 1
+  if [[ -z $droplet ]]; then
+    printf 'failed\t%s\tcurl %s: staging failed\n' "$r" "$kind" >>"$RES"
+    return 1
+  fi
   api POST "/v1/apps/$app/actions/start" >/dev/null
   t5=$EPOCHREALTIME
   # Cold: nothing answers for this name before its first instance, so the router's first 200 is
@@ -116,7 +123,7 @@ curl_push() { # curl_push KIND ROUND APP
 }
 
 delete_app() {
-  api DELETE "/v1/apps/$1" >/dev/null
+  api DELETE "/v1/apps/$1" >/dev/null 2>&1 || true
   for _ in $(seq 1 300); do
     [[ -z $(docker ps -aq --filter "label=pier.controller=$BENCH_ID" --filter "label=pier.app=$1") ]] && return
     sleep 0.1
@@ -136,18 +143,24 @@ log "warm-up push"
 (cd "$SRC" && "$BIN/pier" push bench-warmup >/dev/null)
 delete_app bench-warmup
 
+round() { # a failed push ends its round (recorded as a `failed` row); the next round goes on
+  local r=$1
+  pier_push cold "$r" "pier-$r" || return 1
+  pier_push warm "$r" "pier-$r" || return 1
+  set_version "$(version "$r")"
+  pier_push changed "$r" "pier-$r" || return 1
+  set_version "$ORIG_VERSION"
+  curl_push cold "$r" "curl-$r" || return 1
+  curl_push warm "$r" "curl-$r" || return 1
+  set_version "$(version "$r")"
+  curl_push changed "$r" "curl-$r" || return 1
+  set_version "$ORIG_VERSION"
+}
+
 for r in $(seq 1 "$ROUNDS"); do
   quiet_gate "$r"
   floor "$r"
-  pier_push cold "$r" "pier-$r"
-  pier_push warm "$r" "pier-$r"
-  set_version "$(version "$r")"
-  pier_push changed "$r" "pier-$r"
-  set_version "$ORIG_VERSION"
-  curl_push cold "$r" "curl-$r"
-  curl_push warm "$r" "curl-$r"
-  set_version "$(version "$r")"
-  curl_push changed "$r" "curl-$r"
+  round "$r" || log "round $r: a push failed (see the failed row)"
   set_version "$ORIG_VERSION"
   delete_app "pier-$r"
   delete_app "curl-$r"
@@ -163,7 +176,7 @@ fmt() { # fmt KIND COL -> "median s (min–max)", or "—" without data
   if [[ $med == n/a ]]; then printf '—'; else printf '%s s (%s–%s)' "$med" "$lo" "$hi"; fi
 }
 med() { col "$1" "$2" | stats | cut -d' ' -f1; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f×", a / b }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf (a / b < 1 ? "%.2f×" : "%.1f×"), a / b }'; }
 non200() { local x; x=$(col "$1" 8 | grep -v '^-$' | paste -sd' ' || true); echo "${x:-none}"; }
 FLOOR=$(med floor 3)
 WARM=$(med pier-warm 3)
@@ -171,6 +184,7 @@ COLD=$(med pier-cold 3)
 CHANGED=$(med pier-changed 3)
 VERDICT=$(awk -v w="$WARM" 'BEGIN { print (w <= 3.0) ? "**met**" : "**missed**" }')
 OLD_AFTER=$(col pier-changed 9 | awk '{ s += $1 } END { print s + 0 }')
+FAILED=$(awk -F'\t' '$1 == "failed" { printf "%sround %s, %s", sep, $2, $3; sep = "; " }' "$RES")
 
 section=$(cat <<EOF
 Command: \`bench/push.sh\` (ROUNDS=$ROUNDS, interleaved; $(date -u +%Y-%m-%d), rev $GIT_REV, $(nproc) cores,
@@ -186,7 +200,8 @@ benchmarks: $(gate_summary).
 | \`pier push\` warm (unchanged source, app running), start → 200 after the command returned | $(fmt pier-warm 3) | $(ratio "$WARM" "$FLOOR") |
 | \`pier push\` changed (\`VERSION\` edited in app.py, app running), start → first 200 from the new version | $(fmt pier-changed 3) | $(ratio "$CHANGED" "$FLOOR") |
 
-Warm-push target (median ≤ 3 s): $VERDICT ($WARM s).
+Warm-push target (median ≤ 3 s): $VERDICT ($WARM s). Failed pushes (their round's other pushes were
+skipped): ${FAILED:-none}.
 
 Breakdown from the timestamps of \`pier push\`'s own output lines (upload = start → "Uploaded package";
 staging = → "Starting NAME..."; start = → the 200 above):

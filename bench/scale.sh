@@ -148,7 +148,7 @@ cp "$RES" "$BENCH/results/scale.tsv"
 col() { awk -F'\t' -v k="$1" -v c="$2" '$1 == k { print $c }' "$RES"; }
 fmt() { local med lo hi; read -r med lo hi _ <<<"$(col "$1" "$2" | stats)"; printf '%s s (%s–%s)' "$med" "$lo" "$hi"; }
 med() { col "$1" "$2" | stats | cut -d' ' -f1; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f×", a / b }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf (a / b < 1 ? "%.2f×" : "%.1f×"), a / b }'; }
 FLOOR=$(med floor10 3)
 SCALE=$(med scale10 3)
 RESTART=$(med restart 3)

@@ -138,8 +138,9 @@ def cmd_timed_run(a):
     exit_t = time.time() - t0
     router.after = exit_t
     router.wake.set()
-    wait(lambda: router.first_200_after is not None
-         and (a.expect is None or router.first_expected is not None), a.timeout)
+    if rc == 0:
+        wait(lambda: router.first_200_after is not None
+             and (a.expect is None or router.first_expected is not None), a.timeout)
     router.finish()
 
     def line_time(pattern):

@@ -144,6 +144,24 @@ pub fn deploy(
             "max in flight must be between 1 and 100",
         ));
     }
+    // The request is checked whole before anything else, even when it turns out to change nothing.
+    match (strategy, &req.instance_steps) {
+        (DeploymentStrategy::Canary, Some(steps)) => validate_steps(steps)?,
+        (DeploymentStrategy::Canary, None) => {}
+        (_, Some(_)) => {
+            return Err(Error::bad_request(
+                "--instance-steps goes with --strategy canary",
+            ))
+        }
+        (_, None) => {}
+    }
+    if let Some(w) = req.analysis_window_secs {
+        if !(1..=3600).contains(&w) {
+            return Err(Error::bad_request(
+                "the analysis window must be 1 to 3600 seconds",
+            ));
+        }
+    }
     let prev = app.running_revision().cloned();
     let (mut rev, description) = match req.revision {
         Some(n) => {
