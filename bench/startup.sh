@@ -10,6 +10,8 @@
 #   run        docker run of the stack image (the floor of bench/push.sh)
 #   run-pyc    docker run of the stack image with the Python stdlib precompiled (a throwaway image
 #              made here with `python3 -m compileall`, then removed)
+#   run-nopub  docker run without -p (bridge network; polled on the container's bridge address)
+#   run-noproxy  docker run --network host (no bridge network, no published port, no docker-proxy)
 #   cp         what the controller does per instance: docker create (+ --init, 256 MiB, pids limit),
 #              docker cp of a small droplet-like tar into /home/vcap, docker start
 #   run x10    10 parallel docker run of the stack image (the floor of bench/scale.sh)
@@ -34,14 +36,20 @@ tar -C "$WORK/droplet" -cf "$WORK/droplet.tar" app
 RUN=(--rm -d --label "pier.bench=$BENCH_ID" --user vcap --cap-drop ALL --security-opt no-new-privileges
   -w /tmp -p '127.0.0.1:{port}:8080')
 SERVE=(python3 -m http.server 8080)
+# Bridge network but no published port (no docker-proxy, no NAT rule): polled on the container's IP.
+NOPORT=(--rm -d --label "pier.bench=$BENCH_ID" --user vcap --cap-drop ALL --security-opt no-new-privileges -w /tmp)
+# No bridge network, no published port, no docker-proxy: the server listens on the host's loopback.
+NOPUB=(--rm -d --label "pier.bench=$BENCH_ID" --user vcap --cap-drop ALL --security-opt no-new-privileges
+  -w /tmp --network host)
 CREATE="id=\$(docker create --label pier.bench=$BENCH_ID --user vcap --cap-drop ALL --security-opt no-new-privileges \
 --init --memory 256m --pids-limit 1024 -w /tmp -p 127.0.0.1:{port}:8080 $STACK_IMAGE python3 -m http.server 8080) \
 && docker cp - \$id:/home/vcap <$WORK/droplet.tar && docker start \$id >/dev/null"
 
-case_() { # case_ NAME N ARGV...
-  local name=$1 n=$2 out
+case_() { # case_ NAME N [--bridge] ARGV...
+  local name=$1 n=$2 out opts=()
   shift 2
-  out=$($TOOL floor --n "$n" -- "$@")
+  [[ $1 != --bridge ]] || { opts=(--bridge); shift; }
+  out=$($TOOL floor --n "$n" "${opts[@]}" -- "$@")
   jq -e .ok <<<"$out" >/dev/null || { echo "$name failed: $out" >&2; exit 1; }
   printf '%s\t%s\t%s\n' "$name" "$r" "$(jq -r .all_ready <<<"$out")" >>"$RES"
   local ids
@@ -53,6 +61,8 @@ for r in $(seq 1 "$ROUNDS"); do
   quiet_gate "$r"
   case_ run 1 docker run "${RUN[@]}" "$STACK_IMAGE" "${SERVE[@]}"
   case_ run-pyc 1 docker run "${RUN[@]}" "$PYC_IMAGE" "${SERVE[@]}"
+  case_ run-nopub 1 --bridge docker run "${NOPORT[@]}" "$STACK_IMAGE" "${SERVE[@]}"
+  case_ run-noproxy 1 docker run "${NOPUB[@]}" "$STACK_IMAGE" python3 -m http.server '{port}' --bind 127.0.0.1
   case_ cp 1 bash -c "$CREATE"
   case_ run-x10 10 docker run "${RUN[@]}" "$STACK_IMAGE" "${SERVE[@]}"
   case_ run-pyc-x10 10 docker run "${RUN[@]}" "$PYC_IMAGE" "${SERVE[@]}"
@@ -74,6 +84,8 @@ $(gate_summary).
 |---|---|---|
 | \`docker run\` of $STACK_IMAGE (the push floor) | $(fmt run) | 1× |
 | \`docker run\` of the same image with the Python stdlib precompiled (\`compileall\`) | $(fmt run-pyc) | $(ratio "$(med run-pyc)" "$(med run)") |
+| \`docker run\` without \`-p\` (bridge network, no published port, no docker-proxy; polled on the container's bridge address, as the router reaches instances) | $(fmt run-nopub) | $(ratio "$(med run-nopub)" "$(med run)") |
+| \`docker run --network host\` (no bridge, no published port, no docker-proxy; server on the host's loopback) | $(fmt run-noproxy) | $(ratio "$(med run-noproxy)" "$(med run)") |
 | the controller's sequence: \`docker create\` (\`--init\`, 256 MiB, pids limit) + \`docker cp\` of a droplet tar + \`docker start\` | $(fmt cp) | $(ratio "$(med cp)" "$(med run)") |
 | 10 parallel \`docker run\` (the scale floor) | $(fmt run-x10) | $(ratio "$(med run-x10)" "$(med run)") |
 | 10 parallel \`docker run\`, stdlib precompiled | $(fmt run-pyc-x10) | $(ratio "$(med run-pyc-x10)" "$(med run)") |

@@ -28,9 +28,9 @@ import time
 POLL = 0.005  # seconds between polls: "polling quickly"
 
 
-def get(port, path, host=None, token=None, timeout=2.0):
+def get(port, path, host=None, token=None, timeout=2.0, addr="127.0.0.1"):
     """One GET on a fresh connection; (status, body) or (None, error text)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn = http.client.HTTPConnection(addr, port, timeout=timeout)
     try:
         headers = {"Connection": "close"}
         if host:
@@ -180,22 +180,36 @@ def cmd_floor(a):
         argv = [x.replace("{port}", str(p)).replace("{i}", str(i)) for x in a.cmd]
         procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     ready = {}
+    outs = {}
 
-    def poll(p):
+    def poll(i, p):
+        addr, port = "127.0.0.1", p
+        if a.bridge:
+            # The container's own address on the Docker bridge, port 8080: known once `docker run -d`
+            # has printed the id.
+            while i not in outs and time.time() - t0 < a.timeout:
+                time.sleep(POLL)
+            cid = outs.get(i, b"").decode().strip()
+            r = subprocess.run(["docker", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", cid],
+                               capture_output=True)
+            addr, port = r.stdout.decode().strip(), 8080
+            if not addr:
+                return
         while time.time() - t0 < a.timeout:
-            status, _ = get(p, "/", timeout=1)
+            status, _ = get(port, "/", timeout=1, addr=addr)
             if status == 200:
                 ready[p] = time.time() - t0
                 return
             time.sleep(POLL)
 
-    threads = [threading.Thread(target=poll, args=(p,)) for p in ports]
+    threads = [threading.Thread(target=poll, args=(i, p)) for i, p in enumerate(ports)]
     for t in threads:
         t.start()
     run_done = []
     errs = []
-    for pr in procs:
+    for i, pr in enumerate(procs):
         out, err = pr.communicate()
+        outs[i] = out
         run_done.append(time.time() - t0)
         if pr.returncode != 0:
             errs.append(err.decode(errors="replace").strip())
@@ -412,6 +426,8 @@ def main():
     s = sub.add_parser("floor")
     s.add_argument("--n", type=int, default=1)
     s.add_argument("--timeout", type=float, default=60)
+    s.add_argument("--bridge", action="store_true",
+                   help="poll each container's bridge address on port 8080 (argv prints its id)")
     s.add_argument("cmd", nargs="+")
 
     for name in ("scale", "restart"):

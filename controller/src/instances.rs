@@ -1262,6 +1262,7 @@ async fn start(
         &format!("Creating instance {} ({})", key.index, &instance_id[..8]),
     );
 
+    tracing::info!(app = %spec.app_name, process = %key.process, index = key.index, revision = spec.revision, "creating instance container");
     let created = async {
         let id = docker::create(&ctx.docker, &name, body).await?;
         ctx.instances.own(&id);
@@ -1293,6 +1294,7 @@ async fn start(
             };
         }
     };
+    tracing::info!(app = %spec.app_name, index = key.index, container = %id, "instance container started; health check next");
     let inspect = docker::inspect(&ctx.docker, &id).await.ok().flatten();
     let mut running = Running {
         id: id.clone(),

@@ -348,7 +348,7 @@ fn kill_9_mid_scale_and_mid_staging_then_converge() {
     assert_eq!(s, 200, "{body}");
     p.controller.as_mut().unwrap().kill9();
     p.start_controller();
-    eventually(Duration::from_secs(60), "6 running, no duplicates", || {
+    eventually(Duration::from_secs(90), "6 running, no duplicates", || {
         (running(&p, "sturdy") == 6 && p.instance_ids("sturdy").len() == 6).then_some(())
     });
     assert_eq!(seen(&p, "sturdy.localhost", 60), (0..6).collect());
