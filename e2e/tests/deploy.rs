@@ -132,6 +132,17 @@ fn zero_downtime(p: &Platform, host: &str, what: &str, want: &str, op: impl FnOn
     );
 }
 
+/// The app's newest deployment once it is no longer DEPLOYING.
+fn deployment_ended(p: &Platform, app: &str, secs: u64) -> serde_json::Value {
+    eventually(Duration::from_secs(secs), "the deployment to end", || {
+        let url = format!("{}/v1/apps/{app}/deployments", p.api);
+        let (_, body) = http_get(&url, None, Some(&p.token));
+        let all: Vec<serde_json::Value> = serde_json::from_str(&body).ok()?;
+        let d = all.first()?.clone();
+        (d["state"] != "DEPLOYING").then_some(d)
+    })
+}
+
 fn zero_downtime_deployments(instances: u32) {
     let p = Platform::start();
     let app = fixture("versioned");
@@ -266,16 +277,7 @@ fn canary_rolls_back_a_bad_version_and_promotes_a_good_one() {
         ],
         app.path(),
     );
-    let d = eventually(Duration::from_secs(120), "the canary to be judged", || {
-        let (_, body) = http_get(
-            &format!("{}/v1/apps/birdie/deployments", p.api),
-            None,
-            Some(&p.token),
-        );
-        let all: Vec<serde_json::Value> = serde_json::from_str(&body).ok()?;
-        let d = all.first()?.clone();
-        (d["state"] != "DEPLOYING").then_some(d)
-    });
+    let d = deployment_ended(&p, "birdie", 120);
     let _ = load.finish();
     assert_eq!(d["state"], "FAILED", "{d}");
     let reason = d["reason"].as_str().unwrap();
@@ -310,16 +312,7 @@ fn canary_rolls_back_a_bad_version_and_promotes_a_good_one() {
         ],
         app.path(),
     );
-    let d = eventually(Duration::from_secs(180), "the canary to finish", || {
-        let (_, body) = http_get(
-            &format!("{}/v1/apps/birdie/deployments", p.api),
-            None,
-            Some(&p.token),
-        );
-        let all: Vec<serde_json::Value> = serde_json::from_str(&body).ok()?;
-        let d = all.first()?.clone();
-        (d["state"] != "DEPLOYING").then_some(d)
-    });
+    let d = deployment_ended(&p, "birdie", 180);
     let (_, failures, _) = load.finish();
     assert_eq!(d["state"], "SUCCEEDED", "{d}");
     assert!(failures.is_empty(), "{failures:?}");
