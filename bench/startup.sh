@@ -75,7 +75,7 @@ fmt() { local med lo hi; read -r med lo hi _ <<<"$(col "$1" | stats)"; printf '%
 med() { col "$1" | stats | cut -d' ' -f1; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f×", a / b }'; }
 section=$(cat <<EOF
-Command: \`bench/startup.sh\` (ROUNDS=$ROUNDS, interleaved; $(date -u +%Y-%m-%d), $(nproc) cores, Docker
+Command: \`bench/startup.sh\` (ROUNDS=$ROUNDS, interleaved; $(date -u +%Y-%m-%d), rev $GIT_REV, $(nproc) cores, Docker
 $(docker version -f '{{.Server.Version}}'), storage driver $(docker info -f '{{.Driver}}')). Plain Docker, no controller:
 each case until its published port(s) answer 200 with \`python3 -m http.server 8080\` (\`--user vcap --cap-drop ALL\`).
 $(gate_summary).
