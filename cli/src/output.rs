@@ -208,6 +208,25 @@ pub fn format_uptime(secs: u64) -> String {
     }
 }
 
+/// Asks `question [y/N]` on stderr when someone is there to answer (stdin and stderr are
+/// terminals) and `force` wasn't given; true means go ahead.
+pub fn confirm(question: &str, force: bool) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if force || !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return Ok(true);
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr()
+        .flush()
+        .map_err(|e| anyhow::anyhow!("cannot write the prompt: {e}"))?;
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| anyhow::anyhow!("cannot read the answer: {e}"))?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use pier_api::{
     AppState, CanaryStatus, DeployRequest, DeploymentResponse, DeploymentState, DeploymentStrategy,
-    ErrorCode, InstanceState, RevisionResponse,
+    ErrorCode, RevisionResponse,
 };
 use time::OffsetDateTime;
 
@@ -390,8 +390,7 @@ impl RequestStats {
         let mut errors = 0usize;
         for id in instances {
             if let Some(q) = m.get(id) {
-                for (t, status, d) in q.iter().filter(|(t, _, _)| *t >= since) {
-                    let _ = t;
+                for (_, status, d) in q.iter().filter(|(t, _, _)| *t >= since) {
                     if *status >= 500 {
                         errors += 1;
                     }
@@ -589,6 +588,5 @@ fn step(ctx: &Ctx, app: &mut AppRecord) -> Option<(&'static str, String)> {
         finish(app, DeploymentState::Succeeded, msg.clone());
         return Some(("deployment_succeeded", msg));
     }
-    let _ = InstanceState::Running;
     None
 }

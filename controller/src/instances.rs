@@ -1136,7 +1136,7 @@ if [ -d .profile.d ]; then for f in .profile.d/*.sh; do [ -r "$f" ] && . "$f"; d
 if [ -r .profile ]; then . ./.profile; fi
 exec bash -c "$PIER_START_COMMAND""#;
 
-fn instance_env(ctx: &Ctx, spec: &InstanceSpec, instance_id: &str) -> Vec<String> {
+fn instance_env(spec: &InstanceSpec, instance_id: &str) -> Vec<String> {
     let vcap = serde_json::json!({
         "application_id": spec.app_guid,
         "application_name": spec.app_name,
@@ -1178,7 +1178,6 @@ fn instance_env(ctx: &Ctx, spec: &InstanceSpec, instance_id: &str) -> Vec<String
     env.entry("LANG".into()).or_insert_with(|| "C.UTF-8".into());
     env.entry("PATH".into())
         .or_insert_with(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    let _ = ctx;
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
@@ -1229,7 +1228,7 @@ async fn start(
         user: Some("vcap".into()),
         working_dir: Some("/home/vcap/app".into()),
         cmd: Some(vec!["bash".into(), "-c".into(), LAUNCH.into()]),
-        env: Some(instance_env(ctx, spec, &instance_id)),
+        env: Some(instance_env(spec, &instance_id)),
         labels: Some(lbls),
         exposed_ports: Some(vec!["8080/tcp".into()]),
         stop_timeout: Some(ctx.config.stop_grace_secs as i64),

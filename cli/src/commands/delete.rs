@@ -1,6 +1,4 @@
-use std::io::{BufRead, IsTerminal, Write};
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use pier_api::ErrorCode;
 
 use crate::args::DeleteArgs;
@@ -8,21 +6,10 @@ use crate::client::ClientError;
 
 pub async fn run(args: DeleteArgs) -> Result<()> {
     let name = &args.name;
-    // Ask only when someone is there to answer.
-    if !args.force && std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
-        eprint!("Really delete the app {name}, its instances, routes and uploads? [y/N] ");
-        std::io::stderr()
-            .flush()
-            .context("cannot write the prompt")?;
-        let mut answer = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut answer)
-            .context("cannot read the answer")?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            println!("Not deleted.");
-            return Ok(());
-        }
+    let question = format!("Really delete the app {name}, its instances, routes and uploads?");
+    if !crate::output::confirm(&question, args.force)? {
+        println!("Not deleted.");
+        return Ok(());
     }
     let client = super::connect()?;
     match client.delete_app(name).await {
