@@ -68,6 +68,8 @@
 //! The full list of invariants on both sides, the hardening rules with their defaults, and why
 //! `Content-Length` with `Transfer-Encoding` is answered rather than refused: `docs/router.md`.
 
+mod chunked;
+mod h1;
 pub mod metrics;
 pub mod proxy;
 pub mod server;

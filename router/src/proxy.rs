@@ -294,8 +294,17 @@ impl Shared {
 /// [`crate::serve_threads`] has its own `Proxy` over one [`Shared`].
 pub(crate) struct Proxy {
     pool: Arc<Pool>,
+    /// Idle connections of the HTTP/1 engine ([`crate::h1`]).
+    pub(crate) h1_pool: crate::h1::Pool,
     shared: Arc<Shared>,
-    opts: ProxyOptions,
+    pub(crate) opts: ProxyOptions,
+}
+
+/// A request the router answers itself instead of forwarding.
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    pub(crate) cause: &'static str,
+    pub(crate) message: String,
 }
 
 impl Proxy {
@@ -305,7 +314,13 @@ impl Proxy {
             opts.pool_idle_timeout,
             opts.pool_max_idle_per_host,
         );
-        Proxy { pool, shared, opts }
+        let h1_pool = crate::h1::Pool::new(opts.pool_idle_timeout, opts.pool_max_idle_per_host);
+        Proxy {
+            pool,
+            h1_pool,
+            shared,
+            opts,
+        }
     }
 
     pub(crate) fn options(&self) -> &ProxyOptions {
@@ -318,6 +333,81 @@ impl Proxy {
         }
         let failed = self.shared.failed.lock().unwrap_or_else(|e| e.into_inner());
         matches!(failed.get(&b.addr), Some((id, until)) if *id == b.instance_id && *until > now)
+    }
+
+    /// The route for a request, or why there is none (no host, no table yet, unknown route, no
+    /// instances).
+    pub(crate) fn route_for(&self, host: Option<&str>, path: &str) -> Result<Arc<Route>, Refusal> {
+        let Some(host) = host else {
+            return Err(Refusal {
+                status: StatusCode::BAD_REQUEST,
+                cause: cause::BAD_REQUEST,
+                message: "Request has no Host header.".into(),
+            });
+        };
+        let Some(table) = self.shared.tables.current() else {
+            return Err(Refusal {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                cause: cause::TABLE_LOADING,
+                message: "The router is loading its route table; try again in a moment.".into(),
+            });
+        };
+        let Some(route) = table.lookup(host, path).cloned() else {
+            let shown = crate::table::normalize_host(host).to_ascii_lowercase();
+            return Err(Refusal {
+                status: StatusCode::NOT_FOUND,
+                cause: cause::UNKNOWN_ROUTE,
+                message: format!("Requested route ('{shown}') does not exist."),
+            });
+        };
+        if route.backends.is_empty() {
+            return Err(Refusal {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                cause: cause::NO_INSTANCES,
+                message: format!(
+                    "Requested route ('{}{}') has no available instances of app '{}'.",
+                    route.host, route.path, route.app
+                ),
+            });
+        }
+        Ok(route)
+    }
+
+    /// The backend for attempt `attempt`: the sticky instance first (if it is still a backend
+    /// of this route and has not failed), else the balancer's pick among untried instances that
+    /// have not failed recently, else any untried one.
+    pub(crate) fn pick_backend(
+        &self,
+        route: &Route,
+        sticky: Option<&str>,
+        attempt: usize,
+        tried: &[usize],
+    ) -> Option<usize> {
+        let now = Instant::now();
+        sticky
+            .filter(|_| attempt == 0)
+            .and_then(|id| route.find_instance(id))
+            .filter(|&i| !self.is_failed(&route.backends[i], now))
+            .or_else(|| route.pick(|i, b| !tried.contains(&i) && !self.is_failed(b, now)))
+            // Every untried instance failed recently: trying one beats refusing outright.
+            .or_else(|| route.pick(|i, _| !tried.contains(&i)))
+    }
+
+    /// A connection to `backend` could not be opened: skip it for a while, count a retry if
+    /// another attempt follows.
+    pub(crate) fn connect_failed(
+        &self,
+        route: &Route,
+        backend: &pier_api::Backend,
+        error: &dyn fmt::Display,
+        retrying: bool,
+    ) {
+        tracing::warn!(app = %route.app, instance = backend.index, addr = %backend.addr,
+            error = %error, "instance refused the connection; skipping it for a while");
+        self.mark_failed(backend);
+        if retrying {
+            self.opts.metrics.record_retry();
+        }
     }
 
     fn mark_failed(&self, b: &pier_api::Backend) {
@@ -344,41 +434,26 @@ impl Proxy {
         let deadline = tokio::time::Instant::from_std(started) + self.opts.max_request_time;
         let request_id = request_id(req.headers());
         let host = request_host(&req);
-        let mut log = RequestLog::new(&self, &req, &host, client_addr, request_id.clone());
-
-        let Some(host) = host else {
-            return Ok(log.router_error(
-                StatusCode::BAD_REQUEST,
-                cause::BAD_REQUEST,
-                "Request has no Host header.".into(),
-            ));
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let mut log = RequestLog::new(
+            &self,
+            req.method().as_str(),
+            path_and_query,
+            req.headers(),
+            host.as_deref(),
+            client_addr,
+            request_id.clone(),
+        );
+        let route = match self.route_for(host.as_deref(), req.uri().path()) {
+            Ok(route) => route,
+            Err(r) => return Ok(log.router_error(r.status, r.cause, r.message)),
         };
-        let Some(table) = self.shared.tables.current() else {
-            return Ok(log.router_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                cause::TABLE_LOADING,
-                "The router is loading its route table; try again in a moment.".into(),
-            ));
-        };
-        let Some(route) = table.lookup(&host, req.uri().path()).cloned() else {
-            let shown = crate::table::normalize_host(&host).to_ascii_lowercase();
-            return Ok(log.router_error(
-                StatusCode::NOT_FOUND,
-                cause::UNKNOWN_ROUTE,
-                format!("Requested route ('{shown}') does not exist."),
-            ));
-        };
+        let host = host.unwrap_or_default();
         log.set_route(&route);
-        if route.backends.is_empty() {
-            return Ok(log.router_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                cause::NO_INSTANCES,
-                format!(
-                    "Requested route ('{}{}') has no available instances of app '{}'.",
-                    route.host, route.path, route.app
-                ),
-            ));
-        }
 
         // An HTTP/1 upgrade (WebSocket): keep Connection/Upgrade for the instance, and splice the
         // two connections together once it answers 101.
@@ -389,45 +464,17 @@ impl Proxy {
         let xff = forwarded_for(&parts.headers, client_addr);
         log.set_xff(&xff);
         let mut headers = parts.headers;
-        strip_hop_by_hop(&mut headers);
         // `Expect: 100-continue` was answered on the client side (hyper sends 100 when the body is
         // first read); passing it on would only make the instance send a second 100.
-        headers.remove(header::EXPECT);
-        if let Some((proto, _)) = &upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, proto.clone());
-        }
-        if !headers.contains_key(header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(&host) {
-                headers.insert(header::HOST, v);
-            }
-        }
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert(X_FORWARDED_FOR, v);
-        }
-        if !headers.contains_key(&X_FORWARDED_PROTO) {
-            let proto = if https { "https" } else { "http" };
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-        }
-        if !headers.contains_key(&X_FORWARDED_HOST) {
-            if let Ok(v) = HeaderValue::from_str(&host) {
-                headers.insert(X_FORWARDED_HOST, v);
-            }
-        }
-        if !headers.contains_key(&X_REQUEST_START) {
-            let ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0);
-            headers.insert(X_REQUEST_START, HeaderValue::from(ms as u64));
-        }
-        headers.insert(X_VCAP_REQUEST_ID, request_id.clone());
-        if !headers.contains_key(&TRACEPARENT) {
-            headers.insert(TRACEPARENT, traceparent());
-        }
-        if let Ok(v) = HeaderValue::from_str(&route.app_guid) {
-            headers.insert(X_CF_APPLICATION_ID, v);
-        }
+        upstream_headers(
+            &mut headers,
+            &host,
+            &xff,
+            https,
+            &request_id,
+            &route,
+            upgrade.as_ref().map(|(p, _)| p),
+        );
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -440,15 +487,7 @@ impl Proxy {
         let mut tried: Vec<usize> = Vec::with_capacity(attempts);
         let mut last_error: Option<crate::upstream::Error> = None;
         for attempt in 0..attempts {
-            let now = Instant::now();
-            let choice = sticky
-                .as_deref()
-                .filter(|_| attempt == 0)
-                .and_then(|id| route.find_instance(id))
-                .filter(|&i| !self.is_failed(&route.backends[i], now))
-                .or_else(|| route.pick(|i, b| !tried.contains(&i) && !self.is_failed(b, now)))
-                // Every untried instance failed recently: trying one beats refusing outright.
-                .or_else(|| route.pick(|i, _| !tried.contains(&i)));
+            let choice = self.pick_backend(&route, sticky.as_deref(), attempt, &tried);
             let Some(i) = choice else { break };
             tried.push(i);
             let backend = &route.backends[i];
@@ -483,12 +522,7 @@ impl Proxy {
                     return Ok(self.respond(resp, lease, upgrade, backend, deadline, log));
                 }
                 Ok(Err(e)) if e.is_connect() && !slot.started() => {
-                    tracing::warn!(app = %route.app, instance = backend.index, addr = %backend.addr,
-                        error = %error_chain(&e), "instance refused the connection; skipping it for a while");
-                    self.mark_failed(backend);
-                    if attempt + 1 < attempts {
-                        self.opts.metrics.record_retry();
-                    }
+                    self.connect_failed(&route, backend, &error_chain(&e), attempt + 1 < attempts);
                     last_error = Some(e);
                 }
                 Ok(Err(e)) => {
@@ -579,32 +613,35 @@ impl Proxy {
 
 /// Per-request accounting, finished (logged and counted) when the response body is done or
 /// dropped.
-struct RequestLog {
+pub(crate) struct RequestLog {
     metrics: Arc<Metrics>,
     sink: Option<Arc<dyn AccessLog>>,
     started: Instant,
     app: Option<Arc<Route>>,
-    status: u16,
-    bytes_sent: u64,
-    received: Option<Arc<AtomicU64>>,
-    request_id: HeaderValue,
+    pub(crate) status: u16,
+    pub(crate) bytes_sent: u64,
+    pub(crate) received: Option<Arc<AtomicU64>>,
+    pub(crate) request_id: HeaderValue,
     /// Holds the backend's in-flight count (least-connections) until the response ends.
-    in_flight: Option<InFlight>,
+    pub(crate) in_flight: Option<InFlight>,
     entry: Option<Box<AccessLogEntry>>,
+    finished: bool,
 }
 
 impl RequestLog {
-    fn new(
+    pub(crate) fn new(
         proxy: &Proxy,
-        req: &Request<Incoming>,
-        host: &Option<String>,
+        method: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        host: Option<&str>,
         client_addr: SocketAddr,
         request_id: HeaderValue,
     ) -> Self {
         let sink = proxy.opts.access_log.clone();
         let entry = sink.as_ref().map(|_| {
             let h = |n: header::HeaderName| {
-                req.headers()
+                headers
                     .get(n)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string)
@@ -616,13 +653,9 @@ impl RequestLog {
                 instance_index: None,
                 instance_id: None,
                 backend_addr: None,
-                host: host.clone().unwrap_or_default(),
-                method: req.method().to_string(),
-                path: req
-                    .uri()
-                    .path_and_query()
-                    .map(|p| p.as_str().to_string())
-                    .unwrap_or_else(|| "/".into()),
+                host: host.unwrap_or_default().to_string(),
+                method: method.to_string(),
+                path: path_and_query.to_string(),
                 status: 0,
                 bytes_received: 0,
                 bytes_sent: 0,
@@ -646,10 +679,11 @@ impl RequestLog {
             request_id,
             in_flight: None,
             entry,
+            finished: false,
         }
     }
 
-    fn set_route(&mut self, route: &Arc<Route>) {
+    pub(crate) fn set_route(&mut self, route: &Arc<Route>) {
         if let Some(e) = &mut self.entry {
             e.app = Some(route.app.clone());
             e.app_guid = Some(route.app_guid.clone());
@@ -657,18 +691,38 @@ impl RequestLog {
         self.app = Some(Arc::clone(route));
     }
 
-    fn set_xff(&mut self, xff: &str) {
+    pub(crate) fn set_xff(&mut self, xff: &str) {
         if let Some(e) = &mut self.entry {
             e.x_forwarded_for = xff.to_string();
         }
     }
 
-    fn set_backend(&mut self, b: &pier_api::Backend) {
+    pub(crate) fn set_backend(&mut self, b: &pier_api::Backend) {
         if let Some(e) = &mut self.entry {
             e.instance_index = Some(b.index);
             e.instance_id = Some(b.instance_id.clone());
             e.backend_addr = Some(b.addr);
         }
+    }
+
+    /// Records that the router answered `status` itself, for `cause`.
+    pub(crate) fn refused(&mut self, status: StatusCode, cause: &'static str) {
+        self.metrics.record_router_error(cause);
+        self.status = status.as_u16();
+        if let Some(e) = &mut self.entry {
+            e.router_error = Some(cause);
+        }
+    }
+
+    /// A response body cut off at the maximum request time.
+    pub(crate) fn timed_out(&mut self) {
+        self.metrics.record_router_error(cause::REQUEST_TIMEOUT);
+        if let Some(e) = &mut self.entry {
+            e.router_error = Some(cause::REQUEST_TIMEOUT);
+        }
+        tracing::warn!(app = %self.app.as_ref().map(|r| r.app.as_str()).unwrap_or(""),
+            elapsed_ms = self.started.elapsed().as_millis() as u64,
+            "response cut off: the request took longer than the maximum request time");
     }
 
     fn router_error(
@@ -677,11 +731,7 @@ impl RequestLog {
         cause: &'static str,
         message: String,
     ) -> Response<ProxyBody> {
-        self.metrics.record_router_error(cause);
-        self.status = status.as_u16();
-        if let Some(e) = &mut self.entry {
-            e.router_error = Some(cause);
-        }
+        self.refused(status, cause);
         let mut resp = error_response(status, cause, message);
         resp.headers_mut()
             .insert(X_VCAP_REQUEST_ID, self.request_id.clone());
@@ -702,6 +752,19 @@ impl RequestLog {
 
 impl Drop for RequestLog {
     fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl RequestLog {
+    /// Counts the request and hands its access log entry over (once; dropping does it too).
+    /// Called before the last write of a response, so the figures are there by the time the
+    /// client has its answer.
+    pub(crate) fn finish(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
         let app = self.app.as_ref().map(|r| r.app.as_str()).unwrap_or("");
         self.metrics.record_request(app, self.status);
         if let (Some(sink), Some(mut entry)) = (self.sink.take(), self.entry.take()) {
@@ -813,13 +876,7 @@ impl Body for LoggedBody {
 
 fn request_timed_out(log: &mut Option<RequestLog>) -> BoxError {
     if let Some(log) = log {
-        log.metrics.record_router_error(cause::REQUEST_TIMEOUT);
-        if let Some(e) = &mut log.entry {
-            e.router_error = Some(cause::REQUEST_TIMEOUT);
-        }
-        tracing::warn!(app = %log.app.as_ref().map(|r| r.app.as_str()).unwrap_or(""),
-            elapsed_ms = log.started.elapsed().as_millis() as u64,
-            "response cut off: the request took longer than the maximum request time");
+        log.timed_out();
     }
     "the request took longer than the router's maximum request time".into()
 }
@@ -930,7 +987,7 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
 }
 
 /// The incoming request id if it is sane, else a new one.
-fn request_id(headers: &HeaderMap) -> HeaderValue {
+pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
     headers
         .get(&X_VCAP_REQUEST_ID)
         .filter(|v| {
@@ -963,7 +1020,7 @@ fn traceparent() -> HeaderValue {
 }
 
 /// The X-Forwarded-For value to send: the incoming one(s) with the client's address appended.
-fn forwarded_for(headers: &HeaderMap, client: SocketAddr) -> String {
+pub(crate) fn forwarded_for(headers: &HeaderMap, client: SocketAddr) -> String {
     let ip = client.ip().to_canonical();
     let prior: Vec<&str> = headers
         .get_all(&X_FORWARDED_FOR)
@@ -979,7 +1036,7 @@ fn forwarded_for(headers: &HeaderMap, client: SocketAddr) -> String {
     }
 }
 
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
@@ -997,6 +1054,56 @@ fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
         return None;
     }
     req.headers().get(header::UPGRADE).cloned()
+}
+
+/// The request headers an instance gets, whatever protocol the client spoke: hop-by-hop headers
+/// and `Expect` removed, `X-Forwarded-*`, `X-Request-Start`, the request id, `traceparent` and
+/// `X-CF-ApplicationID` set, and `Connection: upgrade` kept for an upgrade. Per-instance headers
+/// (`X-CF-InstanceIndex`, `X-CF-InstanceID`) are added per attempt.
+pub(crate) fn upstream_headers(
+    headers: &mut HeaderMap,
+    host: &str,
+    xff: &str,
+    https: bool,
+    request_id: &HeaderValue,
+    route: &Route,
+    upgrade: Option<&HeaderValue>,
+) {
+    strip_hop_by_hop(headers);
+    headers.remove(header::EXPECT);
+    if let Some(proto) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, proto.clone());
+    }
+    if !headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            headers.insert(header::HOST, v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        let proto = if https { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            headers.insert(X_FORWARDED_HOST, v);
+        }
+    }
+    if !headers.contains_key(&X_REQUEST_START) {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        headers.insert(X_REQUEST_START, HeaderValue::from(ms as u64));
+    }
+    headers.insert(X_VCAP_REQUEST_ID, request_id.clone());
+    if !headers.contains_key(&TRACEPARENT) {
+        headers.insert(TRACEPARENT, traceparent());
+    }
+    headers.insert(X_CF_APPLICATION_ID, route.app_guid_header());
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including every header named in `Connection`.
@@ -1027,7 +1134,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The instance id of a `__VCAP_ID__` cookie on the request.
-fn sticky_instance(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn sticky_instance(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -1041,7 +1148,7 @@ fn sticky_instance(headers: &HeaderMap) -> Option<String> {
 
 /// When the app starts a session (`Set-Cookie: JSESSIONID=…`), pin the client to this instance
 /// with a `__VCAP_ID__` cookie carrying the same attributes.
-fn add_sticky_cookie(headers: &mut HeaderMap, instance_id: &str) {
+pub(crate) fn add_sticky_cookie(headers: &mut HeaderMap, instance_id: &str) {
     let session = headers
         .get_all(header::SET_COOKIE)
         .iter()
@@ -1063,7 +1170,7 @@ fn add_sticky_cookie(headers: &mut HeaderMap, instance_id: &str) {
     }
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {

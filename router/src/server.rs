@@ -10,14 +10,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{header, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -26,7 +25,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::h1;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxyBody, ProxyOptions, Shared, TableReceiver};
 
@@ -217,23 +218,12 @@ async fn serve_with(
 ) -> io::Result<()> {
     let opts = proxy.options().clone();
     let metrics = Arc::clone(&opts.metrics);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(opts.header_read_timeout)
-        .max_buf_size(opts.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_header_list_size(opts.max_header_bytes.min(u32::MAX as usize) as u32)
         .max_concurrent_streams(256);
-    if !opts.http2 {
-        builder = builder.http1_only();
-    }
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let h2 = Arc::new(h2);
+    let tasks = TaskTracker::new();
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "router accepting connections");
 
@@ -258,63 +248,169 @@ async fn serve_with(
             },
         };
         let _ = stream.set_nodelay(true);
-        let proxy = Arc::clone(&proxy);
-        let https = tls.is_some();
-        let svc =
-            service_fn(move |req: Request<Incoming>| Arc::clone(&proxy).handle(req, peer, https));
+        let (proxy, h2, tls, shutdown) = (
+            Arc::clone(&proxy),
+            Arc::clone(&h2),
+            tls.clone(),
+            shutdown.clone(),
+        );
         let metrics = Arc::clone(&metrics);
         metrics.connection_opened();
-        match &tls {
-            None => {
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(ClientIo::Plain(stream)), svc)
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "client connection ended with an error");
-                    }
-                    metrics.connection_closed();
-                    drop(permit);
-                });
-            }
-            Some(acceptor) => {
-                // The handshake runs on the connection's own task, bounded like a request head.
-                let handshake = acceptor.accept(stream);
-                let (builder, watcher) = (Arc::clone(&builder), graceful.watcher());
-                let limit = opts.header_read_timeout;
-                tokio::spawn(async move {
-                    match tokio::time::timeout(limit, handshake).await {
-                        Ok(Ok(stream)) => {
-                            let io = TokioIo::new(ClientIo::Tls(Box::new(stream)));
-                            let conn = builder.serve_connection_with_upgrades(io, svc);
-                            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                                tracing::debug!(%peer, error = %e, "client connection ended with an error");
-                            }
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                    metrics.connection_closed();
-                    drop(permit);
-                });
-            }
-        }
+        tasks.spawn(async move {
+            serve_client(stream, peer, tls, proxy, h2, shutdown).await;
+            metrics.connection_closed();
+            drop(permit);
+        });
     }
 
     drop(listener);
+    tasks.close();
     tracing::info!(
-        in_flight = graceful.count(),
+        connections = tasks.len(),
         grace_ms = opts.drain_timeout.as_millis() as u64,
         "router stopped accepting; draining"
     );
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("router drained"),
+        _ = tasks.wait() => tracing::info!("router drained"),
         _ = tokio::time::sleep(opts.drain_timeout) => {
             tracing::warn!("drain timeout passed; closing remaining connections");
         }
     }
     Ok(())
+}
+
+/// One client connection: TLS handshake if any, then the HTTP/1 engine, or hyper's HTTP/2 for
+/// ALPN `h2` and for the h2c preface.
+async fn serve_client(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    proxy: Arc<Proxy>,
+    h2: Arc<http2::Builder<TokioExecutor>>,
+    shutdown: CancellationToken,
+) {
+    let http2 = proxy.options().http2;
+    let read_buf = || BytesMut::with_capacity(8 * 1024);
+    match tls {
+        None => {
+            let mut io = stream;
+            match h1::serve(&proxy, &mut io, read_buf(), peer, false, &shutdown).await {
+                Ok(h1::Ended::Http2(pre)) => {
+                    let io = Prefixed::new(pre.freeze(), ClientIo::Plain(io));
+                    serve_h2(&h2, io, proxy, peer, false, &shutdown).await;
+                }
+                Ok(h1::Ended::Closed) => {}
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error")
+                }
+            }
+        }
+        Some(acceptor) => {
+            // The handshake is bounded like a request head.
+            let limit = proxy.options().header_read_timeout;
+            let mut io = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                Ok(Ok(io)) => io,
+                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            };
+            if http2 && io.get_ref().1.alpn_protocol() == Some(b"h2") {
+                let io = Prefixed::new(Bytes::new(), ClientIo::Tls(Box::new(io)));
+                return serve_h2(&h2, io, proxy, peer, true, &shutdown).await;
+            }
+            match h1::serve(&proxy, &mut io, read_buf(), peer, true, &shutdown).await {
+                Ok(h1::Ended::Http2(pre)) => {
+                    let io = Prefixed::new(pre.freeze(), ClientIo::Tls(Box::new(io)));
+                    serve_h2(&h2, io, proxy, peer, true, &shutdown).await;
+                }
+                Ok(h1::Ended::Closed) => {}
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error")
+                }
+            }
+        }
+    }
+}
+
+/// An HTTP/2 client connection through hyper and [`Proxy::handle`]; on shutdown it is told to
+/// go away (GOAWAY), and the streams in flight finish.
+async fn serve_h2(
+    builder: &http2::Builder<TokioExecutor>,
+    io: Prefixed<ClientIo>,
+    proxy: Arc<Proxy>,
+    peer: SocketAddr,
+    https: bool,
+    shutdown: &CancellationToken,
+) {
+    let svc = service_fn(move |req: Request<Incoming>| Arc::clone(&proxy).handle(req, peer, https));
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "HTTP/2 client connection ended with an error");
+    }
+}
+
+/// A stream whose first bytes were already read: they are read again first.
+struct Prefixed<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    fn new(prefix: Bytes, inner: T) -> Self {
+        Prefixed { prefix, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// A client connection, plain or TLS: one type for hyper's connection either way.

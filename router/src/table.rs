@@ -34,6 +34,8 @@ pub struct Route {
     /// Per backend, made once per table rather than per request: the instance id as a header
     /// value.
     instance_ids: Vec<HeaderValue>,
+    /// The app guid as a header value (`X-CF-ApplicationID`), made once per table.
+    app_guid_header: HeaderValue,
 }
 
 impl Route {
@@ -62,7 +64,14 @@ impl Route {
                         .unwrap_or_else(|_| HeaderValue::from_static("-"))
                 })
                 .collect(),
+            app_guid_header: HeaderValue::from_str(&entry.app_guid)
+                .unwrap_or_else(|_| HeaderValue::from_static("-")),
         }
+    }
+
+    /// The app guid as a header value (`X-CF-ApplicationID`).
+    pub fn app_guid_header(&self) -> HeaderValue {
+        self.app_guid_header.clone()
     }
 
     /// Backend `i`'s instance id as a header value (`X-CF-InstanceID`).

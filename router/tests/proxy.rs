@@ -621,19 +621,38 @@ async fn oversized_headers_431_crlf_400_and_no_smuggling() {
     let ans = raw(big.into_bytes()).await;
     assert!(ans.starts_with("HTTP/1.1 431"), "{ans}");
 
-    // Content-Length with Transfer-Encoding: hyper lets chunked framing win, drops the length and
-    // closes the connection after answering, so nothing can be smuggled behind the body.
+    // Content-Length with Transfer-Encoding: refused with 400 before anything reaches the app,
+    // and the connection is closed, so nothing can be smuggled behind the body.
     let smuggle = b"POST / HTTP/1.1\r\nHost: h.localhost\r\nContent-Length: 40\r\n\
         Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h.localhost\r\n\r\n"
         .to_vec();
     let ans = raw(smuggle).await;
-    assert!(ans.starts_with("HTTP/1.1 200"), "{ans}");
+    assert!(ans.starts_with("HTTP/1.1 400"), "{ans}");
+    assert!(ans.contains("x-pier-router-error: bad_request"), "{ans}");
+    assert!(
+        ans.contains("Content-Length together with Transfer-Encoding"),
+        "{ans}"
+    );
     assert_eq!(
         ans.matches("HTTP/1.1 ").count(),
         1,
         "one response, then close: {ans}"
     );
-    assert!(!ans.contains("/smuggled"), "{ans}");
+    assert_eq!(a.hits.load(Ordering::SeqCst), 0, "nothing reached the app");
+    // Differing lengths and codings other than chunked: 400 as well.
+    for bad in [
+        "POST / HTTP/1.1\r\nHost: h.localhost\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        "POST / HTTP/1.1\r\nHost: h.localhost\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: h.localhost\r\nHost: other.localhost\r\n\r\n",
+    ] {
+        let ans = raw(bad.as_bytes().to_vec()).await;
+        assert!(ans.starts_with("HTTP/1.1 400"), "{bad:?}: {ans}");
+    }
+    assert_eq!(a.hits.load(Ordering::SeqCst), 0, "nothing reached the app");
+    // A well-formed request on a fresh connection still gets through.
+    let ans =
+        raw(b"GET / HTTP/1.1\r\nHost: h.localhost\r\nConnection: close\r\n\r\n".to_vec()).await;
+    assert!(ans.starts_with("HTTP/1.1 200"), "{ans}");
     assert_eq!(a.hits.load(Ordering::SeqCst), 1);
 
     let crlf = b"GET / HTTP/1.1\r\nHost: h.localhost\r\nX-A: a\rb\r\n\r\n".to_vec();
