@@ -44,8 +44,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::chunked::{self, Chunk, Decoder};
 use crate::proxy::{
-    add_sticky_cookie, cause, connection_has, forwarded_for, request_id, sticky_instance,
-    strip_hop_by_hop, upstream_headers, Proxy, RequestLog, X_VCAP_REQUEST_ID,
+    cause, connection_has, forwarded_for, request_id, sticky_cookie, sticky_instance,
+    upstream_headers, Proxy, RequestLog,
 };
 
 /// Most headers in a request or response head.
@@ -272,9 +272,18 @@ fn request_framing(headers: &HeaderMap, http11: bool) -> Result<Framing, String>
 
 /// The `Content-Length`, refusing a malformed one or several that differ.
 fn content_length(headers: &HeaderMap) -> Result<Option<u64>, String> {
+    parse_content_length(
+        headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
+}
+
+fn parse_content_length<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<u64>, String> {
     let mut found: Option<u64> = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|&b| b == b',') {
+    for v in values {
+        for part in v.split(|&b| b == b',') {
             let part = part.trim_ascii();
             if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
                 return Err("malformed Content-Length".into());
@@ -292,11 +301,43 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, String> {
     Ok(found)
 }
 
+/// A response head as the instance sent it: the bytes, and where each field is. The router
+/// copies fields straight from these bytes to the client (no header map), leaving out the
+/// hop-by-hop ones.
 struct ResponseHead {
     status: StatusCode,
-    reason: String,
     http11: bool,
-    headers: HeaderMap,
+    head: Bytes,
+    reason: std::ops::Range<usize>,
+    /// (name, value) spans in `head`.
+    fields: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+}
+
+impl ResponseHead {
+    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.fields
+            .iter()
+            .map(|(n, v)| (&self.head[n.clone()], &self.head[v.clone()]))
+    }
+
+    /// Every value of the field `name` (lowercase).
+    fn values<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.fields()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    fn reason(&self) -> &[u8] {
+        &self.head[self.reason.clone()]
+    }
+}
+
+/// The comma-separated elements of a list-valued field's values, trimmed, empty ones skipped.
+fn list_items<'a>(values: impl Iterator<Item = &'a [u8]>) -> impl Iterator<Item = &'a [u8]> {
+    values
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
 }
 
 /// Parses a response head at the front of `buf`; on success the head is taken out of `buf`.
@@ -313,31 +354,26 @@ fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, String> {
     };
     let status = StatusCode::from_u16(resp.code.unwrap_or(0))
         .map_err(|_| "malformed response status".to_string())?;
-    let reason = resp.reason.unwrap_or("").to_string();
     let http11 = resp.version == Some(1);
-    let spans: Vec<(HeaderName, std::ops::Range<usize>)> = {
-        let base = buf.as_ptr() as usize;
-        let mut v = Vec::with_capacity(resp.headers.len());
-        for h in resp.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| format!("malformed response header name {:?}", h.name))?;
-            let start = h.value.as_ptr() as usize - base;
-            v.push((name, start..start + h.value.len()));
-        }
-        v
+    let base = buf.as_ptr() as usize;
+    let span = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        start..start + s.len()
     };
-    let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len() + 4);
-    for (name, range) in spans {
-        let value = HeaderValue::from_maybe_shared(head.slice(range))
-            .map_err(|_| format!("control character in response header {name}"))?;
-        headers.append(name, value);
+    let reason = resp.reason.map_or(0..0, |r| span(r.as_bytes()));
+    let mut fields = Vec::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
+        // httparse checked the name is a token and the value has no CR, LF or other control
+        // character but tab.
+        fields.push((span(h.name.as_bytes()), span(h.value)));
     }
+    let head = buf.split_to(len).freeze();
     Ok(Some(ResponseHead {
         status,
-        reason,
         http11,
-        headers,
+        head,
+        reason,
+        fields,
     }))
 }
 
@@ -347,22 +383,52 @@ fn response_framing(head: &ResponseHead, head_request: bool) -> Result<Framing, 
     if head_request || (100..200).contains(&s) || s == 204 || s == 304 {
         return Ok(Framing::None);
     }
-    let te = head.headers.get_all(header::TRANSFER_ENCODING);
-    if te.iter().next().is_some() {
-        let last = te
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .rfind(|c| !c.is_empty());
-        return Ok(match last {
+    if head.values(b"transfer-encoding").next().is_some() {
+        return Ok(match list_items(head.values(b"transfer-encoding")).last() {
             Some(c) if c.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
             _ => Framing::Close,
         });
     }
-    match content_length(&head.headers)? {
+    match parse_content_length(head.values(b"content-length"))? {
         Some(0) => Ok(Framing::None),
         Some(n) => Ok(Framing::Length(n)),
         None => Ok(Framing::Close),
+    }
+}
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1), never passed on.
+const HOP_BY_HOP: [&[u8]; 9] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+];
+
+/// Writes the fields of `head` for the client: all of them for a 101 (the upgrade needs
+/// `Connection` and `Upgrade`), otherwise without the hop-by-hop ones and those that
+/// `Connection` names; an `X-Vcap-Request-Id` from the instance is replaced by the router's.
+fn put_response_fields(out: &mut BytesMut, head: &ResponseHead, keep_hop_by_hop: bool) {
+    let named: Vec<&[u8]> = if keep_hop_by_hop {
+        Vec::new()
+    } else {
+        list_items(head.values(b"connection")).collect()
+    };
+    for (name, value) in head.fields() {
+        let hop = !keep_hop_by_hop
+            && (HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+                || named.iter().any(|h| name.eq_ignore_ascii_case(h)));
+        if hop || name.eq_ignore_ascii_case(b"x-vcap-request-id") {
+            continue;
+        }
+        out.put_slice(name);
+        out.put_slice(b": ");
+        out.put_slice(value);
+        out.put_slice(b"\r\n");
     }
 }
 
@@ -375,16 +441,16 @@ fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
     }
 }
 
-fn put_status_line(out: &mut BytesMut, status: StatusCode, reason: &str) {
+fn put_status_line(out: &mut BytesMut, status: StatusCode, reason: &[u8]) {
     out.put_slice(b"HTTP/1.1 ");
     out.put_slice(status.as_str().as_bytes());
     out.put_u8(b' ');
     let reason = if reason.is_empty() {
-        status.canonical_reason().unwrap_or("")
+        status.canonical_reason().unwrap_or("").as_bytes()
     } else {
         reason
     };
-    out.put_slice(reason.as_bytes());
+    out.put_slice(reason);
     out.put_slice(b"\r\n");
 }
 
@@ -419,7 +485,7 @@ fn error_bytes(
     close: bool,
 ) -> BytesMut {
     let mut out = BytesMut::with_capacity(256 + message.len());
-    put_status_line(&mut out, status, "");
+    put_status_line(&mut out, status, b"");
     out.put_slice(b"content-type: text/plain; charset=utf-8\r\n");
     out.put_slice(pier_api::ROUTER_ERROR_HEADER.as_bytes());
     out.put_slice(b": ");
@@ -932,8 +998,8 @@ where
             {
                 if x.http11 {
                     let mut out = BytesMut::with_capacity(256);
-                    put_status_line(&mut out, h.status, &h.reason);
-                    put_headers(&mut out, &h.headers);
+                    put_status_line(&mut out, h.status, h.reason());
+                    put_response_fields(&mut out, &h, false);
                     out.put_slice(b"\r\n");
                     client.write_all(&out).await?;
                 }
@@ -1003,23 +1069,16 @@ where
             .await
             .map(failed);
     }
+    let connection_has = |token: &[u8]| {
+        list_items(resp.values(b"connection")).any(|t| t.eq_ignore_ascii_case(token))
+    };
     let upstream_keep_alive = !switching
         && if resp.http11 {
-            !connection_has(&resp.headers, "close")
+            !connection_has(b"close")
         } else {
-            connection_has(&resp.headers, "keep-alive")
+            connection_has(b"keep-alive")
         };
-    let ResponseHead {
-        status,
-        reason,
-        mut headers,
-        ..
-    } = resp;
-    if !switching {
-        strip_hop_by_hop(&mut headers);
-    }
-    headers.insert(X_VCAP_REQUEST_ID, log.request_id.clone());
-    add_sticky_cookie(&mut headers, &backend.instance_id);
+    let status = resp.status;
     log.status = status.as_u16();
 
     // How the client gets the body, and whether its connection stays open.
@@ -1027,9 +1086,17 @@ where
     let close_client = !x.client_keep_alive
         || x.shutdown.is_cancelled()
         || (matches!(body, Framing::Chunked | Framing::Close) && !x.http11);
-    let mut out = BytesMut::with_capacity(512);
-    put_status_line(&mut out, status, &reason);
-    put_headers(&mut out, &headers);
+    let mut out = BytesMut::with_capacity(resp.head.len() + 128);
+    put_status_line(&mut out, status, resp.reason());
+    put_response_fields(&mut out, &resp, switching);
+    out.put_slice(b"x-vcap-request-id: ");
+    out.put_slice(log.request_id.as_bytes());
+    out.put_slice(b"\r\n");
+    if let Some(cookie) = sticky_cookie(resp.values(b"set-cookie"), &backend.instance_id) {
+        out.put_slice(b"set-cookie: ");
+        out.put_slice(cookie.as_bytes());
+        out.put_slice(b"\r\n");
+    }
     if chunk_out {
         out.put_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -1415,6 +1482,32 @@ mod tests {
         assert!(response_framing(&r, false).is_err());
         let mut b = BytesMut::from(&b"HTTP/1.1 abc\r\n\r\n"[..]);
         assert!(parse_response(&mut b).is_err());
+    }
+
+    #[test]
+    fn response_fields_lose_hop_by_hop_ones() {
+        let mut b = BytesMut::from(
+            &b"HTTP/1.1 200 Fine\r\nConnection: keep-alive, X-Private\r\nKeep-Alive: timeout=5\r\n\
+               X-Private: secret\r\nTransfer-Encoding: chunked\r\nX-Vcap-Request-Id: forged\r\n\
+               Set-Cookie: JSESSIONID=abc; Path=/app\r\nX-Kept: yes\r\n\r\n"[..],
+        );
+        let head = parse_response(&mut b).unwrap().unwrap();
+        assert_eq!(head.reason(), b"Fine");
+        let mut out = BytesMut::new();
+        put_response_fields(&mut out, &head, false);
+        let s = String::from_utf8(out.to_vec()).unwrap();
+        assert_eq!(
+            s,
+            "Set-Cookie: JSESSIONID=abc; Path=/app\r\nX-Kept: yes\r\n"
+        );
+        let cookie = sticky_cookie(head.values(b"set-cookie"), "inst-1").unwrap();
+        assert_eq!(cookie, "__VCAP_ID__=inst-1; Path=/app");
+        // A 101 keeps Connection and Upgrade for the client.
+        let mut out = BytesMut::new();
+        put_response_fields(&mut out, &head, true);
+        assert!(String::from_utf8(out.to_vec())
+            .unwrap()
+            .starts_with("Connection: keep-alive"));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!    tables directly)        │ long-polls GET /v1/routes             ▼
 //!                            └──────────────────────────▶ watch::Receiver ──▶ serve()
 //!                                                                          │
-//!   client ──HTTP/1.1 or h2c──▶ accept ─▶ proxy ─▶ Table::lookup ─▶ pooled client ─▶ instance
+//!   client ──HTTP/1.x──▶ accept ─▶ h1 engine (one task: parse, route, both hops) ─▶ instance
+//!          └─h2c / ALPN h2─▶ hyper ─▶ Proxy::handle ─▶ Table::lookup ─▶ pooled client ─▶ instance
 //! ```
 //!
 //! # Entry points (what an embedding controller calls)
@@ -65,8 +66,9 @@
 //!   every request so an app or a check can verify it, and keys its failed-instance memory by
 //!   instance id so a new instance on a reused port is not penalised for the old one.
 //!
-//! The full list of invariants on both sides, the hardening rules with their defaults, and why
-//! `Content-Length` with `Transfer-Encoding` is answered rather than refused: `docs/router.md`.
+//! The full list of invariants on both sides, the hardening rules with their defaults, and
+//! which malformed requests get 400 (`Content-Length` with `Transfer-Encoding` among them):
+//! `docs/router.md`.
 
 mod chunked;
 mod h1;

@@ -1148,26 +1148,36 @@ pub(crate) fn sticky_instance(headers: &HeaderMap) -> Option<String> {
 
 /// When the app starts a session (`Set-Cookie: JSESSIONID=…`), pin the client to this instance
 /// with a `__VCAP_ID__` cookie carrying the same attributes.
-pub(crate) fn add_sticky_cookie(headers: &mut HeaderMap, instance_id: &str) {
-    let session = headers
+fn add_sticky_cookie(headers: &mut HeaderMap, instance_id: &str) {
+    let set_cookies = headers
         .get_all(header::SET_COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        .map(HeaderValue::as_bytes);
+    if let Some(cookie) = sticky_cookie(set_cookies, instance_id) {
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            headers.append(header::SET_COOKIE, v);
+        }
+    }
+}
+
+/// The `__VCAP_ID__` cookie to add to a response with these `Set-Cookie` values, if one of
+/// them starts a `JSESSIONID` session.
+pub(crate) fn sticky_cookie<'a>(
+    set_cookies: impl Iterator<Item = &'a [u8]>,
+    instance_id: &str,
+) -> Option<String> {
+    let session = set_cookies
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .find(|v| {
             v.split_once('=')
                 .is_some_and(|(k, _)| k.trim() == SESSION_COOKIE)
-        })
-        .map(str::to_string);
-    let Some(session) = session else { return };
+        })?;
     let attrs = session.split_once(';').map(|(_, a)| a.trim()).unwrap_or("");
-    let cookie = if attrs.is_empty() {
+    Some(if attrs.is_empty() {
         format!("{STICKY_COOKIE}={instance_id}; Path=/; HttpOnly")
     } else {
         format!("{STICKY_COOKIE}={instance_id}; {attrs}")
-    };
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        headers.append(header::SET_COOKIE, v);
-    }
+    })
 }
 
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
