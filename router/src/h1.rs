@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -44,8 +44,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::chunked::{self, Chunk, Decoder};
 use crate::proxy::{
-    cause, connection_has, forwarded_for, request_id, sticky_cookie, sticky_instance,
-    upstream_headers, Proxy, RequestLog,
+    cause, forwarded_for_from, request_id_from, sticky_cookie, sticky_instance_from, traceparent,
+    Proxy, RequestLog,
 };
 
 /// Most headers in a request or response head.
@@ -172,7 +172,57 @@ struct RequestHead {
     /// Host from an absolute-form target, which wins over the Host header.
     target_host: Option<String>,
     http11: bool,
-    headers: HeaderMap,
+    fields: Fields,
+}
+
+/// The fields of a head as received: its bytes, and where each name and value is. The router
+/// reads them and copies the ones it keeps straight to the other side (no header map).
+struct Fields {
+    head: Bytes,
+    spans: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+}
+
+impl Fields {
+    /// Records the fields httparse found in `buf` (httparse checked that names are tokens and
+    /// that values hold no CR, LF or other control character but tab).
+    fn new(buf: &[u8], parsed: &[httparse::Header<'_>]) -> Self {
+        let base = buf.as_ptr() as usize;
+        let span = |s: &[u8]| {
+            let start = s.as_ptr() as usize - base;
+            start..start + s.len()
+        };
+        Fields {
+            head: Bytes::new(),
+            spans: parsed
+                .iter()
+                .map(|h| (span(h.name.as_bytes()), span(h.value)))
+                .collect(),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans
+            .iter()
+            .map(|(n, v)| (&self.head[n.clone()], &self.head[v.clone()]))
+    }
+
+    /// Every value of the field `name` (lowercase).
+    fn values<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    fn first(&self, name: &[u8]) -> Option<&[u8]> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// Whether a list-valued field (`Connection`) has `token`.
+    fn has_token(&self, name: &[u8], token: &[u8]) -> bool {
+        list_items(self.values(name)).any(|t| t.eq_ignore_ascii_case(token))
+    }
 }
 
 enum HeadError {
@@ -214,49 +264,27 @@ fn parse_request(rd: &mut BytesMut, max: usize) -> Result<Option<RequestHead>, H
         let pq = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
         (pq, uri.authority().map(|a| a.as_str().to_string()))
     };
-    let spans: Vec<(HeaderName, std::ops::Range<usize>)> = {
-        let base = rd.as_ptr() as usize;
-        let mut v = Vec::with_capacity(req.headers.len());
-        for h in req.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| HeadError::Bad(format!("malformed header name {:?}", h.name)))?;
-            let start = h.value.as_ptr() as usize - base;
-            v.push((name, start..start + h.value.len()));
-        }
-        v
-    };
-    let head = rd.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len() + 12);
-    for (name, range) in spans {
-        let value = HeaderValue::from_maybe_shared(head.slice(range)).map_err(|_| {
-            HeadError::Bad(format!("control character in the value of header {name}"))
-        })?;
-        headers.append(name, value);
-    }
+    let mut fields = Fields::new(rd, req.headers);
+    fields.head = rd.split_to(len).freeze();
     Ok(Some(RequestHead {
         method,
         path_and_query,
         target_host,
         http11,
-        headers,
+        fields,
     }))
 }
 
 /// The framing of a request's body (RFC 9112 §6.3), refusing the ambiguous ones.
-fn request_framing(headers: &HeaderMap, http11: bool) -> Result<Framing, String> {
-    let te = headers.get_all(header::TRANSFER_ENCODING);
-    if te.iter().next().is_some() {
-        if headers.contains_key(header::CONTENT_LENGTH) {
+fn request_framing(fields: &Fields, http11: bool) -> Result<Framing, String> {
+    if fields.first(b"transfer-encoding").is_some() {
+        if fields.first(b"content-length").is_some() {
             return Err("Content-Length together with Transfer-Encoding".into());
         }
         if !http11 {
             return Err("Transfer-Encoding in an HTTP/1.0 request".into());
         }
-        let mut codings = te
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|c| !c.is_empty());
+        let mut codings = list_items(fields.values(b"transfer-encoding"));
         let ok = matches!(codings.next(), Some(c) if c.eq_ignore_ascii_case(b"chunked"))
             && codings.next().is_none();
         if !ok {
@@ -264,20 +292,10 @@ fn request_framing(headers: &HeaderMap, http11: bool) -> Result<Framing, String>
         }
         return Ok(Framing::Chunked);
     }
-    match content_length(headers)? {
+    match parse_content_length(fields.values(b"content-length"))? {
         None | Some(0) => Ok(Framing::None),
         Some(n) => Ok(Framing::Length(n)),
     }
-}
-
-/// The `Content-Length`, refusing a malformed one or several that differ.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, String> {
-    parse_content_length(
-        headers
-            .get_all(header::CONTENT_LENGTH)
-            .iter()
-            .map(HeaderValue::as_bytes),
-    )
 }
 
 fn parse_content_length<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<u64>, String> {
@@ -301,34 +319,22 @@ fn parse_content_length<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Op
     Ok(found)
 }
 
-/// A response head as the instance sent it: the bytes, and where each field is. The router
-/// copies fields straight from these bytes to the client (no header map), leaving out the
-/// hop-by-hop ones.
+/// A response head as the instance sent it; its fields are copied to the client one by one,
+/// leaving out the hop-by-hop ones.
 struct ResponseHead {
     status: StatusCode,
     http11: bool,
-    head: Bytes,
     reason: std::ops::Range<usize>,
-    /// (name, value) spans in `head`.
-    fields: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    fields: Fields,
 }
 
 impl ResponseHead {
-    fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.fields
-            .iter()
-            .map(|(n, v)| (&self.head[n.clone()], &self.head[v.clone()]))
-    }
-
-    /// Every value of the field `name` (lowercase).
     fn values<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.fields()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        self.fields.values(name)
     }
 
     fn reason(&self) -> &[u8] {
-        &self.head[self.reason.clone()]
+        &self.fields.head[self.reason.clone()]
     }
 }
 
@@ -355,23 +361,15 @@ fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, String> {
     let status = StatusCode::from_u16(resp.code.unwrap_or(0))
         .map_err(|_| "malformed response status".to_string())?;
     let http11 = resp.version == Some(1);
-    let base = buf.as_ptr() as usize;
-    let span = |s: &[u8]| {
-        let start = s.as_ptr() as usize - base;
-        start..start + s.len()
-    };
-    let reason = resp.reason.map_or(0..0, |r| span(r.as_bytes()));
-    let mut fields = Vec::with_capacity(resp.headers.len());
-    for h in resp.headers.iter() {
-        // httparse checked the name is a token and the value has no CR, LF or other control
-        // character but tab.
-        fields.push((span(h.name.as_bytes()), span(h.value)));
-    }
-    let head = buf.split_to(len).freeze();
+    let reason = resp.reason.map_or(0..0, |r| {
+        let start = r.as_ptr() as usize - buf.as_ptr() as usize;
+        start..start + r.len()
+    });
+    let mut fields = Fields::new(buf, resp.headers);
+    fields.head = buf.split_to(len).freeze();
     Ok(Some(ResponseHead {
         status,
         http11,
-        head,
         reason,
         fields,
     }))
@@ -396,6 +394,109 @@ fn response_framing(head: &ResponseHead, head_request: bool) -> Result<Framing, 
     }
 }
 
+/// What the router adds to a request it forwards.
+struct UpstreamExtras<'a> {
+    host: &'a str,
+    xff: &'a str,
+    https: bool,
+    request_id: &'a HeaderValue,
+    app_guid: &'a [u8],
+    /// The protocol of an upgrade the client asked for.
+    upgrade: Option<&'a [u8]>,
+    chunked: bool,
+}
+
+/// Fields the router sets on every forwarded request, replacing what the client sent.
+const SET_BY_ROUTER: [&[u8]; 7] = [
+    b"expect",
+    b"x-forwarded-for",
+    b"x-vcap-request-id",
+    b"x-cf-applicationid",
+    b"x-cf-instanceindex",
+    b"x-cf-instanceid",
+    b"content-length",
+];
+
+/// Writes the request's fields for the instance, in one pass, with the same policy as
+/// [`crate::proxy::upstream_headers`] (the HTTP/2 path's): hop-by-hop fields, those named in
+/// `Connection` and `Expect` left out; `X-Forwarded-For` (appended to), the request id and
+/// `X-CF-ApplicationID` set; `Host`, `X-Forwarded-Proto`, `X-Forwarded-Host`,
+/// `X-Request-Start` and `traceparent` added when the client sent none; `Connection: upgrade`
+/// kept for an upgrade. `Content-Length` is written again by the router for a length-framed
+/// body (the parsed value), and `Transfer-Encoding: chunked` for a chunked one.
+fn put_request_fields(out: &mut BytesMut, fields: &Fields, x: &UpstreamExtras<'_>) {
+    let named: Vec<&[u8]> = list_items(fields.values(b"connection")).collect();
+    let (mut host, mut proto, mut fwd_host, mut start, mut trace) =
+        (false, false, false, false, false);
+    let mut length: Option<&[u8]> = None;
+    for (name, value) in fields.iter() {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            length.get_or_insert(value);
+        }
+        if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+            || SET_BY_ROUTER.iter().any(|h| name.eq_ignore_ascii_case(h))
+            || named.iter().any(|h| name.eq_ignore_ascii_case(h))
+        {
+            continue;
+        }
+        host |= name.eq_ignore_ascii_case(b"host");
+        proto |= name.eq_ignore_ascii_case(b"x-forwarded-proto");
+        fwd_host |= name.eq_ignore_ascii_case(b"x-forwarded-host");
+        start |= name.eq_ignore_ascii_case(b"x-request-start");
+        trace |= name.eq_ignore_ascii_case(b"traceparent");
+        put_field(out, name, value);
+    }
+    if let Some(len) = length.filter(|_| !x.chunked) {
+        // Checked by `request_framing`: every value is the same number.
+        let first = len
+            .split(|&b| b == b',')
+            .next()
+            .unwrap_or(b"0")
+            .trim_ascii();
+        put_field(out, b"content-length", first);
+    }
+    if x.chunked {
+        put_field(out, b"transfer-encoding", b"chunked");
+    }
+    if let Some(protocol) = x.upgrade {
+        put_field(out, b"connection", b"upgrade");
+        put_field(out, b"upgrade", protocol);
+    }
+    if !host {
+        put_field(out, b"host", x.host.as_bytes());
+    }
+    put_field(out, b"x-forwarded-for", x.xff.as_bytes());
+    if !proto {
+        put_field(
+            out,
+            b"x-forwarded-proto",
+            if x.https { b"https" } else { b"http" },
+        );
+    }
+    if !fwd_host {
+        put_field(out, b"x-forwarded-host", x.host.as_bytes());
+    }
+    if !start {
+        let ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        put_field(out, b"x-request-start", ms.to_string().as_bytes());
+    }
+    put_field(out, b"x-vcap-request-id", x.request_id.as_bytes());
+    if !trace {
+        put_field(out, b"traceparent", traceparent().as_bytes());
+    }
+    put_field(out, b"x-cf-applicationid", x.app_guid);
+}
+
+fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
 /// Hop-by-hop fields (RFC 9110 §7.6.1), never passed on.
 const HOP_BY_HOP: [&[u8]; 9] = [
     b"connection",
@@ -418,26 +519,14 @@ fn put_response_fields(out: &mut BytesMut, head: &ResponseHead, keep_hop_by_hop:
     } else {
         list_items(head.values(b"connection")).collect()
     };
-    for (name, value) in head.fields() {
+    for (name, value) in head.fields.iter() {
         let hop = !keep_hop_by_hop
             && (HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
                 || named.iter().any(|h| name.eq_ignore_ascii_case(h)));
         if hop || name.eq_ignore_ascii_case(b"x-vcap-request-id") {
             continue;
         }
-        out.put_slice(name);
-        out.put_slice(b": ");
-        out.put_slice(value);
-        out.put_slice(b"\r\n");
-    }
-}
-
-fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
-    for (name, value) in headers {
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
+        put_field(out, name, value);
     }
 }
 
@@ -640,14 +729,14 @@ where
         path_and_query,
         target_host,
         http11,
-        mut headers,
+        fields,
     } = head;
-    let request_id = request_id(&headers);
-    let host_count = headers.get_all(header::HOST).iter().count();
+    let request_id = request_id_from(fields.first(b"x-vcap-request-id"));
+    let host_count = fields.values(b"host").count();
     let host: Option<String> = target_host.or_else(|| {
-        headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
+        fields
+            .first(b"host")
+            .and_then(|v| std::str::from_utf8(v).ok())
             .filter(|h| !h.is_empty())
             .map(str::to_string)
     });
@@ -655,7 +744,7 @@ where
         proxy,
         method.as_str(),
         &path_and_query,
-        &headers,
+        (fields.first(b"user-agent"), fields.first(b"referer")),
         host.as_deref(),
         peer,
         request_id.clone(),
@@ -663,12 +752,12 @@ where
     let received = Arc::new(AtomicU64::new(0));
     log.received = Some(Arc::clone(&received));
     let client_keep_alive = if http11 {
-        !connection_has(&headers, "close")
+        !fields.has_token(b"connection", b"close")
     } else {
-        connection_has(&headers, "keep-alive")
+        fields.has_token(b"connection", b"keep-alive")
     };
 
-    let framing = match request_framing(&headers, http11).and_then(|f| {
+    let framing = match request_framing(&fields, http11).and_then(|f| {
         if host_count > 1 {
             Err("several Host headers".to_string())
         } else {
@@ -722,37 +811,35 @@ where
     log.set_route(&route);
     let host = host.unwrap_or_default();
 
-    let upgrade = (http11 && connection_has(&headers, "upgrade") && framing == Framing::None)
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten();
+    let upgrade =
+        (http11 && fields.has_token(b"connection", b"upgrade") && framing == Framing::None)
+            .then(|| fields.first(b"upgrade"))
+            .flatten();
     let expect_continue = framing != Framing::None
-        && headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let sticky = sticky_instance(&headers);
-    let xff = forwarded_for(&headers, peer);
+        && fields
+            .first(b"expect")
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"));
+    let sticky = sticky_instance_from(fields.values(b"cookie"));
+    let xff = forwarded_for_from(fields.values(b"x-forwarded-for"), peer);
     log.set_xff(&xff);
-    upstream_headers(
-        &mut headers,
-        &host,
-        &xff,
-        https,
-        &request_id,
-        &route,
-        upgrade.as_ref(),
-    );
-    if framing == Framing::Chunked {
-        headers.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-    }
-    let mut common = BytesMut::with_capacity(1024);
+    let mut common = BytesMut::with_capacity(fields.head.len() + 512);
     common.put_slice(method.as_str().as_bytes());
     common.put_u8(b' ');
     common.put_slice(path_and_query.as_bytes());
     common.put_slice(b" HTTP/1.1\r\n");
-    put_headers(&mut common, &headers);
+    put_request_fields(
+        &mut common,
+        &fields,
+        &UpstreamExtras {
+            host: &host,
+            xff: &xff,
+            https,
+            request_id: &request_id,
+            app_guid: route.app_guid_header().as_bytes(),
+            upgrade,
+            chunked: framing == Framing::Chunked,
+        },
+    );
 
     // Attempts: only a connection that could not be opened leads to another one.
     let attempts = opts.max_attempts.clamp(1, route.backends.len());
@@ -1086,7 +1173,7 @@ where
     let close_client = !x.client_keep_alive
         || x.shutdown.is_cancelled()
         || (matches!(body, Framing::Chunked | Framing::Close) && !x.http11);
-    let mut out = BytesMut::with_capacity(resp.head.len() + 128);
+    let mut out = BytesMut::with_capacity(resp.fields.head.len() + 128);
     put_status_line(&mut out, status, resp.reason());
     put_response_fields(&mut out, &resp, switching);
     out.put_slice(b"x-vcap-request-id: ");
@@ -1394,7 +1481,7 @@ mod tests {
 
     fn framing(raw: &str) -> Result<Framing, String> {
         match head(raw) {
-            Ok(Some(h)) => request_framing(&h.headers, h.http11),
+            Ok(Some(h)) => request_framing(&h.fields, h.http11),
             _ => Err("unparsed".into()),
         }
     }
@@ -1440,7 +1527,7 @@ mod tests {
                 .unwrap();
         assert_eq!(h.path_and_query, "/a?b");
         assert_eq!(h.target_host.as_deref(), Some("Example.com:8080"));
-        assert_eq!(h.headers["x-a"], "1");
+        assert_eq!(h.fields.first(b"x-a"), Some(&b"1"[..]));
         assert!(matches!(head("GET / HTTP/1.1\r\nHost: a\r\n"), Ok(None)));
         assert!(matches!(
             head("GET / HTTP/1.1\r\nX: a\rb\r\n\r\n"),
@@ -1508,6 +1595,55 @@ mod tests {
         assert!(String::from_utf8(out.to_vec())
             .unwrap()
             .starts_with("Connection: keep-alive"));
+    }
+
+    #[test]
+    fn request_fields_for_the_instance() {
+        let h = head(
+            "POST /p HTTP/1.1\r\nHost: a.localhost\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\
+             Expect: 100-continue\r\nX-Forwarded-For: 1.2.3.4\r\nX-CF-InstanceID: forged\r\n\
+             Content-Length: 3, 3\r\nX-App: kept\r\nTraceparent: 00-t-s-01\r\n\r\n",
+        )
+        .ok()
+        .flatten()
+        .unwrap();
+        let id = HeaderValue::from_static("rid");
+        let mut out = BytesMut::new();
+        put_request_fields(
+            &mut out,
+            &h.fields,
+            &UpstreamExtras {
+                host: "a.localhost",
+                xff: "1.2.3.4, 127.0.0.1",
+                https: false,
+                request_id: &id,
+                app_guid: b"guid",
+                upgrade: None,
+                chunked: false,
+            },
+        );
+        let s = String::from_utf8(out.to_vec()).unwrap();
+        for absent in ["X-Hop", "Connection", "Expect", "forged", "1.2.3.4\r\n"] {
+            assert!(!s.contains(absent), "{absent} in {s}");
+        }
+        for present in [
+            "Host: a.localhost\r\n",
+            "X-App: kept\r\n",
+            "Traceparent: 00-t-s-01\r\n",
+            "content-length: 3\r\n",
+            "x-forwarded-for: 1.2.3.4, 127.0.0.1\r\n",
+            "x-forwarded-proto: http\r\n",
+            "x-forwarded-host: a.localhost\r\n",
+            "x-vcap-request-id: rid\r\n",
+            "x-cf-applicationid: guid\r\n",
+            "x-request-start: ",
+        ] {
+            assert!(s.contains(present), "{present} not in {s}");
+        }
+        assert!(
+            !s.contains("traceparent: "),
+            "the client's traceparent is kept: {s}"
+        );
     }
 
     #[test]

@@ -443,7 +443,14 @@ impl Proxy {
             &self,
             req.method().as_str(),
             path_and_query,
-            req.headers(),
+            (
+                req.headers()
+                    .get(header::USER_AGENT)
+                    .map(HeaderValue::as_bytes),
+                req.headers()
+                    .get(header::REFERER)
+                    .map(HeaderValue::as_bytes),
+            ),
             host.as_deref(),
             client_addr,
             request_id.clone(),
@@ -633,19 +640,15 @@ impl RequestLog {
         proxy: &Proxy,
         method: &str,
         path_and_query: &str,
-        headers: &HeaderMap,
+        user_agent_and_referer: (Option<&[u8]>, Option<&[u8]>),
         host: Option<&str>,
         client_addr: SocketAddr,
         request_id: HeaderValue,
     ) -> Self {
         let sink = proxy.opts.access_log.clone();
         let entry = sink.as_ref().map(|_| {
-            let h = |n: header::HeaderName| {
-                headers
-                    .get(n)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            };
+            let text = |v: Option<&[u8]>| v.map(|b| String::from_utf8_lossy(b).into_owned());
+            let (user_agent, referer) = user_agent_and_referer;
             Box::new(AccessLogEntry {
                 started_at: SystemTime::now(),
                 app: None,
@@ -663,8 +666,8 @@ impl RequestLog {
                 client_addr,
                 x_forwarded_for: String::new(),
                 request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
-                user_agent: h(header::USER_AGENT),
-                referer: h(header::REFERER),
+                user_agent: text(user_agent),
+                referer: text(referer),
                 router_error: None,
             })
         });
@@ -988,13 +991,14 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
 
 /// The incoming request id if it is sane, else a new one.
 pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
-    headers
-        .get(&X_VCAP_REQUEST_ID)
-        .filter(|v| {
-            let b = v.as_bytes();
-            !b.is_empty() && b.len() <= 256 && b.iter().all(|c| c.is_ascii_graphic())
-        })
-        .cloned()
+    request_id_from(headers.get(&X_VCAP_REQUEST_ID).map(HeaderValue::as_bytes))
+}
+
+/// The request id to use given the incoming `X-Vcap-Request-Id` value, if any.
+pub(crate) fn request_id_from(incoming: Option<&[u8]>) -> HeaderValue {
+    incoming
+        .filter(|b| !b.is_empty() && b.len() <= 256 && b.iter().all(|c| c.is_ascii_graphic()))
+        .and_then(|b| HeaderValue::from_bytes(b).ok())
         .unwrap_or_else(|| {
             // A v4 uuid from the thread-local generator: `Uuid::new_v4` asks the OS for every id.
             let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
@@ -1005,7 +1009,7 @@ pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
 }
 
 /// A new W3C `traceparent`: version 00, random trace and span ids, not sampled.
-fn traceparent() -> HeaderValue {
+pub(crate) fn traceparent() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let trace: u128 = rand::random::<u128>() | 1;
     let span: u64 = rand::random::<u64>() | 1;
@@ -1021,11 +1025,23 @@ fn traceparent() -> HeaderValue {
 
 /// The X-Forwarded-For value to send: the incoming one(s) with the client's address appended.
 pub(crate) fn forwarded_for(headers: &HeaderMap, client: SocketAddr) -> String {
+    forwarded_for_from(
+        headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .map(HeaderValue::as_bytes),
+        client,
+    )
+}
+
+/// [`forwarded_for`] from the incoming `X-Forwarded-For` values.
+pub(crate) fn forwarded_for_from<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+    client: SocketAddr,
+) -> String {
     let ip = client.ip().to_canonical();
-    let prior: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+    let prior: Vec<&str> = values
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .collect();
@@ -1135,10 +1151,18 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The instance id of a `__VCAP_ID__` cookie on the request.
 pub(crate) fn sticky_instance(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+    sticky_instance_from(
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
+}
+
+/// [`sticky_instance`] from the request's `Cookie` values.
+pub(crate) fn sticky_instance_from<'a>(cookies: impl Iterator<Item = &'a [u8]>) -> Option<String> {
+    cookies
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
         .find(|(k, _)| *k == STICKY_COOKIE)
