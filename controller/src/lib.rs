@@ -23,6 +23,7 @@
 //!   (same container ids, no restart) and removes what nothing asks for.
 //! - The route table only ever lists instances that passed their health check.
 
+pub mod addresses;
 pub mod auth;
 pub mod blobs;
 pub mod buildpacks_http;
