@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::addresses::Ipv4Net;
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "pier-controller", version, about = "Pier's control plane")]
 pub struct Cli {
@@ -125,10 +127,31 @@ pub struct Config {
     /// dropped and an `LGR` line says how many. 0 means no limit.
     #[arg(long, env = "PIER_LOG_RATE_LIMIT", default_value_t = 0)]
     pub log_rate_limit: u64,
+
+    /// IPv4 subnet (CIDR, /16 to /30) of this controller's Docker network `pier-<controller id>`,
+    /// where the controller gives each instance its address. Default: a free /24 inside
+    /// 10.213.0.0/16, picked at the first start and kept.
+    #[arg(long, env = "PIER_INSTANCE_SUBNET")]
+    pub instance_subnet: Option<Ipv4Net>,
+
+    /// Seconds a released instance address is held back before another instance may get it,
+    /// however quickly the routers acknowledge its removal.
+    #[arg(long, env = "PIER_ADDRESS_QUARANTINE", default_value_t = DEFAULT_ADDRESS_QUARANTINE_SECS)]
+    pub address_quarantine_secs: u64,
+
+    /// A standalone router that polled for routes within this many seconds must have
+    /// acknowledged the table that removed an address before the address is reused; one silent
+    /// for longer is taken to be gone.
+    #[arg(long, env = "PIER_ROUTER_ACK_WINDOW", default_value_t = DEFAULT_ROUTER_ACK_WINDOW_SECS)]
+    pub router_ack_window_secs: u64,
 }
 
 /// Defaults of the deployment settings, shared by the clap defaults and `Config::for_tests`.
 pub const DEFAULT_REVISIONS_KEPT: usize = 10;
+pub const DEFAULT_ADDRESS_QUARANTINE_SECS: u64 = 300;
+pub const DEFAULT_ROUTER_ACK_WINDOW_SECS: u64 = 600;
+/// A healthy router polls at least every ~45 s (its poll timeout); a shorter window would drop it.
+const MIN_ROUTER_ACK_WINDOW_SECS: u64 = 60;
 
 impl Config {
     /// A config for tests and embedding: port 0 everywhere, the given data dir.
@@ -156,6 +179,9 @@ impl Config {
             canary_max_p99_increase_ms: 250.0,
             drain_timeout_secs: 30,
             log_rate_limit: 0,
+            instance_subnet: None,
+            address_quarantine_secs: DEFAULT_ADDRESS_QUARANTINE_SECS,
+            router_ack_window_secs: DEFAULT_ROUTER_ACK_WINDOW_SECS,
         }
     }
 
@@ -175,6 +201,28 @@ impl Config {
         if self.max_package_bytes == 0 {
             anyhow::bail!("--max-package-bytes must be more than 0");
         }
+        if let Some(id) = &self.controller_id {
+            if !is_docker_name(id) {
+                anyhow::bail!(
+                    "--controller-id {id:?} must be 1-50 letters, digits, `_`, `.` or `-`, starting \
+                     with a letter or digit (it names the Docker network pier-<id>)"
+                );
+            }
+        }
+        if let Some(net) = &self.instance_subnet {
+            if !(16..=30).contains(&net.prefix()) {
+                anyhow::bail!(
+                    "--instance-subnet {net}: use a prefix from /16 to /30 (a /30 has one address \
+                     for instances, a /24 has 253)"
+                );
+            }
+        }
+        if self.router_ack_window_secs < MIN_ROUTER_ACK_WINDOW_SECS {
+            anyhow::bail!(
+                "--router-ack-window-secs must be at least {MIN_ROUTER_ACK_WINDOW_SECS}: a \
+                 connected router polls about every 25 s and may take 45 s"
+            );
+        }
         Ok(())
     }
 
@@ -189,4 +237,19 @@ impl Config {
     pub fn router_addr(&self) -> Option<SocketAddr> {
         self.router_listen.parse().ok()
     }
+
+    pub fn address_quarantine(&self) -> crate::addresses::Quarantine {
+        crate::addresses::Quarantine {
+            min: Duration::from_secs(self.address_quarantine_secs),
+            ack_window: Duration::from_secs(self.router_ack_window_secs),
+        }
+    }
+}
+
+/// Docker's rule for object names, kept short enough for `pier-<id>` and container names.
+fn is_docker_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    s.len() <= 50
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }

@@ -5,10 +5,13 @@
 //! something already gone succeeds.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
-use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, EndpointIpamConfig, EndpointSettings,
+    HostConfig, NetworkingConfig,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
     ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -21,7 +24,7 @@ use crate::error::{Error, Result};
 
 pub mod labels {
     pub const CONTROLLER: &str = "pier.controller";
-    /// `instance` or `staging`.
+    /// `instance` or `staging` on containers; `instances` on the controller's instance network.
     pub const KIND: &str = "pier.kind";
     pub const APP: &str = "pier.app";
     pub const APP_GUID: &str = "pier.app-guid";
@@ -241,8 +244,44 @@ pub fn host_port(i: &ContainerInspectResponse) -> Option<u16> {
         .find_map(|p| p.parse().ok())
 }
 
-pub fn instance_addr(i: &ContainerInspectResponse) -> Option<SocketAddr> {
-    container_ip(i).map(|ip| SocketAddr::new(ip, 8080))
+/// The container's IPv4 address on the named network.
+pub fn ip_on(i: &ContainerInspectResponse, network: &str) -> Option<Ipv4Addr> {
+    let n = i
+        .network_settings
+        .as_ref()?
+        .networks
+        .as_ref()?
+        .get(network)?;
+    n.ip_address.as_deref()?.parse().ok()
+}
+
+/// Where an instance's port 8080 answers: its address on `network` (the controller's instance
+/// network), else on whatever network it is on (an instance an older Pier started on Docker's
+/// default bridge).
+pub fn instance_addr(i: &ContainerInspectResponse, network: &str) -> Option<SocketAddr> {
+    ip_on(i, network)
+        .map(IpAddr::V4)
+        .or_else(|| container_ip(i))
+        .map(|ip| SocketAddr::new(ip, 8080))
+}
+
+/// Attaches the container to `network` only, at the fixed address `ip`.
+pub fn attach(body: &mut ContainerCreateBody, network: &str, ip: Ipv4Addr) {
+    body.host_config
+        .get_or_insert_with(Default::default)
+        .network_mode = Some(network.to_string());
+    body.networking_config = Some(NetworkingConfig {
+        endpoints_config: Some(HashMap::from([(
+            network.to_string(),
+            EndpointSettings {
+                ipam_config: Some(EndpointIpamConfig {
+                    ipv4_address: Some(ip.to_string()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )])),
+    });
 }
 
 /// Exit status and OOM flag of a stopped container.

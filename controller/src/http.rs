@@ -941,10 +941,30 @@ async fn events(State(ctx): S, Path(name): Path<String>) -> Result<Json<Vec<pier
 struct RoutesQuery {
     epoch: Option<String>,
     version: Option<u64>,
+    /// A standalone router's id: its (epoch, version) acknowledges every table up to it, which
+    /// lets released instance addresses out of quarantine ([`crate::addresses`]).
+    router: Option<String>,
 }
 
 /// Long-poll: answers at once when the caller's table is stale, else when it changes or after 25 s.
 async fn routes(State(ctx): S, Query(q): Query<RoutesQuery>) -> Result<Response> {
+    if let Some(id) = &q.router {
+        let valid = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !valid {
+            return Err(Error::bad_request(
+                "router must be 1-64 letters, digits, `-`, `_` or `.` (pier-router sends a uuid)",
+            ));
+        }
+        ctx.addresses.router_seen(
+            id,
+            q.epoch.as_deref().unwrap_or_default(),
+            q.version.unwrap_or(0),
+        );
+    }
     let mut rx = ctx.routing.subscribe();
     let stale = |t: &Option<Arc<pier_api::RouteTable>>| match t {
         None => false,

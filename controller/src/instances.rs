@@ -17,7 +17,7 @@
 //! removed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,8 @@ const HEALTH_FAILURES: u32 = 3;
 const HEALTH_RESET_GUARD: Duration = HEALTHY_RESET;
 /// After this many crashes an instance is not restarted any more.
 pub const MAX_CRASHES: u32 = 200;
+/// How often a slot that found no free address tries again (the reconciler's period).
+const ADDRESS_RETRY: Duration = Duration::from_secs(2);
 
 /// The wait before restarting an instance after its `crash_count`-th crash, or `None` for never.
 /// Cloud Foundry's policy: crashes 1 and 2 restart at once, then `base` doubling up to 32 × `base`.
@@ -488,6 +490,22 @@ pub async fn follow_docker_events(ctx: Arc<Ctx>, shutdown: CancellationToken) {
 pub async fn reconcile_once(ctx: &Arc<Ctx>, shutdown: &CancellationToken) -> Result<()> {
     let _pass = ctx.instances.pass.lock().await;
     let containers = docker::list_managed(&ctx.docker, &ctx.controller_id).await?;
+    // Addresses of instances whose containers are gone and that no task looks after (removed
+    // while the controller was down, or a removal that failed earlier) go into quarantine.
+    let live: HashSet<String> = containers
+        .iter()
+        .filter_map(|c| c.label(labels::INSTANCE).map(str::to_string))
+        .collect();
+    let version = ctx.routing.current().map_or(0, |t| t.version);
+    match ctx.addresses.sweep(&live, version) {
+        Ok(gone) if !gone.is_empty() => {
+            tracing::info!(addresses = ?gone, table_version = version, "instances gone; their addresses are in quarantine");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not release the addresses of instances that are gone")
+        }
+    }
     let apps = ctx.store.list_apps()?;
     let desired = desired_slots(&apps);
     let mut by_slot: HashMap<SlotKey, Vec<Managed>> = HashMap::new();
@@ -586,6 +604,9 @@ struct Running {
     droplet: String,
     revision: u64,
     addr: Option<SocketAddr>,
+    /// Its address on the instance network, which the address pool tracks (None for an adopted
+    /// instance on another network).
+    ip: Option<Ipv4Addr>,
     host_port: Option<u16>,
     started: Instant,
     since: OffsetDateTime,
@@ -597,6 +618,8 @@ enum StartOutcome {
         reason: String,
         last_output: Vec<String>,
     },
+    /// No address may be handed out now; nothing was created. Tried again later.
+    NoAddress(String),
     Cancelled,
 }
 
@@ -673,6 +696,8 @@ async fn supervise(
     // The spec hash whose replacement last failed; not retried until the spec changes again.
     let mut failed_hash: Option<String> = None;
     let mut restart_at: Option<tokio::time::Instant> = None;
+    // Set while the slot waits for a free address (said once, as an event, per wait).
+    let mut address_wait = false;
 
     loop {
         let spec = spec_rx.borrow_and_update().clone();
@@ -693,6 +718,7 @@ async fn supervise(
                 .await
                 {
                     StartOutcome::Started(r) => {
+                        address_found(&ctx, &key, &r, &mut address_wait);
                         ctx.instances.set_view(&key, |v| {
                             v.current = Some(Live {
                                 status: status(
@@ -737,6 +763,23 @@ async fn supervise(
                             }
                         }
                     }
+                    StartOutcome::NoAddress(why) => {
+                        waiting_for_address(
+                            &ctx,
+                            &key,
+                            &spec,
+                            &crashes,
+                            &why,
+                            false,
+                            &mut address_wait,
+                        );
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = cancel.cancelled() => { ctx.instances.set_view(&key, |v| *v = SlotView::default()); return; }
+                            r = spec_rx.changed() => { if r.is_err() { if !shutdown.is_cancelled() { ctx.instances.set_view(&key, |v| *v = SlotView::default()); } return; } }
+                            _ = tokio::time::sleep(ADDRESS_RETRY) => {}
+                        }
+                    }
                     StartOutcome::Cancelled => {
                         if !shutdown.is_cancelled() {
                             ctx.instances.set_view(&key, |v| *v = SlotView::default());
@@ -777,6 +820,7 @@ async fn supervise(
                     match start(&ctx, &key, &spec, &hash, &cancel, &shutdown, true, &crashes).await
                     {
                         StartOutcome::Started(new) => {
+                            address_found(&ctx, &key, &new, &mut address_wait);
                             crashes = Crashes {
                                 count: 0,
                                 reason: None,
@@ -832,6 +876,35 @@ async fn supervise(
                                 "pier",
                             );
                             failed_hash = Some(hash);
+                        }
+                        StartOutcome::NoAddress(why) => {
+                            // The old instance keeps serving; try again shortly.
+                            drop(permit);
+                            waiting_for_address(
+                                &ctx,
+                                &key,
+                                &spec,
+                                &crashes,
+                                &why,
+                                true,
+                                &mut address_wait,
+                            );
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return,
+                                _ = cancel.cancelled() => {
+                                    retire(&ctx, &key, &r).await;
+                                    return;
+                                }
+                                changed = spec_rx.changed() => {
+                                    if changed.is_err() {
+                                        if !shutdown.is_cancelled() {
+                                            retire(&ctx, &key, &r).await;
+                                        }
+                                        return;
+                                    }
+                                }
+                                _ = tokio::time::sleep(ADDRESS_RETRY) => {}
+                            }
                         }
                         StartOutcome::Cancelled => {
                             if !shutdown.is_cancelled() {
@@ -890,7 +963,10 @@ async fn supervise(
                         });
                         let _ = publish_routes(&ctx);
                         let last_output = docker::tail(&ctx.docker, &r.id, 20).await;
-                        let _ = docker::remove(&ctx.docker, &r.id).await;
+                        // The table without it is out (above); once the container is gone, its
+                        // address goes into quarantine.
+                        let gone = docker::remove(&ctx.docker, &r.id).await.is_ok();
+                        settle_address(&ctx, &r, gone);
                         ctx.instances.disown(&r.id);
                         current = None;
                         if ran >= HEALTHY_RESET {
@@ -1023,7 +1099,18 @@ async fn adopt(
                                 .ok()
                         })
                         .unwrap_or_else(OffsetDateTime::now_utc);
-                    tracing::info!(container = %c.id, slot = ?key, "adopted running instance");
+                    let instance_id = c.label(labels::INSTANCE).unwrap_or_default().to_string();
+                    let ip = docker::ip_on(&i, &ctx.network.name).filter(|ip| {
+                        !instance_id.is_empty()
+                            && match ctx.addresses.adopt(*ip, &instance_id) {
+                                Ok(tracked) => tracked,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, %ip, "could not record an adopted instance's address");
+                                    false
+                                }
+                            }
+                    });
+                    tracing::info!(container = %c.id, slot = ?key, ?ip, "adopted running instance");
                     crate::logs::follow_instance(
                         ctx.clone(),
                         key.app_guid.clone(),
@@ -1033,14 +1120,15 @@ async fn adopt(
                     );
                     kept = Some(Running {
                         id: c.id.clone(),
-                        instance_id: c.label(labels::INSTANCE).unwrap_or_default().to_string(),
+                        instance_id,
                         spec_hash: c.label(labels::SPEC).unwrap_or_default().to_string(),
                         droplet: c.label(labels::DROPLET).unwrap_or_default().to_string(),
                         revision: c
                             .label(labels::REVISION)
                             .and_then(|r| r.parse().ok())
                             .unwrap_or(0),
-                        addr: docker::instance_addr(&i),
+                        addr: docker::instance_addr(&i, &ctx.network.name),
+                        ip,
                         host_port: docker::host_port(&i),
                         started: Instant::now(),
                         since,
@@ -1098,11 +1186,122 @@ async fn drain(ctx: &Ctx, key: &SlotKey, r: &Running) {
     if let Err(e) = docker::stop(&ctx.docker, &r.id, ctx.config.stop_grace()).await {
         tracing::warn!(container = %r.id, error = %e, "stop failed; removing anyway");
     }
-    if let Err(e) = docker::remove(&ctx.docker, &r.id).await {
-        tracing::warn!(container = %r.id, error = %e, "remove failed; the reconciler will retry");
-    }
+    let gone = match docker::remove(&ctx.docker, &r.id).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(container = %r.id, error = %e, "remove failed; the reconciler will retry");
+            false
+        }
+    };
+    settle_address(ctx, r, gone);
     tracing::info!(instance = %r.instance_id, secs = drained.elapsed().as_secs_f64(), "stopped and removed");
     ctx.instances.disown(&r.id);
+}
+
+/// After a routed instance's container was removed (`gone`), or its removal failed: its address
+/// goes into quarantine at the table version now published, which no longer lists it (C1: the
+/// caller published that table before removing the container). If the container may still be
+/// there, the reconciler's sweep releases the address once it is gone.
+fn settle_address(ctx: &Ctx, r: &Running, gone: bool) {
+    let Some(ip) = r.ip else { return };
+    if !gone {
+        ctx.addresses.unhold(&r.instance_id);
+        return;
+    }
+    let version = ctx.routing.current().map_or(0, |t| t.version);
+    match ctx.addresses.release(ip, &r.instance_id, version) {
+        Ok(()) => {
+            tracing::info!(%ip, instance = %r.instance_id, table_version = version, "address released into quarantine")
+        }
+        Err(e) => {
+            tracing::warn!(%ip, error = %e, "could not record a released address; the sweep retries");
+            ctx.addresses.unhold(&r.instance_id);
+        }
+    }
+}
+
+/// Removes a container that never served (it never reached a route table) and frees its address
+/// at once when the container is gone; otherwise the sweep releases it later.
+async fn discard_unrouted(ctx: &Ctx, container: &str, ip: Ipv4Addr, instance_id: &str) {
+    match docker::remove(&ctx.docker, container).await {
+        Ok(()) => {
+            if let Err(e) = ctx.addresses.free_unrouted(ip, instance_id) {
+                tracing::warn!(%ip, error = %e, "could not free an unused address; the sweep retries");
+                ctx.addresses.unhold(instance_id);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(container, error = %e, "could not remove a container that never served");
+            ctx.addresses.unhold(instance_id);
+        }
+    }
+}
+
+/// Shows that the slot waits for a free address; the first time in a row also as an event, a
+/// CELL line and a warning in the controller's log.
+fn waiting_for_address(
+    ctx: &Ctx,
+    key: &SlotKey,
+    spec: &InstanceSpec,
+    crashes: &Crashes,
+    why: &str,
+    beside: bool,
+    waiting: &mut bool,
+) {
+    let mut st = status(
+        key,
+        InstanceState::Starting,
+        None,
+        (&spec.droplet, spec.revision),
+        crashes,
+    );
+    st.reason = Some(why.to_string());
+    if beside {
+        // Not a failure of the new revision: a deployment waits for it.
+        st.crash_count = 0;
+    }
+    let live = Live {
+        status: st,
+        addr: None,
+    };
+    ctx.instances.set_view(key, |v| {
+        if beside {
+            v.pending = Some(live);
+        } else {
+            v.current = Some(live);
+        }
+    });
+    if *waiting {
+        tracing::debug!(app = %spec.app_name, index = key.index, "{why}");
+        return;
+    }
+    *waiting = true;
+    let msg = format!(
+        "{} instance {} cannot start: {why}; trying again every {} s",
+        key.process,
+        key.index,
+        ADDRESS_RETRY.as_secs()
+    );
+    tracing::warn!(app = %spec.app_name, "{msg}");
+    cell(ctx, key, &msg);
+    let _ = ctx
+        .store
+        .add_event(&key.app_guid, "no_address", &msg, "pier");
+}
+
+/// Ends a wait for an address, saying so if there was one.
+fn address_found(ctx: &Ctx, key: &SlotKey, r: &Running, waiting: &mut bool) {
+    if std::mem::take(waiting) {
+        let at = r.ip.map(|ip| ip.to_string()).unwrap_or_default();
+        cell(
+            ctx,
+            key,
+            &format!(
+                "Instance {} got address {at} after waiting for one",
+                key.index
+            ),
+        );
+    }
 }
 
 /// Exit status (None when the container vanished) and OOM flag, once the container stops.
@@ -1201,6 +1400,11 @@ async fn start(
         spec.index,
         &instance_id[..8]
     );
+    // The address first: nothing is created unless the controller can hand one out (C4).
+    let ip = match ctx.addresses.allocate(&instance_id) {
+        Ok(ip) => ip,
+        Err(e) => return StartOutcome::NoAddress(e.to_string()),
+    };
     let lbls = HashMap::from([
         (labels::CONTROLLER.to_string(), ctx.controller_id.clone()),
         (labels::KIND.to_string(), "instance".to_string()),
@@ -1223,7 +1427,7 @@ async fn start(
     )]));
     // tini as PID 1: apps that do not handle SIGTERM themselves still stop on it.
     host.init = Some(true);
-    let body = ContainerCreateBody {
+    let mut body = ContainerCreateBody {
         image: Some(ctx.config.stack_image.clone()),
         user: Some("vcap".into()),
         working_dir: Some("/home/vcap/app".into()),
@@ -1235,6 +1439,7 @@ async fn start(
         host_config: Some(host),
         ..Default::default()
     };
+    docker::attach(&mut body, &ctx.network.name, ip);
     let set_starting = |r: Option<&Running>| {
         let live = Live {
             status: status(
@@ -1258,30 +1463,56 @@ async fn start(
     cell(
         ctx,
         key,
-        &format!("Creating instance {} ({})", key.index, &instance_id[..8]),
+        &format!(
+            "Creating instance {} ({}) at {ip}",
+            key.index,
+            &instance_id[..8]
+        ),
     );
 
-    tracing::info!(app = %spec.app_name, process = %key.process, index = key.index, revision = spec.revision, "creating instance container");
+    tracing::info!(app = %spec.app_name, process = %key.process, index = key.index, revision = spec.revision, %ip, "creating instance container");
     let created = async {
-        let id = docker::create(&ctx.docker, &name, body).await?;
+        let id = match docker::create(&ctx.docker, &name, body).await {
+            Ok(id) => id,
+            Err(e) => {
+                // A failed create may still have made the container; remove it by its name
+                // (unique to this instance) before its address is free again.
+                discard_unrouted(ctx, &name, ip, &instance_id).await;
+                return Err(e);
+            }
+        };
         ctx.instances.own(&id);
-        let droplet = ctx.blobs.path(&spec.droplet)?;
-        if let Err(e) = async {
+        match async {
+            let droplet = ctx.blobs.path(&spec.droplet)?;
             docker::upload_file(&ctx.docker, &id, "/home/vcap", &droplet).await?;
             docker::start(&ctx.docker, &id).await?;
-            Ok::<_, Error>(())
+            // Docker must have put it where the controller said; never use another address.
+            let inspect = docker::inspect(&ctx.docker, &id).await?;
+            let actual = inspect
+                .as_ref()
+                .and_then(|i| docker::ip_on(i, &ctx.network.name));
+            if actual != Some(ip) {
+                return Err(Error::Other(format!(
+                    "Docker attached the container at {actual:?} on {}, not at the allocated \
+                     address {ip}",
+                    ctx.network.name
+                )));
+            }
+            Ok::<_, Error>(inspect)
         }
         .await
         {
-            let _ = docker::remove(&ctx.docker, &id).await;
-            ctx.instances.disown(&id);
-            return Err(e);
+            Ok(inspect) => Ok::<_, Error>((id, inspect)),
+            Err(e) => {
+                discard_unrouted(ctx, &id, ip, &instance_id).await;
+                ctx.instances.disown(&id);
+                Err(e)
+            }
         }
-        Ok::<_, Error>(id)
     }
     .await;
-    let id = match created {
-        Ok(id) => id,
+    let (id, inspect) = match created {
+        Ok(v) => v,
         Err(e) => {
             tracing::error!(error = %e, "could not create an instance container");
             return StartOutcome::Failed {
@@ -1294,14 +1525,14 @@ async fn start(
         }
     };
     tracing::info!(app = %spec.app_name, index = key.index, container = %id, "instance container started; health check next");
-    let inspect = docker::inspect(&ctx.docker, &id).await.ok().flatten();
     let mut running = Running {
         id: id.clone(),
         instance_id: instance_id.clone(),
         spec_hash: hash.to_string(),
         droplet: spec.droplet.clone(),
         revision: spec.revision,
-        addr: inspect.as_ref().and_then(docker::instance_addr),
+        addr: Some(SocketAddr::new(ip.into(), 8080)),
+        ip: Some(ip),
         host_port: inspect.as_ref().and_then(docker::host_port),
         started: Instant::now(),
         since: OffsetDateTime::now_utc(),
@@ -1337,15 +1568,16 @@ async fn start(
             tokio::time::sleep(STARTUP_POLL).await;
         }
     };
+    // Until it is healthy the instance is in no route table: if it goes, its address is free.
     let failure = tokio::select! {
         _ = shutdown.cancelled() => {
             // Not yet healthy: leave nothing half-started behind.
-            let _ = docker::remove(&ctx.docker, &id).await;
+            discard_unrouted(ctx, &id, ip, &instance_id).await;
             ctx.instances.disown(&id);
             return StartOutcome::Cancelled;
         }
         _ = cancel.cancelled() => {
-            let _ = docker::remove(&ctx.docker, &id).await;
+            discard_unrouted(ctx, &id, ip, &instance_id).await;
             ctx.instances.disown(&id);
             return StartOutcome::Cancelled;
         }
@@ -1372,7 +1604,7 @@ async fn start(
         },
     };
     let last_output = docker::tail(&ctx.docker, &id, 20).await;
-    let _ = docker::remove(&ctx.docker, &id).await;
+    discard_unrouted(ctx, &id, ip, &instance_id).await;
     ctx.instances.disown(&id);
     StartOutcome::Failed {
         reason: failure,

@@ -22,7 +22,11 @@
 //!   plus app/process/index/droplet labels, so a restarted controller adopts running instances
 //!   (same container ids, no restart) and removes what nothing asks for.
 //! - The route table only ever lists instances that passed their health check.
+//! - Instances live on the controller's own Docker network, at addresses only the controller hands
+//!   out ([`addresses`]); a released address is not reused before every router can be assumed to
+//!   have the table that removed it (docs/router.md, "Never misroute").
 
+pub mod addresses;
 pub mod auth;
 pub mod blobs;
 pub mod buildpacks_http;
@@ -34,6 +38,7 @@ pub mod http;
 pub mod instances;
 pub mod logs;
 pub mod logs_http;
+pub mod network;
 pub mod package;
 pub mod routing;
 pub mod server;

@@ -12,10 +12,12 @@ use pier_api::AppName;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::addresses::{AddressPool, SystemClock};
 use crate::blobs::BlobStore;
 use crate::config::Config;
 use crate::instances::Instances;
 use crate::logs::LogBroker;
+use crate::network::InstanceNetwork;
 use crate::routing::Routing;
 use crate::store::{AppRecord, Store};
 
@@ -28,6 +30,9 @@ pub struct Ctx {
     pub instances: Instances,
     pub logs: LogBroker,
     pub routing: Routing,
+    /// The Docker network instances attach to, and the allocator of their addresses on it.
+    pub network: InstanceNetwork,
+    pub addresses: AddressPool,
     /// Per-instance request outcomes from the router, for canary analysis.
     pub request_stats: crate::deployments::RequestStats,
     pub controller_id: String,
@@ -115,6 +120,22 @@ impl Controller {
         };
         let docker = crate::docker::connect().await?;
         crate::stack::ensure(&docker, &config.stack_image, config.build_stack).await?;
+        let network =
+            crate::network::ensure(&docker, &controller_id, config.instance_subnet, &store).await?;
+        // For scripts/down, which removes the network once the instances are gone.
+        std::fs::write(config.data_dir.join("instance-network"), &network.name)?;
+        let routing = Routing::new();
+        let addresses = AddressPool::open(
+            store.db(),
+            network.subnet,
+            config.address_quarantine(),
+            routing.epoch(),
+            Arc::new(SystemClock),
+        )
+        .context("cannot load the instance addresses from the store")?;
+        let (in_use, quarantined, free) = addresses.counts();
+        tracing::info!(network = %network.name, subnet = %network.subnet, in_use, quarantined, free,
+            quarantine_secs = config.address_quarantine_secs, "instance addresses");
         let buildpacks_dir = crate::staging::install_buildpacks(&config.data_dir)?;
 
         // A staging that was running when the controller died did not finish.
@@ -166,7 +187,9 @@ impl Controller {
             blobs,
             docker,
             instances: Instances::default(),
-            routing: Routing::new(),
+            routing,
+            network,
+            addresses,
             request_stats: Default::default(),
             controller_id,
             buildpacks_dir,

@@ -1,7 +1,8 @@
 //! Desired state in sled. Only the controller opens the database (sled locks its folder).
 //!
 //! Trees: `apps` (name → [`AppRecord`] JSON), `events` (app guid + time → [`AppEvent`]),
-//! `meta` (token hash, controller id). Every write is flushed before the API answers.
+//! `meta` (token hash, controller id, instance subnet); [`crate::addresses`] keeps `addresses` and
+//! `addresses_meta`. Every write is flushed before the API answers.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -168,6 +169,11 @@ impl Store {
             meta: db.open_tree("meta")?,
             db,
         })
+    }
+
+    /// The database itself, for modules that keep their own trees (instance addresses).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
     }
 
     pub fn flush(&self) -> Result<()> {

@@ -2,8 +2,9 @@
 //! on free ports with a temporary data dir, runs the real `pier` binary against them, and removes
 //! every Docker object they made when the test ends, pass or fail.
 //!
-//! Every controller a test starts gets its own `--controller-id`, which labels every container and
-//! volume it creates (`pier.controller=<id>`); cleanup removes exactly those.
+//! Every controller a test starts gets its own `--controller-id`, which labels every container,
+//! volume and network it creates (`pier.controller=<id>`); cleanup removes exactly those, networks
+//! last (Docker only removes a network once no container is attached to it).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -100,8 +101,8 @@ pub fn containers(controller_id: &str) -> HashMap<String, HashMap<String, String
     })
 }
 
-/// Removes every container and volume labelled with the controller id. Twice: a create that the
-/// killed controller had already sent can land in Docker after the first pass.
+/// Removes every container, volume and network labelled with the controller id. Twice: a create
+/// that the killed controller had already sent can land in Docker after the first pass.
 pub fn cleanup_docker(controller_id: &str) {
     cleanup_pass(controller_id);
     std::thread::sleep(Duration::from_millis(1500));
@@ -143,7 +144,104 @@ fn cleanup_pass(controller_id: &str) {
                     .await;
             }
         }
+        // After the containers: a network with a container attached cannot be removed.
+        for net in networks_labelled(&docker, controller_id).await {
+            let _ = docker.remove_network(&net).await;
+        }
     });
+}
+
+async fn networks_labelled(docker: &bollard::Docker, controller_id: &str) -> Vec<String> {
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![format!("pier.controller={controller_id}")],
+    )]);
+    let opts = bollard::query_parameters::ListNetworksOptionsBuilder::default()
+        .filters(&filters)
+        .build();
+    docker
+        .list_networks(Some(opts))
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|n| n.id)
+        .collect()
+}
+
+/// Docker networks labelled with a controller id, by id.
+pub fn networks(controller_id: &str) -> Vec<String> {
+    runtime().block_on(async {
+        let docker = docker().negotiate_version().await.expect("docker");
+        networks_labelled(&docker, controller_id).await
+    })
+}
+
+/// Where [`reserve_instance_subnet`] takes subnets from; the controller picks its own /24s from
+/// 10.213.0.0/16, so the two never meet.
+const TEST_SUBNETS: (u32, u8) = (0x0AD6_0000, 16); // 10.214.0.0/16
+
+/// Creates the controller's instance network (`pier-<id>`, labelled like the controller labels
+/// it) on a free subnet of length `prefix` and returns the subnet. Docker refuses a subnet that
+/// overlaps another network's, so tests running at once never share one: the next is tried.
+pub fn reserve_instance_subnet(controller_id: &str, prefix: u8) -> String {
+    assert!((16..=30).contains(&prefix), "prefix /{prefix}");
+    runtime().block_on(async {
+        let docker = docker().negotiate_version().await.expect("docker");
+        let (base, base_prefix) = TEST_SUBNETS;
+        let count = 1u32 << (prefix - base_prefix);
+        let start = uuid::Uuid::new_v4().as_u128() as u32 % count;
+        for i in 0..count.min(512) {
+            let n = (start + i) % count;
+            let net = std::net::Ipv4Addr::from(base + n * (1u32 << (32 - prefix)));
+            let subnet = format!("{net}/{prefix}");
+            let gateway = std::net::Ipv4Addr::from(u32::from(net) + 1).to_string();
+            let req = bollard::models::NetworkCreateRequest {
+                name: format!("pier-{controller_id}"),
+                driver: Some("bridge".into()),
+                ipam: Some(bollard::models::Ipam {
+                    driver: Some("default".into()),
+                    config: Some(vec![bollard::models::IpamConfig {
+                        subnet: Some(subnet.clone()),
+                        gateway: Some(gateway),
+                        ..Default::default()
+                    }]),
+                    options: None,
+                }),
+                labels: Some(HashMap::from([
+                    ("pier.controller".to_string(), controller_id.to_string()),
+                    ("pier.kind".to_string(), "instances".to_string()),
+                ])),
+                ..Default::default()
+            };
+            match docker.create_network(req).await {
+                Ok(_) => return subnet,
+                Err(e) if e.to_string().to_lowercase().contains("overlap") => continue,
+                Err(e) => panic!("cannot create a test network on {subnet}: {e}"),
+            }
+        }
+        panic!("no free /{prefix} for a test network in 10.214.0.0/16");
+    })
+}
+
+/// The IPv4 address of a container on the named network.
+pub fn container_ip(container: &str, network: &str) -> Option<String> {
+    runtime().block_on(async {
+        let docker = docker().negotiate_version().await.expect("docker");
+        let i = docker
+            .inspect_container(
+                container,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .ok()?;
+        let ip = i
+            .network_settings?
+            .networks?
+            .get(network)?
+            .ip_address
+            .clone()?;
+        (!ip.is_empty()).then_some(ip)
+    })
 }
 
 /// A child process killed on drop.
@@ -201,8 +299,18 @@ impl Proc {
     }
 
     pub fn kill9(&mut self) {
+        self.signal("CONT");
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, ...).
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -221,6 +329,9 @@ pub struct Options {
     pub standalone_router: bool,
     /// More `pier-controller` arguments.
     pub controller_args: Vec<String>,
+    /// Give the controller an instance network on a subnet of this prefix length that no other
+    /// test has (see [`reserve_instance_subnet`]); without it the controller picks a /24.
+    pub instance_subnet_prefix: Option<u8>,
 }
 
 /// A controller (and router) started for one test, with its own data dir and Docker label.
@@ -234,6 +345,8 @@ pub struct Platform {
     pub opts: Options,
     pub controller: Option<Proc>,
     pub router_proc: Option<Proc>,
+    /// The subnet reserved for the instance network, when the options asked for one.
+    pub instance_subnet: Option<String>,
     api_port: u16,
     router_port: u16,
 }
@@ -267,11 +380,16 @@ impl Platform {
             opts,
             controller: None,
             router_proc: None,
+            instance_subnet: None,
             // Port 0: the binaries bind a free port and print it (no port picked here can be taken
             // by someone else, Docker's published ports included, before they bind it).
             api_port: 0,
             router_port: 0,
         };
+        // `p` exists first, so that its drop removes the network if anything below fails.
+        if let Some(prefix) = p.opts.instance_subnet_prefix {
+            p.instance_subnet = Some(reserve_instance_subnet(&p.controller_id, prefix));
+        }
         p.start_controller();
         p.token = std::fs::read_to_string(p.data.path().join("admin-token"))
             .expect("admin token file")
@@ -307,6 +425,9 @@ impl Platform {
         }
         if let Some(b) = self.opts.crash_backoff_base_ms {
             cmd.arg("--crash-backoff-base-ms").arg(b.to_string());
+        }
+        if let Some(s) = &self.instance_subnet {
+            cmd.arg("--instance-subnet").arg(s);
         }
         cmd.args(&self.opts.controller_args);
         let mut proc = Proc::spawn(cmd);
@@ -398,6 +519,35 @@ impl Platform {
             .collect();
         v.sort();
         v
+    }
+
+    /// The controller's Docker network for instances.
+    pub fn network_name(&self) -> String {
+        format!("pier-{}", self.controller_id)
+    }
+
+    /// Addresses of an app's instance containers on the instance network, by container id.
+    pub fn instance_ips(&self, app: &str) -> HashMap<String, String> {
+        let net = self.network_name();
+        self.instance_ids(app)
+            .into_iter()
+            .filter_map(|id| Some((id.clone(), container_ip(&id, &net)?)))
+            .collect()
+    }
+
+    /// SIGSTOPs the standalone router: it keeps its sockets but polls (and acknowledges) nothing.
+    pub fn pause_router(&self) {
+        self.router_proc
+            .as_ref()
+            .expect("a standalone router")
+            .signal("STOP");
+    }
+
+    pub fn resume_router(&self) {
+        self.router_proc
+            .as_ref()
+            .expect("a standalone router")
+            .signal("CONT");
     }
 
     /// Blob files in the controller's store (packages and droplets).

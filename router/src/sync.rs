@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! loop:
-//!   GET {controller}/v1/routes?epoch=E&version=V   (Authorization: Bearer TOKEN)
+//!   GET {controller}/v1/routes?epoch=E&version=V&router=ID   (Authorization: Bearer TOKEN)
 //!     200 + table  → publish it on the watch channel if epoch/version/routes changed
 //!     304          → nothing changed; ask again
 //!     error        → log, keep the last table, back off (100 ms doubling to `max_backoff`)
@@ -10,6 +10,10 @@
 //! The controller answers at once when its table differs from (E, V) and otherwise holds the
 //! request for up to ~30 s. The last good table is kept for as long as the controller is away:
 //! the router keeps serving what it knows.
+//!
+//! `ID` is a uuid made once per process: the controller records which table each router holds, and
+//! reuses a released instance address only once every router heard from recently has polled with
+//! the table that removed it (docs/router.md, C2). Controllers that predate it ignore it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -164,6 +168,7 @@ fn publish(tx: &watch::Sender<Option<Arc<RouteTable>>>, t: RouteTable) -> bool {
 pub struct Poller {
     opts: SyncOptions,
     client: Client<HttpConnector, Empty<Bytes>>,
+    router_id: String,
 }
 
 impl Poller {
@@ -174,15 +179,27 @@ impl Poller {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        Poller { opts, client }
+        let router_id = uuid::Uuid::new_v4().simple().to_string();
+        tracing::info!(router_id = %router_id, "following the controller's route table");
+        Poller {
+            opts,
+            client,
+            router_id,
+        }
+    }
+
+    /// The id this router sends with every poll.
+    pub fn router_id(&self) -> &str {
+        &self.router_id
     }
 
     /// One long-poll: asks for a table newer than (`epoch`, `version`).
     pub async fn poll(&self, epoch: &str, version: u64) -> Result<PollOutcome, SyncError> {
         let base = self.opts.controller.trim_end_matches('/');
         let url = format!(
-            "{base}/v1/routes?epoch={}&version={version}",
-            percent_encode(epoch)
+            "{base}/v1/routes?epoch={}&version={version}&router={}",
+            percent_encode(epoch),
+            self.router_id
         );
         let uri: Uri = url
             .parse()

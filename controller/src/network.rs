@@ -1,0 +1,255 @@
+//! The controller's own Docker bridge network, where instances get the addresses the controller
+//! allocates ([`crate::addresses`]).
+//!
+//! One network per controller, named `pier-<controller id>` and labelled `pier.controller=<id>`,
+//! `pier.kind=instances`. Docker lets a container have a fixed IP (`--ip`) only on a network whose
+//! subnet was set by hand, so the controller sets one: `--instance-subnet`, or else a /24 it picks
+//! inside [`AUTO_RANGE`] that no Docker network and no host route overlaps (Docker refuses
+//! overlapping pools, so a race with another creator only moves on to the next candidate). The
+//! choice is kept in the store, so a restart uses the same subnet; a network that already exists
+//! is adopted as it is.
+//!
+//! The network outlives the controller, like its instances do; `scripts/down` and the e2e harness
+//! remove it (by label) once its containers are gone.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use anyhow::Context as _;
+use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
+use bollard::Docker;
+
+use crate::addresses::Ipv4Net;
+use crate::docker::labels;
+use crate::store::Store;
+
+/// Where subnets are picked from when none is configured: 256 /24s.
+pub const AUTO_RANGE: &str = "10.213.0.0/16";
+pub const AUTO_PREFIX: u8 = 24;
+const META_KEY: &str = "instance_subnet";
+
+/// The network instances attach to.
+#[derive(Debug, Clone)]
+pub struct InstanceNetwork {
+    pub name: String,
+    pub subnet: Ipv4Net,
+}
+
+pub fn network_name(controller_id: &str) -> String {
+    format!("pier-{controller_id}")
+}
+
+/// Finds or creates this controller's network and returns it.
+pub async fn ensure(
+    docker: &Docker,
+    controller_id: &str,
+    wanted: Option<Ipv4Net>,
+    store: &Store,
+) -> anyhow::Result<InstanceNetwork> {
+    let name = network_name(controller_id);
+    if let Some(subnet) = existing(docker, &name, controller_id).await? {
+        if let Some(w) = wanted {
+            if w != subnet {
+                anyhow::bail!(
+                    "the instance network {name} exists with subnet {subnet}, but \
+                     --instance-subnet asks for {w}; Docker cannot change a network's subnet. \
+                     Use --instance-subnet {subnet}, or stop its instances and remove it \
+                     (docker network rm {name}) to start over"
+                );
+            }
+        }
+        store.meta_put(META_KEY, subnet.to_string().as_bytes())?;
+        tracing::info!(network = %name, %subnet, "using the existing instance network");
+        return Ok(InstanceNetwork { name, subnet });
+    }
+    if let Some(subnet) = wanted {
+        create(docker, &name, controller_id, subnet)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot create the instance network {name} with --instance-subnet {subnet} \
+                     (an overlapping Docker network or pool?); pick another subnet"
+                )
+            })?;
+        store.meta_put(META_KEY, subnet.to_string().as_bytes())?;
+        tracing::info!(network = %name, %subnet, "created the instance network");
+        return Ok(InstanceNetwork { name, subnet });
+    }
+    let kept = store
+        .meta_get(META_KEY)?
+        .and_then(|v| String::from_utf8(v).ok()?.parse::<Ipv4Net>().ok());
+    let taken = taken_subnets(docker).await?;
+    let range: Ipv4Net = AUTO_RANGE.parse().map_err(anyhow::Error::msg)?;
+    let count = 1u32 << (AUTO_PREFIX - range.prefix());
+    let offset = fnv(controller_id) % count;
+    let candidates = kept
+        .into_iter()
+        .chain((0..count).filter_map(|i| range.subnet(AUTO_PREFIX, (offset + i) % count)));
+    let mut tried = 0;
+    for subnet in candidates {
+        if taken.iter().any(|t| t.overlaps(&subnet)) {
+            continue;
+        }
+        tried += 1;
+        match create(docker, &name, controller_id, subnet).await {
+            Ok(()) => {
+                store.meta_put(META_KEY, subnet.to_string().as_bytes())?;
+                tracing::info!(network = %name, %subnet, "created the instance network");
+                return Ok(InstanceNetwork { name, subnet });
+            }
+            Err(e) if e.to_string().to_lowercase().contains("overlap") => {
+                tracing::debug!(%subnet, error = %e, "subnet taken meanwhile; trying the next");
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cannot create the instance network {name}")));
+            }
+        }
+    }
+    anyhow::bail!(
+        "no free /{AUTO_PREFIX} for the instance network inside {AUTO_RANGE} ({tried} tried; the \
+         rest overlap Docker networks or host routes); give one with --instance-subnet"
+    )
+}
+
+/// The subnet of this controller's network if it exists; refuses a network of that name that is
+/// not this controller's or has no subnet set by hand.
+async fn existing(
+    docker: &Docker,
+    name: &str,
+    controller_id: &str,
+) -> anyhow::Result<Option<Ipv4Net>> {
+    let n = match docker
+        .inspect_network(
+            name,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+    {
+        Ok(n) => n,
+        Err(e) if crate::docker::is_not_found(&e) => return Ok(None),
+        Err(e) => return Err(e).context(format!("cannot inspect the network {name}")),
+    };
+    // Docker also matches an id prefix; only the exact name is ours.
+    if n.name.as_deref() != Some(name) {
+        return Ok(None);
+    }
+    let owner = n
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(labels::CONTROLLER))
+        .map(String::as_str);
+    if owner != Some(controller_id) {
+        anyhow::bail!(
+            "a Docker network named {name} exists but is not labelled {}={controller_id}; \
+             remove it (docker network rm {name}) or use another --controller-id",
+            labels::CONTROLLER
+        );
+    }
+    let subnet = ipv4_subnets(n.ipam.as_ref()).into_iter().next();
+    match subnet {
+        Some(s) => Ok(Some(s)),
+        None => anyhow::bail!(
+            "the network {name} has no IPv4 subnet set by hand, so instances cannot get fixed \
+             addresses on it; remove it (docker network rm {name}) and start again"
+        ),
+    }
+}
+
+async fn create(
+    docker: &Docker,
+    name: &str,
+    controller_id: &str,
+    subnet: Ipv4Net,
+) -> Result<(), bollard::errors::Error> {
+    let req = NetworkCreateRequest {
+        name: name.to_string(),
+        driver: Some("bridge".into()),
+        ipam: Some(Ipam {
+            driver: Some("default".into()),
+            config: Some(vec![IpamConfig {
+                subnet: Some(subnet.to_string()),
+                gateway: Some(subnet.gateway().to_string()),
+                ..Default::default()
+            }]),
+            options: None,
+        }),
+        labels: Some(HashMap::from([
+            (labels::CONTROLLER.to_string(), controller_id.to_string()),
+            (labels::KIND.to_string(), "instances".to_string()),
+        ])),
+        ..Default::default()
+    };
+    docker.create_network(req).await.map(|_| ())
+}
+
+fn ipv4_subnets(ipam: Option<&Ipam>) -> Vec<Ipv4Net> {
+    ipam.and_then(|i| i.config.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.subnet.as_deref()?.parse().ok())
+        .collect()
+}
+
+/// Subnets in use: every Docker network's and every host route's (other than the default route).
+async fn taken_subnets(docker: &Docker) -> anyhow::Result<Vec<Ipv4Net>> {
+    let nets = docker
+        .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+        .await
+        .context("cannot list Docker networks")?;
+    let mut out: Vec<Ipv4Net> = nets
+        .iter()
+        .flat_map(|n| ipv4_subnets(n.ipam.as_ref()))
+        .collect();
+    if let Ok(table) = std::fs::read_to_string("/proc/net/route") {
+        out.extend(host_routes(&table));
+    }
+    Ok(out)
+}
+
+/// Destination networks of `/proc/net/route` (little-endian hex), without the default route.
+fn host_routes(table: &str) -> Vec<Ipv4Net> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let dest = u32::from_str_radix(f.get(1)?, 16).ok()?.swap_bytes();
+            let mask = u32::from_str_radix(f.get(7)?, 16).ok()?.swap_bytes();
+            let prefix = mask.leading_ones() as u8;
+            if prefix == 0 {
+                return None;
+            }
+            Ipv4Net::new(Ipv4Addr::from(dest & mask), prefix).ok()
+        })
+        .collect()
+}
+
+/// A stable spread of controllers over the candidates (FNV-1a).
+fn fnv(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_host_routes() {
+        let table =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+            eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+            eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+            docker0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
+        let routes: Vec<String> = host_routes(table).iter().map(|n| n.to_string()).collect();
+        assert_eq!(routes, vec!["192.0.2.0/24", "172.17.0.0/16"]);
+    }
+
+    #[test]
+    fn names_and_spread() {
+        assert_eq!(network_name("abc"), "pier-abc");
+        assert_ne!(fnv("t1") % 256, fnv("t2") % 256);
+    }
+}
