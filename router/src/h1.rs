@@ -27,11 +27,10 @@
 //! - a client connection is closed after any response whose request body was not read to its
 //!   end, so no byte of a body is ever parsed as a request.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -43,6 +42,7 @@ use tokio::time::Instant as Deadline;
 use tokio_util::sync::CancellationToken;
 
 use crate::chunked::{self, Chunk, Decoder};
+use crate::idle::IdlePool;
 use crate::proxy::{
     cause, forwarded_for_from, request_id_from, sticky_cookie, sticky_instance_from, traceparent,
     Proxy, RequestLog,
@@ -74,64 +74,24 @@ pub(crate) struct UpConn {
     buf: BytesMut,
 }
 
-/// Idle keep-alive connections to instances, by address. Each thread of
-/// [`crate::serve_threads`] has its own, so the lock is never contended.
-pub(crate) struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<(UpConn, Instant)>>>,
-    idle_timeout: Duration,
-    max_idle_per_addr: usize,
-    puts: AtomicU64,
-}
+/// Idle keep-alive connections to instances. An idle connection the instance closed is
+/// readable (EOF), one with unexpected bytes too: either is dropped instead of used.
+pub(crate) struct Pool(IdlePool<UpConn>);
 
 impl Pool {
     pub(crate) fn new(idle_timeout: Duration, max_idle_per_addr: usize) -> Self {
-        Pool {
-            idle: Mutex::new(HashMap::new()),
-            idle_timeout,
-            max_idle_per_addr,
-            puts: AtomicU64::new(0),
-        }
+        Pool(IdlePool::new(idle_timeout, max_idle_per_addr))
     }
 
-    /// The most recently used idle connection to `addr` that is still open and fresh. An idle
-    /// connection the instance closed is readable (EOF); one with unexpected bytes is dropped.
     fn take(&self, addr: SocketAddr) -> Option<UpConn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.get_mut(&addr)?;
-        while let Some((conn, since)) = list.pop() {
-            if since.elapsed() >= self.idle_timeout {
-                continue;
-            }
+        self.0.take(addr, |conn| {
             let mut probe = [0u8; 1];
-            match conn.stream.try_read(&mut probe) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(conn),
-                _ => continue,
-            }
-        }
-        None
+            matches!(conn.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        })
     }
 
     fn put(&self, addr: SocketAddr, conn: UpConn) {
-        if self.max_idle_per_addr == 0 {
-            return;
-        }
-        let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.entry(addr).or_default();
-        if list.len() >= self.max_idle_per_addr {
-            // Keep the newest; the oldest is the likeliest to be closed by the instance.
-            list.remove(0);
-        }
-        list.push((conn, now));
-        // Addresses of instances that are gone: forget their connections now and then.
-        let puts = self.puts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if puts % 1024 == 1023 && idle.len() > 1 {
-            let ttl = self.idle_timeout;
-            idle.retain(|_, l| {
-                l.retain(|(_, since)| since.elapsed() < ttl);
-                !l.is_empty()
-            });
-        }
+        self.0.put(addr, conn)
     }
 }
 
@@ -988,11 +948,36 @@ where
         let UpConn { stream, buf } = &mut conn;
         let (mut up_r, mut up_w) = stream.split();
         let body = async {
+            let count = |n| {
+                received.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            };
             match framing {
                 Framing::Chunked => {
-                    copy_chunked_request(&mut client_r, rd, &mut up_w, deadline, &received).await
+                    let out = BytesMut::with_capacity(READ_SIZE + 64);
+                    copy_chunked(
+                        &mut client_r,
+                        rd,
+                        &mut up_w,
+                        out,
+                        true,
+                        deadline,
+                        count,
+                        CLIENT_EOF,
+                    )
+                    .await
                 }
-                _ => copy_length(&mut client_r, rd, &mut up_w, left, deadline, &received).await,
+                _ => {
+                    copy_length(
+                        &mut client_r,
+                        rd,
+                        &mut up_w,
+                        left,
+                        deadline,
+                        count,
+                        CLIENT_EOF,
+                    )
+                    .await
+                }
             }
         };
         let resp = respond(&ctx, &mut up_r, buf, &mut client_w, &mut log);
@@ -1215,13 +1200,27 @@ where
             }
             match client.write_all(&out).await {
                 Ok(()) => {
-                    copy_response_length(client, up, up_buf, n - take as u64, x.deadline, log).await
+                    let left = n - take as u64;
+                    let count = |n| log.bytes_sent += n;
+                    copy_length(up, up_buf, client, left, x.deadline, count, INSTANCE_EOF).await
                 }
                 Err(e) => Err(e),
             }
         }
         Framing::Chunked => {
-            copy_response_chunked(client, up, up_buf, out, chunk_out, x.deadline, log).await
+            let count = |n| log.bytes_sent += n;
+            let deadline = x.deadline;
+            copy_chunked(
+                up,
+                up_buf,
+                client,
+                out,
+                chunk_out,
+                deadline,
+                count,
+                INSTANCE_EOF,
+            )
+            .await
         }
         Framing::Close => {
             copy_response_to_close(client, up, up_buf, out, chunk_out, x.deadline, log).await
@@ -1283,14 +1282,16 @@ fn skip_buffered_body(rd: &mut BytesMut, framing: Framing) -> BodyState {
     }
 }
 
-/// Copies `left` more body bytes from `from` (after what `buf` holds) to `to`.
+/// Copies `left` more body bytes from `from` (after what `buf` holds) to `to`, telling `count`
+/// how many went; `eof` says who closed too early.
 async fn copy_length<R, W>(
     from: &mut R,
     buf: &mut BytesMut,
     to: &mut W,
     mut left: u64,
     deadline: Deadline,
-    counted: &AtomicU64,
+    mut count: impl FnMut(u64),
+    eof: &'static str,
 ) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -1298,16 +1299,13 @@ where
 {
     while left > 0 {
         if buf.is_empty() && read_more(from, buf, deadline).await? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the client closed the connection in the middle of the body",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, eof));
         }
         let take = left.min(buf.len() as u64) as usize;
         to.write_all(&buf[..take]).await?;
         buf.advance(take);
         left -= take as u64;
-        counted.fetch_add(take as u64, std::sync::atomic::Ordering::Relaxed);
+        count(take as u64);
     }
     Ok(())
 }
@@ -1316,95 +1314,29 @@ fn bad_chunk(why: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why)
 }
 
-/// Decodes the client's chunked body and writes it to the instance in chunks of our own.
-async fn copy_chunked_request<C, U>(
-    client: &mut C,
-    rd: &mut BytesMut,
-    up: &mut U,
-    deadline: Deadline,
-    counted: &AtomicU64,
-) -> io::Result<()>
-where
-    C: AsyncRead + Unpin,
-    U: AsyncWrite + Unpin,
-{
-    let mut dec = Decoder::new();
-    let mut out = BytesMut::with_capacity(READ_SIZE + 64);
-    loop {
-        match dec.next(rd).map_err(bad_chunk)? {
-            Chunk::Data(d) => {
-                counted.fetch_add(d.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                chunked::encode_chunk(&mut out, &d);
-            }
-            Chunk::Done => {
-                out.put_slice(chunked::LAST_CHUNK);
-                return up.write_all(&out).await;
-            }
-            Chunk::NeedMore => {
-                if !out.is_empty() {
-                    up.write_all(&out).await?;
-                    out.clear();
-                }
-                if read_more(client, rd, deadline).await? == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the client closed the connection in the middle of the body",
-                    ));
-                }
-            }
-        }
-    }
-}
-
-/// Copies `left` more response body bytes from the instance to the client.
-async fn copy_response_length<C, U>(
-    client: &mut C,
-    up: &mut U,
+/// Decodes a chunked body read from `from` (after what `buf` holds) and writes it to `to`,
+/// after what `out` already holds: chunked again in chunks of our own (`chunk_out`), or bare
+/// (a response to an HTTP/1.0 client, delimited by closing the connection).
+#[allow(clippy::too_many_arguments)]
+async fn copy_chunked<R, W>(
+    from: &mut R,
     buf: &mut BytesMut,
-    mut left: u64,
-    deadline: Deadline,
-    log: &mut RequestLog,
-) -> io::Result<()>
-where
-    C: AsyncWrite + Unpin,
-    U: AsyncRead + Unpin,
-{
-    while left > 0 {
-        if read_more(up, buf, deadline).await? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the instance closed the connection in the middle of the body",
-            ));
-        }
-        let take = left.min(buf.len() as u64) as usize;
-        client.write_all(&buf[..take]).await?;
-        buf.advance(take);
-        left -= take as u64;
-        log.bytes_sent += take as u64;
-    }
-    Ok(())
-}
-
-/// Decodes the instance's chunked body; the client gets it chunked again (`chunk_out`) or
-/// delimited by closing the connection (an HTTP/1.0 client). `out` holds the response head.
-async fn copy_response_chunked<C, U>(
-    client: &mut C,
-    up: &mut U,
-    buf: &mut BytesMut,
+    to: &mut W,
     mut out: BytesMut,
     chunk_out: bool,
     deadline: Deadline,
-    log: &mut RequestLog,
+    mut count: impl FnMut(u64),
+    eof: &'static str,
 ) -> io::Result<()>
 where
-    C: AsyncWrite + Unpin,
-    U: AsyncRead + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
     let mut dec = Decoder::new();
     loop {
         match dec.next(buf).map_err(bad_chunk)? {
             Chunk::Data(d) => {
-                log.bytes_sent += d.len() as u64;
+                count(d.len() as u64);
                 if chunk_out {
                     chunked::encode_chunk(&mut out, &d);
                 } else {
@@ -1415,23 +1347,23 @@ where
                 if chunk_out {
                     out.put_slice(chunked::LAST_CHUNK);
                 }
-                return client.write_all(&out).await;
+                return to.write_all(&out).await;
             }
             Chunk::NeedMore => {
                 if !out.is_empty() {
-                    client.write_all(&out).await?;
+                    to.write_all(&out).await?;
                     out.clear();
                 }
-                if read_more(up, buf, deadline).await? == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the instance closed the connection in the middle of the body",
-                    ));
+                if read_more(from, buf, deadline).await? == 0 {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, eof));
                 }
             }
         }
     }
 }
+
+const CLIENT_EOF: &str = "the client closed the connection in the middle of the body";
+const INSTANCE_EOF: &str = "the instance closed the connection in the middle of the body";
 
 /// A response body delimited by the instance closing the connection.
 async fn copy_response_to_close<C, U>(

@@ -72,6 +72,7 @@
 
 mod chunked;
 mod h1;
+mod idle;
 pub mod metrics;
 pub mod proxy;
 pub mod server;

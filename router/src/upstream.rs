@@ -16,11 +16,9 @@
 //! response body's wrapper knows exactly when the body ended, and a pool belongs to one runtime
 //! (one per thread in [`crate::serve_threads`]), so its lock is never contended.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use http::{Request, Response};
@@ -29,6 +27,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::idle::IdlePool;
 use crate::proxy::SlotBody;
 
 /// Why a request did not get a response.
@@ -56,16 +55,8 @@ impl Error {
 }
 
 pub(crate) struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    puts: AtomicU64,
+    idle: IdlePool<SendRequest<SlotBody>>,
     connect_timeout: Duration,
-    idle_timeout: Duration,
-    max_idle_per_addr: usize,
-}
-
-struct Idle {
-    sender: SendRequest<SlotBody>,
-    since: Instant,
 }
 
 /// A connection in use by one request; [`Lease::release`] once its response body has ended.
@@ -89,11 +80,8 @@ impl Pool {
         max_idle_per_addr: usize,
     ) -> Arc<Self> {
         Arc::new(Pool {
-            idle: Mutex::new(HashMap::new()),
-            puts: AtomicU64::new(0),
+            idle: IdlePool::new(idle_timeout, max_idle_per_addr),
             connect_timeout,
-            idle_timeout,
-            max_idle_per_addr,
         })
     }
 
@@ -172,34 +160,12 @@ impl Pool {
 
     /// The most recently used idle connection to `addr` that is still open and fresh.
     fn take(&self, addr: SocketAddr) -> Option<SendRequest<SlotBody>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.get_mut(&addr)?;
-        while let Some(c) = list.pop() {
-            if !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout {
-                return Some(c.sender);
-            }
-        }
-        None
+        self.idle.take(addr, |sender| !sender.is_closed())
     }
 
     fn put(&self, addr: SocketAddr, sender: SendRequest<SlotBody>) {
-        if sender.is_closed() || self.max_idle_per_addr == 0 {
-            return;
-        }
-        let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.entry(addr).or_default();
-        if list.len() >= self.max_idle_per_addr {
-            // Keep the newest; the oldest is the likeliest to be closed by the instance.
-            list.remove(0);
-        }
-        list.push(Idle { sender, since: now });
-        // Addresses of instances that are gone: forget their connections now and then.
-        if self.puts.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 && idle.len() > 1 {
-            idle.retain(|_, l| {
-                l.retain(|c| !c.sender.is_closed() && c.since.elapsed() < self.idle_timeout);
-                !l.is_empty()
-            });
+        if !sender.is_closed() {
+            self.idle.put(addr, sender);
         }
     }
 }
