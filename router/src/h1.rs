@@ -726,16 +726,15 @@ where
     }) {
         Ok(f) => f,
         Err(why) => {
-            log.refused(StatusCode::BAD_REQUEST, cause::BAD_REQUEST);
-            let out = error_bytes(
+            answer(
+                client,
+                &mut log,
                 StatusCode::BAD_REQUEST,
                 cause::BAD_REQUEST,
-                Some(&request_id),
                 &format!("Bad request: {why}."),
                 true,
-            );
-            log.finish();
-            client.write_all(&out).await?;
+            )
+            .await?;
             return Ok(false);
         }
     };
@@ -743,28 +742,24 @@ where
         .split_once('?')
         .map_or(path_and_query.as_str(), |(p, _)| p);
     if method == http::Method::CONNECT {
-        log.refused(StatusCode::METHOD_NOT_ALLOWED, cause::BAD_REQUEST);
-        let out = error_bytes(
+        answer(
+            client,
+            &mut log,
             StatusCode::METHOD_NOT_ALLOWED,
             cause::BAD_REQUEST,
-            Some(&request_id),
             "CONNECT is not supported.",
             true,
-        );
-        log.finish();
-        client.write_all(&out).await?;
+        )
+        .await?;
         return Ok(false);
     }
     let route = match proxy.route_for(host.as_deref(), path) {
         Ok(r) => r,
         Err(r) => {
-            log.refused(r.status, r.cause);
             // A body that is already here is skipped; one still coming closes the connection.
             let body = skip_buffered_body(rd, framing);
             let close = body == BodyState::Unread || !client_keep_alive;
-            let out = error_bytes(r.status, r.cause, Some(&request_id), &r.message, close);
-            log.finish();
-            client.write_all(&out).await?;
+            answer(client, &mut log, r.status, r.cause, &r.message, close).await?;
             return Ok(!close);
         }
     };
@@ -878,18 +873,17 @@ where
         let e = last_error.map(|e| e.to_string()).unwrap_or_default();
         tracing::warn!(app = %route.app, attempts = tried.len(), error = %e,
             "no instance accepted a connection");
-        log.refused(StatusCode::BAD_GATEWAY, cause::BACKEND_ERROR);
         let body = skip_buffered_body(rd, framing);
         let close = body == BodyState::Unread || !client_keep_alive;
-        let out = error_bytes(
+        answer(
+            client,
+            &mut log,
             StatusCode::BAD_GATEWAY,
             cause::BACKEND_ERROR,
-            Some(&request_id),
             "No instance of the app accepted a connection.",
             close,
-        );
-        log.finish();
-        client.write_all(&out).await?;
+        )
+        .await?;
         return Ok(!close);
     };
     let ctx = Exchange {
@@ -1102,16 +1096,15 @@ where
                     timeout_ms = opts.upstream_timeout.as_millis() as u64,
                     max_request_ms = opts.max_request_time.as_millis() as u64,
                     "instance did not answer in time");
-                log.refused(StatusCode::GATEWAY_TIMEOUT, cause::UPSTREAM_TIMEOUT);
-                let out = error_bytes(
+                answer(
+                    client,
+                    log,
                     StatusCode::GATEWAY_TIMEOUT,
                     cause::UPSTREAM_TIMEOUT,
-                    Some(&log.request_id),
                     "The app's instance did not answer in time.",
                     true,
-                );
-                log.finish();
-                client.write_all(&out).await?;
+                )
+                .await?;
                 return Ok(failed(()));
             }
             Err(e) => {
@@ -1242,6 +1235,21 @@ where
     }
 }
 
+/// Answers the request with a response the router makes itself, counted and logged first.
+async fn answer<W: AsyncWrite + Unpin>(
+    client: &mut W,
+    log: &mut RequestLog,
+    status: StatusCode,
+    cause: &'static str,
+    message: &str,
+    close: bool,
+) -> io::Result<()> {
+    log.refused(status, cause);
+    let out = error_bytes(status, cause, Some(&log.request_id), message, close);
+    log.finish();
+    client.write_all(&out).await
+}
+
 /// The instance failed after the request may have reached it: 502 if nothing was sent to the
 /// client yet (never a replay), and the connection closes.
 async fn upstream_failed<C>(
@@ -1257,16 +1265,15 @@ where
     let b = &route.backends[i];
     tracing::warn!(app = %route.app, instance = b.index, addr = %b.addr, error = %e,
         "request to instance failed");
-    log.refused(StatusCode::BAD_GATEWAY, cause::BACKEND_ERROR);
-    let out = error_bytes(
+    let _ = answer(
+        client,
+        log,
         StatusCode::BAD_GATEWAY,
         cause::BACKEND_ERROR,
-        Some(&log.request_id),
         "The app's instance failed to answer the request.",
         true,
-    );
-    log.finish();
-    let _ = client.write_all(&out).await;
+    )
+    .await;
     Ok(())
 }
 
