@@ -993,8 +993,19 @@ where
         Ok(o) => o,
         Err(e) => {
             tracing::debug!(error = %e, "request body not forwarded, or response not delivered");
+            // A malformed chunked body before the instance answered: 400 (the instance's
+            // connection, with its half-sent request, is dropped).
             if e.kind() == io::ErrorKind::InvalidData && log.status == 0 {
-                log.refused(StatusCode::BAD_REQUEST, cause::BAD_REQUEST);
+                let why = format!("Bad request: {e}.");
+                let _ = answer(
+                    client,
+                    &mut log,
+                    StatusCode::BAD_REQUEST,
+                    cause::BAD_REQUEST,
+                    &why,
+                    true,
+                )
+                .await;
             }
             return Ok(false);
         }
