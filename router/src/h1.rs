@@ -559,16 +559,62 @@ fn error_bytes(
 // ---------------------------------------------------------------------------------------------
 // The connection loop
 
+/// One timer per connection (and one more for a request body forwarded while the response
+/// streams), re-armed lazily: waiting with a later deadline than the armed one touches nothing,
+/// and when the timer fires early it is moved to the deadline that applies then. A timer per read
+/// would cost a timer-wheel insert and removal each time, and often a wake-up of the runtime's
+/// driver (an eventfd write) when the new deadline is the earliest.
+pub(crate) struct Timer {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    at: Deadline,
+}
+
+impl Timer {
+    fn new(at: Deadline) -> Self {
+        Timer {
+            sleep: Box::pin(tokio::time::sleep_until(at)),
+            at,
+        }
+    }
+
+    /// `fut`'s output, or `None` once `deadline` has passed.
+    async fn within<F: std::future::Future>(
+        &mut self,
+        deadline: Deadline,
+        fut: F,
+    ) -> Option<F::Output> {
+        if deadline < self.at {
+            self.sleep.as_mut().reset(deadline);
+            self.at = deadline;
+        }
+        tokio::pin!(fut);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut fut => return Some(out),
+                _ = self.sleep.as_mut() => {
+                    if Deadline::now() >= deadline {
+                        return None;
+                    }
+                    self.sleep.as_mut().reset(deadline);
+                    self.at = deadline;
+                }
+            }
+        }
+    }
+}
+
 /// Reads more into `buf`; `Ok(0)` is end of stream. Past `deadline`: `TimedOut`.
 async fn read_more<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
     deadline: Deadline,
+    timer: &mut Timer,
 ) -> io::Result<usize> {
     buf.reserve(READ_SIZE);
-    match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
-        Ok(r) => r,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")),
+    match timer.within(deadline, io.read_buf(buf)).await {
+        Some(r) => r,
+        None => Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")),
     }
 }
 
@@ -586,6 +632,7 @@ where
 {
     let opts = &proxy.opts;
     let mut first = true;
+    let mut timer = Timer::new(Deadline::now() + opts.header_read_timeout);
     loop {
         // The request head, within the header read timeout (which also bounds an idle
         // keep-alive connection). Shutdown closes a connection that is between requests.
@@ -636,11 +683,11 @@ where
             let read = if rd.is_empty() {
                 tokio::select! {
                     biased;
-                    r = read_more(client, &mut rd, head_deadline) => r,
+                    r = read_more(client, &mut rd, head_deadline, &mut timer) => r,
                     _ = shutdown.cancelled() => return Ok(Ended::Closed),
                 }
             } else {
-                read_more(client, &mut rd, head_deadline).await
+                read_more(client, &mut rd, head_deadline, &mut timer).await
             };
             match read {
                 Ok(0) => return Ok(Ended::Closed),
@@ -651,7 +698,10 @@ where
             }
         };
         first = false;
-        let keep_alive = exchange(proxy, client, &mut rd, head, peer, https, shutdown).await?;
+        let keep_alive = exchange(
+            proxy, client, &mut rd, head, peer, https, shutdown, &mut timer,
+        )
+        .await?;
         if !keep_alive || shutdown.is_cancelled() {
             let _ = client.shutdown().await;
             return Ok(Ended::Closed);
@@ -669,6 +719,7 @@ enum BodyState {
 }
 
 /// One request and its response. Returns whether the client connection can carry another.
+#[allow(clippy::too_many_arguments)]
 async fn exchange<C>(
     proxy: &Proxy,
     client: &mut C,
@@ -677,6 +728,7 @@ async fn exchange<C>(
     peer: SocketAddr,
     https: bool,
     shutdown: &CancellationToken,
+    timer: &mut Timer,
 ) -> io::Result<bool>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -903,7 +955,7 @@ where
     let more_body = left > 0 || framing == Framing::Chunked;
     if !more_body {
         let UpConn { stream, buf } = &mut conn;
-        return match respond(&ctx, stream, buf, client, &mut log).await? {
+        return match respond(&ctx, stream, buf, client, &mut log, timer).await? {
             Outcome::Done {
                 client_open,
                 reusable,
@@ -941,6 +993,7 @@ where
         let (mut client_r, mut client_w) = tokio::io::split(&mut *client);
         let UpConn { stream, buf } = &mut conn;
         let (mut up_r, mut up_w) = stream.split();
+        let mut body_timer = Timer::new(deadline);
         let body = async {
             let count = |n| {
                 received.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
@@ -957,6 +1010,7 @@ where
                         deadline,
                         count,
                         CLIENT_EOF,
+                        &mut body_timer,
                     )
                     .await
                 }
@@ -969,12 +1023,13 @@ where
                         deadline,
                         count,
                         CLIENT_EOF,
+                        &mut body_timer,
                     )
                     .await
                 }
             }
         };
-        let resp = respond(&ctx, &mut up_r, buf, &mut client_w, &mut log);
+        let resp = respond(&ctx, &mut up_r, buf, &mut client_w, &mut log, timer);
         tokio::pin!(body, resp);
         let mut body_read = false;
         let outcome = loop {
@@ -1055,6 +1110,7 @@ async fn respond<R, W>(
     up_buf: &mut BytesMut,
     client: &mut W,
     log: &mut RequestLog,
+    timer: &mut Timer,
 ) -> io::Result<Outcome>
 where
     R: AsyncRead + Unpin,
@@ -1091,7 +1147,7 @@ where
                     .map(failed);
             }
         }
-        match read_more(up, up_buf, head_deadline).await {
+        match read_more(up, up_buf, head_deadline, timer).await {
             Ok(0) => {
                 let e = io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -1206,7 +1262,17 @@ where
                 Ok(()) => {
                     let left = n - take as u64;
                     let count = |n| log.bytes_sent += n;
-                    copy_length(up, up_buf, client, left, x.deadline, count, INSTANCE_EOF).await
+                    copy_length(
+                        up,
+                        up_buf,
+                        client,
+                        left,
+                        x.deadline,
+                        count,
+                        INSTANCE_EOF,
+                        timer,
+                    )
+                    .await
                 }
                 Err(e) => Err(e),
             }
@@ -1223,11 +1289,12 @@ where
                 deadline,
                 count,
                 INSTANCE_EOF,
+                timer,
             )
             .await
         }
         Framing::Close => {
-            copy_response_to_close(client, up, up_buf, out, chunk_out, x.deadline, log).await
+            copy_response_to_close(client, up, up_buf, out, chunk_out, x.deadline, log, timer).await
         }
     };
     match result {
@@ -1302,6 +1369,7 @@ fn skip_buffered_body(rd: &mut BytesMut, framing: Framing) -> BodyState {
 
 /// Copies `left` more body bytes from `from` (after what `buf` holds) to `to`, telling `count`
 /// how many went; `eof` says who closed too early.
+#[allow(clippy::too_many_arguments)]
 async fn copy_length<R, W>(
     from: &mut R,
     buf: &mut BytesMut,
@@ -1310,13 +1378,14 @@ async fn copy_length<R, W>(
     deadline: Deadline,
     mut count: impl FnMut(u64),
     eof: &'static str,
+    timer: &mut Timer,
 ) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     while left > 0 {
-        if buf.is_empty() && read_more(from, buf, deadline).await? == 0 {
+        if buf.is_empty() && read_more(from, buf, deadline, timer).await? == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, eof));
         }
         let take = left.min(buf.len() as u64) as usize;
@@ -1345,6 +1414,7 @@ async fn copy_chunked<R, W>(
     deadline: Deadline,
     mut count: impl FnMut(u64),
     eof: &'static str,
+    timer: &mut Timer,
 ) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -1372,7 +1442,7 @@ where
                     to.write_all(&out).await?;
                     out.clear();
                 }
-                if read_more(from, buf, deadline).await? == 0 {
+                if read_more(from, buf, deadline, timer).await? == 0 {
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, eof));
                 }
             }
@@ -1384,6 +1454,7 @@ const CLIENT_EOF: &str = "the client closed the connection in the middle of the 
 const INSTANCE_EOF: &str = "the instance closed the connection in the middle of the body";
 
 /// A response body delimited by the instance closing the connection.
+#[allow(clippy::too_many_arguments)]
 async fn copy_response_to_close<C, U>(
     client: &mut C,
     up: &mut U,
@@ -1392,6 +1463,7 @@ async fn copy_response_to_close<C, U>(
     chunk_out: bool,
     deadline: Deadline,
     log: &mut RequestLog,
+    timer: &mut Timer,
 ) -> io::Result<()>
 where
     C: AsyncWrite + Unpin,
@@ -1411,7 +1483,7 @@ where
             client.write_all(&out).await?;
             out.clear();
         }
-        if read_more(up, buf, deadline).await? == 0 {
+        if read_more(up, buf, deadline, timer).await? == 0 {
             if chunk_out {
                 client.write_all(chunked::LAST_CHUNK).await?;
             }
