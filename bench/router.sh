@@ -7,8 +7,9 @@
 # Knobs (environment): ROUNDS (5), DURATION (5s per measurement), CONNS (64), THREADS (wrk's, 2),
 # ROUTER_THREADS (pier-router --threads, default 0: one per core), KEEP (1 keeps the temp dir).
 #
-# Phase 1, maximum load: each round runs `wrk --latency` once per target, in turn; the report
-# gives the median over rounds of requests/s, p50 and p99, and the ratios.
+# Phase 1, maximum load: each round runs `wrk --latency` once per target, in turn, each round
+# starting one target further along (so order effects cancel over a multiple of 4 rounds); the
+# report gives the median over rounds of requests/s, p50 and p99, and the ratios.
 # Phase 2, fixed load at 50 % of nginx's maximum: wrk has no open-loop mode (wrk2 is not in
 # Debian), so each connection waits a fixed think time after each response (wrk's Lua `delay`);
 # connections × 1000 / think-ms sets the offered rate. It is a closed loop with think time, not
@@ -206,8 +207,16 @@ echo "warming up" >&2
 for t in "${TARGETS[@]}"; do DURATION=2s run_wrk "$t" "$CONNS" >/dev/null; done
 
 echo "phase 1: maximum load, $ROUNDS interleaved rounds of ${DURATION} per target, $CONNS connections" >&2
+# Each round starts one target further along (round 1: direct nginx pier pier_1000, round 2:
+# nginx pier pier_1000 direct, ...), so no target always runs first or last after the others.
+rotated() { # rotated ROUND TARGET... -> the targets starting at index (ROUND-1) mod count
+    local r=$1; shift
+    local n=$# i
+    local all=("$@")
+    for ((i = 0; i < n; i++)); do echo "${all[$(((r - 1 + i) % n))]}"; done
+}
 for r in $(seq "$ROUNDS"); do
-    for t in "${TARGETS[@]}"; do
+    for t in $(rotated "$r" "${TARGETS[@]}"); do
         read -r rps p50 p99 cpu < <(run_wrk "$t" "$CONNS")
         echo "$rps" >>"$WORK/$t.rps"; echo "$p50" >>"$WORK/$t.p50"; echo "$p99" >>"$WORK/$t.p99"
         echo "$cpu" >>"$WORK/$t.cpu"
@@ -233,7 +242,7 @@ EOF
 FIXED=(nginx pier)
 echo "phase 2: ~$RATE req/s offered ($CONNS2 connections, ${THINK_MS} ms think time), $ROUNDS rounds" >&2
 for r in $(seq "$ROUNDS"); do
-    for t in "${FIXED[@]}"; do
+    for t in $(rotated "$r" "${FIXED[@]}"); do
         read -r rps p50 p99 cpu < <(run_wrk "$t" "$CONNS2" "$WORK/think.lua")
         echo "$rps" >>"$WORK/$t.frps"; echo "$p50" >>"$WORK/$t.fp50"; echo "$p99" >>"$WORK/$t.fp99"
         printf '  round %d %-10s %10.0f req/s  p50 %6.3f ms  p99 %7.3f ms  %5.1f CPU-us/req\n' \
