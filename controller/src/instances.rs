@@ -510,6 +510,9 @@ pub async fn reconcile_once(ctx: &Arc<Ctx>, shutdown: &CancellationToken) -> Res
     let desired = desired_slots(&apps);
     let mut by_slot: HashMap<SlotKey, Vec<Managed>> = HashMap::new();
     let mut orphans = Vec::new();
+    // Containers of a supervised slot that its supervisor does not own: made by a create that an
+    // earlier run sent before it died, which Docker finished after this run listed containers.
+    let mut strays = Vec::new();
     {
         let mut slots = ctx
             .instances
@@ -519,12 +522,18 @@ pub async fn reconcile_once(ctx: &Arc<Ctx>, shutdown: &CancellationToken) -> Res
         for c in &containers {
             match slot_of(c) {
                 Some(key) => {
-                    if !slots.contains_key(&key) && !ctx.instances.is_owned(&c.id) {
-                        if desired.contains_key(&key) {
-                            by_slot.entry(key).or_default().push(c.clone());
-                        } else {
-                            orphans.push(c.clone());
-                        }
+                    let owned = ctx.instances.is_owned(&c.id)
+                        || c.label(labels::INSTANCE)
+                            .is_some_and(|i| ctx.instances.is_owned(i));
+                    if owned {
+                        continue;
+                    }
+                    if slots.contains_key(&key) {
+                        strays.push(c.clone());
+                    } else if desired.contains_key(&key) {
+                        by_slot.entry(key).or_default().push(c.clone());
+                    } else {
+                        orphans.push(c.clone());
                     }
                 }
                 None => {
@@ -590,6 +599,14 @@ pub async fn reconcile_once(ctx: &Arc<Ctx>, shutdown: &CancellationToken) -> Res
     for c in orphans {
         tracing::info!(container = %c.id, app = ?c.label(labels::APP), "removing orphan container");
         docker::remove(&ctx.docker, &c.id).await?;
+    }
+    for c in strays {
+        // Its slot's supervisor may be removing it itself right now: a failure is not an error
+        // of this pass.
+        tracing::info!(container = %c.id, app = ?c.label(labels::APP), "removing a container its slot does not own");
+        if let Err(e) = docker::remove(&ctx.docker, &c.id).await {
+            tracing::debug!(container = %c.id, error = %e, "stray container not removed");
+        }
     }
     publish_routes(ctx)?;
     Ok(())
@@ -1471,6 +1488,9 @@ async fn start(
     );
 
     tracing::info!(app = %spec.app_name, process = %key.process, index = key.index, revision = spec.revision, %ip, "creating instance container");
+    // Owned by its instance id until Docker says its container id: a reconcile pass in between
+    // must not take it for a stray.
+    ctx.instances.own(&instance_id);
     let created = async {
         let id = match docker::create(&ctx.docker, &name, body).await {
             Ok(id) => id,
@@ -1478,10 +1498,12 @@ async fn start(
                 // A failed create may still have made the container; remove it by its name
                 // (unique to this instance) before its address is free again.
                 discard_unrouted(ctx, &name, ip, &instance_id).await;
+                ctx.instances.disown(&instance_id);
                 return Err(e);
             }
         };
         ctx.instances.own(&id);
+        ctx.instances.disown(&instance_id);
         match async {
             let droplet = ctx.blobs.path(&spec.droplet)?;
             docker::upload_file(&ctx.docker, &id, "/home/vcap", &droplet).await?;
