@@ -36,9 +36,13 @@ bench_cleanup() {
     [[ -n $ids ]] && docker volume rm -f $ids >/dev/null 2>&1
     ids=$(docker images -q --filter "label=pier.bench=$BENCH_ID" | sort -u)
     [[ -n $ids ]] && docker rmi -f $ids >/dev/null 2>&1
+    # The controller's instance network, once its containers are gone.
+    ids=$(docker network ls -q --filter "label=pier.controller=$BENCH_ID")
+    [[ -n $ids ]] && docker network rm $ids >/dev/null 2>&1
     local left
-    left=$(docker ps -aq --filter "label=pier.controller=$BENCH_ID" | wc -l)
-    log "cleanup: removed containers and volumes of $BENCH_ID ($left left)"
+    left=$(( $(docker ps -aq --filter "label=pier.controller=$BENCH_ID" | wc -l) +
+      $(docker network ls -q --filter "label=pier.controller=$BENCH_ID" | wc -l) ))
+    log "cleanup: removed containers, volumes and the network of $BENCH_ID ($left left)"
   fi
   if [[ -n ${WORK:-} && -d $WORK ]]; then
     if [[ $rc -ne 0 && -f $WORK/controller.log ]]; then
