@@ -680,6 +680,56 @@ fn cell(ctx: &Ctx, key: &SlotKey, text: &str) {
     );
 }
 
+/// What ends a supervisor's wait, besides its own work.
+enum SlotSignal {
+    /// The controller shuts down: leave the instances as they are.
+    Shutdown,
+    /// The slot is no longer wanted (cancelled, or its handle dropped).
+    Gone,
+    /// A new spec.
+    Changed,
+}
+
+async fn slot_signal(
+    shutdown: &CancellationToken,
+    cancel: &CancellationToken,
+    spec_rx: &mut watch::Receiver<InstanceSpec>,
+) -> SlotSignal {
+    tokio::select! {
+        _ = shutdown.cancelled() => SlotSignal::Shutdown,
+        _ = cancel.cancelled() => SlotSignal::Gone,
+        changed = spec_rx.changed() => match changed {
+            Ok(()) => SlotSignal::Changed,
+            // The sender goes with the slot's handle: the slot is gone, like a cancel.
+            Err(_) if shutdown.is_cancelled() => SlotSignal::Shutdown,
+            Err(_) => SlotSignal::Gone,
+        },
+    }
+}
+
+/// Out of restarts, with no instance: waits for a new spec (which resets the crash count).
+/// `false` when the slot is gone or the controller shuts down instead: the supervisor returns.
+async fn await_new_spec(
+    ctx: &Ctx,
+    key: &SlotKey,
+    shutdown: &CancellationToken,
+    cancel: &CancellationToken,
+    spec_rx: &mut watch::Receiver<InstanceSpec>,
+    crashes: &mut Crashes,
+) -> bool {
+    match slot_signal(shutdown, cancel, spec_rx).await {
+        SlotSignal::Shutdown => false,
+        SlotSignal::Gone => {
+            ctx.instances.set_view(key, |v| *v = SlotView::default());
+            false
+        }
+        SlotSignal::Changed => {
+            crashes.count = 0;
+            true
+        }
+    }
+}
+
 async fn supervise(
     ctx: Arc<Ctx>,
     key: SlotKey,
@@ -772,10 +822,17 @@ async fn supervise(
                             Some(wait) => restart_at = Some(tokio::time::Instant::now() + wait),
                             None => {
                                 // Out of restarts: wait for a new spec or the end.
-                                tokio::select! {
-                                    _ = shutdown.cancelled() => return,
-                                    _ = cancel.cancelled() => { ctx.instances.set_view(&key, |v| *v = SlotView::default()); return; }
-                                    r = spec_rx.changed() => { if r.is_err() { if !shutdown.is_cancelled() { ctx.instances.set_view(&key, |v| *v = SlotView::default()); } return; } crashes.count = 0; }
+                                if !await_new_spec(
+                                    &ctx,
+                                    &key,
+                                    &shutdown,
+                                    &cancel,
+                                    &mut spec_rx,
+                                    &mut crashes,
+                                )
+                                .await
+                                {
+                                    return;
                                 }
                             }
                         }
@@ -791,9 +848,11 @@ async fn supervise(
                             &mut address_wait,
                         );
                         tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            _ = cancel.cancelled() => { ctx.instances.set_view(&key, |v| *v = SlotView::default()); return; }
-                            r = spec_rx.changed() => { if r.is_err() { if !shutdown.is_cancelled() { ctx.instances.set_view(&key, |v| *v = SlotView::default()); } return; } }
+                            signal = slot_signal(&shutdown, &cancel, &mut spec_rx) => match signal {
+                                SlotSignal::Shutdown => return,
+                                SlotSignal::Gone => { ctx.instances.set_view(&key, |v| *v = SlotView::default()); return; }
+                                SlotSignal::Changed => {}
+                            },
                             _ = tokio::time::sleep(ADDRESS_RETRY) => {}
                         }
                     }
@@ -907,19 +966,14 @@ async fn supervise(
                                 &mut address_wait,
                             );
                             tokio::select! {
-                                _ = shutdown.cancelled() => return,
-                                _ = cancel.cancelled() => {
-                                    retire(&ctx, &key, &r).await;
-                                    return;
-                                }
-                                changed = spec_rx.changed() => {
-                                    if changed.is_err() {
-                                        if !shutdown.is_cancelled() {
-                                            retire(&ctx, &key, &r).await;
-                                        }
+                                signal = slot_signal(&shutdown, &cancel, &mut spec_rx) => match signal {
+                                    SlotSignal::Shutdown => return,
+                                    SlotSignal::Gone => {
+                                        retire(&ctx, &key, &r).await;
                                         return;
                                     }
-                                }
+                                    SlotSignal::Changed => {}
+                                },
                                 _ = tokio::time::sleep(ADDRESS_RETRY) => {}
                             }
                         }
@@ -934,20 +988,14 @@ async fn supervise(
                 }
                 let checks = spec.health_check.kind != HealthCheckType::Process;
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = cancel.cancelled() => {
-                        retire(&ctx, &key, &r).await;
-                        return;
-                    }
-                    changed = spec_rx.changed() => {
-                        // The sender goes with the slot's handle: the slot is gone, like a cancel.
-                        if changed.is_err() {
-                            if !shutdown.is_cancelled() {
-                                retire(&ctx, &key, &r).await;
-                            }
+                    signal = slot_signal(&shutdown, &cancel, &mut spec_rx) => match signal {
+                        SlotSignal::Shutdown => return,
+                        SlotSignal::Gone => {
+                            retire(&ctx, &key, &r).await;
                             return;
                         }
-                    }
+                        SlotSignal::Changed => {}
+                    },
                     failed = watch_health(&ctx, &key, &r, &spec.health_check), if checks => {
                         // Out of the router first, then the container goes; it restarts as after a crash.
                         ctx.instances.set_view(&key, |v| {
@@ -964,10 +1012,8 @@ async fn supervise(
                             Some(wait) => restart_at = Some(tokio::time::Instant::now() + wait),
                             None => {
                                 restart_at = None;
-                                tokio::select! {
-                                    _ = shutdown.cancelled() => return,
-                                    _ = cancel.cancelled() => { ctx.instances.set_view(&key, |v| *v = SlotView::default()); return; }
-                                    r = spec_rx.changed() => { if r.is_err() { if !shutdown.is_cancelled() { ctx.instances.set_view(&key, |v| *v = SlotView::default()); } return; } crashes.count = 0; }
+                                if !await_new_spec(&ctx, &key, &shutdown, &cancel, &mut spec_rx, &mut crashes).await {
+                                    return;
                                 }
                             }
                         }
@@ -998,10 +1044,8 @@ async fn supervise(
                             restart_at = Some(tokio::time::Instant::now() + wait);
                         } else {
                             restart_at = None;
-                            tokio::select! {
-                                _ = shutdown.cancelled() => return,
-                                _ = cancel.cancelled() => { ctx.instances.set_view(&key, |v| *v = SlotView::default()); return; }
-                                r = spec_rx.changed() => { if r.is_err() { if !shutdown.is_cancelled() { ctx.instances.set_view(&key, |v| *v = SlotView::default()); } return; } crashes.count = 0; }
+                            if !await_new_spec(&ctx, &key, &shutdown, &cancel, &mut spec_rx, &mut crashes).await {
+                                return;
                             }
                         }
                     }
