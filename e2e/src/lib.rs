@@ -488,6 +488,17 @@ impl Platform {
         http_get(&format!("{}{}", self.router, path), Some(host), None)
     }
 
+    /// The app's events as the API reports them (`GET /v1/apps/NAME/events`), newest first.
+    pub fn events(&self, app: &str) -> Vec<serde_json::Value> {
+        let (s, body) = http_get(
+            &format!("{}/v1/apps/{app}/events", self.api),
+            None,
+            Some(&self.token),
+        );
+        assert_eq!(s, 200, "{body}");
+        serde_json::from_str(&body).expect("events json")
+    }
+
     /// The app as the API reports it (`GET /v1/apps/NAME`), or None on 404.
     pub fn app_json(&self, name: &str) -> Option<serde_json::Value> {
         let (status, body) = http_get(

@@ -28,20 +28,10 @@ fn scale_no_wait(p: &Platform, app: &str, n: u32) {
     assert_eq!(s, 200, "{text}");
 }
 
-fn events(p: &Platform, app: &str) -> Vec<serde_json::Value> {
-    let (s, body) = http_get(
-        &format!("{}/v1/apps/{app}/events", p.api),
-        None,
-        Some(&p.token),
-    );
-    assert_eq!(s, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
 /// The message of the app's `no_address` event, once there is one.
 fn no_address_event(p: &Platform, app: &str) -> String {
     eventually(Duration::from_secs(20), "a no_address event", || {
-        events(p, app)
+        p.events(app)
             .into_iter()
             .find(|e| e["kind"] == "no_address")
             .map(|e| e["message"].as_str().unwrap_or_default().to_string())

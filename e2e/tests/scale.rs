@@ -51,16 +51,6 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn events(p: &Platform, app: &str) -> Vec<serde_json::Value> {
-    let (s, body) = http_get(
-        &format!("{}/v1/apps/{app}/events", p.api),
-        None,
-        Some(&p.token),
-    );
-    assert_eq!(s, 200, "{body}");
-    serde_json::from_str::<Vec<serde_json::Value>>(&body).unwrap()
-}
-
 #[test]
 fn scale_up_down_to_zero_and_back_routes_only_running_instances() {
     let p = Platform::start();
@@ -100,7 +90,7 @@ fn scale_up_down_to_zero_and_back_routes_only_running_instances() {
                 .then_some(())
         });
     }
-    let ev = events(&p, "scaly");
+    let ev = p.events("scaly");
     assert!(ev.iter().any(|e| e["kind"] == "scaled"), "{ev:?}");
     // `pier app` shows usage per instance; `pier events` lists what happened.
     let out = p.pier_ok(&["app", "scaly"], app.path());
@@ -132,7 +122,7 @@ fn killed_instance_is_replaced_and_no_longer_routed() {
     assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(after.iter().filter(|id| before.contains(id)).count(), 1);
     assert_eq!(seen(&p, "killy.localhost", 20), BTreeSet::from([0, 1]));
-    let ev = events(&p, "killy");
+    let ev = p.events("killy");
     assert!(
         ev.iter().any(|e| e["kind"] == "crashed"
             && e["message"]
@@ -154,7 +144,7 @@ fn crashing_app_shows_crashed_and_backs_off() {
     assert!(!out.status.success());
     // Crashes 1 and 2 restart at once, then 1.5 s, 3 s, ...: wait for the fifth crash.
     let ev = eventually(Duration::from_secs(30), "five crashes", || {
-        let ev = events(&p, "crashy");
+        let ev = p.events("crashy");
         let crashes: Vec<_> = ev.into_iter().filter(|e| e["kind"] == "crashed").collect();
         (crashes.len() >= 5).then_some(crashes)
     });
@@ -194,7 +184,7 @@ fn oom_kill_is_recorded_as_such() {
     p.pier_ok(&["push"], app.path());
     let _ = p.get_via_router("hungry.localhost", "/eat");
     let ev = eventually(Duration::from_secs(30), "OOM crash event", || {
-        events(&p, "hungry")
+        p.events("hungry")
             .into_iter()
             .find(|e| e["kind"] == "crashed")
     });
@@ -232,7 +222,7 @@ fn failing_health_check_replaces_the_instance() {
         (ids.len() == 1 && ids[0] != first && running(&p, "flaky") == 1).then(|| ids[0].clone())
     });
     assert_ne!(replaced, first);
-    let ev = events(&p, "flaky");
+    let ev = p.events("flaky");
     assert!(
         ev.iter().any(|e| e["message"]
             .as_str()
@@ -375,7 +365,7 @@ fn kill_9_mid_scale_and_mid_staging_then_converge() {
             .any(|l| l.get("pier.kind").map(String::as_str) == Some("staging")))
         .then_some(())
     });
-    let ev = events(&p, "stager");
+    let ev = p.events("stager");
     assert!(ev.iter().any(|e| e["kind"] == "staging_failed"), "{ev:?}");
     // Nothing stuck: it stages fine now.
     p.pier_ok(&["restage", "stager"], deps.path());

@@ -40,6 +40,31 @@ async fn exchange(router: std::net::SocketAddr, req: &[u8], wait: Duration) -> S
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Reads from `s` until what came so far satisfies `done`; fails if the router closes first
+/// or takes more than 5 s for a read.
+async fn read_until(s: &mut TcpStream, what: &str, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !done(&got) {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{what} in time: {}", String::from_utf8_lossy(&got)))
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before {what}: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+/// The end of a chunked body.
+fn last_chunk(got: &[u8]) -> bool {
+    got.ends_with(b"0\r\n\r\n")
+}
+
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order_and_head_has_no_body() {
     let echo = echo_backend().await;
@@ -97,16 +122,7 @@ async fn http10_clients_get_their_body_and_a_close() {
     s.write_all(b"GET / HTTP/1.1\r\nHost: c.localhost\r\n\r\n")
         .await
         .expect("write");
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !got.ends_with(b"0\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("answer in time")
-            .expect("read");
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
-    }
+    let got = read_until(&mut s, "the last chunk", last_chunk).await;
     let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
     assert!(text.contains("transfer-encoding: chunked"), "{text}");
     assert!(!text.contains("connection: close"), "{text}");
@@ -138,15 +154,10 @@ async fn expect_continue_and_chunked_uploads_reach_the_app_whole() {
         String::from_utf8_lossy(&buf[..n])
     );
     s.write_all(b"data").await.expect("write body");
-    let mut out = Vec::new();
-    while !String::from_utf8_lossy(&out).contains("PUT /up data") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("answer in time")
-            .expect("read");
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&out));
-        out.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut s, "the app's answer", |got| {
+        String::from_utf8_lossy(got).contains("PUT /up data")
+    })
+    .await;
 
     // A chunked upload with extensions and trailers: the app gets the decoded body.
     let ans = exchange(
@@ -203,20 +214,7 @@ async fn a_response_delimited_by_close_reaches_the_client_whole() {
         s.write_all(b"GET / HTTP/1.1\r\nHost: old.localhost\r\n\r\n")
             .await
             .expect("write");
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !got.ends_with(b"0\r\n\r\n") {
-            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-                .await
-                .expect("answer in time")
-                .expect("read");
-            assert!(
-                n > 0,
-                "round {round}: closed: {}",
-                String::from_utf8_lossy(&got)
-            );
-            got.extend_from_slice(&buf[..n]);
-        }
+        let got = read_until(&mut s, &format!("round {round}'s last chunk"), last_chunk).await;
         let text = String::from_utf8_lossy(&got);
         assert!(
             text.contains("\r\n\r\nd\r\nuntil the end\r\n0\r\n\r\n"),
