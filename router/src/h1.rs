@@ -654,27 +654,19 @@ where
                 match parse_request(&mut rd, opts.max_header_bytes) {
                     Ok(Some(head)) => break head,
                     Ok(None) => {}
-                    Err(HeadError::TooLarge) => {
+                    Err(e) => {
+                        // Nothing can be routed: answered here, and the connection closed.
+                        let (status, message) = match e {
+                            HeadError::TooLarge => (
+                                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                "Request header fields too large.".to_string(),
+                            ),
+                            HeadError::Bad(why) => {
+                                (StatusCode::BAD_REQUEST, format!("Bad request: {why}."))
+                            }
+                        };
                         opts.metrics.record_router_error(cause::BAD_REQUEST);
-                        let out = error_bytes(
-                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                            cause::BAD_REQUEST,
-                            None,
-                            "Request header fields too large.",
-                            true,
-                        );
-                        client.write_all(&out).await?;
-                        return Ok(Ended::Closed);
-                    }
-                    Err(HeadError::Bad(why)) => {
-                        opts.metrics.record_router_error(cause::BAD_REQUEST);
-                        let out = error_bytes(
-                            StatusCode::BAD_REQUEST,
-                            cause::BAD_REQUEST,
-                            None,
-                            &format!("Bad request: {why}."),
-                            true,
-                        );
+                        let out = error_bytes(status, cause::BAD_REQUEST, None, &message, true);
                         client.write_all(&out).await?;
                         return Ok(Ended::Closed);
                     }
@@ -1201,14 +1193,11 @@ where
             .await
             .map(failed);
     }
-    let connection_has = |token: &[u8]| {
-        list_items(resp.values(b"connection")).any(|t| t.eq_ignore_ascii_case(token))
-    };
     let upstream_keep_alive = !switching
         && if resp.http11 {
-            !connection_has(b"close")
+            !resp.fields.has_token(b"connection", b"close")
         } else {
-            connection_has(b"keep-alive")
+            resp.fields.has_token(b"connection", b"keep-alive")
         };
     let status = resp.status;
     log.status = status.as_u16();

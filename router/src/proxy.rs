@@ -990,7 +990,7 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
 }
 
 /// The incoming request id if it is sane, else a new one.
-pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
+fn request_id(headers: &HeaderMap) -> HeaderValue {
     request_id_from(headers.get(&X_VCAP_REQUEST_ID).map(HeaderValue::as_bytes))
 }
 
@@ -1024,7 +1024,7 @@ pub(crate) fn traceparent() -> HeaderValue {
 }
 
 /// The X-Forwarded-For value to send: the incoming one(s) with the client's address appended.
-pub(crate) fn forwarded_for(headers: &HeaderMap, client: SocketAddr) -> String {
+fn forwarded_for(headers: &HeaderMap, client: SocketAddr) -> String {
     forwarded_for_from(
         headers
             .get_all(&X_FORWARDED_FOR)
@@ -1052,7 +1052,7 @@ pub(crate) fn forwarded_for_from<'a>(
     }
 }
 
-pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
@@ -1076,7 +1076,7 @@ fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
 /// and `Expect` removed, `X-Forwarded-*`, `X-Request-Start`, the request id, `traceparent` and
 /// `X-CF-ApplicationID` set, and `Connection: upgrade` kept for an upgrade. Per-instance headers
 /// (`X-CF-InstanceIndex`, `X-CF-InstanceID`) are added per attempt.
-pub(crate) fn upstream_headers(
+fn upstream_headers(
     headers: &mut HeaderMap,
     host: &str,
     xff: &str,
@@ -1150,7 +1150,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The instance id of a `__VCAP_ID__` cookie on the request.
-pub(crate) fn sticky_instance(headers: &HeaderMap) -> Option<String> {
+fn sticky_instance(headers: &HeaderMap) -> Option<String> {
     sticky_instance_from(
         headers
             .get_all(header::COOKIE)
@@ -1204,7 +1204,7 @@ pub(crate) fn sticky_cookie<'a>(
     })
 }
 
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {
