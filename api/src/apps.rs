@@ -259,8 +259,7 @@ pub enum BuildEvent {
 pub struct AppEvent {
     #[serde(with = "time::serde::rfc3339")]
     pub time: OffsetDateTime,
-    /// `created`, `updated`, `uploaded`, `staged`, `staging_failed`, `started`, `stopped`, `crashed`, ...
-    pub kind: String,
+    pub kind: crate::vocab::EventKind,
     pub message: String,
     pub actor: String,
 }

@@ -42,6 +42,7 @@ pub mod logs;
 pub mod names;
 pub mod routes;
 pub mod size;
+pub mod vocab;
 
 pub use apps::*;
 pub use buildpacks::{BuildpackResponse, CreateBuildpackRequest, UpdateBuildpackRequest};
@@ -55,6 +56,7 @@ pub use routes::{
     Backend, Balancing, RouteEntry, RouteMapping, RouteRequest, RouteSpec, RouteTable,
 };
 pub use size::parse_size_mb;
+pub use vocab::{AppAction, DeploymentAction, EventKind, LogSource};
 
 /// Header the router puts on every response it generates itself, naming the cause.
 pub const ROUTER_ERROR_HEADER: &str = "x-pier-router-error";

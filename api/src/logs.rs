@@ -27,7 +27,7 @@ pub struct LogLine {
     #[serde(with = "time::serde::rfc3339")]
     pub time: OffsetDateTime,
     /// `APP/PROC/WEB/0`, `STG/0`, `RTR/0`, `API/0`, `CELL/0`, `HEALTH/0`, `LGR`.
-    pub source: String,
+    pub source: crate::vocab::LogSource,
     pub stream: LogStream,
     pub text: String,
 }
@@ -70,7 +70,7 @@ impl LogDrop {
         LogLine {
             seq: self.last_seq,
             time: self.time,
-            source: "LGR".into(),
+            source: crate::vocab::LogSource::Logger,
             stream: LogStream::Err,
             text: format!(
                 "{} lines dropped (seq {} to {}): {}",
@@ -158,7 +158,7 @@ mod tests {
         let line = LogLine {
             seq: 1,
             time: time::macros::datetime!(2026-11-25 12:00:05.367 UTC),
-            source: "APP/PROC/WEB/0".into(),
+            source: "APP/PROC/WEB/0".parse().unwrap(),
             stream: LogStream::Out,
             text: "hello".into(),
         };

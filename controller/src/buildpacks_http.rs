@@ -227,7 +227,11 @@ async fn clear_cache(State(ctx): S, Path(name): Path<String>) -> Result<Response
         )
     })?;
     crate::docker::remove_volume(&ctx.docker, &staging::cache_volume(&app.guid)).await?;
-    ctx.event(&app, "cache_cleared", "buildpack cache cleared");
+    ctx.event(
+        &app,
+        pier_api::EventKind::CacheCleared,
+        "buildpack cache cleared",
+    );
     Ok(http::StatusCode::NO_CONTENT.into_response())
 }
 

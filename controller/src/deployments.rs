@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use pier_api::{
     AppState, CanaryStatus, DeployRequest, DeploymentResponse, DeploymentState, DeploymentStrategy,
-    ErrorCode, RevisionResponse,
+    ErrorCode, EventKind, RevisionResponse,
 };
 use time::OffsetDateTime;
 
@@ -481,7 +481,7 @@ async fn watch_once(ctx: &Arc<Ctx>) -> Result<()> {
 }
 
 /// Looks at one app's deployment; returns an event when its record changed.
-fn step(ctx: &Ctx, app: &mut AppRecord) -> Option<(&'static str, String)> {
+fn step(ctx: &Ctx, app: &mut AppRecord) -> Option<(EventKind, String)> {
     let d = app.active_deployment()?.clone();
     let desired = crate::instances::desired_slots(std::slice::from_ref(app));
     let report = ctx.instances.report(&app.guid);
@@ -506,7 +506,7 @@ fn step(ctx: &Ctx, app: &mut AppRecord) -> Option<(&'static str, String)> {
                 }
             );
             finish(app, DeploymentState::Failed, reason.clone());
-            return Some(("deployment_failed", reason));
+            return Some((EventKind::DeploymentFailed, reason));
         }
     }
     // Canary analysis at the end of each step's window.
@@ -526,7 +526,7 @@ fn step(ctx: &Ctx, app: &mut AppRecord) -> Option<(&'static str, String)> {
             let pct = c.steps.get(c.step).copied().unwrap_or(100);
             app.active_deployment_mut()?.step_started_at = Some(OffsetDateTime::now_utc());
             return Some((
-                "canary_started",
+                pier_api::EventKind::CanaryStarted,
                 format!(
                     "canary of revision {} is serving {pct}% of traffic; judged after {} s",
                     d.revision, c.window_secs
@@ -560,14 +560,14 @@ fn step(ctx: &Ctx, app: &mut AppRecord) -> Option<(&'static str, String)> {
                 let dm = app.active_deployment_mut()?;
                 advance(dm, format!("step {pct}% passed: {figures}"));
                 Some((
-                    "canary_step",
+                    pier_api::EventKind::CanaryStep,
                     format!("canary step {pct}% passed: {figures}"),
                 ))
             }
             Err(why) => {
                 let reason = format!("canary rolled back at step {pct}%: {why}");
                 finish(app, DeploymentState::Failed, reason.clone());
-                Some(("deployment_failed", reason))
+                Some((EventKind::DeploymentFailed, reason))
             }
         };
     }
@@ -586,7 +586,7 @@ fn step(ctx: &Ctx, app: &mut AppRecord) -> Option<(&'static str, String)> {
     if all_new && !leftovers {
         let msg = format!("deployment of revision {} succeeded", d.revision);
         finish(app, DeploymentState::Succeeded, msg.clone());
-        return Some(("deployment_succeeded", msg));
+        return Some((EventKind::DeploymentSucceeded, msg));
     }
     None
 }

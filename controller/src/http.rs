@@ -16,9 +16,10 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use pier_api::{
-    AppConfigRequest, AppName, AppResponse, AppState, BuildEvent, BuildRequest, DeployRequest,
-    DeploymentResponse, ErrorCode, HealthCheck, HealthCheckType, InfoResponse, PackageResponse,
-    ProcessConfigRequest, ProcessResponse, ProcessType, RouteSpec,
+    AppAction, AppConfigRequest, AppName, AppResponse, AppState, BuildEvent, BuildRequest,
+    DeployRequest, DeploymentAction, DeploymentResponse, ErrorCode, EventKind, HealthCheck,
+    HealthCheckType, InfoResponse, PackageResponse, ProcessConfigRequest, ProcessResponse,
+    ProcessType, RouteSpec,
 };
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -454,8 +455,12 @@ async fn put_app(
     }
     app.updated_at = now;
     ctx.store.put_app(&app)?;
-    let what = if created { "created" } else { "updated" };
-    ctx.event(&app, what, &format!("app {what}"));
+    let (kind, what) = if created {
+        (EventKind::Created, "created")
+    } else {
+        (EventKind::Updated, "updated")
+    };
+    ctx.event(&app, kind, &format!("app {what}"));
     ctx.instances.trigger.notify_one();
     crate::instances::publish_routes(&ctx)?;
     Ok(Json(app_response(&ctx, &app)))
@@ -578,7 +583,7 @@ async fn build(State(ctx): S, Path(name): Path<String>, body: Bytes) -> Result<R
         if let Some(d) = app.droplet.clone().filter(|d| ctx.blobs.exists(&d.sha256)) {
             let line = ctx.logs.publish(
                 &app.guid,
-                "STG/0",
+                &pier_api::LogSource::Staging(0),
                 pier_api::LogStream::Out,
                 &format!(
                     "-----> Source unchanged since the last staging: reusing droplet {}",
@@ -586,7 +591,11 @@ async fn build(State(ctx): S, Path(name): Path<String>, body: Bytes) -> Result<R
                 ),
                 OffsetDateTime::now_utc(),
             );
-            ctx.event(&app, "staged", "source unchanged; droplet reused");
+            ctx.event(
+                &app,
+                pier_api::EventKind::Staged,
+                "source unchanged; droplet reused",
+            );
             drop(guard);
             let body = [BuildEvent::Log(line), BuildEvent::Done(d)]
                 .iter()
@@ -620,7 +629,7 @@ async fn build(State(ctx): S, Path(name): Path<String>, body: Bytes) -> Result<R
     tokio::spawn(async move {
         let _guard = guard;
         let ctx = task_ctx;
-        ctx.event(&app, "staging", "staging started");
+        ctx.event(&app, pier_api::EventKind::Staging, "staging started");
         let result = crate::staging::stage(ctx.clone(), &app, &package, tx.clone()).await;
         ctx.active_stagings
             .lock()
@@ -649,7 +658,7 @@ async fn build(State(ctx): S, Path(name): Path<String>, body: Bytes) -> Result<R
                 latest.updated_at = OffsetDateTime::now_utc();
                 ctx.event(
                     &latest,
-                    "staged",
+                    pier_api::EventKind::Staged,
                     &format!("staged with buildpack {}", droplet.buildpack),
                 );
                 BuildEvent::Done(droplet)
@@ -659,7 +668,7 @@ async fn build(State(ctx): S, Path(name): Path<String>, body: Bytes) -> Result<R
                 if api.code == ErrorCode::Internal {
                     tracing::error!(app = %app.name, error = %e, "staging failed");
                 }
-                ctx.event(&latest, "staging_failed", &api.message);
+                ctx.event(&latest, pier_api::EventKind::StagingFailed, &api.message);
                 BuildEvent::Error(api)
             }
         };
@@ -685,24 +694,27 @@ async fn action(
     body: Bytes,
 ) -> Result<Json<AppResponse>> {
     let app = load(&ctx, &name)?;
+    let action: AppAction = action
+        .parse()
+        .map_err(|e: String| Error::api(ErrorCode::NotFound, e))?;
     let lock = ctx.app_lock(&app.name);
     let guard = lock.lock().await;
     let mut app = load(&ctx, &name)?;
-    match action.as_str() {
+    match action {
         // Starting or restarting is a deployment: rolling when instances already run.
-        "start" | "restart" => {
+        AppAction::Start | AppAction::Restart => {
             let mut req: DeployRequest = json_body(&body)?;
-            req.restart |= action == "restart";
+            req.restart |= action == AppAction::Restart;
             if let Some(d) = crate::deployments::deploy(&ctx, &mut app, &req)? {
                 ctx.store.put_app(&app)?;
                 ctx.event(
                     &app,
-                    "deployment_started",
+                    pier_api::EventKind::DeploymentStarted,
                     d.reason.as_deref().unwrap_or("deploying"),
                 );
             }
         }
-        "stop" => {
+        AppAction::Stop => {
             if let Some(d) = app.active_deployment_mut() {
                 d.state = pier_api::DeploymentState::Canceled;
                 d.reason = Some("the app was stopped".into());
@@ -711,13 +723,7 @@ async fn action(
             app.state = AppState::Stopped;
             app.updated_at = OffsetDateTime::now_utc();
             ctx.store.put_app(&app)?;
-            ctx.event(&app, "stopped", "app stopped");
-        }
-        other => {
-            return Err(Error::api(
-                ErrorCode::NotFound,
-                format!("unknown action {other:?}: use start, stop or restart"),
-            ))
+            ctx.event(&app, pier_api::EventKind::Stopped, "app stopped");
         }
     }
     drop(guard);
@@ -740,7 +746,7 @@ async fn create_deployment(
             ctx.store.put_app(&app)?;
             ctx.event(
                 &app,
-                "deployment_started",
+                pier_api::EventKind::DeploymentStarted,
                 d.reason.as_deref().unwrap_or("deploying"),
             );
             d
@@ -778,29 +784,22 @@ async fn deployment_action(
     let guard = lock.lock().await;
     let mut app = load(&ctx, &name)?;
     let current = app.active_deployment().map(|d| d.id.clone());
+    let action: DeploymentAction = action
+        .parse()
+        .map_err(|e: String| Error::api(ErrorCode::NotFound, e))?;
     if id != "current" && current.as_deref() != Some(id.as_str()) {
         return Err(Error::api(
             ErrorCode::NotFound,
             format!("deployment {id} of app {} is not in progress", app.name),
         ));
     }
-    let d = match action.as_str() {
-        "cancel" => crate::deployments::cancel(&mut app)?,
-        "continue" => crate::deployments::continue_canary(&mut app)?,
-        other => {
-            return Err(Error::api(
-                ErrorCode::NotFound,
-                format!("unknown deployment action {other:?}: use cancel or continue"),
-            ))
-        }
+    let d = match action {
+        DeploymentAction::Cancel => crate::deployments::cancel(&mut app)?,
+        DeploymentAction::Continue => crate::deployments::continue_canary(&mut app)?,
     };
     app.updated_at = OffsetDateTime::now_utc();
     ctx.store.put_app(&app)?;
-    ctx.event(
-        &app,
-        &format!("deployment_{action}"),
-        d.reason.as_deref().unwrap_or(""),
-    );
+    ctx.event(&app, action.event(), d.reason.as_deref().unwrap_or(""));
     drop(guard);
     crate::instances::reconcile_once(&ctx, &ctx.shutdown).await?;
     Ok(Json(crate::deployments::deployment_response(&d)))
@@ -852,7 +851,7 @@ async fn put_process(
     );
     app.updated_at = OffsetDateTime::now_utc();
     ctx.store.put_app(&app)?;
-    ctx.event(&app, "scaled", &summary);
+    ctx.event(&app, pier_api::EventKind::Scaled, &summary);
     crate::instances::reconcile_once(&ctx, &ctx.shutdown).await?;
     Ok(Json(app_response(&ctx, &app)))
 }
@@ -904,9 +903,9 @@ async fn change_route(
     app.updated_at = OffsetDateTime::now_utc();
     ctx.store.put_app(&app)?;
     let what = if map {
-        "route_mapped"
+        EventKind::RouteMapped
     } else {
-        "route_unmapped"
+        EventKind::RouteUnmapped
     };
     ctx.event(
         &app,

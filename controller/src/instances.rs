@@ -25,7 +25,7 @@ use bollard::models::{ContainerCreateBody, PortBinding};
 use futures_util::StreamExt;
 use pier_api::{
     AppState, Backend, DeploymentStrategy, HealthCheck, HealthCheckType, InstanceState,
-    InstanceStatus, LogStream, ProcessType, RouteEntry,
+    InstanceStatus, LogSource, LogStream, ProcessType, RouteEntry,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -673,7 +673,7 @@ fn status(
 fn cell(ctx: &Ctx, key: &SlotKey, text: &str) {
     ctx.logs.publish(
         &key.app_guid,
-        &format!("CELL/{}", key.index),
+        &LogSource::Cell(key.index),
         LogStream::Out,
         text,
         OffsetDateTime::now_utc(),
@@ -947,7 +947,7 @@ async fn supervise(
                             ctx.instances.mark_revision_failed(&spec);
                             let _ = ctx.store.add_event(
                                 &key.app_guid,
-                                "replacement_failed",
+                                pier_api::EventKind::ReplacementFailed,
                                 &format!("new instance {} failed to start: {reason}; the old one keeps serving", key.index),
                                 "pier",
                             );
@@ -1079,7 +1079,7 @@ async fn watch_health(ctx: &Ctx, key: &SlotKey, r: &Running, hc: &HealthCheck) -
         };
         ctx.logs.publish(
             &key.app_guid,
-            &format!("HEALTH/{}", key.index),
+            &LogSource::Health(key.index),
             LogStream::Err,
             &format!("health check failed ({failures}/{HEALTH_FAILURES}): {what}"),
             OffsetDateTime::now_utc(),
@@ -1118,7 +1118,9 @@ fn record_crash(
     );
     tracing::info!(app = %spec.app_name, "{msg}");
     cell(ctx, key, &msg);
-    let _ = ctx.store.add_event(&key.app_guid, "crashed", &msg, "pier");
+    let _ = ctx
+        .store
+        .add_event(&key.app_guid, pier_api::EventKind::Crashed, &msg, "pier");
     let d = droplet.unwrap_or_else(|| (spec.droplet.clone(), spec.revision));
     ctx.instances.set_view(key, |v| {
         v.current = Some(Live {
@@ -1175,7 +1177,7 @@ async fn adopt(
                     crate::logs::follow_instance(
                         ctx.clone(),
                         key.app_guid.clone(),
-                        crate::logs::app_source(&key.process, key.index),
+                        LogSource::app(&key.process, key.index),
                         c.id.clone(),
                         true,
                     );
@@ -1347,7 +1349,7 @@ fn waiting_for_address(
     cell(ctx, key, &msg);
     let _ = ctx
         .store
-        .add_event(&key.app_guid, "no_address", &msg, "pier");
+        .add_event(&key.app_guid, pier_api::EventKind::NoAddress, &msg, "pier");
 }
 
 /// Ends a wait for an address, saying so if there was one.
@@ -1613,7 +1615,7 @@ async fn start(
     crate::logs::follow_instance(
         ctx.clone(),
         key.app_guid.clone(),
-        crate::logs::app_source(&key.process, key.index),
+        LogSource::app(&key.process, key.index),
         id.clone(),
         false,
     );

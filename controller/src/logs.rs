@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use pier_api::logs::MAX_LINE_BYTES;
-use pier_api::{LogDrop, LogEvent, LogLine, LogStream};
+use pier_api::{LogDrop, LogEvent, LogLine, LogSource, LogStream};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -64,7 +64,7 @@ struct Ring {
 struct RateWindow {
     started: Option<Instant>,
     accepted: u64,
-    dropped: BTreeMap<String, u64>,
+    dropped: BTreeMap<LogSource, u64>,
 }
 
 /// What is on disk for one app.
@@ -168,7 +168,7 @@ impl LogBroker {
     pub fn publish(
         &self,
         app_guid: &str,
-        source: &str,
+        source: &LogSource,
         stream: LogStream,
         text: &str,
         time: OffsetDateTime,
@@ -185,7 +185,7 @@ impl LogBroker {
         last.map(|l| (*l).clone()).unwrap_or_else(|| LogLine {
             seq,
             time,
-            source: source.to_string(),
+            source: source.clone(),
             stream,
             text: String::new(),
         })
@@ -195,7 +195,7 @@ impl LogBroker {
     pub fn publish_app_lines<'a>(
         &self,
         app: &AppLog,
-        lines: impl IntoIterator<Item = (&'a str, LogStream, &'a str, OffsetDateTime)>,
+        lines: impl IntoIterator<Item = (&'a LogSource, LogStream, &'a str, OffsetDateTime)>,
     ) {
         let mut ring = app.lock();
         let before = ring.next_seq;
@@ -217,7 +217,7 @@ impl LogBroker {
     fn push(
         &self,
         ring: &mut Ring,
-        source: &str,
+        source: &LogSource,
         stream: LogStream,
         text: &str,
         time: OffsetDateTime,
@@ -225,7 +225,7 @@ impl LogBroker {
         let line = Arc::new(LogLine {
             seq: ring.next_seq,
             time,
-            source: source.to_string(),
+            source: source.clone(),
             stream,
             text: text.to_string(),
         });
@@ -243,8 +243,8 @@ impl LogBroker {
     }
 
     /// True when this line must be dropped; a new second first publishes the last one's notice.
-    fn rate_limited(&self, ring: &mut Ring, source: &str) -> bool {
-        if self.rate_limit == 0 || !source.starts_with("APP/") {
+    fn rate_limited(&self, ring: &mut Ring, source: &LogSource) -> bool {
+        if self.rate_limit == 0 || !source.is_app() {
             return false;
         }
         let now = Instant::now();
@@ -261,7 +261,7 @@ impl LogBroker {
             ring.rate.accepted += 1;
             false
         } else {
-            *ring.rate.dropped.entry(source.to_string()).or_default() += 1;
+            *ring.rate.dropped.entry(source.clone()).or_default() += 1;
             true
         }
     }
@@ -283,7 +283,7 @@ impl LogBroker {
         );
         self.push(
             ring,
-            "LGR",
+            &LogSource::Logger,
             LogStream::Err,
             &text,
             OffsetDateTime::now_utc(),
@@ -328,13 +328,13 @@ impl LogBroker {
     }
 
     /// The newest time of a line from `source` still held, if any.
-    pub fn last_time(&self, app_guid: &str, source: &str) -> Option<OffsetDateTime> {
+    pub fn last_time(&self, app_guid: &str, source: &LogSource) -> Option<OffsetDateTime> {
         let app = self.get(app_guid)?;
         let ring = app.lock();
         ring.lines
             .iter()
             .rev()
-            .find(|l| l.source == source)
+            .find(|l| &l.source == source)
             .map(|l| l.time)
     }
 
@@ -653,11 +653,6 @@ pub async fn run_persister(ctx: Arc<crate::server::Ctx>, shutdown: CancellationT
     let _ = tokio::task::spawn_blocking(move || c.logs.persist(true)).await;
 }
 
-/// Where an instance's output goes: `APP/PROC/WEB/0`.
-pub fn app_source(process: &pier_api::ProcessType, index: u32) -> String {
-    format!("APP/PROC/{}/{index}", process.as_str().to_ascii_uppercase())
-}
-
 /// Follows a container's stdout and stderr into the app's log until the container ends.
 /// `adopted` is true for a container that was already running when this controller started.
 ///
@@ -667,7 +662,7 @@ pub fn app_source(process: &pier_api::ProcessType, index: u32) -> String {
 pub fn follow_instance(
     ctx: Arc<crate::server::Ctx>,
     app_guid: String,
-    source: String,
+    source: LogSource,
     container_id: String,
     adopted: bool,
 ) {
@@ -719,7 +714,7 @@ pub fn follow_instance(
                 &app,
                 fresh
                     .into_iter()
-                    .map(|(t, text)| (source.as_str(), stream, text.as_str(), *t)),
+                    .map(|(t, text)| (&source, stream, text.as_str(), *t)),
             );
         }
         // A last line without a newline.
@@ -731,7 +726,7 @@ pub fn follow_instance(
                     LogStream::Out
                 };
                 ctx.logs
-                    .publish_app_lines(&app, [(source.as_str(), stream, text.as_str(), t)]);
+                    .publish_app_lines(&app, [(&source, stream, text.as_str(), t)]);
             }
         }
     });
@@ -820,6 +815,10 @@ mod tests {
         OffsetDateTime::now_utc()
     }
 
+    fn web0() -> LogSource {
+        LogSource::app(&pier_api::ProcessType::web(), 0)
+    }
+
     fn lines(events: &[LogEvent]) -> Vec<u64> {
         events
             .iter()
@@ -834,7 +833,13 @@ mod tests {
     fn buffer_is_bounded_and_sequenced() {
         let b = LogBroker::new(3);
         for i in 0..5 {
-            b.publish("a", "STG/0", LogStream::Out, &format!("l{i}"), now());
+            b.publish(
+                "a",
+                &LogSource::Staging(0),
+                LogStream::Out,
+                &format!("l{i}"),
+                now(),
+            );
         }
         let recent = b.recent("a");
         assert_eq!(
@@ -860,7 +865,7 @@ mod tests {
 
         let b = LogBroker::new(10);
         let big = "x".repeat(MAX_LINE_BYTES * 2 + 5);
-        b.publish("a", "API/0", LogStream::Out, &big, now());
+        b.publish("a", &LogSource::Api(0), LogStream::Out, &big, now());
         let r = b.recent("a");
         assert_eq!(
             r.iter().map(|l| l.text.len()).collect::<Vec<_>>(),
@@ -896,14 +901,26 @@ mod tests {
     fn resume_after_seq_has_no_duplicates_and_no_gaps() {
         let b = LogBroker::new(100);
         for i in 0..10 {
-            b.publish("a", "API/0", LogStream::Out, &format!("{i}"), now());
+            b.publish(
+                "a",
+                &LogSource::Api(0),
+                LogStream::Out,
+                &format!("{i}"),
+                now(),
+            );
         }
         let mut r = b.reader("a", Start::After(4));
         assert_eq!(lines(&r.try_next(100).unwrap()), vec![5, 6, 7, 8, 9, 10]);
         // Resuming after what is no longer buffered says so, exactly.
         let b = LogBroker::new(3).with_window(3);
         for i in 0..10 {
-            b.publish("a", "API/0", LogStream::Out, &format!("{i}"), now());
+            b.publish(
+                "a",
+                &LogSource::Api(0),
+                LogStream::Out,
+                &format!("{i}"),
+                now(),
+            );
         }
         let mut r = b.reader("a", Start::After(2));
         let ev = r.try_next(100).unwrap();
@@ -923,7 +940,7 @@ mod tests {
         let mut slow_dropped = 0u64;
         let mut last = 0;
         for i in 0..1000u64 {
-            b.publish("a", "APP/PROC/WEB/0", LogStream::Out, &i.to_string(), now());
+            b.publish("a", &web0(), LogStream::Out, &i.to_string(), now());
             fast_got.extend(lines(&fast.try_next(1000).unwrap()));
             if i % 97 == 0 {
                 // The slow reader only reads a few lines, now and then.
@@ -976,7 +993,7 @@ mod tests {
         let b2 = b.clone();
         let t = tokio::spawn(async move { r.next(10).await.map(|e| lines(&e)) });
         tokio::task::yield_now().await;
-        b2.publish("a", "CELL/0", LogStream::Out, "started", now());
+        b2.publish("a", &LogSource::Cell(0), LogStream::Out, "started", now());
         assert_eq!(t.await.unwrap(), Some(vec![1]));
         let mut r = b.reader("a", Start::Recent(0));
         b.forget("a");
@@ -988,18 +1005,18 @@ mod tests {
         let b = LogBroker::new(1000).with_rate_limit(5);
         let app = b.app("a");
         let t = now();
-        let batch: Vec<(&str, LogStream, &str, OffsetDateTime)> = (0..20)
-            .map(|_| ("APP/PROC/WEB/0", LogStream::Out, "x", t))
-            .collect();
+        let web = web0();
+        let batch: Vec<(&LogSource, LogStream, &str, OffsetDateTime)> =
+            (0..20).map(|_| (&web, LogStream::Out, "x", t)).collect();
         b.publish_app_lines(&app, batch);
-        b.publish("a", "CELL/0", LogStream::Out, "platform", t);
+        b.publish("a", &LogSource::Cell(0), LogStream::Out, "platform", t);
         assert_eq!(b.recent("a").len(), 6);
         // The notice comes once the second is over.
         app.lock().rate.started = Some(Instant::now() - Duration::from_secs(2));
         b.tick_rate_limits();
         let r = b.recent("a");
         let notice = r.last().unwrap();
-        assert_eq!(notice.source, "LGR");
+        assert_eq!(notice.source, LogSource::Logger);
         assert!(
             notice.text.starts_with("15 lines dropped") && notice.text.contains("APP/PROC/WEB/0"),
             "{}",
@@ -1014,7 +1031,13 @@ mod tests {
         b.restore(&HashSet::new()).unwrap();
         for round in 0..10 {
             for i in 0..7 {
-                b.publish("a", "API/0", LogStream::Out, &format!("{round}-{i}"), now());
+                b.publish(
+                    "a",
+                    &LogSource::Api(0),
+                    LogStream::Out,
+                    &format!("{round}-{i}"),
+                    now(),
+                );
             }
             b.persist(round % 3 == 0);
             let n = std::fs::read_to_string(dir.path().join("a.ndjson"))
@@ -1023,7 +1046,7 @@ mod tests {
                 .count();
             assert!(n <= 30, "file bounded: {n} lines");
         }
-        b.publish("gone", "API/0", LogStream::Out, "x", now());
+        b.publish("gone", &LogSource::Api(0), LogStream::Out, "x", now());
         b.persist(false);
         // A torn last line (killed mid-write) is skipped.
         let mut f = std::fs::OpenOptions::new()
@@ -1043,7 +1066,7 @@ mod tests {
             "deleted apps' files go"
         );
         // Numbering goes on: a reader resuming from before the restart misses nothing held.
-        let l = again.publish("a", "API/0", LogStream::Out, "after", now());
+        let l = again.publish("a", &LogSource::Api(0), LogStream::Out, "after", now());
         assert_eq!(l.seq, 71);
         let mut r = again.reader("a", Start::After(65));
         assert_eq!(

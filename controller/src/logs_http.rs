@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use pier_api::{AppName, ErrorCode, LogEvent, LogLine, LogStream, RouterLogBatch};
+use pier_api::{AppName, ErrorCode, LogEvent, LogLine, LogSource, LogStream, RouterLogBatch};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -120,7 +120,7 @@ fn encode(events: &[LogEvent]) -> Bytes {
 }
 
 async fn router_logs(State(ctx): State<Arc<Ctx>>, Json(batch): Json<RouterLogBatch>) -> StatusCode {
-    let source = format!("RTR/{}", batch.router_index);
+    let source = LogSource::Router(batch.router_index);
     for line in &batch.lines {
         // Only apps this controller knows; a stale router must not create logs for others.
         if ctx.logs.has_app(&line.app_guid) {
@@ -137,7 +137,7 @@ async fn router_logs(State(ctx): State<Arc<Ctx>>, Json(batch): Json<RouterLogBat
         if d.count > 0 && ctx.logs.has_app(&d.app_guid) {
             ctx.logs.publish(
                 &d.app_guid,
-                "LGR",
+                &LogSource::Logger,
                 LogStream::Err,
                 &format!(
                     "{} access log lines dropped by router {}: its queue was full or the \
@@ -164,7 +164,12 @@ pub fn access_log(ctx: std::sync::Weak<Ctx>) -> Arc<dyn pier_router::AccessLog> 
                 .record(id, entry.status, entry.duration.as_secs_f64() * 1000.0);
         }
         let ended = time::OffsetDateTime::from(entry.started_at + entry.duration);
-        ctx.logs
-            .publish(guid, "RTR/0", LogStream::Out, &entry.to_rtr_line(), ended);
+        ctx.logs.publish(
+            guid,
+            &LogSource::Router(0),
+            LogStream::Out,
+            &entry.to_rtr_line(),
+            ended,
+        );
     })
 }

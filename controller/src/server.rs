@@ -65,13 +65,13 @@ impl Ctx {
     }
 
     /// Records an event in the store and an `API/0` log line.
-    pub fn event(&self, app: &AppRecord, kind: &str, message: &str) {
+    pub fn event(&self, app: &AppRecord, kind: pier_api::EventKind, message: &str) {
         if let Err(e) = self.store.add_event(&app.guid, kind, message, "admin") {
             tracing::warn!(error = %e, "could not record event");
         }
         self.logs.publish(
             &app.guid,
-            "API/0",
+            &pier_api::LogSource::Api(0),
             pier_api::LogStream::Out,
             &format!("{message} (by admin)"),
             time::OffsetDateTime::now_utc(),
@@ -144,7 +144,7 @@ impl Controller {
                 store.put_app(&app)?;
                 store.add_event(
                     &app.guid,
-                    "staging_failed",
+                    pier_api::EventKind::StagingFailed,
                     "staging was interrupted by a controller restart; push again",
                     "pier",
                 )?;

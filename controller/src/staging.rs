@@ -30,7 +30,7 @@ use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::LogsOptionsBuilder;
 use futures_util::StreamExt;
 use include_dir::{include_dir, Dir};
-use pier_api::{DropletInfo, ErrorCode, LogStream};
+use pier_api::{DropletInfo, ErrorCode, LogSource, LogStream};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
@@ -347,7 +347,7 @@ impl Output {
     async fn line(&self, stream: LogStream, text: &str) {
         let line = self.ctx.logs.publish(
             &self.app_guid,
-            "STG/0",
+            &LogSource::Staging(0),
             stream,
             text,
             OffsetDateTime::now_utc(),

@@ -212,10 +212,16 @@ impl Store {
         self.flush()
     }
 
-    pub fn add_event(&self, app_guid: &str, kind: &str, message: &str, actor: &str) -> Result<()> {
+    pub fn add_event(
+        &self,
+        app_guid: &str,
+        kind: pier_api::EventKind,
+        message: &str,
+        actor: &str,
+    ) -> Result<()> {
         let ev = AppEvent {
             time: OffsetDateTime::now_utc(),
-            kind: kind.to_string(),
+            kind,
             message: message.to_string(),
             actor: actor.to_string(),
         };
@@ -284,8 +290,10 @@ mod tests {
         {
             let s = Store::open(dir.path()).unwrap();
             s.put_app(&app("a")).unwrap();
-            s.add_event("guid-a", "created", "one", "admin").unwrap();
-            s.add_event("guid-a", "staged", "two", "admin").unwrap();
+            s.add_event("guid-a", pier_api::EventKind::Created, "one", "admin")
+                .unwrap();
+            s.add_event("guid-a", pier_api::EventKind::Staged, "two", "admin")
+                .unwrap();
         }
         // sled's background flusher lets go of the folder's lock a moment after the drop.
         let s = (0..100)
@@ -297,8 +305,8 @@ mod tests {
             .expect("store reopens");
         assert_eq!(s.list_apps().unwrap().len(), 1);
         let ev = s.events("guid-a", 10).unwrap();
-        assert_eq!(ev[0].kind, "staged", "newest first");
-        assert_eq!(ev[1].kind, "created");
+        assert_eq!(ev[0].kind, pier_api::EventKind::Staged, "newest first");
+        assert_eq!(ev[1].kind, pier_api::EventKind::Created);
         s.delete_app(&app("a")).unwrap();
         assert!(s.get_app(&"a".parse().unwrap()).unwrap().is_none());
         assert!(s.events("guid-a", 10).unwrap().is_empty());

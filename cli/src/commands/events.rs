@@ -22,7 +22,7 @@ pub async fn run(args: EventsArgs) -> Result<()> {
         .map(|e| {
             vec![
                 format_time(e.time),
-                e.kind.clone(),
+                e.kind.to_string(),
                 e.actor.clone(),
                 e.message.clone(),
             ]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use futures_util::StreamExt;
-use pier_api::{ApiError, AppName, LogEvent, LogLine};
+use pier_api::{ApiError, AppName, LogEvent, LogLine, LogSource};
 use reqwest::StatusCode;
 
 use crate::args::LogsArgs;
@@ -354,10 +354,10 @@ pub async fn show_startup(name: &AppName) -> Option<tokio::task::JoinHandle<()>>
             let mut out = std::io::stdout().lock();
             for e in events {
                 if let LogEvent::Line(l) = e {
-                    if ["APP/", "CELL/", "HEALTH/"]
-                        .iter()
-                        .any(|p| l.source.starts_with(p))
-                    {
+                    if matches!(
+                        l.source,
+                        LogSource::App { .. } | LogSource::Cell(_) | LogSource::Health(_)
+                    ) {
                         writeln!(out, "  {}", l.format_terminal())?;
                     }
                 }

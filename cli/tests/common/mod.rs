@@ -331,7 +331,7 @@ fn log(seq: u64, text: &str) -> BuildEvent {
     BuildEvent::Log(LogLine {
         seq,
         time: now(),
-        source: "STG/0".into(),
+        source: pier_api::LogSource::Staging(0),
         stream: LogStream::Out,
         text: text.into(),
     })
