@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::addresses::Ipv4Net;
+use crate::network::addresses::Ipv4Net;
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "pier-controller", version, about = "Pier's control plane")]
@@ -53,7 +53,7 @@ pub struct Config {
     pub router_url: Option<String>,
 
     /// The stack image instances and stagings run in.
-    #[arg(long, env = "PIER_STACK_IMAGE", default_value = crate::stack::DEFAULT_STACK_IMAGE)]
+    #[arg(long, env = "PIER_STACK_IMAGE", default_value = crate::runtime::stack::DEFAULT_STACK_IMAGE)]
     pub stack_image: String,
 
     /// Build the stack image when it is missing (otherwise refuse to start).
@@ -67,6 +67,11 @@ pub struct Config {
     /// Largest total size of a package's files once extracted, in bytes.
     #[arg(long, env = "PIER_MAX_EXTRACTED_BYTES", default_value_t = 4 * 1024 * 1024 * 1024)]
     pub max_extracted_bytes: u64,
+
+    /// Largest staging output (the droplet and its metadata, as `/tmp/out` in the staging
+    /// container), in bytes.
+    #[arg(long, env = "PIER_MAX_DROPLET_BYTES", default_value_t = 4 * 1024 * 1024 * 1024)]
+    pub max_droplet_bytes: u64,
 
     /// A staging that runs longer is ended, in seconds.
     #[arg(long, env = "PIER_STAGING_TIMEOUT", default_value_t = 900)]
@@ -162,10 +167,11 @@ impl Config {
             domain: "localhost".into(),
             router_listen: "127.0.0.1:0".into(),
             router_url: None,
-            stack_image: crate::stack::DEFAULT_STACK_IMAGE.into(),
+            stack_image: crate::runtime::stack::DEFAULT_STACK_IMAGE.into(),
             build_stack: false,
             max_package_bytes: 1024 * 1024 * 1024,
             max_extracted_bytes: 4 * 1024 * 1024 * 1024,
+            max_droplet_bytes: 4 * 1024 * 1024 * 1024,
             staging_timeout_secs: 900,
             default_memory_mb: 256,
             default_disk_mb: 1024,
@@ -238,8 +244,50 @@ impl Config {
         self.router_listen.parse().ok()
     }
 
-    pub fn address_quarantine(&self) -> crate::addresses::Quarantine {
-        crate::addresses::Quarantine {
+    pub fn staging_settings(&self, controller_id: &str) -> crate::staging::StagingSettings {
+        crate::staging::StagingSettings {
+            controller_id: controller_id.to_string(),
+            stack_image: self.stack_image.clone(),
+            pids_limit: self.pids_limit,
+            timeout: self.staging_timeout(),
+            max_extracted_bytes: self.max_extracted_bytes,
+            max_droplet_bytes: self.max_droplet_bytes,
+        }
+    }
+
+    pub fn instance_settings(
+        &self,
+        controller_id: &str,
+        network: &str,
+    ) -> crate::instances::InstanceSettings {
+        crate::instances::InstanceSettings {
+            controller_id: controller_id.to_string(),
+            stack_image: self.stack_image.clone(),
+            network: network.to_string(),
+            pids_limit: self.pids_limit,
+            stop_grace: self.stop_grace(),
+            crash_backoff_base: Duration::from_millis(self.crash_backoff_base_ms),
+            drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+        }
+    }
+
+    pub fn app_settings(&self, route_port: Option<u16>) -> crate::apps::AppSettings {
+        crate::apps::AppSettings {
+            domain: self.domain.clone(),
+            route_port,
+            default_memory_mb: self.default_memory_mb,
+            default_disk_mb: self.default_disk_mb,
+            max_extracted_bytes: self.max_extracted_bytes,
+            deploy: crate::deployments::DeploySettings {
+                revisions_kept: self.revisions_kept,
+                max_error_rate_increase: self.canary_max_error_rate_increase,
+                max_p99_increase_ms: self.canary_max_p99_increase_ms,
+            },
+        }
+    }
+
+    pub fn address_quarantine(&self) -> crate::network::addresses::Quarantine {
+        crate::network::addresses::Quarantine {
             min: Duration::from_secs(self.address_quarantine_secs),
             ack_window: Duration::from_secs(self.router_ack_window_secs),
         }

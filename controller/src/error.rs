@@ -11,8 +11,8 @@ pub enum Error {
     Api(#[from] ApiError),
     #[error("store: {0}")]
     Store(#[from] sled::Error),
-    #[error("docker: {0}")]
-    Docker(#[from] bollard::errors::Error),
+    #[error("runtime: {0}")]
+    Runtime(#[from] crate::runtime::RuntimeError),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error("json: {0}")]
@@ -52,7 +52,7 @@ impl Error {
         match self {
             Error::Api(_) => "api",
             Error::Store(_) => "store",
-            Error::Docker(_) => "docker",
+            Error::Runtime(_) => "docker",
             Error::Io(_) => "i/o",
             Error::Json(_) => "encoding",
             Error::Other(_) => "other",

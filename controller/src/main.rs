@@ -1,5 +1,6 @@
 use clap::Parser;
 use pier_controller::config::{Cli, Command};
+use pier_controller::runtime::ContainerRuntime as _;
 use pier_controller::Controller;
 use tokio_util::sync::CancellationToken;
 
@@ -15,13 +16,13 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::BuildStack { if_missing } => {
-            let docker = pier_controller::docker::connect().await?;
+            let runtime = pier_controller::runtime::DockerRuntime::connect("build-stack").await?;
             let image = &cli.config.stack_image;
-            if if_missing && pier_controller::stack::image_exists(&docker, image).await? {
+            if if_missing && runtime.image_exists(image).await? {
                 println!("stack image {image} is already there");
                 return Ok(());
             }
-            pier_controller::stack::build_stack(&docker, image).await
+            pier_controller::runtime::stack::build_stack(&runtime, image).await
         }
         Command::Serve => serve(cli.config).await,
     }

@@ -1,81 +1,41 @@
-//! Wiring: opens the store, reaches Docker, makes sure the stack exists, binds the API and the
-//! built-in router, and owns the long-lived tasks.
+//! Wiring: opens the store, reaches the runtime, makes sure the stack and the instance network
+//! exist, builds each subsystem with exactly the parts it uses, binds the API and the built-in
+//! router, and owns the long-lived tasks.
 
-use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context as _;
-use bollard::Docker;
-use pier_api::AppName;
+use pier_api::EventKind;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::addresses::{AddressPool, SystemClock};
-use crate::blobs::BlobStore;
+use crate::apps::{AppDeps, AppService};
 use crate::config::Config;
-use crate::instances::Instances;
+use crate::deployments::{RequestStats, Watcher};
+use crate::events::{Actor, Events};
+use crate::http::{ApiState, Limits};
+use crate::instances::health::{HealthProbe, NetworkProbe};
+use crate::instances::{InFlight, InstanceDeps, Instances, Routing};
+use crate::locks::AppLocks;
 use crate::logs::LogBroker;
-use crate::network::InstanceNetwork;
-use crate::routing::Routing;
-use crate::store::{AppRecord, Store};
+use crate::network::addresses::{AddressPool, SystemClock};
+use crate::reconcile::{Reconciler, ReconcilerDeps};
+use crate::runtime::{ContainerRuntime, DockerRuntime};
+use crate::staging::{Buildpacks, Stager};
+use crate::store::{BlobStore, Store};
 
-/// What every handler and task shares.
-pub struct Ctx {
-    pub config: Config,
-    pub store: Store,
-    pub blobs: BlobStore,
-    pub docker: Docker,
-    pub instances: Instances,
-    pub logs: LogBroker,
-    pub routing: Routing,
-    /// The Docker network instances attach to, and the allocator of their addresses on it.
-    pub network: InstanceNetwork,
-    pub addresses: AddressPool,
-    /// Per-instance request outcomes from the router, for canary analysis.
-    pub request_stats: crate::deployments::RequestStats,
-    pub controller_id: String,
-    pub buildpacks_dir: PathBuf,
-    pub token_hash: [u8; 32],
-    /// Apps with a staging running in this process.
-    pub active_stagings: Mutex<HashSet<String>>,
-    app_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Port apps are reached at through the router, for URLs.
-    pub route_port: Option<u16>,
-    pub shutdown: CancellationToken,
-}
+/// The in-flight counts of the built-in router, in this process.
+struct BuiltinRouter;
 
-impl Ctx {
-    /// One lock per app: operations that change an app's droplet or state are serialized.
-    pub fn app_lock(&self, name: &AppName) -> Arc<tokio::sync::Mutex<()>> {
-        self.app_locks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(name.to_string())
-            .or_default()
-            .clone()
+impl InFlight for BuiltinRouter {
+    fn count(&self, instance_id: &str) -> usize {
+        pier_router::table::in_flight(instance_id)
     }
 
-    pub fn url_for(&self, host: &str, path: &str) -> String {
-        match self.route_port {
-            Some(80) | None => format!("http://{host}{path}"),
-            Some(p) => format!("http://{host}:{p}{path}"),
-        }
-    }
-
-    /// Records an event in the store and an `API/0` log line.
-    pub fn event(&self, app: &AppRecord, kind: pier_api::EventKind, message: &str) {
-        if let Err(e) = self.store.add_event(&app.guid, kind, message, "admin") {
-            tracing::warn!(error = %e, "could not record event");
-        }
-        self.logs.publish(
-            &app.guid,
-            &pier_api::LogSource::Api(0),
-            pier_api::LogStream::Out,
-            &format!("{message} (by admin)"),
-            time::OffsetDateTime::now_utc(),
-        );
+    fn describe(&self) -> &'static str {
+        "the built-in router's in-flight requests"
     }
 }
 
@@ -86,71 +46,156 @@ pub struct Controller {
     /// The admin token, when this start generated it.
     pub new_token: Option<String>,
     pub token_file: PathBuf,
-    pub ctx: Arc<Ctx>,
-    api_listener: Option<TcpListener>,
+    parts: Parts,
+    api_listener: TcpListener,
     router_listener: Option<TcpListener>,
+}
+
+/// The subsystems, as `run` (and the handler tests) need them.
+pub(crate) struct Parts {
+    pub(crate) api: ApiState,
+    pub(crate) store: Store,
+    pub(crate) logs: Arc<LogBroker>,
+    pub(crate) reconciler: Arc<Reconciler>,
+    pub(crate) watcher: Watcher,
+    pub(crate) routing: Arc<Routing>,
+    pub(crate) stats: Arc<RequestStats>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// Opens the data dir's store and blob store.
+fn open_data(config: &mut Config) -> anyhow::Result<(Store, BlobStore)> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+    config.data_dir = config.data_dir.canonicalize()?;
+    let store = Store::open(&config.data_dir.join("db")).with_context(|| {
+        format!(
+            "cannot open the store in {} (is another pier-controller using it?)",
+            config.data_dir.display()
+        )
+    })?;
+    let blobs = BlobStore::open(&config.data_dir)?;
+    Ok((store, blobs))
+}
+
+/// This controller's id: configured, or made once and kept in the store.
+fn controller_id(config: &Config, store: &Store) -> anyhow::Result<String> {
+    if let Some(id) = &config.controller_id {
+        return Ok(id.clone());
+    }
+    if let Some(id) = store.meta_get("controller_id")? {
+        return Ok(String::from_utf8_lossy(&id).into_owned());
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    store.meta_put("controller_id", id.as_bytes())?;
+    Ok(id)
+}
+
+/// A staging that was running when the controller died did not finish.
+fn fail_interrupted_stagings(store: &Store) -> anyhow::Result<()> {
+    for mut app in store.list_apps()? {
+        if app.staging.take().is_some() {
+            store.put_app(&app)?;
+            store.add_event(
+                &app.guid,
+                EventKind::StagingFailed,
+                "staging was interrupted by a controller restart; push again",
+                Actor::Platform.as_str(),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The port apps are reached at, for URLs: `--router-url`'s, else the built-in router's.
+fn route_port(config: &Config, router_addr: Option<SocketAddr>) -> Option<u16> {
+    match &config.router_url {
+        Some(u) => u
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.trim_end_matches('/').parse().ok())
+            .or(Some(80)),
+        None => router_addr.map(|a| a.port()),
+    }
+}
+
+/// The instance address allocator, with the states the store kept.
+fn open_addresses(
+    config: &Config,
+    store: &Store,
+    network: &crate::network::InstanceNetwork,
+    routing: &Routing,
+) -> anyhow::Result<Arc<AddressPool>> {
+    let addresses = AddressPool::open(
+        store.addresses()?,
+        network.subnet,
+        config.address_quarantine(),
+        routing.epoch(),
+        Arc::new(SystemClock),
+    )
+    .context("cannot load the instance addresses from the store")?;
+    let (in_use, quarantined, free) = addresses.counts();
+    tracing::info!(network = %network.name, subnet = %network.subnet, in_use, quarantined, free,
+        quarantine_secs = config.address_quarantine_secs, "instance addresses");
+    Ok(Arc::new(addresses))
+}
+
+/// The log broker, with the buffers of apps that still exist restored with their seq numbers.
+fn open_logs(config: &Config, store: &Store) -> anyhow::Result<Arc<LogBroker>> {
+    let logs = LogBroker::new(config.log_buffer_lines)
+        .with_dir(config.data_dir.join("logs"))
+        .with_rate_limit(config.log_rate_limit);
+    let app_guids = store.list_apps()?.into_iter().map(|a| a.guid).collect();
+    logs.restore(&app_guids)
+        .context("cannot read the saved log buffers")?;
+    Ok(Arc::new(logs))
 }
 
 impl Controller {
     /// Prepares everything and binds the listeners; nothing is served until [`Controller::run`].
     pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Controller> {
-        config.validate()?;
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
         let mut config = config;
-        config.data_dir = config.data_dir.canonicalize()?;
-        let store = Store::open(&config.data_dir.join("db")).with_context(|| {
-            format!(
-                "cannot open the store in {} (is another pier-controller using it?)",
-                config.data_dir.display()
-            )
-        })?;
-        let blobs = BlobStore::open(&config.data_dir)?;
-        let token = crate::auth::ensure_token(&store, &config.data_dir)?;
-        let controller_id = match &config.controller_id {
-            Some(id) => id.clone(),
-            None => match store.meta_get("controller_id")? {
-                Some(id) => String::from_utf8_lossy(&id).into_owned(),
-                None => {
-                    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-                    store.meta_put("controller_id", id.as_bytes())?;
-                    id
-                }
-            },
-        };
-        let docker = crate::docker::connect().await?;
-        crate::stack::ensure(&docker, &config.stack_image, config.build_stack).await?;
-        let network =
-            crate::network::ensure(&docker, &controller_id, config.instance_subnet, &store).await?;
+        let (store, blobs) = open_data(&mut config)?;
+        let token = crate::http::auth::ensure_token(&store, &config.data_dir)?;
+        let id = controller_id(&config, &store)?;
+        let runtime: Arc<dyn ContainerRuntime> = Arc::new(DockerRuntime::connect(&id).await?);
+        Self::start_with(config, store, blobs, runtime, token, id, shutdown).await
+    }
+
+    /// [`Controller::start`] on a given runtime (tests use [`crate::runtime::fake::FakeRuntime`]).
+    pub async fn start_on(
+        config: Config,
+        runtime: Arc<dyn ContainerRuntime>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Controller> {
+        let mut config = config;
+        let (store, blobs) = open_data(&mut config)?;
+        let token = crate::http::auth::ensure_token(&store, &config.data_dir)?;
+        let id = controller_id(&config, &store)?;
+        Self::start_with(config, store, blobs, runtime, token, id, shutdown).await
+    }
+
+    async fn start_with(
+        config: Config,
+        store: Store,
+        blobs: BlobStore,
+        runtime: Arc<dyn ContainerRuntime>,
+        token: crate::http::auth::TokenSetup,
+        controller_id: String,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Controller> {
+        crate::runtime::stack::ensure(runtime.as_ref(), &config.stack_image, config.build_stack)
+            .await?;
+        let network = crate::network::ensure(
+            runtime.as_ref(),
+            &controller_id,
+            config.instance_subnet,
+            &store,
+        )
+        .await?;
         // For scripts/down, which removes the network once the instances are gone.
         std::fs::write(config.data_dir.join("instance-network"), &network.name)?;
-        let routing = Routing::new();
-        let addresses = AddressPool::open(
-            store.db(),
-            network.subnet,
-            config.address_quarantine(),
-            routing.epoch(),
-            Arc::new(SystemClock),
-        )
-        .context("cannot load the instance addresses from the store")?;
-        let (in_use, quarantined, free) = addresses.counts();
-        tracing::info!(network = %network.name, subnet = %network.subnet, in_use, quarantined, free,
-            quarantine_secs = config.address_quarantine_secs, "instance addresses");
-        let buildpacks_dir = crate::staging::install_buildpacks(&config.data_dir)?;
-
-        // A staging that was running when the controller died did not finish.
-        for mut app in store.list_apps()? {
-            if app.staging.take().is_some() {
-                store.put_app(&app)?;
-                store.add_event(
-                    &app.guid,
-                    pier_api::EventKind::StagingFailed,
-                    "staging was interrupted by a controller restart; push again",
-                    "pier",
-                )?;
-            }
-        }
-
+        fail_interrupted_stagings(&store)?;
         let api_listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -166,76 +211,47 @@ impl Controller {
             .as_ref()
             .map(|l| l.local_addr())
             .transpose()?;
-        let route_port = match &config.router_url {
-            Some(u) => u
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.trim_end_matches('/').parse().ok())
-                .or(Some(80)),
-            None => router_addr.map(|a| a.port()),
-        };
-        // Log buffers of the apps that still exist come back with their seq numbers.
-        let logs = LogBroker::new(config.log_buffer_lines)
-            .with_dir(config.data_dir.join("logs"))
-            .with_rate_limit(config.log_rate_limit);
-        let app_guids = store.list_apps()?.into_iter().map(|a| a.guid).collect();
-        logs.restore(&app_guids)
-            .context("cannot read the saved log buffers")?;
-        let ctx = Arc::new(Ctx {
-            logs,
+        let parts = Parts::build(Wiring {
+            route_port: route_port(&config, router_addr),
             config,
             store,
             blobs,
-            docker,
-            instances: Instances::default(),
-            routing,
-            network,
-            addresses,
-            request_stats: Default::default(),
-            controller_id,
-            buildpacks_dir,
+            runtime,
+            probe: Arc::new(NetworkProbe),
+            in_flight: Arc::new(BuiltinRouter),
             token_hash: token.hash,
-            active_stagings: Mutex::new(HashSet::new()),
-            app_locks: Mutex::new(HashMap::new()),
-            route_port,
+            controller_id,
+            network,
             shutdown,
-        });
+        })?;
         Ok(Controller {
             api_addr: api_listener.local_addr()?,
             router_addr,
             new_token: token.new_token,
             token_file: token.token_file,
-            ctx,
-            api_listener: Some(api_listener),
+            parts,
+            api_listener,
             router_listener,
         })
     }
 
     /// Adopts what runs, then serves until shutdown. Instances keep running after it returns.
-    pub async fn run(mut self) -> anyhow::Result<()> {
-        let ctx = self.ctx.clone();
-        let shutdown = ctx.shutdown.clone();
+    pub async fn run(self) -> anyhow::Result<()> {
+        let p = self.parts;
+        let shutdown = p.shutdown.clone();
         // The first pass adopts running instances and publishes the first route table.
-        if let Err(e) = crate::instances::reconcile_once(&ctx, &shutdown).await {
+        if let Err(e) = p.reconciler.once().await {
             tracing::warn!(error = %e, "first reconcile pass failed; retrying in the loop");
         }
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(crate::logs::run_persister(ctx.clone(), shutdown.clone()));
-        tasks.spawn(crate::instances::run_reconciler(
-            ctx.clone(),
-            shutdown.clone(),
-        ));
-        tasks.spawn(crate::deployments::run_watcher(
-            ctx.clone(),
-            shutdown.clone(),
-        ));
-        tasks.spawn(crate::instances::follow_docker_events(
-            ctx.clone(),
-            shutdown.clone(),
-        ));
-        if let Some(listener) = self.router_listener.take() {
-            let rx = ctx.routing.subscribe();
+        tasks.spawn(crate::logs::run_persister(p.logs.clone(), shutdown.clone()));
+        tasks.spawn(p.reconciler.clone().run());
+        tasks.spawn(p.reconciler.clone().follow_events());
+        tasks.spawn(p.watcher.run(shutdown.clone()));
+        if let Some(listener) = self.router_listener {
+            let rx = p.routing.subscribe();
             let opts = pier_router::ProxyOptions {
-                access_log: Some(crate::logs_http::access_log(Arc::downgrade(&ctx))),
+                access_log: Some(access_log(Arc::downgrade(&p.logs), p.stats.clone())),
                 ..pier_router::ProxyOptions::default()
             };
             let sd = shutdown.clone();
@@ -245,20 +261,155 @@ impl Controller {
                 }
             });
         }
-        let listener = self
-            .api_listener
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("controller already running"))?;
-        let app = crate::http::router(ctx.clone());
+        let app = crate::http::router(p.api);
         let sd = shutdown.clone();
-        axum::serve(listener, app)
+        axum::serve(self.api_listener, app)
             .with_graceful_shutdown(async move { sd.cancelled().await })
             .await?;
         while tasks.join_next().await.is_some() {}
         // Lines published while the tasks ended.
-        let c = ctx.clone();
-        let _ = tokio::task::spawn_blocking(move || c.logs.persist(true)).await;
-        ctx.store.flush()?;
+        let logs = p.logs.clone();
+        let _ = tokio::task::spawn_blocking(move || logs.persist(true)).await;
+        p.store.flush()?;
         Ok(())
     }
+}
+
+/// Everything the subsystems are built from.
+pub(crate) struct Wiring {
+    pub(crate) config: Config,
+    pub(crate) store: Store,
+    pub(crate) blobs: BlobStore,
+    pub(crate) runtime: Arc<dyn ContainerRuntime>,
+    pub(crate) probe: Arc<dyn HealthProbe>,
+    pub(crate) in_flight: Arc<dyn InFlight>,
+    pub(crate) token_hash: [u8; 32],
+    pub(crate) controller_id: String,
+    pub(crate) network: crate::network::InstanceNetwork,
+    pub(crate) route_port: Option<u16>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Parts {
+    pub(crate) fn build(w: Wiring) -> anyhow::Result<Parts> {
+        let Wiring {
+            config,
+            store,
+            blobs,
+            runtime,
+            probe,
+            in_flight,
+            token_hash,
+            controller_id,
+            network,
+            route_port,
+            shutdown,
+        } = w;
+        let routing = Arc::new(Routing::new());
+        let addresses = open_addresses(&config, &store, &network, &routing)?;
+        let logs = open_logs(&config, &store)?;
+        let events = Events::new(store.clone(), logs.clone());
+        let buildpacks = Arc::new(Buildpacks::install(&config.data_dir)?);
+        let stager = Arc::new(Stager::new(
+            runtime.clone(),
+            blobs.clone(),
+            logs.clone(),
+            buildpacks.clone(),
+            config.staging_settings(&controller_id),
+        ));
+        let instances = Instances::new(InstanceDeps {
+            runtime: runtime.clone(),
+            store: store.clone(),
+            events: events.clone(),
+            logs: logs.clone(),
+            blobs: blobs.clone(),
+            addresses: addresses.clone(),
+            routing: routing.clone(),
+            probe,
+            in_flight,
+            settings: config.instance_settings(&controller_id, &network.name),
+        });
+        let reconciler = Reconciler::new(ReconcilerDeps {
+            runtime: runtime.clone(),
+            store: store.clone(),
+            blobs: blobs.clone(),
+            instances: instances.clone(),
+            addresses: addresses.clone(),
+            stager: stager.clone(),
+            events: events.clone(),
+            shutdown: shutdown.clone(),
+        });
+        let locks = Arc::new(AppLocks::default());
+        let stats = Arc::new(RequestStats::default());
+        let apps = AppService::new(AppDeps {
+            store: store.clone(),
+            blobs: blobs.clone(),
+            events: events.clone(),
+            logs: logs.clone(),
+            locks: locks.clone(),
+            instances: instances.clone(),
+            reconciler: reconciler.clone(),
+            stager,
+            runtime,
+            settings: config.app_settings(route_port),
+        });
+        let watcher = Watcher {
+            store: store.clone(),
+            locks,
+            instances,
+            stats: stats.clone(),
+            events,
+            reconciler: reconciler.clone(),
+        };
+        let api = ApiState {
+            apps,
+            logs: logs.clone(),
+            routing: routing.clone(),
+            addresses,
+            buildpacks,
+            blobs,
+            stats: stats.clone(),
+            token_hash,
+            limits: Limits {
+                max_package_bytes: config.max_package_bytes,
+                max_extracted_bytes: config.max_extracted_bytes,
+            },
+            stack_image: config.stack_image.clone(),
+            shutdown: shutdown.clone(),
+        };
+        Ok(Parts {
+            api,
+            store,
+            logs,
+            reconciler,
+            watcher,
+            routing,
+            stats,
+            shutdown,
+        })
+    }
+}
+
+/// The built-in router's access log: each request becomes an `RTR/0` line in its app's log,
+/// timed when the response ended, and its outcome feeds canary analysis.
+fn access_log(
+    logs: std::sync::Weak<LogBroker>,
+    stats: Arc<RequestStats>,
+) -> Arc<dyn pier_router::AccessLog> {
+    Arc::new(move |entry: pier_router::AccessLogEntry| {
+        let (Some(logs), Some(guid)) = (logs.upgrade(), entry.app_guid.as_deref()) else {
+            return;
+        };
+        if let Some(id) = entry.instance_id.as_deref() {
+            stats.record(id, entry.status, entry.duration.as_secs_f64() * 1000.0);
+        }
+        let ended = time::OffsetDateTime::from(entry.started_at + entry.duration);
+        logs.publish(
+            guid,
+            &pier_api::LogSource::Router(0),
+            pier_api::LogStream::Out,
+            &entry.to_rtr_line(),
+            ended,
+        );
+    })
 }

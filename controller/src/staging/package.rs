@@ -85,24 +85,45 @@ pub fn repack<R: Read, W: Write>(
     max_extracted: u64,
 ) -> Result<PackageSummary> {
     let mut archive = tar::Archive::new(GzDecoder::new(gz));
-    let mut builder = tar::Builder::new(out);
-    let mut summary = PackageSummary {
-        entries: 0,
-        extracted_bytes: 0,
-    };
     let entries = archive
         .entries()
         .map_err(|e| refuse(format!("the package is not a gzipped tar: {e}")))?;
-    let prefix = Path::new(prefix);
-    if !prefix.as_os_str().is_empty() {
+    let mut r = Repacker {
+        builder: tar::Builder::new(out),
+        prefix: Path::new(prefix).to_path_buf(),
+        max_extracted,
+        dirs: std::collections::HashSet::new(),
+        summary: PackageSummary {
+            entries: 0,
+            extracted_bytes: 0,
+        },
+    };
+    if !r.prefix.as_os_str().is_empty() {
         let mut h = dir_header();
-        builder.append_data(&mut h, prefix, std::io::empty())?;
+        r.builder.append_data(&mut h, &r.prefix, std::io::empty())?;
     }
-    // Docker creates missing parent directories as root; emit every parent so all are vcap's.
-    let mut dirs: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
     for entry in entries {
         let mut entry =
             entry.map_err(|e| refuse(format!("the package is not a valid gzipped tar: {e}")))?;
+        r.entry(&mut entry)?;
+    }
+    r.builder.finish()?;
+    Ok(r.summary)
+}
+
+/// One pass of [`repack`]: what it has written so far.
+struct Repacker<W: Write> {
+    builder: tar::Builder<W>,
+    prefix: PathBuf,
+    max_extracted: u64,
+    /// Directories written: Docker creates missing parents as root, so every parent is written,
+    /// once, owned by vcap.
+    dirs: std::collections::HashSet<PathBuf>,
+    summary: PackageSummary,
+}
+
+impl<W: Write> Repacker<W> {
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
         let raw = entry
             .path()
             .map_err(|e| refuse(format!("package entry has an unreadable path: {e}")))?
@@ -110,102 +131,116 @@ pub fn repack<R: Read, W: Write>(
         let kind = entry.header().entry_type();
         let shown = raw.display().to_string();
         let Some(path) = clean_path(&raw)? else {
-            continue;
+            return Ok(());
         };
-        let dest = prefix.join(&path);
-        for parent in path
-            .ancestors()
-            .skip(1)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-        {
-            if !parent.as_os_str().is_empty() && dirs.insert(parent.to_path_buf()) {
-                let mut h = dir_header();
-                builder.append_data(&mut h, prefix.join(parent), std::io::empty())?;
-            }
-        }
+        self.parents(&path)?;
+        let dest = self.prefix.join(&path);
         let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
         match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let size = entry.size();
-                summary.extracted_bytes += size;
-                if summary.extracted_bytes > max_extracted {
-                    return Err(Error::api(
-                        ErrorCode::PayloadTooLarge,
-                        format!(
-                            "the package extracts to more than {max_extracted} bytes (at entry {shown:?})"
-                        ),
-                    ));
-                }
-                let mut h = tar::Header::new_gnu();
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_size(size);
-                h.set_mode(mode | 0o600);
-                set_owner(&mut h);
-                h.set_mtime(entry.header().mtime().unwrap_or(0));
-                builder
-                    .append_data(&mut h, &dest, &mut entry)
-                    .map_err(|e| {
-                        refuse(format!("package entry {shown:?} could not be read: {e}"))
-                    })?;
+                self.file(entry, &dest, &shown, mode)?
             }
             tar::EntryType::Directory => {
-                if !dirs.insert(path.clone()) {
-                    continue;
+                if !self.dirs.insert(path.clone()) {
+                    return Ok(());
                 }
                 let mut h = dir_header();
                 h.set_mode(mode | 0o700);
-                builder.append_data(&mut h, &dest, std::io::empty())?;
+                self.builder.append_data(&mut h, &dest, std::io::empty())?;
             }
-            tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| {
-                        refuse(format!("symlink {shown:?} has an unreadable target: {e}"))
-                    })?
-                    .ok_or_else(|| refuse(format!("symlink {shown:?} has no target")))?
-                    .into_owned();
-                if !link_stays_inside(&path, &target) {
-                    return Err(refuse(format!(
-                        "symlink {shown:?} points outside the app (to {:?})",
-                        target.display().to_string()
-                    )));
-                }
-                let mut h = tar::Header::new_gnu();
-                h.set_entry_type(tar::EntryType::Symlink);
-                h.set_size(0);
-                h.set_mode(0o777);
-                set_owner(&mut h);
-                builder.append_link(&mut h, &dest, &target)?;
-            }
-            tar::EntryType::Link => {
-                return Err(refuse(format!(
-                    "package entry {shown:?} is a hardlink; hardlinks are not allowed"
-                )))
-            }
-            tar::EntryType::Char | tar::EntryType::Block => {
-                return Err(refuse(format!(
-                    "package entry {shown:?} is a device file; device files are not allowed"
-                )))
-            }
-            tar::EntryType::Fifo => {
-                return Err(refuse(format!(
-                    "package entry {shown:?} is a FIFO; special files are not allowed"
-                )))
-            }
-            // pax/GNU extension headers are consumed by the tar crate; anything else is unknown.
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => continue,
-            other => {
-                return Err(refuse(format!(
-                    "package entry {shown:?} has an unsupported type ({other:?})"
-                )))
+            tar::EntryType::Symlink => self.symlink(entry, &path, &dest, &shown)?,
+            // pax/GNU extension headers are consumed by the tar crate.
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => return Ok(()),
+            other => return Err(refuse_kind(&shown, other)),
+        }
+        self.summary.entries += 1;
+        Ok(())
+    }
+
+    fn parents(&mut self, path: &Path) -> Result<()> {
+        let parents: Vec<&Path> = path.ancestors().skip(1).collect();
+        for parent in parents.into_iter().rev() {
+            if !parent.as_os_str().is_empty() && self.dirs.insert(parent.to_path_buf()) {
+                let mut h = dir_header();
+                self.builder
+                    .append_data(&mut h, self.prefix.join(parent), std::io::empty())?;
             }
         }
-        summary.entries += 1;
+        Ok(())
     }
-    builder.finish()?;
-    Ok(summary)
+
+    fn file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        dest: &Path,
+        shown: &str,
+        mode: u32,
+    ) -> Result<()> {
+        let size = entry.size();
+        self.summary.extracted_bytes += size;
+        let max = self.max_extracted;
+        if self.summary.extracted_bytes > max {
+            return Err(Error::api(
+                ErrorCode::PayloadTooLarge,
+                format!("the package extracts to more than {max} bytes (at entry {shown:?})"),
+            ));
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(size);
+        h.set_mode(mode | 0o600);
+        set_owner(&mut h);
+        h.set_mtime(entry.header().mtime().unwrap_or(0));
+        self.builder
+            .append_data(&mut h, dest, entry)
+            .map_err(|e| refuse(format!("package entry {shown:?} could not be read: {e}")))?;
+        Ok(())
+    }
+
+    fn symlink<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        path: &Path,
+        dest: &Path,
+        shown: &str,
+    ) -> Result<()> {
+        let target = entry
+            .link_name()
+            .map_err(|e| refuse(format!("symlink {shown:?} has an unreadable target: {e}")))?
+            .ok_or_else(|| refuse(format!("symlink {shown:?} has no target")))?
+            .into_owned();
+        if !link_stays_inside(path, &target) {
+            return Err(refuse(format!(
+                "symlink {shown:?} points outside the app (to {:?})",
+                target.display().to_string()
+            )));
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        set_owner(&mut h);
+        self.builder.append_link(&mut h, dest, &target)?;
+        Ok(())
+    }
+}
+
+/// The refusal of an entry type packages may not hold.
+fn refuse_kind(shown: &str, kind: tar::EntryType) -> Error {
+    match kind {
+        tar::EntryType::Link => refuse(format!(
+            "package entry {shown:?} is a hardlink; hardlinks are not allowed"
+        )),
+        tar::EntryType::Char | tar::EntryType::Block => refuse(format!(
+            "package entry {shown:?} is a device file; device files are not allowed"
+        )),
+        tar::EntryType::Fifo => refuse(format!(
+            "package entry {shown:?} is a FIFO; special files are not allowed"
+        )),
+        other => refuse(format!(
+            "package entry {shown:?} has an unsupported type ({other:?})"
+        )),
+    }
 }
 
 fn set_owner(h: &mut tar::Header) {
@@ -231,6 +266,50 @@ pub fn validate_file(path: &Path, max_extracted: u64) -> Result<PackageSummary> 
         "",
         max_extracted,
     )
+}
+
+/// Takes an upload: refuses one that says it is over `limit` before reading a byte, streams it
+/// into a pending blob (stopping at `limit`), checks every entry, and only then stores it.
+pub async fn accept<S, B, E>(
+    blobs: &crate::store::BlobStore,
+    body: S,
+    declared_len: Option<u64>,
+    limit: u64,
+    max_extracted: u64,
+) -> Result<pier_api::PackageResponse>
+where
+    S: futures_util::Stream<Item = std::result::Result<B, E>> + Unpin,
+    B: AsRef<[u8]>,
+    E: std::fmt::Display,
+{
+    use crate::store::blobs::WriteError;
+    let too_large = || {
+        Error::api(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the package is larger than the controller's limit of {limit} bytes; leave files \
+                 out with .cfignore, or raise --max-package-bytes"
+            ),
+        )
+    };
+    if declared_len.is_some_and(|len| len > limit) {
+        return Err(too_large());
+    }
+    let pending = match blobs.write_stream(body, limit).await {
+        Ok(p) => p,
+        Err(WriteError::TooLarge { .. }) => return Err(too_large()),
+        Err(WriteError::Source(e)) => {
+            return Err(Error::bad_request(format!("the upload broke off: {e}")))
+        }
+        Err(WriteError::Io(e)) => return Err(e.into()),
+    };
+    let path = pending.path().to_path_buf();
+    tokio::task::spawn_blocking(move || validate_file(&path, max_extracted))
+        .await
+        .map_err(|e| Error::Other(format!("package check failed: {e}")))??;
+    let size = pending.size;
+    let sha256 = blobs.commit(pending)?;
+    Ok(pier_api::PackageResponse { sha256, size })
 }
 
 #[cfg(test)]

@@ -5,9 +5,14 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use pier_api::ErrorCode;
 use sha2::{Digest, Sha256};
 
-use crate::error::Result;
+use super::ApiState;
+use crate::error::{Error, Result};
 use crate::store::Store;
 
 const HASH_KEY: &str = "admin_token_sha256";
@@ -19,7 +24,7 @@ pub struct TokenSetup {
     pub hash: [u8; 32],
 }
 
-fn hash(token: &str) -> [u8; 32] {
+pub(crate) fn hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
@@ -62,6 +67,29 @@ pub fn check(expected: &[u8; 32], presented: &str) -> bool {
         .zip(expected.iter())
         .fold(0u8, |acc, (a, b)| acc | (a ^ b))
         == 0
+}
+
+/// Lets a request through only with `Authorization: Bearer <the admin token>`.
+pub(super) async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(t) if check(&s.token_hash, t.trim()) => next.run(req).await,
+        Some(_) => Error::api(
+            ErrorCode::Unauthorized,
+            "the token is wrong; use the admin token pier-controller printed (it is in its data \
+             dir's admin-token file): pier login --api URL --token TOKEN",
+        )
+        .into_response(),
+        None => Error::api(
+            ErrorCode::Unauthorized,
+            "missing token: send `Authorization: Bearer TOKEN`, or run pier login --api URL --token TOKEN",
+        )
+        .into_response(),
+    }
 }
 
 #[cfg(test)]

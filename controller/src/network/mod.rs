@@ -1,5 +1,5 @@
 //! The controller's own Docker bridge network, where instances get the addresses the controller
-//! allocates ([`crate::addresses`]).
+//! allocates ([`addresses`]).
 //!
 //! One network per controller, named `pier-<controller id>` and labelled `pier.controller=<id>`,
 //! `pier.kind=instances`. Docker lets a container have a fixed IP (`--ip`) only on a network whose
@@ -12,16 +12,17 @@
 //! The network outlives the controller, like its instances do; `scripts/down` and the e2e harness
 //! remove it (by label) once its containers are gone.
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use anyhow::Context as _;
-use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
-use bollard::Docker;
 
-use crate::addresses::Ipv4Net;
-use crate::docker::labels;
+use crate::runtime::labels::keys;
+use crate::runtime::{ContainerRuntime, Kind, Labels, NetworkSpec};
 use crate::store::Store;
+
+pub mod addresses;
+
+use addresses::Ipv4Net;
 
 /// Where subnets are picked from when none is configured: 256 /24s.
 pub const AUTO_RANGE: &str = "10.213.0.0/16";
@@ -41,13 +42,13 @@ pub fn network_name(controller_id: &str) -> String {
 
 /// Finds or creates this controller's network and returns it.
 pub async fn ensure(
-    docker: &Docker,
+    runtime: &dyn ContainerRuntime,
     controller_id: &str,
     wanted: Option<Ipv4Net>,
     store: &Store,
 ) -> anyhow::Result<InstanceNetwork> {
     let name = network_name(controller_id);
-    if let Some(subnet) = existing(docker, &name, controller_id).await? {
+    if let Some(subnet) = existing(runtime, &name, controller_id).await? {
         if let Some(w) = wanted {
             if w != subnet {
                 anyhow::bail!(
@@ -63,7 +64,7 @@ pub async fn ensure(
         return Ok(InstanceNetwork { name, subnet });
     }
     if let Some(subnet) = wanted {
-        create(docker, &name, controller_id, subnet)
+        create(runtime, &name, controller_id, subnet)
             .await
             .with_context(|| {
                 format!(
@@ -78,7 +79,7 @@ pub async fn ensure(
     let kept = store
         .meta_get(META_KEY)?
         .and_then(|v| String::from_utf8(v).ok()?.parse::<Ipv4Net>().ok());
-    let taken = taken_subnets(docker).await?;
+    let taken = taken_subnets(runtime).await?;
     let range: Ipv4Net = AUTO_RANGE.parse().map_err(anyhow::Error::msg)?;
     let count = 1u32 << (AUTO_PREFIX - range.prefix());
     let offset = fnv(controller_id) % count;
@@ -91,7 +92,7 @@ pub async fn ensure(
             continue;
         }
         tried += 1;
-        match create(docker, &name, controller_id, subnet).await {
+        match create(runtime, &name, controller_id, subnet).await {
             Ok(()) => {
                 store.meta_put(META_KEY, subnet.to_string().as_bytes())?;
                 tracing::info!(network = %name, %subnet, "created the instance network");
@@ -115,40 +116,26 @@ pub async fn ensure(
 /// The subnet of this controller's network if it exists; refuses a network of that name that is
 /// not this controller's or has no subnet set by hand.
 async fn existing(
-    docker: &Docker,
+    runtime: &dyn ContainerRuntime,
     name: &str,
     controller_id: &str,
 ) -> anyhow::Result<Option<Ipv4Net>> {
-    let n = match docker
-        .inspect_network(
-            name,
-            None::<bollard::query_parameters::InspectNetworkOptions>,
-        )
+    let Some(n) = runtime
+        .inspect_network(name)
         .await
-    {
-        Ok(n) => n,
-        Err(e) if crate::docker::is_not_found(&e) => return Ok(None),
-        Err(e) => return Err(e).context(format!("cannot inspect the network {name}")),
-    };
-    // Docker also matches an id prefix; only the exact name is ours.
-    if n.name.as_deref() != Some(name) {
+        .with_context(|| format!("cannot inspect the network {name}"))?
+    else {
         return Ok(None);
-    }
-    let owner = n
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(labels::CONTROLLER))
-        .map(String::as_str);
-    if owner != Some(controller_id) {
+    };
+    if n.labels.controller() != Some(controller_id) {
         anyhow::bail!(
             "a Docker network named {name} exists but is not labelled {}={controller_id}; \
              remove it (docker network rm {name}) or use another --controller-id",
-            labels::CONTROLLER
+            keys::CONTROLLER
         );
     }
-    let subnet = ipv4_subnets(n.ipam.as_ref()).into_iter().next();
-    match subnet {
-        Some(s) => Ok(Some(s)),
+    match n.subnets.first() {
+        Some(s) => Ok(Some(*s)),
         None => anyhow::bail!(
             "the network {name} has no IPv4 subnet set by hand, so instances cannot get fixed \
              addresses on it; remove it (docker network rm {name}) and start again"
@@ -157,50 +144,27 @@ async fn existing(
 }
 
 async fn create(
-    docker: &Docker,
+    runtime: &dyn ContainerRuntime,
     name: &str,
     controller_id: &str,
     subnet: Ipv4Net,
-) -> Result<(), bollard::errors::Error> {
-    let req = NetworkCreateRequest {
-        name: name.to_string(),
-        driver: Some("bridge".into()),
-        ipam: Some(Ipam {
-            driver: Some("default".into()),
-            config: Some(vec![IpamConfig {
-                subnet: Some(subnet.to_string()),
-                gateway: Some(subnet.gateway().to_string()),
-                ..Default::default()
-            }]),
-            options: None,
-        }),
-        labels: Some(HashMap::from([
-            (labels::CONTROLLER.to_string(), controller_id.to_string()),
-            (labels::KIND.to_string(), "instances".to_string()),
-        ])),
-        ..Default::default()
-    };
-    docker.create_network(req).await.map(|_| ())
-}
-
-fn ipv4_subnets(ipam: Option<&Ipam>) -> Vec<Ipv4Net> {
-    ipam.and_then(|i| i.config.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c.subnet.as_deref()?.parse().ok())
-        .collect()
+) -> crate::runtime::Result<()> {
+    runtime
+        .create_network(&NetworkSpec {
+            name: name.to_string(),
+            subnet,
+            gateway: subnet.gateway(),
+            labels: Labels::new(controller_id, Kind::Instances),
+        })
+        .await
 }
 
 /// Subnets in use: every Docker network's and every host route's (other than the default route).
-async fn taken_subnets(docker: &Docker) -> anyhow::Result<Vec<Ipv4Net>> {
-    let nets = docker
-        .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+async fn taken_subnets(runtime: &dyn ContainerRuntime) -> anyhow::Result<Vec<Ipv4Net>> {
+    let mut out = runtime
+        .network_subnets()
         .await
         .context("cannot list Docker networks")?;
-    let mut out: Vec<Ipv4Net> = nets
-        .iter()
-        .flat_map(|n| ipv4_subnets(n.ipam.as_ref()))
-        .collect();
     if let Ok(table) = std::fs::read_to_string("/proc/net/route") {
         out.extend(host_routes(&table));
     }

@@ -9,7 +9,6 @@
 //! - `POST /v1/router/logs`: a standalone `pier-router`'s access-log lines
 //!   ([`pier_api::RouterLogBatch`]), published as `RTR/<router index>`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -20,40 +19,27 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use pier_api::{AppName, ErrorCode, LogEvent, LogLine, LogSource, LogStream, RouterLogBatch};
+use pier_api::{LogEvent, LogLine, LogSource, LogStream, RouterLogBatch};
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use super::ApiState;
+use crate::error::Result;
 use crate::logs::Start;
-use crate::server::Ctx;
-use crate::store::AppRecord;
 
 /// Lines sent in one write at most.
 const MAX_BATCH: usize = 2048;
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
-pub fn routes() -> Router<Arc<Ctx>> {
+pub(super) fn routes() -> Router<ApiState> {
     Router::new()
         .route("/v1/apps/{name}/logs", get(recent))
         .route("/v1/apps/{name}/logs/stream", get(stream))
         .route("/v1/router/logs", post(router_logs))
 }
 
-fn load(ctx: &Ctx, name: &str) -> Result<AppRecord> {
-    let name = name
-        .parse::<AppName>()
-        .map_err(|e| Error::api(ErrorCode::InvalidName, e.to_string()))?;
-    ctx.store
-        .get_app(&name)?
-        .ok_or_else(|| Error::api(ErrorCode::NotFound, format!("app {name} not found")))
-}
-
-async fn recent(
-    State(ctx): State<Arc<Ctx>>,
-    Path(name): Path<String>,
-) -> Result<Json<Vec<LogLine>>> {
-    let app = load(&ctx, &name)?;
-    Ok(Json(ctx.logs.recent(&app.guid)))
+async fn recent(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Json<Vec<LogLine>>> {
+    let app = s.apps.load(&name)?;
+    Ok(Json(s.logs.recent(&app.guid)))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,12 +49,12 @@ struct StreamQuery {
 }
 
 async fn stream(
-    State(ctx): State<Arc<Ctx>>,
+    State(s): State<ApiState>,
     Path(name): Path<String>,
     Query(q): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let app = load(&ctx, &name)?;
+    let app = s.apps.load(&name)?;
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -77,11 +63,11 @@ async fn stream(
         Some(seq) => Start::After(seq),
         None => Start::Recent(q.recent.unwrap_or(usize::MAX)),
     };
-    let reader = ctx.logs.reader(&app.guid, start);
+    let reader = s.logs.reader(&app.guid, start);
     // First an event with only an id: where this stream starts, so a client that reconnects
     // before any line came resumes from here (and the response starts at once).
     let hello = Bytes::from(format!("id: {}\n\n", reader.cursor()));
-    let shutdown = ctx.shutdown.clone();
+    let shutdown = s.shutdown.clone();
     let lines =
         futures_util::stream::unfold((reader, shutdown), |(mut reader, shutdown)| async move {
             let next = tokio::select! {
@@ -119,12 +105,12 @@ fn encode(events: &[LogEvent]) -> Bytes {
     Bytes::from(out)
 }
 
-async fn router_logs(State(ctx): State<Arc<Ctx>>, Json(batch): Json<RouterLogBatch>) -> StatusCode {
+async fn router_logs(State(s): State<ApiState>, Json(batch): Json<RouterLogBatch>) -> StatusCode {
     let source = LogSource::Router(batch.router_index);
     for line in &batch.lines {
         // Only apps this controller knows; a stale router must not create logs for others.
-        if ctx.logs.has_app(&line.app_guid) {
-            ctx.logs.publish(
+        if s.logs.has_app(&line.app_guid) {
+            s.logs.publish(
                 &line.app_guid,
                 &source,
                 LogStream::Out,
@@ -134,8 +120,8 @@ async fn router_logs(State(ctx): State<Arc<Ctx>>, Json(batch): Json<RouterLogBat
         }
     }
     for d in &batch.dropped {
-        if d.count > 0 && ctx.logs.has_app(&d.app_guid) {
-            ctx.logs.publish(
+        if d.count > 0 && s.logs.has_app(&d.app_guid) {
+            s.logs.publish(
                 &d.app_guid,
                 &LogSource::Logger,
                 LogStream::Err,
@@ -149,27 +135,4 @@ async fn router_logs(State(ctx): State<Arc<Ctx>>, Json(batch): Json<RouterLogBat
         }
     }
     StatusCode::NO_CONTENT
-}
-
-/// The built-in router's access log: each request becomes an `RTR/0` line in its app's log,
-/// timed when the response ended.
-pub fn access_log(ctx: std::sync::Weak<Ctx>) -> Arc<dyn pier_router::AccessLog> {
-    Arc::new(move |entry: pier_router::AccessLogEntry| {
-        let (Some(ctx), Some(guid)) = (ctx.upgrade(), entry.app_guid.as_deref()) else {
-            return;
-        };
-        // Per-instance outcomes feed canary analysis (deployments.rs).
-        if let Some(id) = entry.instance_id.as_deref() {
-            ctx.request_stats
-                .record(id, entry.status, entry.duration.as_secs_f64() * 1000.0);
-        }
-        let ended = time::OffsetDateTime::from(entry.started_at + entry.duration);
-        ctx.logs.publish(
-            guid,
-            &LogSource::Router(0),
-            LogStream::Out,
-            &entry.to_rtr_line(),
-            ended,
-        );
-    })
 }

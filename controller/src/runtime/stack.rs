@@ -8,26 +8,20 @@
 
 use std::process::Stdio;
 
-use bollard::query_parameters::CreateImageOptionsBuilder;
-use bollard::Docker;
-use futures_util::StreamExt;
+use super::{ContainerRuntime, ImportSpec};
 
 /// Bump the suffix whenever the stack's contents change.
 pub const DEFAULT_STACK_IMAGE: &str = "pier-stack:bookworm-v1";
 
-const BUILD_SCRIPT: &str = include_str!("../../stack/build-rootfs.sh");
-
-pub async fn image_exists(docker: &Docker, image: &str) -> anyhow::Result<bool> {
-    match docker.inspect_image(image).await {
-        Ok(_) => Ok(true),
-        Err(e) if crate::docker::is_not_found(&e) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
-}
+const BUILD_SCRIPT: &str = include_str!("../../../stack/build-rootfs.sh");
 
 /// Makes sure the stack image exists, building it when it is missing and `build` allows.
-pub async fn ensure(docker: &Docker, image: &str, build: bool) -> anyhow::Result<()> {
-    if image_exists(docker, image).await? {
+pub async fn ensure(
+    runtime: &dyn ContainerRuntime,
+    image: &str,
+    build: bool,
+) -> anyhow::Result<()> {
+    if runtime.image_exists(image).await? {
         return Ok(());
     }
     if !build {
@@ -42,11 +36,11 @@ pub async fn ensure(docker: &Docker, image: &str, build: bool) -> anyhow::Result
              load {image} into Docker first"
         );
     }
-    build_stack(docker, image).await
+    build_stack(runtime, image).await
 }
 
 /// Builds the root filesystem with debootstrap and imports it as `image`, printing progress.
-pub async fn build_stack(docker: &Docker, image: &str) -> anyhow::Result<()> {
+pub async fn build_stack(runtime: &dyn ContainerRuntime, image: &str) -> anyhow::Result<()> {
     let (repo, tag) = image
         .rsplit_once(':')
         .ok_or_else(|| anyhow::anyhow!("stack image {image:?} has no tag"))?;
@@ -70,25 +64,21 @@ pub async fn build_stack(docker: &Docker, image: &str) -> anyhow::Result<()> {
         );
     }
     eprintln!("-----> Importing the root filesystem into Docker as {image}");
-    let file = tokio::fs::File::open(&out).await?;
-    let stream = tokio_util::io::ReaderStream::with_capacity(file, 1024 * 1024);
-    let opts = CreateImageOptionsBuilder::default()
-        .from_src("-")
-        .repo(repo)
-        .tag(tag)
-        .changes(vec![
+    let spec = ImportSpec {
+        repo: repo.to_string(),
+        tag: tag.to_string(),
+        changes: vec![
             "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
             "ENV LANG=C.UTF-8".into(),
             "USER vcap".into(),
             "WORKDIR /home/vcap".into(),
-        ])
-        .build();
-    let mut progress =
-        docker.create_image(Some(opts), Some(bollard::body_try_stream(stream)), None);
-    while let Some(item) = progress.next().await {
-        item.map_err(|e| anyhow::anyhow!("docker import of the stack failed: {e}"))?;
-    }
-    if !image_exists(docker, image).await? {
+        ],
+    };
+    runtime
+        .import_image(&out, &spec)
+        .await
+        .map_err(|e| anyhow::anyhow!("docker import of the stack failed: {e}"))?;
+    if !runtime.image_exists(image).await? {
         anyhow::bail!("docker import finished but {image} is not there");
     }
     eprintln!(

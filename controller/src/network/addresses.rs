@@ -16,7 +16,7 @@
 //! released address is the last one to come back even once it may. The network address, the
 //! gateway (network + 1) and the broadcast address are never handed out.
 //!
-//! The states live in sled (tree `addresses`: `a.b.c.d` → [`AddrState`]), written and flushed
+//! The states live in the store ([`AddressStore`]: `a.b.c.d` → [`AddrState`]), written and flushed
 //! before the address is used, so a restarted controller knows what is in use and what is still in
 //! quarantine. What routers acknowledged is kept in memory only: after a restart, addresses released
 //! by the previous run wait the full quarantine from this start (or from their release, if later),
@@ -31,6 +31,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+
+use crate::store::AddressStore;
 
 /// An IPv4 network: its (network) address and prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -208,9 +210,7 @@ pub enum AddressError {
     #[error("{0}")]
     Exhausted(Exhausted),
     #[error("cannot record instance addresses in the store: {0}")]
-    Store(#[from] sled::Error),
-    #[error("the stored instance addresses are not valid JSON: {0}")]
-    Json(#[from] serde_json::Error),
+    Store(#[from] crate::error::Error),
 }
 
 /// No address may be handed out now; says why and until when.
@@ -278,50 +278,30 @@ pub struct AddressPool {
     /// When this controller (epoch) started: the restart rule counts from here.
     started: OffsetDateTime,
     clock: Arc<dyn Clock>,
-    tree: sled::Tree,
-    meta: sled::Tree,
+    store: AddressStore,
     inner: Mutex<Inner>,
 }
 
 impl AddressPool {
-    /// Loads the states kept in `db`; entries outside `subnet` (an earlier network's) are dropped.
+    /// Loads the states kept in `store`; entries outside `subnet` (an earlier network's) are
+    /// dropped.
     pub fn open(
-        db: &sled::Db,
+        store: AddressStore,
         subnet: Ipv4Net,
         quarantine: Quarantine,
         epoch: &str,
         clock: Arc<dyn Clock>,
     ) -> Result<AddressPool, AddressError> {
-        let tree = db.open_tree("addresses")?;
-        let meta = db.open_tree("addresses_meta")?;
-        let mut states = BTreeMap::new();
-        for item in tree.iter() {
-            let (k, v) = item?;
-            let ip = std::str::from_utf8(&k)
-                .ok()
-                .and_then(|s| s.parse::<Ipv4Addr>().ok());
-            match ip {
-                Some(ip) if subnet.contains(ip) => {
-                    states.insert(ip, serde_json::from_slice(&v)?);
-                }
-                _ => {
-                    tree.remove(k)?;
-                }
-            }
-        }
-        let last = meta
-            .get("last")?
-            .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<Ipv4Addr>().ok())
-            .filter(|ip| subnet.contains(*ip));
-        tree.flush()?;
+        let states: BTreeMap<Ipv4Addr, AddrState> =
+            store.load(|ip| subnet.contains(ip))?.into_iter().collect();
+        let last = store.last()?.filter(|ip| subnet.contains(*ip));
         Ok(AddressPool {
             subnet,
             quarantine,
             epoch: epoch.to_string(),
             started: clock.now(),
             clock,
-            tree,
-            meta,
+            store,
             inner: Mutex::new(Inner {
                 states,
                 last,
@@ -340,17 +320,7 @@ impl AddressPool {
     }
 
     fn persist(&self, ip: Ipv4Addr, state: Option<&AddrState>) -> Result<(), AddressError> {
-        let key = ip.to_string();
-        match state {
-            Some(s) => {
-                self.tree.insert(key.as_bytes(), serde_json::to_vec(s)?)?;
-            }
-            None => {
-                self.tree.remove(key.as_bytes())?;
-            }
-        }
-        self.tree.flush()?;
-        Ok(())
+        Ok(self.store.put(ip, state)?)
     }
 
     /// Hands out the next reusable address after the last one and records it as in use by
@@ -387,8 +357,7 @@ impl AddressPool {
             instance_id: instance_id.to_string(),
         };
         self.persist(ip, Some(&state))?;
-        self.meta.insert("last", ip.to_string().as_bytes())?;
-        self.meta.flush()?;
+        self.store.set_last(ip)?;
         inner.states.insert(ip, state);
         inner.last = Some(ip);
         inner.held.insert(instance_id.to_string());
@@ -614,6 +583,7 @@ impl AddressPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
 
     struct ManualClock(Mutex<OffsetDateTime>);
 
@@ -645,9 +615,9 @@ mod tests {
         Ipv4Addr::new(10, 9, 0, last)
     }
 
-    fn pool(db: &sled::Db, clock: &Arc<ManualClock>, epoch: &str) -> AddressPool {
+    fn pool(db: &Store, clock: &Arc<ManualClock>, epoch: &str) -> AddressPool {
         AddressPool::open(
-            db,
+            db.addresses().unwrap(),
             net(),
             Quarantine {
                 min: Q,
@@ -659,20 +629,13 @@ mod tests {
         .unwrap()
     }
 
-    /// sled's background flusher lets go of the folder's lock a moment after the drop.
-    fn reopen(dir: &std::path::Path) -> sled::Db {
-        (0..100)
-            .find_map(|_| {
-                sled::open(dir)
-                    .map_err(|_| std::thread::sleep(Duration::from_millis(20)))
-                    .ok()
-            })
-            .expect("db reopens")
+    fn reopen(dir: &std::path::Path) -> Store {
+        crate::store::tests::reopen(dir)
     }
 
-    fn db() -> (tempfile::TempDir, sled::Db) {
+    fn db() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = Store::open(dir.path()).unwrap();
         (dir, db)
     }
 
@@ -806,7 +769,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new();
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = Store::open(dir.path()).unwrap();
             let p = pool(&db, &clock, "run1");
             p.router_seen("r1", "run1", 50);
             for i in 0..5 {
@@ -848,7 +811,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = ManualClock::new();
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = Store::open(dir.path()).unwrap();
             let p = pool(&db, &clock, "run1");
             for i in 0..5 {
                 p.allocate(&format!("i{i}")).unwrap();

@@ -1,0 +1,210 @@
+//! Starting, stopping and restarting apps, deployments and rollbacks, and deleting apps.
+
+use pier_api::{
+    AppAction, AppResponse, AppState, DeployRequest, DeploymentAction, DeploymentResponse,
+    DeploymentState, ErrorCode, EventKind, RevisionResponse,
+};
+use time::OffsetDateTime;
+
+use super::AppService;
+use crate::deployments::{self, Deployed};
+use crate::error::{Error, Result};
+use crate::staging::cache_volume;
+use crate::store::{AppRecord, Cleanup};
+
+impl AppService {
+    /// Starts a deployment of `app` (under its lock), saves it, and deletes the droplets of the
+    /// revisions it pruned. `None` when nothing changes.
+    fn start_deployment(
+        &self,
+        app: &mut AppRecord,
+        req: &DeployRequest,
+    ) -> Result<Option<Deployed>> {
+        let Some(d) = deployments::deploy(&self.d.settings.deploy, app, req)? else {
+            return Ok(None);
+        };
+        self.d.store.put_app(app)?;
+        self.event(
+            app,
+            EventKind::DeploymentStarted,
+            d.record.reason.as_deref().unwrap_or("deploying"),
+        );
+        for sha in &d.pruned_droplets {
+            if let Err(e) = self.d.blobs.delete(sha) {
+                tracing::warn!(error = %e, "could not delete an old droplet");
+            }
+        }
+        Ok(Some(d))
+    }
+
+    /// `start`, `stop` or `restart`. Starting or restarting is a deployment: rolling when
+    /// instances already run; `req` (how to deploy) is read only for those.
+    pub async fn action(
+        &self,
+        name: &str,
+        action: &str,
+        req: impl FnOnce() -> Result<DeployRequest>,
+    ) -> Result<AppResponse> {
+        let app = self.load(name)?;
+        let action: AppAction = action
+            .parse()
+            .map_err(|e: String| Error::api(ErrorCode::NotFound, e))?;
+        let lock = self.d.locks.get(&app.name);
+        let guard = lock.lock().await;
+        let mut app = self.load(name)?;
+        match action {
+            AppAction::Start | AppAction::Restart => {
+                let mut req = req()?;
+                req.restart |= action == AppAction::Restart;
+                self.start_deployment(&mut app, &req)?;
+            }
+            AppAction::Stop => {
+                if let Some(d) = app.active_deployment_mut() {
+                    d.state = DeploymentState::Canceled;
+                    d.reason = Some("the app was stopped".into());
+                    d.finished_at = Some(OffsetDateTime::now_utc());
+                }
+                app.state = AppState::Stopped;
+                app.updated_at = OffsetDateTime::now_utc();
+                self.d.store.put_app(&app)?;
+                self.event(&app, EventKind::Stopped, "app stopped");
+            }
+        }
+        drop(guard);
+        self.d.reconciler.converge(Some(&app.guid)).await;
+        Ok(self.response(&app))
+    }
+
+    /// A deployment of the newest droplet, env and command, or of an earlier revision.
+    pub async fn deploy(&self, name: &str, req: DeployRequest) -> Result<DeploymentResponse> {
+        let app = self.load(name)?;
+        let lock = self.d.locks.get(&app.name);
+        let guard = lock.lock().await;
+        let mut app = self.load(name)?;
+        let d = match self.start_deployment(&mut app, &req)? {
+            Some(d) => d.record,
+            // Nothing changed: answer with the deployment that got the app here.
+            None => app.deployments.last().cloned().ok_or_else(|| {
+                Error::bad_request(format!("app {} already runs that revision", app.name))
+            })?,
+        };
+        drop(guard);
+        self.d.reconciler.converge(Some(&app.guid)).await;
+        Ok(deployments::deployment_response(&d))
+    }
+
+    pub fn deployments(&self, name: &str) -> Result<Vec<DeploymentResponse>> {
+        let app = self.load(name)?;
+        Ok(app
+            .deployments
+            .iter()
+            .rev()
+            .map(deployments::deployment_response)
+            .collect())
+    }
+
+    /// Cancels (rolls back) or continues the deployment in progress.
+    pub async fn deployment_action(
+        &self,
+        name: &str,
+        id: &str,
+        action: &str,
+    ) -> Result<DeploymentResponse> {
+        let app = self.load(name)?;
+        let lock = self.d.locks.get(&app.name);
+        let guard = lock.lock().await;
+        let mut app = self.load(name)?;
+        let current = app.active_deployment().map(|d| d.id.clone());
+        let action: DeploymentAction = action
+            .parse()
+            .map_err(|e: String| Error::api(ErrorCode::NotFound, e))?;
+        if id != "current" && current.as_deref() != Some(id) {
+            return Err(Error::api(
+                ErrorCode::NotFound,
+                format!("deployment {id} of app {} is not in progress", app.name),
+            ));
+        }
+        let d = match action {
+            DeploymentAction::Cancel => deployments::cancel(&mut app)?,
+            DeploymentAction::Continue => deployments::continue_canary(&mut app)?,
+        };
+        app.updated_at = OffsetDateTime::now_utc();
+        self.d.store.put_app(&app)?;
+        self.event(&app, action.event(), d.reason.as_deref().unwrap_or(""));
+        drop(guard);
+        self.d.reconciler.converge(Some(&app.guid)).await;
+        Ok(deployments::deployment_response(&d))
+    }
+
+    pub fn revisions(&self, name: &str) -> Result<Vec<RevisionResponse>> {
+        let app = self.load(name)?;
+        Ok(app
+            .revisions
+            .iter()
+            .rev()
+            .map(|r| deployments::revision_response(&app, r))
+            .collect())
+    }
+
+    /// Deletes the app: desired state first (its routes go and its slots stop), then waits until
+    /// its instances are stopped and removes what is left. What cannot be removed now stays queued
+    /// in the store and the reconciler finishes it.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        let app = self.load(name)?;
+        let lock = self.d.locks.get(&app.name);
+        let _guard = lock.lock().await;
+        let app = self.load(name)?;
+        let job = Cleanup {
+            app_guid: app.guid.clone(),
+            app_name: app.name.to_string(),
+            blobs: app
+                .package
+                .iter()
+                .chain(app.droplet.as_ref().map(|d| &d.sha256))
+                .chain(app.old_blobs.iter())
+                .chain(app.revisions.iter().map(|r| &r.droplet.sha256))
+                .cloned()
+                .collect(),
+            volumes: vec![cache_volume(&app.guid)],
+        };
+        self.d.store.delete_app(&app, &job)?;
+        self.d.reconciler.converge(None).await;
+        self.d.instances.wait_stopped(&app.guid).await;
+        // Anything left (stagings, leftovers), the cache volume and the blobs no other app uses.
+        match self.d.runtime.list().await {
+            Ok(containers) => {
+                if let Err(e) = self.d.reconciler.clean_up(&job, &containers).await {
+                    tracing::warn!(app = %app.name, error = %e, "delete not finished; the reconciler retries");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(app = %app.name, error = %e, "delete not finished; the reconciler retries")
+            }
+        }
+        self.d.logs.forget(&app.guid);
+        self.d.instances.publish_routes();
+        tracing::info!(app = %app.name, "deleted");
+        Ok(())
+    }
+
+    /// Empties the app's buildpack cache (refused while it stages).
+    pub async fn clear_cache(&self, name: &str) -> Result<()> {
+        let app = self.load(name)?;
+        let lock = self.d.locks.get(&app.name);
+        let _guard = lock.try_lock_owned().map_err(|_| {
+            Error::api(
+                ErrorCode::Conflict,
+                format!(
+                    "app {} is staging (or busy); clear its cache when that ends",
+                    app.name
+                ),
+            )
+        })?;
+        self.d
+            .runtime
+            .remove_volume(&cache_volume(&app.guid))
+            .await?;
+        self.event(&app, EventKind::CacheCleared, "buildpack cache cleared");
+        Ok(())
+    }
+}

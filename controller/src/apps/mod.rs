@@ -1,0 +1,177 @@
+//! The app service: every change the API makes to an app, as one function per operation. HTTP
+//! handlers parse the request, call one of these, and present the answer.
+//!
+//! Invariants:
+//! - Everything a request asks for is checked before anything is changed: a refusal leaves the
+//!   store as it was.
+//! - A change is saved (flushed) and then answered. Convergence runs after the save through
+//!   [`Reconciler::converge`], whose failures become visible state (an event, an instance state),
+//!   never an error answer for a change that was already made.
+//! - Operations on one app are serialized by the app's lock ([`AppLocks`]).
+//!
+//! Modules: `config` (create/update, processes, routes), `lifecycle` (start, stop, restart,
+//! deployments, delete), `builds` (staging a package into a droplet). Uses: `store/`, `events`,
+//! `instances/` (statuses), `reconcile`, `staging/`, `deployments/`.
+
+use std::sync::Arc;
+
+use pier_api::{AppName, AppResponse, AppState, ErrorCode, ProcessResponse};
+
+use crate::deployments::DeploySettings;
+use crate::error::{Error, Result};
+use crate::events::{Actor, Events};
+use crate::instances::Instances;
+use crate::locks::AppLocks;
+use crate::logs::LogBroker;
+use crate::reconcile::Reconciler;
+use crate::runtime::ContainerRuntime;
+use crate::staging::Stager;
+use crate::store::{AppRecord, BlobStore, Store};
+
+mod buildpacks;
+mod builds;
+mod config;
+mod lifecycle;
+
+pub use builds::Build;
+
+/// The controller's settings apps are made with.
+#[derive(Debug, Clone)]
+pub struct AppSettings {
+    /// Apps get `NAME.DOMAIN` as their default route.
+    pub domain: String,
+    /// Port apps are reached at through the router, for URLs.
+    pub route_port: Option<u16>,
+    pub default_memory_mb: u64,
+    pub default_disk_mb: u64,
+    pub max_extracted_bytes: u64,
+    pub deploy: DeploySettings,
+}
+
+impl AppSettings {
+    pub fn url_for(&self, host: &str, path: &str) -> String {
+        match self.route_port {
+            Some(80) | None => format!("http://{host}{path}"),
+            Some(p) => format!("http://{host}:{p}{path}"),
+        }
+    }
+}
+
+/// What [`AppService`] is made from.
+pub struct AppDeps {
+    pub store: Store,
+    pub blobs: BlobStore,
+    pub events: Events,
+    pub logs: Arc<LogBroker>,
+    pub locks: Arc<AppLocks>,
+    pub instances: Arc<Instances>,
+    pub reconciler: Arc<Reconciler>,
+    pub stager: Arc<Stager>,
+    pub runtime: Arc<dyn ContainerRuntime>,
+    pub settings: AppSettings,
+}
+
+pub struct AppService {
+    d: AppDeps,
+}
+
+pub fn parse_name(name: &str) -> Result<AppName> {
+    name.parse::<AppName>()
+        .map_err(|e| Error::api(ErrorCode::InvalidName, e.to_string()))
+}
+
+impl AppService {
+    pub fn new(d: AppDeps) -> Arc<AppService> {
+        Arc::new(AppService { d })
+    }
+
+    pub fn settings(&self) -> &AppSettings {
+        &self.d.settings
+    }
+
+    /// The app, or a 404 naming it.
+    pub fn load(&self, name: &str) -> Result<AppRecord> {
+        let name = parse_name(name)?;
+        self.d
+            .store
+            .get_app(&name)?
+            .ok_or_else(|| Error::api(ErrorCode::NotFound, format!("app {name} not found")))
+    }
+
+    /// Records a change made through the API.
+    fn event(&self, app: &AppRecord, kind: pier_api::EventKind, message: &str) {
+        self.d.events.record(&app.guid, kind, message, Actor::Admin);
+    }
+
+    pub fn response(&self, app: &AppRecord) -> AppResponse {
+        let processes = app
+            .processes
+            .iter()
+            .map(|(kind, p)| ProcessResponse {
+                kind: kind.clone(),
+                instances: p.instances,
+                memory_mb: p.memory_mb,
+                disk_mb: p.disk_mb,
+                command: app.effective_command(kind),
+                health_check: p.health_check.clone(),
+            })
+            .collect();
+        let instances = if app.state == AppState::Started {
+            self.d.instances.statuses(&app.guid)
+        } else {
+            Vec::new()
+        };
+        AppResponse {
+            name: app.name.clone(),
+            guid: app.guid.clone(),
+            state: app.state,
+            package: app.package.clone(),
+            droplet: app.droplet.clone(),
+            processes,
+            instances,
+            routes: app
+                .routes
+                .iter()
+                .map(|r| self.d.settings.url_for(&r.host, &r.path))
+                .collect(),
+            env: app.env.clone(),
+            buildpacks: app.buildpacks.clone(),
+            command: app.web().and_then(|p| p.command.clone()),
+            created_at: app.created_at,
+            updated_at: app.updated_at,
+        }
+    }
+
+    pub fn list(&self) -> Result<Vec<AppResponse>> {
+        let apps = self.d.store.list_apps()?;
+        Ok(apps.iter().map(|a| self.response(a)).collect())
+    }
+
+    /// One app; with `stats`, each running instance's resource use (asked of the runtime).
+    pub async fn get(&self, name: &str, stats: bool) -> Result<AppResponse> {
+        let app = self.load(name)?;
+        let mut resp = self.response(&app);
+        if stats {
+            let usage = futures_util::future::join_all(resp.instances.iter().map(|i| {
+                let disk = app
+                    .processes
+                    .get(&i.process)
+                    .map(|p| p.disk_mb)
+                    .unwrap_or(0);
+                self.d.instances.usage(i, disk)
+            }))
+            .await;
+            for (i, st) in resp.instances.iter_mut().zip(usage) {
+                if i.state == pier_api::InstanceState::Running {
+                    i.stats = st;
+                }
+            }
+        }
+        Ok(resp)
+    }
+
+    pub fn events(&self, name: &str) -> Result<Vec<pier_api::AppEvent>> {
+        let app = self.load(name)?;
+        self.d.store.events(&app.guid, 200)
+    }
+}

@@ -1,0 +1,75 @@
+//! `/v1/apps`: list, get, create/update, delete, actions, processes, events.
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use bytes::Bytes;
+use pier_api::{AppConfigRequest, AppEvent, AppResponse, DeployRequest, ProcessConfigRequest};
+use serde::Deserialize;
+
+use super::{json_body, ApiState};
+use crate::error::Result;
+
+type S = State<ApiState>;
+
+pub(super) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/apps", get(list))
+        .route("/v1/apps/{name}", get(get_app).put(put_app).delete(delete))
+        .route("/v1/apps/{name}/actions/{action}", post(action))
+        .route("/v1/apps/{name}/events", get(events))
+        .route("/v1/apps/{name}/processes/{process}", put(put_process))
+}
+
+async fn list(State(s): S) -> Result<Json<Vec<AppResponse>>> {
+    Ok(Json(s.apps.list()?))
+}
+
+#[derive(Deserialize)]
+struct AppQuery {
+    #[serde(default)]
+    stats: bool,
+}
+
+async fn get_app(
+    State(s): S,
+    Path(name): Path<String>,
+    Query(q): Query<AppQuery>,
+) -> Result<Json<AppResponse>> {
+    Ok(Json(s.apps.get(&name, q.stats).await?))
+}
+
+async fn put_app(State(s): S, Path(name): Path<String>, body: Bytes) -> Result<Json<AppResponse>> {
+    // The name is checked before the body.
+    crate::apps::parse_name(&name)?;
+    let req: AppConfigRequest = json_body(&body)?;
+    Ok(Json(s.apps.put(&name, req).await?))
+}
+
+async fn delete(State(s): S, Path(name): Path<String>) -> Result<Response> {
+    s.apps.delete(&name).await?;
+    Ok(http::StatusCode::NO_CONTENT.into_response())
+}
+
+async fn action(
+    State(s): S,
+    Path((name, action)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<AppResponse>> {
+    let req = || json_body::<DeployRequest>(&body);
+    Ok(Json(s.apps.action(&name, &action, req).await?))
+}
+
+async fn put_process(
+    State(s): S,
+    Path((name, process)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<AppResponse>> {
+    let req: ProcessConfigRequest = json_body(&body)?;
+    Ok(Json(s.apps.scale(&name, &process, req).await?))
+}
+
+async fn events(State(s): S, Path(name): Path<String>) -> Result<Json<Vec<AppEvent>>> {
+    Ok(Json(s.apps.events(&name)?))
+}

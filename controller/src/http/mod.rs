@@ -1,0 +1,106 @@
+//! The HTTP API (axum): one module per resource. Handlers parse the request, call one service
+//! function (`apps/`, `staging/`, `logs/`), and present the answer; they hold no platform logic.
+//!
+//! Every endpoint but `GET /v1/info` needs the admin token ([`auth`]). Errors are
+//! [`crate::error::Error`], whose `IntoResponse` maps each code to one status and never shows
+//! internals. Uses: `apps/` (the app service), `logs/` (log readers), `staging/` (buildpacks),
+//! `store/` (blobs, for uploads), `instances/` (the route table), `network/` (router acks).
+
+use std::sync::Arc;
+
+use axum::middleware;
+use axum::routing::get;
+use axum::{Json, Router};
+use pier_api::InfoResponse;
+use tokio_util::sync::CancellationToken;
+
+use crate::apps::AppService;
+use crate::deployments::RequestStats;
+use crate::error::{Error, Result};
+use crate::instances::Routing;
+use crate::logs::LogBroker;
+use crate::network::addresses::AddressPool;
+use crate::staging::Buildpacks;
+use crate::store::BlobStore;
+
+mod apps;
+pub mod auth;
+mod buildpacks;
+mod builds;
+mod deployments;
+mod logs;
+mod routes;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub apps: Arc<AppService>,
+    pub logs: Arc<LogBroker>,
+    pub routing: Arc<Routing>,
+    pub addresses: Arc<AddressPool>,
+    pub buildpacks: Arc<Buildpacks>,
+    pub blobs: BlobStore,
+    pub stats: Arc<RequestStats>,
+    pub token_hash: [u8; 32],
+    pub limits: Limits,
+    pub stack_image: String,
+    pub shutdown: CancellationToken,
+}
+
+/// Upload limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_package_bytes: u64,
+    pub max_extracted_bytes: u64,
+}
+
+pub fn router(state: ApiState) -> Router {
+    let authed = Router::new()
+        .merge(apps::routes())
+        .merge(builds::routes())
+        .merge(deployments::routes())
+        .merge(routes::routes())
+        .merge(logs::routes())
+        .merge(buildpacks::routes())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .route("/v1/info", get(info))
+        .merge(authed)
+        .fallback(|| async { Error::not_found("endpoint") })
+        .with_state(state)
+}
+
+type S = axum::extract::State<ApiState>;
+
+/// A JSON request body; an empty body is `{}`.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+    if body.is_empty() {
+        return serde_json::from_slice(b"{}").map_err(|e| Error::bad_request(e.to_string()));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| Error::bad_request(format!("invalid request body: {e}")))
+}
+
+/// A JSON request body that must be there.
+pub(crate) fn json_body_strict<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| Error::bad_request(format!("invalid request body: {e}")))
+}
+
+async fn info(axum::extract::State(s): S) -> Json<InfoResponse> {
+    let settings = s.apps.settings();
+    Json(InfoResponse {
+        name: "pier".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        domain: settings.domain.clone(),
+        router_url: settings.url_for(&settings.domain, ""),
+        stack_image: s.stack_image.clone(),
+        max_package_bytes: s.limits.max_package_bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,89 @@
+//! Routes: mapping them to apps (`/v1/apps/{name}/routes`, `/v1/route-mappings`) and the route
+//! table standalone routers follow (`GET /v1/routes`, a long-poll).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use pier_api::{AppResponse, ErrorCode, RouteMapping, RouteRequest, RouteTable};
+use serde::Deserialize;
+
+use super::{json_body, ApiState};
+use crate::error::{Error, Result};
+
+type S = State<ApiState>;
+
+/// How long a long-poll is held when the caller's table is current.
+const HOLD: Duration = Duration::from_secs(25);
+
+pub(super) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/apps/{name}/routes", post(map).delete(unmap))
+        .route("/v1/route-mappings", get(mappings))
+        .route("/v1/routes", get(table))
+}
+
+async fn map(State(s): S, Path(name): Path<String>, body: Bytes) -> Result<Json<AppResponse>> {
+    let req: RouteRequest = json_body(&body)?;
+    Ok(Json(s.apps.route(&name, req.route, true).await?))
+}
+
+async fn unmap(State(s): S, Path(name): Path<String>, body: Bytes) -> Result<Json<AppResponse>> {
+    let req: RouteRequest = json_body(&body)?;
+    Ok(Json(s.apps.route(&name, req.route, false).await?))
+}
+
+async fn mappings(State(s): S) -> Result<Json<Vec<RouteMapping>>> {
+    Ok(Json(s.apps.route_mappings()?))
+}
+
+#[derive(Deserialize)]
+struct RoutesQuery {
+    epoch: Option<String>,
+    version: Option<u64>,
+    /// A standalone router's id: its (epoch, version) acknowledges every table up to it, which
+    /// lets released instance addresses out of quarantine (`network/addresses.rs`).
+    router: Option<String>,
+}
+
+fn valid_router_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Long-poll: answers at once when the caller's table is stale, else when it changes or after
+/// [`HOLD`].
+async fn table(State(s): S, Query(q): Query<RoutesQuery>) -> Result<Response> {
+    if let Some(id) = &q.router {
+        if !valid_router_id(id) {
+            return Err(Error::bad_request(
+                "router must be 1-64 letters, digits, `-`, `_` or `.` (pier-router sends a uuid)",
+            ));
+        }
+        s.addresses.router_seen(
+            id,
+            q.epoch.as_deref().unwrap_or_default(),
+            q.version.unwrap_or(0),
+        );
+    }
+    let mut rx = s.routing.subscribe();
+    let stale = |t: &Option<Arc<RouteTable>>| match t {
+        None => false,
+        Some(t) => Some(&t.epoch) != q.epoch.as_ref() || Some(t.version) != q.version,
+    };
+    let _ = tokio::time::timeout(HOLD, async { rx.wait_for(stale).await.map(|_| ()) }).await;
+    match s.routing.current() {
+        Some(t) => Ok(Json(t.as_ref().clone()).into_response()),
+        None => Err(Error::api(
+            ErrorCode::Unavailable,
+            "the route table is not ready yet; retry",
+        )),
+    }
+}

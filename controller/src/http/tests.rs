@@ -1,0 +1,413 @@
+//! Handler tests: the API against a temporary store and the fake runtime (no Docker), through
+//! the real axum router with `oneshot`.
+
+use http::StatusCode;
+use pier_api::EventKind;
+use serde_json::{json, Value};
+
+use crate::runtime::fake::{Op, Script};
+use crate::runtime::{Kind, Stream};
+use crate::testkit::{TestPlatform, TOKEN};
+
+fn kinds(events: &Value) -> Vec<String> {
+    events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["kind"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_endpoint_but_info_needs_the_token() {
+    let p = TestPlatform::new().await;
+    let (s, v) = p.call_with("GET", "/v1/info", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["domain"], "localhost");
+    for path in [
+        "/v1/apps",
+        "/v1/routes",
+        "/v1/buildpacks",
+        "/v1/apps/x/logs",
+    ] {
+        let (s, v) = p.call_with("GET", path, None, None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(v["code"], "unauthorized");
+        assert!(v["message"].as_str().unwrap().contains("missing token"));
+        let (s, v) = p.call_with("GET", path, None, Some("pier_wrong")).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}");
+        assert!(v["message"]
+            .as_str()
+            .unwrap()
+            .contains("the token is wrong"));
+    }
+    let (s, _) = p.call_with("GET", "/v1/apps", None, Some(TOKEN)).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = p.call("GET", "/v1/nothing-here", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(v["code"], "not_found");
+}
+
+#[tokio::test]
+async fn refused_app_configs_write_nothing() {
+    let p = TestPlatform::new().await;
+    let bad = [
+        ("/v1/apps/Bad_Name", json!({}), "invalid_name"),
+        (
+            "/v1/apps/ok",
+            json!({"instances": 100000}),
+            "invalid_request",
+        ),
+        ("/v1/apps/ok", json!({"memory_mb": 1}), "invalid_request"),
+        (
+            "/v1/apps/ok",
+            json!({"env": {"1BAD": "x"}}),
+            "invalid_request",
+        ),
+        (
+            "/v1/apps/ok",
+            json!({"env": {"PORT": "1"}}),
+            "invalid_request",
+        ),
+        (
+            "/v1/apps/ok",
+            json!({"buildpacks": ["cobol"]}),
+            "invalid_request",
+        ),
+        (
+            "/v1/apps/ok",
+            json!({"routes": ["api.localhost"]}),
+            "invalid_request",
+        ),
+        (
+            "/v1/apps/ok",
+            json!({"unknown_field": 1, "instances": "x"}),
+            "invalid_request",
+        ),
+    ];
+    for (path, body, code) in bad {
+        let (s, v) = p.call("PUT", path, Some(body.clone())).await;
+        assert!(s.is_client_error(), "{path} {body}: {s}");
+        assert_eq!(v["code"], code, "{path} {body}: {v}");
+    }
+    assert!(
+        p.store.list_apps().unwrap().is_empty(),
+        "nothing was written"
+    );
+    assert!(p.fake.containers().is_empty(), "nothing was started");
+}
+
+#[tokio::test]
+async fn a_route_belongs_to_one_app() {
+    let p = TestPlatform::new().await;
+    let (s, _) = p.call("PUT", "/v1/apps/a", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = p
+        .call(
+            "PUT",
+            "/v1/apps/b",
+            Some(json!({"routes": ["a.localhost"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v["message"]
+        .as_str()
+        .unwrap()
+        .contains("already mapped to app a"));
+    assert_eq!(p.store.list_apps().unwrap().len(), 1, "b was not created");
+    let (s, v) = p
+        .call(
+            "POST",
+            "/v1/apps/a/routes",
+            Some(json!({"route": "extra.localhost/api"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = p.call("GET", "/v1/route-mappings", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
+    let (s, v) = p
+        .call(
+            "DELETE",
+            "/v1/apps/a/routes",
+            Some(json!({"route": "nope.localhost"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+}
+
+#[tokio::test]
+async fn push_stages_starts_and_routes_an_instance() {
+    let p = TestPlatform::new().await;
+    let events = p.push("hello").await;
+    let events = events.as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["log"]["text"] == "-----> Python app detected"),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e["log"]["stream"] == "ERR"),
+        "stderr kept apart"
+    );
+    let done = &events.last().unwrap()["done"];
+    assert_eq!(done["buildpack"], "python");
+    assert_eq!(done["process_types"]["web"], "python3 app.py");
+    // The staging container is gone; one instance runs, healthy and routed.
+    assert!(p.fake.running(Kind::Staging).is_empty());
+    let running = p
+        .eventually("one running instance", || {
+            let r = p.fake.running(Kind::Instance);
+            (r.len() == 1).then_some(r)
+        })
+        .await;
+    let (id, spec) = &running[0];
+    assert_eq!(spec.user, "vcap");
+    assert!(spec.env.iter().any(|e| e == "PORT=8080"));
+    assert!(spec
+        .env
+        .iter()
+        .any(|e| e == "PIER_START_COMMAND=python3 app.py"));
+    assert_eq!(p.fake.uploads(id)[0].0, "/home/vcap", "the droplet went in");
+    p.eventually("RUNNING", || {
+        let t = p.parts.routing.current()?;
+        let r = t.routes.iter().find(|r| r.host == "hello.localhost")?;
+        (r.backends.len() == 1).then_some(())
+    })
+    .await;
+    let inst = p.instances("hello").await;
+    assert_eq!(inst[0]["state"], "RUNNING");
+    let (_, ev) = p.call("GET", "/v1/apps/hello/events", None).await;
+    let k = kinds(&ev);
+    for want in ["created", "staging", "staged", "deployment_started"] {
+        assert!(k.iter().any(|x| x == want), "{want} in {k:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_staging_is_reported_and_nothing_runs() {
+    let p = TestPlatform::new().await;
+    p.fake.on_start(Kind::Staging, |_| Script {
+        output: vec![(Stream::Out, "-----> No buildpack detected\n".into())],
+        files: vec![],
+        exit: Some(222),
+    });
+    p.call("PUT", "/v1/apps/nope", None).await;
+    let sha = p.upload(&[("README", b"hi")]).await;
+    let (s, events) = p
+        .call(
+            "POST",
+            "/v1/apps/nope/builds",
+            Some(json!({"package": sha})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let last = events.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["error"]["code"], "no_buildpack", "{last}");
+    let app = p.store.get_app(&"nope".parse().unwrap()).unwrap().unwrap();
+    assert!(app.droplet.is_none() && app.staging.is_none());
+    assert!(
+        p.fake.containers().is_empty(),
+        "the staging container was removed"
+    );
+    let (_, ev) = p.call("GET", "/v1/apps/nope/events", None).await;
+    assert!(kinds(&ev).contains(&"staging_failed".to_string()));
+}
+
+#[tokio::test]
+async fn a_saved_change_is_answered_even_when_the_runtime_fails() {
+    let p = TestPlatform::new().await;
+    p.push("web").await;
+    p.eventually("running", || {
+        (p.fake.running(Kind::Instance).len() == 1).then_some(())
+    })
+    .await;
+    // Docker stops answering: the scale is saved and answered, and says what happened.
+    p.fake.fail_next(Op::List, 1);
+    let (s, v) = p
+        .call(
+            "PUT",
+            "/v1/apps/web/processes/web",
+            Some(json!({"instances": 2})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let app = p.store.get_app(&"web".parse().unwrap()).unwrap().unwrap();
+    assert_eq!(app.web().unwrap().instances, 2, "the change is saved");
+    let (_, ev) = p.call("GET", "/v1/apps/web/events", None).await;
+    let failed = ev
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == EventKind::ConvergenceFailed.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("a convergence_failed event in {ev}"));
+    assert!(failed["message"]
+        .as_str()
+        .unwrap()
+        .contains("the change is saved"));
+    // The next pass converges.
+    p.parts.reconciler.once().await.unwrap();
+    p.eventually("two running", || {
+        (p.fake.running(Kind::Instance).len() == 2).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn delete_removes_everything_and_finishes_later_when_the_runtime_fails() {
+    let p = TestPlatform::new().await;
+    p.push("gone").await;
+    p.eventually("running", || {
+        (p.fake.running(Kind::Instance).len() == 1).then_some(())
+    })
+    .await;
+    let app = p.store.get_app(&"gone".parse().unwrap()).unwrap().unwrap();
+    let droplet = app.droplet.clone().unwrap().sha256;
+    assert!(p.blobs.exists(&droplet));
+    assert_eq!(p.fake.volumes().len(), 1, "the cache volume");
+    // The delete's own cleanup and the pass it runs both fail to remove the volume.
+    p.fake.fail_next(Op::RemoveVolume, 2);
+    let (s, v) = p.call("DELETE", "/v1/apps/gone", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (s, _) = p.call("GET", "/v1/apps/gone", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(p.fake.containers().is_empty(), "its instance is gone");
+    assert_eq!(p.fake.volumes().len(), 1, "the volume removal failed");
+    assert_eq!(p.store.cleanups().unwrap().len(), 1, "and is queued");
+    p.parts.reconciler.once().await.unwrap();
+    assert!(p.fake.volumes().is_empty());
+    assert!(!p.blobs.exists(&droplet));
+    assert!(p.store.cleanups().unwrap().is_empty());
+    let t = p.parts.routing.current().unwrap();
+    assert!(t.routes.is_empty(), "its route is gone");
+}
+
+#[tokio::test]
+async fn scale_stop_and_unknown_actions() {
+    let p = TestPlatform::new().await;
+    p.push("s").await;
+    let (s, v) = p
+        .call(
+            "PUT",
+            "/v1/apps/s/processes/web",
+            Some(json!({"instances": 3})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    p.eventually("three running", || {
+        (p.fake.running(Kind::Instance).len() == 3).then_some(())
+    })
+    .await;
+    let (s, v) = p
+        .call(
+            "PUT",
+            "/v1/apps/s/processes/worker",
+            Some(json!({"instances": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(v["message"]
+        .as_str()
+        .unwrap()
+        .contains("has no process type"));
+    let (s, v) = p.call("POST", "/v1/apps/s/actions/explode", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(v["message"]
+        .as_str()
+        .unwrap()
+        .contains("use start, stop or restart"));
+    let (s, _) = p.call("POST", "/v1/apps/s/actions/stop", None).await;
+    assert_eq!(s, StatusCode::OK);
+    p.eventually("stopped", || {
+        p.fake.running(Kind::Instance).is_empty().then_some(())
+    })
+    .await;
+    let (s, v) = p
+        .call("POST", "/v1/apps/s/deployments/current/pause", None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+}
+
+#[tokio::test]
+async fn a_second_build_while_one_runs_is_refused() {
+    let p = TestPlatform::new().await;
+    // A staging that keeps running until told.
+    p.fake.on_start(Kind::Staging, |_| Script {
+        output: vec![],
+        files: vec![],
+        exit: None,
+    });
+    p.call("PUT", "/v1/apps/busy", None).await;
+    let sha = p.upload(&[("app.py", b"x")]).await;
+    let first = {
+        use tower::ServiceExt as _;
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/v1/apps/busy/builds")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(axum::body::Body::from(json!({"package": sha}).to_string()))
+            .unwrap();
+        p.router.clone().oneshot(req).await.unwrap()
+    };
+    assert_eq!(first.status(), StatusCode::OK);
+    let staging = p
+        .eventually("staging runs", || {
+            p.fake.running(Kind::Staging).into_iter().next()
+        })
+        .await;
+    let (s, v) = p
+        .call(
+            "POST",
+            "/v1/apps/busy/builds",
+            Some(json!({"package": sha})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    // The staging the reconciler sees as active is left alone.
+    p.parts.reconciler.once().await.unwrap();
+    assert_eq!(p.fake.running(Kind::Staging).len(), 1);
+    p.fake.exit(&staging.0, 1, false);
+    drop(first);
+}
+
+#[tokio::test]
+async fn an_instance_that_never_gets_healthy_is_crashed_with_the_reason() {
+    let p = TestPlatform::new().await;
+    p.probe.all_unhealthy();
+    p.call(
+        "PUT",
+        "/v1/apps/sick",
+        Some(json!({"health_check": {"type": "port", "timeout_secs": 1, "invocation_timeout_secs": 1}})),
+    )
+    .await;
+    let sha = p.upload(&[("app.py", b"x")]).await;
+    p.call(
+        "POST",
+        "/v1/apps/sick/builds",
+        Some(json!({"package": sha})),
+    )
+    .await;
+    let (s, _) = p.call("POST", "/v1/apps/sick/actions/start", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let mut reason = String::new();
+    for _ in 0..500 {
+        let inst = p.instances("sick").await;
+        if let Some(r) = inst.first().and_then(|i| i["reason"].as_str()) {
+            reason = r.to_string();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        reason.contains("health check (TCP connect to port 8080) did not pass within 1 s"),
+        "{reason:?}"
+    );
+    assert!(
+        p.parts.routing.current().unwrap().routes[0]
+            .backends
+            .is_empty(),
+        "never routed"
+    );
+}

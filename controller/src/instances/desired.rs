@@ -1,0 +1,181 @@
+//! What the desired state asks for: one [`InstanceSpec`] per instance slot of every started app.
+//! Pure: computed from app records alone, so it is unit tested without anything running.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use pier_api::{AppState, DeploymentStrategy, HealthCheck, ProcessType};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::runtime::labels::keys;
+use crate::runtime::{Kind, Managed};
+use crate::store::{AppRecord, ProcessRecord, Revision};
+
+/// After this many crashes an instance is not restarted any more.
+pub const MAX_CRASHES: u32 = 200;
+
+/// The wait before restarting an instance after its `crash_count`-th crash, or `None` for never.
+/// Cloud Foundry's policy: crashes 1 and 2 restart at once, then `base` doubling up to 32 × `base`.
+pub fn restart_delay(crash_count: u32, base: Duration) -> Option<Duration> {
+    match crash_count {
+        0..=2 => Some(Duration::ZERO),
+        n if n >= MAX_CRASHES => None,
+        n => {
+            let factor = 1u32 << (n - 3).min(5);
+            Some(base * factor)
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey {
+    pub app_guid: String,
+    pub process: ProcessType,
+    pub index: u32,
+}
+
+/// Everything that makes an instance what it is. A different [`InstanceSpec::hash`] means the
+/// running container must be replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceSpec {
+    pub app_name: String,
+    pub app_guid: String,
+    pub process: ProcessType,
+    pub index: u32,
+    pub droplet: String,
+    pub command: String,
+    pub env: BTreeMap<String, String>,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+    pub health_check: HealthCheck,
+    pub restart_gen: u64,
+    pub revision: u64,
+    #[serde(skip)]
+    pub uris: Vec<String>,
+    /// Deployment settings: how a change of this spec is rolled out, not what runs.
+    #[serde(skip)]
+    pub recreate: bool,
+    #[serde(skip)]
+    pub max_in_flight: u32,
+    /// Share of the route's traffic, relative to the other instances (canary steps).
+    #[serde(skip)]
+    pub weight: u32,
+}
+
+impl InstanceSpec {
+    pub fn hash(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(&Sha256::digest(&json)[..8])
+    }
+}
+
+/// What the desired state asks for: one spec per instance slot of every started app.
+///
+/// Instances run the app's current revision. During a canary deployment the usual slots keep the
+/// previous revision and one extra web slot runs the new one, weighted by the canary's step.
+pub fn desired_slots(apps: &[AppRecord]) -> BTreeMap<SlotKey, InstanceSpec> {
+    let mut out = BTreeMap::new();
+    for app in apps {
+        if app.state != AppState::Started {
+            continue;
+        }
+        let Some(current) = app.running_revision() else {
+            continue;
+        };
+        let deployment = app.active_deployment();
+        let strategy = deployment.map(|d| d.strategy).unwrap_or_default();
+        let max_in_flight = deployment.map(|d| d.max_in_flight).unwrap_or(1).max(1);
+        let canary = deployment.and_then(|d| {
+            let c = d.canary.as_ref()?;
+            let base = app.revision(d.previous_revision?)?;
+            Some((base, c.steps.get(c.step).copied().unwrap_or(100)))
+        });
+        let spec =
+            |rev: &Revision, process: &ProcessType, index: u32, p: &ProcessRecord, weight: u32| {
+                let command = app.command_in(rev, process)?;
+                Some(InstanceSpec {
+                    app_name: app.name.to_string(),
+                    app_guid: app.guid.clone(),
+                    process: process.clone(),
+                    index,
+                    revision: rev.version,
+                    droplet: rev.droplet.sha256.clone(),
+                    command,
+                    env: rev.env.clone(),
+                    memory_mb: p.memory_mb,
+                    disk_mb: p.disk_mb,
+                    health_check: p.health_check.clone(),
+                    restart_gen: app.restart_gen,
+                    uris: app.routes.iter().map(|r| r.to_string()).collect(),
+                    recreate: strategy == DeploymentStrategy::Recreate,
+                    max_in_flight,
+                    weight,
+                })
+            };
+        for (process, p) in &app.processes {
+            let (rev, base_weight) = match (canary, process.is_web()) {
+                // The canary takes `pct`% of traffic: it weighs pct × n against n × (100 − pct).
+                (Some((base, pct)), true) => (base, 100u32.saturating_sub(pct)),
+                _ => (current, 1),
+            };
+            for index in 0..p.instances {
+                let key = SlotKey {
+                    app_guid: app.guid.clone(),
+                    process: process.clone(),
+                    index,
+                };
+                if let Some(s) = spec(rev, process, index, p, base_weight) {
+                    out.insert(key, s);
+                }
+            }
+            if let (Some((_, pct)), true) = (canary, process.is_web()) {
+                let index = p.instances;
+                let key = SlotKey {
+                    app_guid: app.guid.clone(),
+                    process: process.clone(),
+                    index,
+                };
+                if let Some(s) = spec(current, process, index, p, pct * p.instances.max(1)) {
+                    out.insert(key, s);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The slot a container serves, from its labels (instances only).
+pub fn slot_of(c: &Managed) -> Option<SlotKey> {
+    if c.labels.kind() != Some(Kind::Instance) {
+        return None;
+    }
+    Some(SlotKey {
+        app_guid: c.labels.app_guid()?.to_string(),
+        process: c.labels.get(keys::PROCESS)?.parse().ok()?,
+        index: c.labels.get(keys::INDEX)?.parse().ok()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cloud_foundry_backoff() {
+        let base = Duration::from_secs(30);
+        assert_eq!(restart_delay(1, base), Some(Duration::ZERO));
+        assert_eq!(restart_delay(2, base), Some(Duration::ZERO));
+        assert_eq!(restart_delay(3, base), Some(Duration::from_secs(30)));
+        assert_eq!(restart_delay(4, base), Some(Duration::from_secs(60)));
+        assert_eq!(restart_delay(5, base), Some(Duration::from_secs(120)));
+        assert_eq!(restart_delay(8, base), Some(Duration::from_secs(960)));
+        assert_eq!(
+            restart_delay(9, base),
+            Some(Duration::from_secs(960)),
+            "16 min cap"
+        );
+        assert_eq!(restart_delay(199, base), Some(Duration::from_secs(960)));
+        assert_eq!(restart_delay(200, base), None);
+    }
+}

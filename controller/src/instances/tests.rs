@@ -1,0 +1,378 @@
+//! Supervisor tests on paused time: the fake runtime plays the containers, a fake probe plays the
+//! health checks, and tokio's clock jumps only when every task waits, so backoff curves and
+//! health-check intervals are checked to the millisecond without waiting for them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pier_api::{
+    AppState, DropletInfo, EventKind, HealthCheck, HealthCheckType, InstanceState, ProcessType,
+};
+use time::OffsetDateTime;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::health::tests::FakeProbe;
+use super::{desired_slots, InFlight, InstanceDeps, InstanceSettings, Instances, Routing};
+use crate::events::Events;
+use crate::logs::LogBroker;
+use crate::network::addresses::{AddressPool, Quarantine, SystemClock};
+use crate::runtime::fake::FakeRuntime;
+use crate::runtime::labels::keys;
+use crate::runtime::{ContainerSpec, Kind, Labels, Networking};
+use crate::store::{AppRecord, BlobStore, ProcessRecord, Revision, Store};
+
+struct Idle;
+
+impl InFlight for Idle {
+    fn count(&self, _: &str) -> usize {
+        0
+    }
+    fn describe(&self) -> &'static str {
+        "nothing (tests)"
+    }
+}
+
+const NETWORK: &str = "pier-test";
+const BASE: Duration = Duration::from_secs(30);
+
+struct Rig {
+    instances: Arc<Instances>,
+    fake: Arc<FakeRuntime>,
+    probe: Arc<FakeProbe>,
+    store: Store,
+    shutdown: CancellationToken,
+    droplet: String,
+    _dir: tempfile::TempDir,
+}
+
+fn app(droplet: &str, instances: u32, hc: HealthCheckType) -> AppRecord {
+    let mut a = crate::store::tests::app("web");
+    a.state = AppState::Started;
+    let d = DropletInfo {
+        sha256: droplet.to_string(),
+        buildpack: "python".into(),
+        process_types: BTreeMap::from([("web".into(), "python3 app.py".into())]),
+        created_at: OffsetDateTime::now_utc(),
+    };
+    a.droplet = Some(d.clone());
+    a.revisions = vec![Revision {
+        version: 1,
+        droplet: d,
+        env: BTreeMap::new(),
+        commands: BTreeMap::new(),
+        description: "pushed".into(),
+        created_at: OffsetDateTime::now_utc(),
+    }];
+    a.current_revision = Some(1);
+    a.processes.insert(
+        ProcessType::web(),
+        ProcessRecord {
+            instances,
+            memory_mb: 256,
+            disk_mb: 1024,
+            command: None,
+            health_check: HealthCheck {
+                kind: hc,
+                ..HealthCheck::default()
+            },
+        },
+    );
+    a
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let blobs = BlobStore::open(dir.path()).unwrap();
+        let w = blobs.write_reader(&mut &b"droplet"[..]).unwrap();
+        let droplet = blobs.commit(w).unwrap();
+        let fake = FakeRuntime::new("test");
+        let probe = Arc::new(FakeProbe::default());
+        let logs = Arc::new(LogBroker::new(100));
+        let routing = Arc::new(Routing::new());
+        let addresses = Arc::new(
+            AddressPool::open(
+                store.addresses().unwrap(),
+                "10.9.0.0/24".parse().unwrap(),
+                Quarantine {
+                    min: Duration::ZERO,
+                    ack_window: Duration::from_secs(600),
+                },
+                routing.epoch(),
+                Arc::new(SystemClock),
+            )
+            .unwrap(),
+        );
+        let instances = Instances::new(InstanceDeps {
+            runtime: fake.clone(),
+            store: store.clone(),
+            events: Events::new(store.clone(), logs.clone()),
+            logs,
+            blobs,
+            addresses,
+            routing,
+            probe: probe.clone(),
+            in_flight: Arc::new(Idle),
+            settings: InstanceSettings {
+                controller_id: "test".into(),
+                stack_image: crate::runtime::stack::DEFAULT_STACK_IMAGE.into(),
+                network: NETWORK.into(),
+                pids_limit: 64,
+                stop_grace: Duration::from_secs(10),
+                crash_backoff_base: BASE,
+                drain_timeout: Duration::from_secs(30),
+            },
+        });
+        Rig {
+            instances,
+            fake,
+            probe,
+            store,
+            shutdown: CancellationToken::new(),
+            droplet,
+            _dir: dir,
+        }
+    }
+
+    /// Saves the app and runs one sync, as a reconcile pass would.
+    async fn apply(&self, a: &AppRecord) {
+        self.store.put_app(a).unwrap();
+        let containers = crate::runtime::ContainerRuntime::list(self.fake.as_ref())
+            .await
+            .unwrap();
+        let desired = desired_slots(std::slice::from_ref(a));
+        self.instances.sync(&desired, &containers, &self.shutdown);
+    }
+
+    fn running(&self) -> Vec<String> {
+        self.fake
+            .running(Kind::Instance)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Waits (in paused time: as long as it takes) for exactly `n` running instances, and
+    /// returns them.
+    async fn until_running(&self, n: usize) -> Vec<String> {
+        for _ in 0..100_000 {
+            let r = self.running();
+            let states = self
+                .instances
+                .statuses(&crate::store::tests::app("web").guid);
+            if r.len() == n
+                && states
+                    .iter()
+                    .filter(|s| s.state == InstanceState::Running)
+                    .count()
+                    == n
+            {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never {n} running: {:?}", self.running());
+    }
+
+    fn crashes(&self) -> Vec<String> {
+        self.store
+            .events(&crate::store::tests::app("web").guid, 1000)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == EventKind::Crashed)
+            .map(|e| e.message)
+            .collect()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn crashes_follow_cloud_foundrys_backoff_curve() {
+    let rig = Rig::new();
+    rig.apply(&app(&rig.droplet, 1, HealthCheckType::Port))
+        .await;
+    let mut id = rig.until_running(1).await.remove(0);
+    // Crashes 1 and 2 restart at once; then 30 s, 60 s, 120 s.
+    let expected = [0u64, 0, 30, 60, 120];
+    for (n, wait) in expected.iter().enumerate() {
+        let crashed_at = Instant::now();
+        rig.fake.exit(&id, 1, false);
+        let new = loop {
+            let r = rig.running();
+            if r.len() == 1 && r[0] != id {
+                break r[0].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let took = crashed_at.elapsed();
+        assert!(
+            took >= Duration::from_secs(*wait)
+                && took < Duration::from_secs(*wait) + Duration::from_secs(1),
+            "crash {}: restarted after {took:?}, expected {wait} s",
+            n + 1
+        );
+        rig.until_running(1).await;
+        id = new;
+    }
+    let crashes = rig.crashes();
+    assert_eq!(crashes.len(), 5);
+    assert!(
+        crashes[0].contains("exited with status 1 (crash 5); restarting in 120 s"),
+        "{crashes:?}"
+    );
+    assert!(
+        rig.fake.removed().len() >= 5,
+        "every crashed container was removed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_healthy_instance_resets_the_crash_count_after_five_minutes() {
+    let rig = Rig::new();
+    rig.apply(&app(&rig.droplet, 1, HealthCheckType::Process))
+        .await;
+    let mut id = rig.until_running(1).await.remove(0);
+    for _ in 0..3 {
+        rig.fake.exit(&id, 2, false);
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        id = rig.until_running(1).await.remove(0);
+    }
+    // Five quiet minutes, then a crash counts as the first again: restarted at once.
+    tokio::time::sleep(Duration::from_secs(301)).await;
+    let at = Instant::now();
+    rig.fake.exit(&id, 2, false);
+    loop {
+        let r = rig.running();
+        if r.len() == 1 && r[0] != id {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(at.elapsed() < Duration::from_secs(1));
+    assert!(
+        rig.crashes()[0].contains("(crash 1); restarting now"),
+        "{:?}",
+        rig.crashes()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn three_failed_health_checks_replace_the_instance() {
+    let rig = Rig::new();
+    rig.apply(&app(&rig.droplet, 1, HealthCheckType::Port))
+        .await;
+    let id = rig.until_running(1).await.remove(0);
+    let spec: ContainerSpec = rig
+        .fake
+        .running(Kind::Instance)
+        .into_iter()
+        .next()
+        .unwrap()
+        .1;
+    let Networking::Fixed { ip, .. } = spec.networking else {
+        panic!("instances have a fixed address")
+    };
+    let at = Instant::now();
+    rig.probe.set_healthy(ip.into(), false);
+    loop {
+        if !rig.running().contains(&id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = at.elapsed();
+    // Checked every 2 s; the third failure in a row replaces it.
+    assert!(
+        took >= Duration::from_secs(6) && took < Duration::from_secs(7),
+        "{took:?}"
+    );
+    let crashes = rig.crashes();
+    assert!(
+        crashes[0].contains("health check failed 3 times in a row"),
+        "{crashes:?}"
+    );
+    // Its replacement gets another address (the old one is in quarantine) and is healthy.
+    rig.until_running(1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_controller_adopts_the_running_container() {
+    let rig = Rig::new();
+    let a = app(&rig.droplet, 1, HealthCheckType::Port);
+    let desired = desired_slots(std::slice::from_ref(&a));
+    let (key, spec) = desired.iter().next().unwrap();
+    // A container an earlier controller started for the slot, with the current spec.
+    let labels = Labels::new("test", Kind::Instance)
+        .with(keys::APP, &spec.app_name)
+        .with(keys::APP_GUID, &spec.app_guid)
+        .with(keys::PROCESS, &key.process)
+        .with(keys::INDEX, key.index)
+        .with(keys::INSTANCE, "earlier-instance")
+        .with(keys::DROPLET, &spec.droplet)
+        .with(keys::REVISION, spec.revision)
+        .with(keys::SPEC, spec.hash());
+    let earlier = ContainerSpec {
+        name: "pier-web-web-0-earlier".into(),
+        image: crate::runtime::stack::DEFAULT_STACK_IMAGE.into(),
+        cmd: vec![],
+        env: vec![],
+        user: "vcap".into(),
+        working_dir: "/home/vcap/app".into(),
+        labels,
+        memory_mb: 256,
+        pids_limit: 64,
+        networking: Networking::Fixed {
+            network: NETWORK.into(),
+            ip: "10.9.0.7".parse().unwrap(),
+        },
+        mounts: vec![],
+        publish_8080: true,
+        init: true,
+        stop_timeout: None,
+    };
+    let rt: &dyn crate::runtime::ContainerRuntime = rig.fake.as_ref();
+    let id = rt.create(&earlier).await.unwrap();
+    rt.start(&id).await.unwrap();
+    rig.apply(&a).await;
+    let running = rig.until_running(1).await;
+    assert_eq!(
+        running,
+        vec![id.clone()],
+        "the same container, not a new one"
+    );
+    let st = &rig.instances.statuses(&a.guid)[0];
+    assert_eq!(st.container_id.as_deref(), Some(id.as_str()));
+    assert_eq!(st.instance_id.as_deref(), Some("earlier-instance"));
+    assert_eq!(rig.fake.containers().len(), 1);
+    assert!(rig.fake.removed().is_empty(), "nothing was restarted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn out_of_restarts_it_waits_for_a_new_spec() {
+    let rig = Rig::new();
+    let mut a = app(&rig.droplet, 1, HealthCheckType::Port);
+    rig.probe.all_unhealthy();
+    rig.apply(&a).await;
+    // Every start fails its health check (60 s each) until the 200th crash.
+    for _ in 0..2000 {
+        if rig.crashes().len() >= 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(600)).await;
+    }
+    assert!(
+        rig.crashes()[0].contains("not restarting after 200 crashes"),
+        "{:?}",
+        &rig.crashes()[0]
+    );
+    let starts = rig.fake.removed().len();
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(rig.fake.removed().len(), starts, "no more starts");
+    // A new spec (a restart) starts it afresh.
+    rig.probe.all_healthy();
+    a.restart_gen += 1;
+    rig.apply(&a).await;
+    rig.until_running(1).await;
+}

@@ -1,0 +1,23 @@
+//! One lock per app: operations that change an app's droplet, revision or state are serialized
+//! (the API, the deployment watcher), so each acts on the record the last one saved.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use pier_api::AppName;
+
+#[derive(Default)]
+pub struct AppLocks {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl AppLocks {
+    pub fn get(&self, name: &AppName) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+}

@@ -1,0 +1,589 @@
+//! [`ContainerRuntime`] on the local Docker engine, through bollard.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::container::LogOutput;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, EndpointIpamConfig, EndpointSettings,
+    HostConfig, HostConfigLogConfig, Ipam, IpamConfig, MountType, NetworkCreateRequest,
+    NetworkingConfig, PortBinding,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    EventsOptionsBuilder, InspectContainerOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StatsOptionsBuilder,
+    StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use time::OffsetDateTime;
+use tokio::io::AsyncWriteExt;
+
+use super::{
+    ContainerInfo, ContainerRuntime, ContainerSpec, Exit, ImportSpec, Labels, Managed, Mount,
+    NetworkInfo, NetworkSpec, Networking, OutputChunk, OutputOptions, Result, RuntimeError, Stream,
+    Usage,
+};
+use crate::network::addresses::Ipv4Net;
+
+const HINT: &str = "is Docker running? Start it with `sudo systemctl start docker` or \
+                    `sudo dockerd &`, or point DOCKER_HOST at it";
+
+/// The local Docker engine, scoped to one controller's objects.
+pub struct DockerRuntime {
+    docker: Docker,
+    controller_id: String,
+}
+
+impl DockerRuntime {
+    /// Connects to the local engine and settles on an API version both sides speak.
+    pub async fn connect(controller_id: &str) -> Result<DockerRuntime> {
+        let unreachable = |e: bollard::errors::Error| {
+            RuntimeError::Unreachable(format!("cannot reach Docker: {e}; {HINT}"))
+        };
+        let docker = Docker::connect_with_local_defaults().map_err(unreachable)?;
+        let docker = docker.negotiate_version().await.map_err(unreachable)?;
+        docker.ping().await.map_err(unreachable)?;
+        Ok(DockerRuntime {
+            docker,
+            controller_id: controller_id.to_string(),
+        })
+    }
+
+    fn controller_filter(&self) -> HashMap<String, Vec<String>> {
+        HashMap::from([(
+            "label".to_string(),
+            vec![Labels::controller_filter(&self.controller_id)],
+        )])
+    }
+}
+
+fn is_status(e: &bollard::errors::Error, code: u16) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code, .. } if *status_code == code)
+}
+
+impl From<bollard::errors::Error> for RuntimeError {
+    fn from(e: bollard::errors::Error) -> Self {
+        use bollard::errors::Error as E;
+        match e {
+            E::DockerResponseServerError {
+                status_code,
+                message,
+            } => RuntimeError::Api(format!("{message} (status {status_code})")),
+            E::IOError { err } => RuntimeError::Unreachable(err.to_string()),
+            other => RuntimeError::Unreachable(other.to_string()),
+        }
+    }
+}
+
+/// Gone (404) or already being removed (409) counts as done.
+fn ignore_missing(r: std::result::Result<(), bollard::errors::Error>) -> Result<()> {
+    match r {
+        Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+fn host_config(spec: &ContainerSpec) -> HostConfig {
+    let bytes = (spec.memory_mb as i64).saturating_mul(1024 * 1024);
+    let mut host = HostConfig {
+        memory: Some(bytes),
+        memory_swap: Some(bytes),
+        pids_limit: Some(spec.pids_limit),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("json-file".into()),
+            config: Some(HashMap::from([
+                ("max-size".to_string(), "10m".to_string()),
+                ("max-file".to_string(), "2".to_string()),
+            ])),
+        }),
+        init: spec.init.then_some(true),
+        ..Default::default()
+    };
+    let mut binds = Vec::new();
+    let mut mounts = Vec::new();
+    for m in &spec.mounts {
+        match m {
+            Mount::BindReadOnly { source, target } => binds.push(format!("{source}:{target}:ro")),
+            Mount::Volume { name, target } => mounts.push(bollard::models::Mount {
+                target: Some(target.clone()),
+                source: Some(name.clone()),
+                typ: Some(MountType::VOLUME),
+                ..Default::default()
+            }),
+        }
+    }
+    host.binds = (!binds.is_empty()).then_some(binds);
+    host.mounts = (!mounts.is_empty()).then_some(mounts);
+    if spec.publish_8080 {
+        host.port_bindings = Some(HashMap::from([(
+            "8080/tcp".to_string(),
+            Some(vec![PortBinding {
+                host_ip: Some("127.0.0.1".into()),
+                host_port: Some(String::new()),
+            }]),
+        )]));
+    }
+    host
+}
+
+fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+    let mut host = host_config(spec);
+    let mut body = ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        user: Some(spec.user.clone()),
+        working_dir: Some(spec.working_dir.clone()),
+        cmd: Some(spec.cmd.clone()),
+        env: Some(spec.env.clone()),
+        labels: Some(
+            spec.labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        exposed_ports: spec.publish_8080.then(|| vec!["8080/tcp".into()]),
+        stop_timeout: spec
+            .stop_timeout
+            .map(|t| t.as_secs().min(i64::MAX as u64) as i64),
+        ..Default::default()
+    };
+    match &spec.networking {
+        Networking::Disabled => {
+            host.network_mode = Some("none".into());
+            body.network_disabled = Some(true);
+        }
+        Networking::Fixed { network, ip } => {
+            host.network_mode = Some(network.clone());
+            body.networking_config = Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    network.clone(),
+                    EndpointSettings {
+                        ipam_config: Some(EndpointIpamConfig {
+                            ipv4_address: Some(ip.to_string()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                )])),
+            });
+        }
+    }
+    body.host_config = Some(host);
+    body
+}
+
+fn info_of(i: &ContainerInspectResponse) -> ContainerInfo {
+    let state = i.state.as_ref();
+    let addresses = i
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+        .map(|nets| {
+            nets.iter()
+                .filter_map(|(name, n)| {
+                    let ip: Ipv4Addr = n.ip_address.as_deref()?.parse().ok()?;
+                    Some((name.clone(), ip))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let host_port = i
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.ports.as_ref())
+        .and_then(|p| p.get("8080/tcp")?.as_ref())
+        .and_then(|b| {
+            b.iter()
+                .filter_map(|b| b.host_port.as_deref())
+                .find_map(|p| p.parse().ok())
+        });
+    ContainerInfo {
+        running: state.and_then(|s| s.running).unwrap_or(false),
+        exit_code: state.and_then(|s| s.exit_code),
+        oom_killed: state.and_then(|s| s.oom_killed).unwrap_or(false),
+        started_at: state.and_then(|s| s.started_at.as_deref()).and_then(|s| {
+            OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+        }),
+        addresses,
+        host_port,
+    }
+}
+
+fn chunk_of(o: LogOutput) -> OutputChunk {
+    match o {
+        LogOutput::StdErr { message } => OutputChunk {
+            stream: Stream::Err,
+            bytes: message,
+        },
+        other => OutputChunk {
+            stream: Stream::Out,
+            bytes: other.into_bytes(),
+        },
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for DockerRuntime {
+    async fn list(&self) -> Result<Vec<Managed>> {
+        let filters = self.controller_filter();
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self.docker.list_containers(Some(opts)).await?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                Some(Managed {
+                    id: c.id?,
+                    running: matches!(
+                        c.state,
+                        Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+                    ),
+                    labels: Labels::from_map(c.labels.unwrap_or_default()),
+                    created: c.created.unwrap_or(0),
+                })
+            })
+            .collect())
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String> {
+        let opts = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        Ok(self
+            .docker
+            .create_container(Some(opts), create_body(spec))
+            .await?
+            .id)
+    }
+
+    async fn upload(&self, id: &str, dest: &str, tar: &Path) -> Result<()> {
+        let file = tokio::fs::File::open(tar).await?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
+        let opts = UploadToContainerOptionsBuilder::default()
+            .path(dest)
+            .build();
+        self.docker
+            .upload_to_container(id, Some(opts), bollard::body_try_stream(stream))
+            .await?;
+        Ok(())
+    }
+
+    async fn download(&self, id: &str, path: &str, dest: &Path, max_bytes: u64) -> Result<()> {
+        let opts = DownloadFromContainerOptionsBuilder::default()
+            .path(path)
+            .build();
+        let mut stream = self.docker.download_from_container(id, Some(opts));
+        let mut file = tokio::fs::File::create(dest).await?;
+        let mut written = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            written += chunk.len() as u64;
+            if written > max_bytes {
+                return Err(RuntimeError::TooLarge {
+                    what: format!("{path} in the container"),
+                    limit: max_bytes,
+                });
+            }
+            file.write_all(&chunk).await?;
+        }
+        file.flush().await?;
+        Ok(())
+    }
+
+    async fn start(&self, id: &str) -> Result<()> {
+        self.docker
+            .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+            .await?;
+        Ok(())
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+        let opts = StopContainerOptionsBuilder::default()
+            .t(grace.as_secs().min(i32::MAX as u64) as i32)
+            .build();
+        match self.docker.stop_container(id, Some(opts)).await {
+            // 304: already stopped.
+            Err(e) if is_status(&e, 304) => Ok(()),
+            other => ignore_missing(other),
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<()> {
+        let opts = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        ignore_missing(self.docker.remove_container(id, Some(opts)).await)
+    }
+
+    async fn inspect(&self, id: &str) -> Result<Option<ContainerInfo>> {
+        match self
+            .docker
+            .inspect_container(
+                id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+        {
+            Ok(i) => Ok(Some(info_of(&i))),
+            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn wait(&self, id: &str) -> Exit {
+        loop {
+            let mut w = self
+                .docker
+                .wait_container(id, None::<bollard::query_parameters::WaitContainerOptions>);
+            match w.next().await {
+                Some(Ok(_))
+                | Some(Err(bollard::errors::Error::DockerContainerWaitError { .. })) => {}
+                Some(Err(e)) if is_status(&e, 404) => {
+                    return Exit {
+                        code: None,
+                        oom_killed: false,
+                    }
+                }
+                // Docker went away (a restart?) or the stream broke: look, then wait again.
+                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+            match self.inspect(id).await {
+                Ok(None) => {
+                    return Exit {
+                        code: None,
+                        oom_killed: false,
+                    }
+                }
+                Ok(Some(i)) if !i.running => {
+                    return Exit {
+                        code: Some(i.exit_code.unwrap_or(-1)),
+                        oom_killed: i.oom_killed,
+                    }
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    fn output(&self, id: &str, opts: OutputOptions) -> BoxStream<'static, Result<OutputChunk>> {
+        let mut o = LogsOptionsBuilder::default()
+            .follow(opts.follow)
+            .stdout(true)
+            .stderr(true)
+            .timestamps(opts.timestamps);
+        if let Some(since) = opts.since {
+            o = o.since(since.clamp(0, i64::from(i32::MAX)) as i32);
+        }
+        self.docker
+            .logs(id, Some(o.build()))
+            .map(|r| r.map(chunk_of).map_err(RuntimeError::from))
+            .boxed()
+    }
+
+    async fn tail(&self, id: &str, n: usize) -> Vec<String> {
+        let opts = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail(&n.to_string())
+            .build();
+        let chunks: Vec<_> = self
+            .docker
+            .logs(id, Some(opts))
+            .take_while(|r| futures_util::future::ready(r.is_ok()))
+            .filter_map(|r| async move { r.ok() })
+            .collect()
+            .await;
+        let text: String = chunks
+            .into_iter()
+            .map(|c| String::from_utf8_lossy(&c.into_bytes()).into_owned())
+            .collect();
+        text.lines().map(str::to_string).collect()
+    }
+
+    async fn usage(&self, id: &str) -> Option<Usage> {
+        let opts = StatsOptionsBuilder::default()
+            .stream(false)
+            .one_shot(false)
+            .build();
+        let s = self.docker.stats(id, Some(opts)).next().await?.ok()?;
+        let total = |c: Option<&bollard::models::ContainerCpuStats>| {
+            c.and_then(|c| c.cpu_usage.as_ref())
+                .and_then(|u| u.total_usage)
+                .unwrap_or(0)
+        };
+        let system = |c: Option<&bollard::models::ContainerCpuStats>| {
+            c.and_then(|c| c.system_cpu_usage).unwrap_or(0)
+        };
+        let (cpu, pre) = (s.cpu_stats.as_ref(), s.precpu_stats.as_ref());
+        let cpu_delta = total(cpu).saturating_sub(total(pre)) as f64;
+        let sys_delta = system(cpu).saturating_sub(system(pre)) as f64;
+        let cpus = cpu.and_then(|c| c.online_cpus).unwrap_or(1).max(1) as f64;
+        let cpu_percent = if sys_delta > 0.0 {
+            cpu_delta / sys_delta * cpus * 100.0
+        } else {
+            0.0
+        };
+        let mem = s.memory_stats.as_ref();
+        // Page cache is not the app's memory (what `docker stats` subtracts too).
+        let cache = mem
+            .and_then(|m| m.stats.as_ref())
+            .and_then(|st| st.get("inactive_file").or_else(|| st.get("cache")).copied())
+            .unwrap_or(0);
+        let disk = self
+            .docker
+            .inspect_container(
+                id,
+                Some(InspectContainerOptionsBuilder::default().size(true).build()),
+            )
+            .await
+            .ok()
+            .and_then(|i| i.size_rw)
+            .unwrap_or(0);
+        Some(Usage {
+            cpu_percent,
+            memory_bytes: mem.and_then(|m| m.usage).unwrap_or(0).saturating_sub(cache),
+            memory_limit_bytes: mem.and_then(|m| m.limit).unwrap_or(0),
+            disk_bytes: disk.max(0) as u64,
+        })
+    }
+
+    fn events(&self) -> BoxStream<'static, Result<()>> {
+        let mut filters = self.controller_filter();
+        filters.insert("type".into(), vec!["container".into()]);
+        filters.insert(
+            "event".into(),
+            vec!["die".into(), "destroy".into(), "oom".into(), "start".into()],
+        );
+        let opts = EventsOptionsBuilder::default().filters(&filters).build();
+        self.docker
+            .events(Some(opts))
+            .map(|r| r.map(|_| ()).map_err(RuntimeError::from))
+            .boxed()
+    }
+
+    async fn create_volume(&self, name: &str, labels: &Labels) -> Result<()> {
+        self.docker
+            .create_volume(bollard::models::VolumeCreateRequest {
+                name: Some(name.to_string()),
+                labels: Some(labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<()> {
+        ignore_missing(
+            self.docker
+                .remove_volume(
+                    name,
+                    Some(bollard::query_parameters::RemoveVolumeOptions { force: true }),
+                )
+                .await,
+        )
+    }
+
+    async fn inspect_network(&self, name: &str) -> Result<Option<NetworkInfo>> {
+        let n = match self
+            .docker
+            .inspect_network(
+                name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+        {
+            Ok(n) => n,
+            Err(e) if is_status(&e, 404) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        // Docker also matches an id prefix; only the exact name is the one asked for.
+        if n.name.as_deref() != Some(name) {
+            return Ok(None);
+        }
+        Ok(Some(NetworkInfo {
+            name: name.to_string(),
+            labels: Labels::from_map(n.labels.clone().unwrap_or_default()),
+            subnets: ipv4_subnets(n.ipam.as_ref()),
+        }))
+    }
+
+    async fn network_subnets(&self) -> Result<Vec<Ipv4Net>> {
+        let nets = self
+            .docker
+            .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+            .await?;
+        Ok(nets
+            .iter()
+            .flat_map(|n| ipv4_subnets(n.ipam.as_ref()))
+            .collect())
+    }
+
+    async fn create_network(&self, spec: &NetworkSpec) -> Result<()> {
+        let req = NetworkCreateRequest {
+            name: spec.name.clone(),
+            driver: Some("bridge".into()),
+            ipam: Some(Ipam {
+                driver: Some("default".into()),
+                config: Some(vec![IpamConfig {
+                    subnet: Some(spec.subnet.to_string()),
+                    gateway: Some(spec.gateway.to_string()),
+                    ..Default::default()
+                }]),
+                options: None,
+            }),
+            labels: Some(
+                spec.labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        self.docker.create_network(req).await?;
+        Ok(())
+    }
+
+    async fn image_exists(&self, image: &str) -> Result<bool> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_status(&e, 404) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn import_image(&self, rootfs: &Path, spec: &ImportSpec) -> Result<()> {
+        let file = tokio::fs::File::open(rootfs).await?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 1024 * 1024);
+        let opts = CreateImageOptionsBuilder::default()
+            .from_src("-")
+            .repo(&spec.repo)
+            .tag(&spec.tag)
+            .changes(spec.changes.clone())
+            .build();
+        let mut progress =
+            self.docker
+                .create_image(Some(opts), Some(bollard::body_try_stream(stream)), None);
+        while let Some(item) = progress.next().await {
+            item?;
+        }
+        Ok(())
+    }
+}
+
+fn ipv4_subnets(ipam: Option<&Ipam>) -> Vec<Ipv4Net> {
+    ipam.and_then(|i| i.config.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.subnet.as_deref()?.parse().ok())
+        .collect()
+}

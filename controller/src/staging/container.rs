@@ -1,0 +1,188 @@
+//! The staging container: created from the stack image as `vcap` with networking off, the
+//! buildpacks mounted read-only and the app's cache volume at `/tmp/cache`; the staging tar goes
+//! to `/tmp`, `stage.sh` runs, its output streams line by line, and `/tmp/out` comes back as a tar.
+//! The container is removed on every path.
+
+use std::path::{Path, PathBuf};
+
+use futures_util::StreamExt;
+use pier_api::ErrorCode;
+
+use super::buildpacks::Resolved;
+use super::{cache_volume, Output, StagingSettings};
+use crate::error::{Error, Result};
+use crate::logs::Splitter;
+use crate::runtime::labels::keys;
+use crate::runtime::{
+    ContainerRuntime, ContainerSpec, Exit, Kind, Labels, Mount, Networking, OutputOptions,
+};
+use crate::store::AppRecord;
+
+/// Memory of a staging container, in MiB.
+const STAGING_MEMORY_MB: u64 = 1024;
+
+pub(super) struct Run<'a> {
+    pub(super) runtime: &'a dyn ContainerRuntime,
+    pub(super) settings: &'a StagingSettings,
+    pub(super) buildpacks_dir: PathBuf,
+    pub(super) out: &'a Output,
+}
+
+impl Run<'_> {
+    /// Runs the staging of `app` with the staging tar `input`; on success `/tmp/out` is in
+    /// `out_tar`.
+    pub(super) async fn run(
+        &self,
+        app: &AppRecord,
+        resolved: &Resolved,
+        input: &Path,
+        out_tar: &Path,
+    ) -> Result<()> {
+        let volume = cache_volume(&app.guid);
+        let labels = Labels::new(&self.settings.controller_id, Kind::Staging)
+            .with(keys::APP, &app.name)
+            .with(keys::APP_GUID, &app.guid);
+        self.runtime.create_volume(&volume, &labels).await?;
+        let spec = self.spec(app, resolved, labels.with(keys::VOLUME, &volume), &volume);
+        let id = self.runtime.create(&spec).await?;
+        let result = self.run_container(&id, input, out_tar).await;
+        if let Err(e) = self.runtime.remove(&id).await {
+            tracing::warn!(container = %id, error = %e, "could not remove staging container");
+        }
+        result
+    }
+
+    fn spec(
+        &self,
+        app: &AppRecord,
+        resolved: &Resolved,
+        labels: Labels,
+        volume: &str,
+    ) -> ContainerSpec {
+        let mut env: Vec<String> = vec![
+            format!("PIER_BUILDPACKS={}", resolved.order.join(" ")),
+            format!(
+                "PIER_BUILDPACKS_EXPLICIT={}",
+                if resolved.explicit { "1" } else { "" }
+            ),
+            "CF_STACK=pier-bookworm".into(),
+            "HOME=/home/vcap".into(),
+            "LANG=C.UTF-8".into(),
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ];
+        env.extend(app.env.iter().map(|(k, v)| format!("{k}={v}")));
+        ContainerSpec {
+            name: format!(
+                "pier-stage-{}-{}",
+                app.name,
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+            image: self.settings.stack_image.clone(),
+            cmd: vec!["bash".into(), "/tmp/lifecycle/stage.sh".into()],
+            env,
+            user: "vcap".into(),
+            working_dir: "/tmp".into(),
+            labels,
+            memory_mb: STAGING_MEMORY_MB,
+            pids_limit: self.settings.pids_limit,
+            networking: Networking::Disabled,
+            mounts: vec![
+                Mount::BindReadOnly {
+                    source: self.buildpacks_dir.display().to_string(),
+                    target: "/tmp/buildpacks".into(),
+                },
+                Mount::Volume {
+                    name: volume.to_string(),
+                    target: "/tmp/cache".into(),
+                },
+            ],
+            publish_8080: false,
+            init: false,
+            stop_timeout: None,
+        }
+    }
+
+    async fn run_container(&self, id: &str, input: &Path, out_tar: &Path) -> Result<()> {
+        self.runtime.upload(id, "/tmp", input).await?;
+        self.runtime.start(id).await?;
+        // Follow the output while waiting for the exit; both end when the container does.
+        let timeout = self.settings.timeout;
+        let both = async { tokio::join!(self.follow_output(id), self.runtime.wait(id)).1 };
+        let exit = match tokio::time::timeout(timeout, both).await {
+            Ok(exit) => exit,
+            Err(_) => {
+                let _ = self.runtime.stop(id, std::time::Duration::ZERO).await;
+                return Err(Error::api(
+                    ErrorCode::StagingFailed,
+                    format!(
+                        "staging timed out after {} s and was stopped; make the build faster or \
+                         raise the controller's --staging-timeout-secs",
+                        timeout.as_secs()
+                    ),
+                ));
+            }
+        };
+        check_exit(exit)?;
+        self.runtime
+            .download(id, "/tmp/out", out_tar, self.settings.max_droplet_bytes)
+            .await
+            .map_err(|e| match e {
+                crate::runtime::RuntimeError::TooLarge { limit, .. } => Error::api(
+                    ErrorCode::StagingFailed,
+                    format!(
+                        "the staging output (droplet and metadata) is larger than the \
+                         controller's limit of {limit} bytes; make the app smaller"
+                    ),
+                ),
+                other => other.into(),
+            })
+    }
+
+    /// Publishes the container's output line by line until it ends.
+    async fn follow_output(&self, id: &str) {
+        let opts = OutputOptions {
+            follow: true,
+            timestamps: true,
+            since: None,
+        };
+        let mut output = self.runtime.output(id, opts);
+        let mut splitter = Splitter::default();
+        while let Some(Ok(chunk)) = output.next().await {
+            let (stream, lines) = splitter.push(chunk.stream, &chunk.bytes);
+            for (time, text) in lines {
+                self.out.line(stream, &text, time).await;
+            }
+        }
+        for (stream, time, text) in splitter.finish() {
+            self.out.line(stream, &text, time).await;
+        }
+    }
+}
+
+/// The lifecycle's exit codes (docs/staging.md) as errors the user can act on.
+fn check_exit(exit: Exit) -> Result<()> {
+    let staging_failed = |m: String| Err(Error::api(ErrorCode::StagingFailed, m));
+    match exit.code {
+        Some(0) => Ok(()),
+        None => staging_failed("the staging container was removed before it finished".into()),
+        Some(222) => Err(Error::api(
+            ErrorCode::NoBuildpack,
+            "no buildpack detected the app (see the staging output above for the ones \
+             tried); add the file a buildpack looks for, or name one with -b",
+        )),
+        Some(code @ (223 | 224)) => staging_failed(format!(
+            "the buildpack failed (staging exit status {code}); see its output above"
+        )),
+        Some(226) => staging_failed(
+            "a named buildpack cannot run in that place (see the output above); only \
+             buildpacks with bin/supply can come before the last one"
+                .into(),
+        ),
+        Some(137) => {
+            staging_failed("staging was killed (exit status 137), most likely out of memory".into())
+        }
+        Some(other) => staging_failed(format!(
+            "staging failed with exit status {other}; see the output above"
+        )),
+    }
+}

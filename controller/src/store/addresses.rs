@@ -1,0 +1,77 @@
+//! Persistence of instance address states (the allocator's logic is in
+//! `network/addresses.rs`): tree `addresses` (`a.b.c.d` → state as JSON) and `addresses_meta`
+//! (`last`: the address handed out last). Every write is flushed before it returns, so an address
+//! is on disk as in use before any container gets it.
+
+use std::net::Ipv4Addr;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::Result;
+
+#[derive(Clone)]
+pub struct AddressStore {
+    tree: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl AddressStore {
+    pub(super) fn open(db: &sled::Db) -> Result<AddressStore> {
+        Ok(AddressStore {
+            tree: db.open_tree("addresses")?,
+            meta: db.open_tree("addresses_meta")?,
+        })
+    }
+
+    /// Every state kept whose address `keep` accepts; the others (an earlier network's, or keys
+    /// that are not addresses) are removed.
+    pub fn load<T: DeserializeOwned>(
+        &self,
+        keep: impl Fn(Ipv4Addr) -> bool,
+    ) -> Result<Vec<(Ipv4Addr, T)>> {
+        let mut out = Vec::new();
+        for item in self.tree.iter() {
+            let (k, v) = item?;
+            let ip = std::str::from_utf8(&k)
+                .ok()
+                .and_then(|s| s.parse::<Ipv4Addr>().ok());
+            match ip {
+                Some(ip) if keep(ip) => out.push((ip, serde_json::from_slice(&v)?)),
+                _ => {
+                    self.tree.remove(k)?;
+                }
+            }
+        }
+        self.tree.flush()?;
+        Ok(out)
+    }
+
+    /// Records `state` for `ip`, or forgets `ip` when `None`.
+    pub fn put<T: Serialize>(&self, ip: Ipv4Addr, state: Option<&T>) -> Result<()> {
+        let key = ip.to_string();
+        match state {
+            Some(s) => {
+                self.tree.insert(key.as_bytes(), serde_json::to_vec(s)?)?;
+            }
+            None => {
+                self.tree.remove(key.as_bytes())?;
+            }
+        }
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    pub fn last(&self) -> Result<Option<Ipv4Addr>> {
+        Ok(self
+            .meta
+            .get("last")?
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()))
+    }
+
+    pub fn set_last(&self, ip: Ipv4Addr) -> Result<()> {
+        self.meta.insert("last", ip.to_string().as_bytes())?;
+        self.meta.flush()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,147 @@
+//! The records of an app: its processes, revisions and deployments, as the store keeps them
+//! (JSON in the `apps` tree, keyed by app name).
+
+use std::collections::BTreeMap;
+
+use pier_api::{
+    AppName, AppState, CanaryStatus, DeploymentState, DeploymentStrategy, DropletInfo, HealthCheck,
+    ProcessType, RouteSpec,
+};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    pub instances: u32,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+    /// The user's command for this process (`-c`, manifest); overrides Procfile and buildpack.
+    pub command: Option<String>,
+    pub health_check: HealthCheck,
+}
+
+/// A droplet + env + command combination that ran, numbered from 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revision {
+    pub version: u64,
+    pub droplet: DropletInfo,
+    pub env: BTreeMap<String, String>,
+    /// The user's command per process type (overriding the Procfile and buildpack).
+    pub commands: BTreeMap<String, String>,
+    pub description: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl Revision {
+    /// Same droplet, env and commands: running it again is not a new revision.
+    pub fn same_config(&self, other: &Revision) -> bool {
+        self.droplet.sha256 == other.droplet.sha256
+            && self.env == other.env
+            && self.commands == other.commands
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    pub id: String,
+    pub revision: u64,
+    pub previous_revision: Option<u64>,
+    pub strategy: DeploymentStrategy,
+    pub state: DeploymentState,
+    pub max_in_flight: u32,
+    pub reason: Option<String>,
+    pub canary: Option<CanaryStatus>,
+    /// Canary margins: how much worse than the baseline the canary may be.
+    #[serde(default)]
+    pub max_error_rate_increase: f64,
+    #[serde(default)]
+    pub max_p99_increase_ms: f64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    /// When the current canary step began (its analysis window starts here).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub step_started_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub name: AppName,
+    pub guid: String,
+    pub state: AppState,
+    pub package: Option<String>,
+    pub droplet: Option<DropletInfo>,
+    pub processes: BTreeMap<ProcessType, ProcessRecord>,
+    pub routes: Vec<RouteSpec>,
+    pub env: BTreeMap<String, String>,
+    pub buildpacks: Vec<String>,
+    /// Set while a staging runs; a controller that finds it set at start marks that staging failed.
+    #[serde(default)]
+    pub staging: Option<String>,
+    /// Fingerprint of what the current droplet was staged from (package, buildpacks, env, stack);
+    /// pushing the same again reuses the droplet instead of staging.
+    #[serde(default)]
+    pub droplet_source: Option<String>,
+    /// Packages and droplets the app no longer uses, deleted with it.
+    #[serde(default)]
+    pub old_blobs: Vec<String>,
+    /// Bumped by `restart`: a new value replaces every instance.
+    #[serde(default)]
+    pub restart_gen: u64,
+    /// Revisions kept, oldest first.
+    #[serde(default)]
+    pub revisions: Vec<Revision>,
+    /// The revision instances should run.
+    #[serde(default)]
+    pub current_revision: Option<u64>,
+    /// Deployments, oldest first; the last may be in progress.
+    #[serde(default)]
+    pub deployments: Vec<DeploymentRecord>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl AppRecord {
+    pub fn web(&self) -> Option<&ProcessRecord> {
+        self.processes.get(&ProcessType::web())
+    }
+
+    pub fn revision(&self, version: u64) -> Option<&Revision> {
+        self.revisions.iter().find(|r| r.version == version)
+    }
+
+    /// The revision instances run: the current one.
+    pub fn running_revision(&self) -> Option<&Revision> {
+        self.current_revision.and_then(|v| self.revision(v))
+    }
+
+    pub fn active_deployment(&self) -> Option<&DeploymentRecord> {
+        self.deployments.last().filter(|d| d.state.is_active())
+    }
+
+    pub fn active_deployment_mut(&mut self) -> Option<&mut DeploymentRecord> {
+        self.deployments.last_mut().filter(|d| d.state.is_active())
+    }
+
+    /// The command a process of `rev` runs: the user's, else the Procfile's, else the buildpack's.
+    pub fn command_in(&self, rev: &Revision, process: &ProcessType) -> Option<String> {
+        rev.commands
+            .get(process.as_str())
+            .cloned()
+            .or_else(|| rev.droplet.process_types.get(process.as_str()).cloned())
+    }
+
+    /// The command a process runs: the user's, else the Procfile's, else the buildpack's.
+    pub fn effective_command(&self, process: &ProcessType) -> Option<String> {
+        if let Some(c) = self.processes.get(process).and_then(|p| p.command.clone()) {
+            return Some(c);
+        }
+        self.droplet
+            .as_ref()
+            .and_then(|d| d.process_types.get(process.as_str()).cloned())
+    }
+}

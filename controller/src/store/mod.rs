@@ -1,0 +1,256 @@
+//! Desired state in sled, and the blob store beside it. Only the controller opens the database
+//! (sled locks its folder), and no raw database handle leaves this module: every other module
+//! reads and writes through the typed methods here.
+//!
+//! Trees:
+//! - `apps`: app name → [`AppRecord`] (JSON)
+//! - `events`: `<app guid>/<time ns>/<id>` → [`AppEvent`]
+//! - `meta`: token hash, controller id, instance subnet
+//! - `cleanup`: app guid → [`Cleanup`]: what a deleted app left in the runtime and the blob store,
+//!   written in the same transaction that deletes the app, removed once it is all gone
+//! - `addresses`, `addresses_meta`: instance address states ([`AddressStore`])
+//!
+//! Invariants:
+//! - Every write is flushed before the call returns, so an API answer means the change is on disk.
+//! - Two writes that belong together go in one transaction (deleting an app and queueing its
+//!   cleanup), so a controller killed between them leaves neither half.
+
+use std::path::Path;
+
+use pier_api::{AppEvent, AppName, EventKind};
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+
+mod addresses;
+mod apps;
+pub mod blobs;
+
+pub use addresses::AddressStore;
+pub use apps::{AppRecord, DeploymentRecord, ProcessRecord, Revision};
+pub use blobs::BlobStore;
+
+/// What is left to remove after an app was deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cleanup {
+    pub app_guid: String,
+    pub app_name: String,
+    /// Blobs (packages, droplets) to delete unless another app uses them.
+    pub blobs: Vec<String>,
+    /// Runtime volumes to remove (the buildpack cache).
+    pub volumes: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    apps: sled::Tree,
+    events: sled::Tree,
+    meta: sled::Tree,
+    cleanup: sled::Tree,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store> {
+        let db = sled::open(dir)?;
+        Ok(Store {
+            apps: db.open_tree("apps")?,
+            events: db.open_tree("events")?,
+            meta: db.open_tree("meta")?,
+            cleanup: db.open_tree("cleanup")?,
+            db,
+        })
+    }
+
+    /// The persistence of instance addresses.
+    pub fn addresses(&self) -> Result<AddressStore> {
+        AddressStore::open(&self.db)
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn get_app(&self, name: &AppName) -> Result<Option<AppRecord>> {
+        match self.apps.get(name.as_str())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn list_apps(&self) -> Result<Vec<AppRecord>> {
+        let mut out = Vec::new();
+        for item in self.apps.iter() {
+            let (_, v) = item?;
+            out.push(serde_json::from_slice(&v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn put_app(&self, app: &AppRecord) -> Result<()> {
+        self.apps
+            .insert(app.name.as_str(), serde_json::to_vec(app)?)?;
+        self.flush()
+    }
+
+    /// Deletes the app and its events, and queues `cleanup`, in one transaction.
+    pub fn delete_app(&self, app: &AppRecord, cleanup: &Cleanup) -> Result<()> {
+        let prefix = format!("{}/", app.guid);
+        let event_keys = self
+            .events
+            .scan_prefix(prefix.as_bytes())
+            .keys()
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let job = serde_json::to_vec(cleanup)?;
+        (&self.apps, &self.events, &self.cleanup)
+            .transaction(|(apps, events, jobs)| {
+                apps.remove(app.name.as_str())?;
+                for k in &event_keys {
+                    events.remove(k)?;
+                }
+                jobs.insert(app.guid.as_bytes(), job.as_slice())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => Error::Store(e),
+                TransactionError::Abort(()) => Error::Other("delete transaction aborted".into()),
+            })?;
+        self.flush()
+    }
+
+    /// Cleanups still to do, oldest app first.
+    pub fn cleanups(&self) -> Result<Vec<Cleanup>> {
+        let mut out = Vec::new();
+        for item in self.cleanup.iter() {
+            let (_, v) = item?;
+            out.push(serde_json::from_slice(&v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn cleanup_done(&self, app_guid: &str) -> Result<()> {
+        self.cleanup.remove(app_guid.as_bytes())?;
+        self.flush()
+    }
+
+    pub fn add_event(
+        &self,
+        app_guid: &str,
+        kind: EventKind,
+        message: &str,
+        actor: &str,
+    ) -> Result<()> {
+        let ev = AppEvent {
+            time: OffsetDateTime::now_utc(),
+            kind,
+            message: message.to_string(),
+            actor: actor.to_string(),
+        };
+        // Keys sort by time; the id breaks ties between events in the same nanosecond.
+        let id = self.db.generate_id()?;
+        let key = format!(
+            "{app_guid}/{:020}/{id:020}",
+            ev.time.unix_timestamp_nanos().max(0)
+        );
+        self.events
+            .insert(key.as_bytes(), serde_json::to_vec(&ev)?)?;
+        self.flush()
+    }
+
+    /// Events of an app, newest first.
+    pub fn events(&self, app_guid: &str, limit: usize) -> Result<Vec<AppEvent>> {
+        let prefix = format!("{app_guid}/");
+        let mut out = Vec::new();
+        for item in self.events.scan_prefix(prefix.as_bytes()).rev().take(limit) {
+            let (_, v) = item?;
+            out.push(serde_json::from_slice(&v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
+    }
+
+    pub fn meta_put(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.meta.insert(key, value)?;
+        self.flush()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+
+    use pier_api::AppState;
+
+    use super::*;
+
+    pub(crate) fn app(name: &str) -> AppRecord {
+        AppRecord {
+            name: name.parse().unwrap(),
+            guid: format!("guid-{name}"),
+            state: AppState::Stopped,
+            package: None,
+            droplet: None,
+            processes: BTreeMap::new(),
+            routes: vec![],
+            env: BTreeMap::new(),
+            buildpacks: vec![],
+            staging: None,
+            restart_gen: 0,
+            revisions: vec![],
+            droplet_source: None,
+            current_revision: None,
+            deployments: vec![],
+            old_blobs: vec![],
+            created_at: OffsetDateTime::now_utc(),
+            updated_at: OffsetDateTime::now_utc(),
+        }
+    }
+
+    /// sled's background flusher lets go of the folder's lock a moment after the drop.
+    pub(crate) fn reopen(dir: &Path) -> Store {
+        (0..100)
+            .find_map(|_| {
+                Store::open(dir)
+                    .map_err(|_| std::thread::sleep(std::time::Duration::from_millis(20)))
+                    .ok()
+            })
+            .expect("store reopens")
+    }
+
+    #[test]
+    fn apps_and_events_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.put_app(&app("a")).unwrap();
+            s.add_event("guid-a", EventKind::Created, "one", "admin")
+                .unwrap();
+            s.add_event("guid-a", EventKind::Staged, "two", "admin")
+                .unwrap();
+        }
+        let s = reopen(dir.path());
+        assert_eq!(s.list_apps().unwrap().len(), 1);
+        let ev = s.events("guid-a", 10).unwrap();
+        assert_eq!(ev[0].kind, EventKind::Staged, "newest first");
+        assert_eq!(ev[1].kind, EventKind::Created);
+        let job = Cleanup {
+            app_guid: "guid-a".into(),
+            app_name: "a".into(),
+            blobs: vec!["b".into()],
+            volumes: vec!["v".into()],
+        };
+        s.delete_app(&app("a"), &job).unwrap();
+        assert!(s.get_app(&"a".parse().unwrap()).unwrap().is_none());
+        assert!(s.events("guid-a", 10).unwrap().is_empty());
+        assert_eq!(s.cleanups().unwrap(), vec![job]);
+        s.cleanup_done("guid-a").unwrap();
+        assert!(s.cleanups().unwrap().is_empty());
+    }
+}
