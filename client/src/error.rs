@@ -19,9 +19,17 @@ use reqwest::StatusCode;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("{error}")]
-    Api { status: StatusCode, error: ApiError },
+    Api {
+        url: String,
+        status: StatusCode,
+        error: ApiError,
+    },
     #[error("the controller answered {status}: {body}")]
-    Http { status: StatusCode, body: String },
+    Http {
+        url: String,
+        status: StatusCode,
+        body: String,
+    },
     #[error("cannot reach the Pier controller at {url}: is pier-controller running?")]
     Unreachable {
         url: String,
@@ -59,6 +67,19 @@ impl ClientError {
     /// The API error code, when the controller sent one.
     pub fn code(&self) -> Option<ErrorCode> {
         self.api_error().map(|e| e.code)
+    }
+
+    /// The controller's base URL the failed call went to.
+    pub fn url(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { url, .. }
+            | ClientError::Http { url, .. }
+            | ClientError::Unreachable { url, .. }
+            | ClientError::Timeout { url, .. }
+            | ClientError::Transport { url, .. }
+            | ClientError::BadUrl { url, .. } => Some(url),
+            ClientError::Decode { .. } | ClientError::TooLarge { .. } => None,
+        }
     }
 
     /// The decoded refusal, when the controller sent one.

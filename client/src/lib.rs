@@ -219,7 +219,11 @@ impl Client {
             .await
             .unwrap_or_default();
         match serde_json::from_slice::<ApiError>(&body) {
-            Ok(error) => ClientError::Api { status, error },
+            Ok(error) => ClientError::Api {
+                url: self.base.clone(),
+                status,
+                error,
+            },
             Err(_) => {
                 let body = String::from_utf8_lossy(&body);
                 let body = body.trim();
@@ -231,7 +235,11 @@ impl Client {
                 } else {
                     body.chars().take(500).collect()
                 };
-                ClientError::Http { status, body }
+                ClientError::Http {
+                    url: self.base.clone(),
+                    status,
+                    body,
+                }
             }
         }
     }

@@ -152,7 +152,7 @@ async fn refusals_are_decoded_with_their_status() {
     assert_eq!(e.to_string(), "app \"nope\" not found");
     let e = c.apps().await.unwrap_err();
     assert!(
-        matches!(&e, ClientError::Http { status, body } if *status == StatusCode::BAD_GATEWAY && body == "upstream went away"),
+        matches!(&e, ClientError::Http { status, body, .. } if *status == StatusCode::BAD_GATEWAY && body == "upstream went away"),
         "{e:?}"
     );
     assert_eq!(e.code(), None);
