@@ -241,11 +241,12 @@ async fn uploads_carry_their_length_and_router_logs_their_token() {
     c.send_router_logs(&RouterLogBatch::default())
         .await
         .unwrap();
-    let s = seen.lock().unwrap();
-    assert_eq!(s.lengths[0].as_deref(), Some("7"));
-    assert_eq!(s.auth[1].as_deref(), Some("Bearer tok"));
+    {
+        let s = seen.lock().unwrap();
+        assert_eq!(s.lengths[0].as_deref(), Some("7"));
+        assert_eq!(s.auth[1].as_deref(), Some("Bearer tok"));
+    }
     // No token, no header.
-    drop(s);
     Client::new(&url, Some(String::new()))
         .unwrap()
         .send_router_logs(&RouterLogBatch::default())
