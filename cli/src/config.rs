@@ -16,6 +16,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use pier_client::BaseUrlError;
 use serde::{Deserialize, Serialize};
 
 use crate::output::Failure;
@@ -92,20 +93,15 @@ impl Settings {
 /// Checks the URL and drops trailing slashes: `http://127.0.0.1:9000/` → `http://127.0.0.1:9000`.
 pub fn normalize_api(api: &str) -> Result<String> {
     let trimmed = api.trim().trim_end_matches('/');
-    let url = reqwest::Url::parse(trimmed).map_err(|e| {
-        Failure::new(format!("invalid API URL {api:?}: {e}"))
-            .hint("give the controller's address with its scheme, like http://127.0.0.1:9000")
-    })?;
-    if url.scheme() != "http" && url.scheme() != "https" {
-        return Err(Failure::new(format!(
-            "invalid API URL {api:?}: the scheme must be http or https"
-        ))
-        .into());
+    match pier_client::check_base_url(trimmed) {
+        Ok(()) => Ok(trimmed.to_string()),
+        Err(e @ BaseUrlError::Parse(_)) => {
+            Err(Failure::new(format!("invalid API URL {api:?}: {e}"))
+                .hint("give the controller's address with its scheme, like http://127.0.0.1:9000")
+                .into())
+        }
+        Err(e) => Err(Failure::new(format!("invalid API URL {api:?}: {e}")).into()),
     }
-    if url.host_str().is_none() {
-        return Err(Failure::new(format!("invalid API URL {api:?}: it has no host")).into());
-    }
-    Ok(trimmed.to_string())
 }
 
 /// Reads the config file; a missing file is an empty config.

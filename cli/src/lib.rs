@@ -1,7 +1,7 @@
 //! `pier`, the command-line client of a Pier controller.
 //!
 //! ```text
-//! args (clap) ─► commands::<cmd>::run ─► client (typed HTTP over pier-api) ─► pier-controller
+//! args (clap) ─► commands::<cmd>::run ─► pier_client (typed HTTP over pier-api) ─► pier-controller
 //!                     │                      ▲
 //!                     ├─ config   (PIER_HOME/config.json, env)
 //!                     ├─ manifest (manifest.yml, validated with field and line)
@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Every error reaches `main` as an `anyhow::Error`; a [`output::Failure`] in its chain adds detail
-//! lines and a `hint:`. Usage errors are clap's (exit 2); everything else exits 1.
+//! lines and a `hint:`; a `pier_client::ClientError` gets the CLI's wording and hint from
+//! [`client`]. Usage errors are clap's (exit 2); everything else exits 1.
 
 pub mod archive;
 pub mod args;

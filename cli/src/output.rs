@@ -45,12 +45,22 @@ impl std::error::Error for Failure {}
 
 /// `error: MESSAGE` (the whole context chain), any detail lines, then `hint: ...`, all on stderr.
 pub fn print_error(err: &anyhow::Error) {
-    eprintln!("error: {err:#}");
+    use crate::client::{self, ClientError};
+    // As `{err:#}` prints the chain, with the CLI's wording for the client's errors.
+    let chain: Vec<String> = err
+        .chain()
+        .map(|e| {
+            e.downcast_ref::<ClientError>()
+                .and_then(client::message)
+                .unwrap_or_else(|| e.to_string())
+        })
+        .collect();
+    eprintln!("error: {}", chain.join(": "));
     let failure = err.chain().find_map(|e| e.downcast_ref::<Failure>());
     let hint = failure.and_then(|f| f.hint.clone()).or_else(|| {
         err.chain()
-            .find_map(|e| e.downcast_ref::<crate::client::ClientError>())
-            .and_then(|e| e.hint())
+            .find_map(|e| e.downcast_ref::<ClientError>())
+            .and_then(client::hint)
     });
     if let Some(f) = failure {
         for line in &f.details {

@@ -5,8 +5,17 @@
 //! Every controller a test starts gets its own `--controller-id`, which labels every container,
 //! volume and network it creates (`pier.controller=<id>`); cleanup removes exactly those, networks
 //! last (Docker only removes a network once no container is attached to it).
+//!
+//! Tests speak to the controller's API through [`pier_client`] ([`Platform::api`],
+//! [`Platform::call`]) and assert on its typed answers. Raw HTTP ([`http_request`]) is for the
+//! router's data plane (Host headers, refusals of malformed requests) and for API requests the
+//! typed client cannot make on purpose (invalid names, chunked uploads).
+
+// A test harness: failing loudly, at once, is what it is for.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -14,6 +23,38 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub use pier_api;
+pub use pier_client;
+
+use pier_api::{
+    AppEvent, AppName, AppResponse, DeploymentResponse, ErrorCode, LogLine, PackageResponse,
+};
+use pier_client::{Client, ClientError};
+
+/// An app name a test knows to be valid.
+pub fn app_name(name: &str) -> AppName {
+    name.parse()
+        .unwrap_or_else(|e| panic!("{name:?} is not an app name: {e}"))
+}
+
+/// One line of `pier logs --json`: a log line, or a drop notice shaped like one with its counts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct PrintedLog {
+    #[serde(flatten)]
+    pub line: LogLine,
+    /// Lines dropped, on a drop notice.
+    #[serde(default)]
+    pub dropped: Option<u64>,
+    #[serde(default)]
+    pub first_seq: Option<u64>,
+    #[serde(default)]
+    pub last_seq: Option<u64>,
+}
+
+impl PrintedLog {
+    pub fn parse(line: &str) -> PrintedLog {
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not a log line ({e}): {line}"))
+    }
+}
 
 /// Where cargo put the workspace's binaries (next to the `deps` folder the test runs from).
 pub fn bin(name: &str) -> PathBuf {
@@ -347,6 +388,8 @@ pub struct Platform {
     pub router_proc: Option<Proc>,
     /// The subnet reserved for the instance network, when the options asked for one.
     pub instance_subnet: Option<String>,
+    /// Runs the typed client's calls (and their connections) for the synchronous tests.
+    rt: tokio::runtime::Runtime,
     api_port: u16,
     router_port: u16,
 }
@@ -381,6 +424,11 @@ impl Platform {
             controller: None,
             router_proc: None,
             instance_subnet: None,
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("tokio runtime"),
             // Port 0: the binaries bind a free port and print it (no port picked here can be taken
             // by someone else, Docker's published ports included, before they bind it).
             api_port: 0,
@@ -488,29 +536,59 @@ impl Platform {
         http_get(&format!("{}{}", self.router, path), Some(host), None)
     }
 
+    /// The typed API client, with the admin token.
+    pub fn api(&self) -> Client {
+        self.api_with(Some(self.token.clone()))
+    }
+
+    /// The typed API client with another token (or none).
+    pub fn api_with(&self, token: Option<String>) -> Client {
+        Client::new(&self.api, token).expect("API client")
+    }
+
+    /// Runs an API call (or any future) to its end: `p.call(p.api().apps())`.
+    pub fn call<F: Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// Starts an API call that runs while the test goes on; `p.call(handle)` waits for it.
+    pub fn spawn<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.rt.spawn(f)
+    }
+
     /// The app's events as the API reports them (`GET /v1/apps/NAME/events`), newest first.
-    pub fn events(&self, app: &str) -> Vec<serde_json::Value> {
-        let (s, body) = http_get(
-            &format!("{}/v1/apps/{app}/events", self.api),
-            None,
-            Some(&self.token),
-        );
-        assert_eq!(s, 200, "{body}");
-        serde_json::from_str(&body).expect("events json")
+    pub fn events(&self, app: &str) -> Vec<AppEvent> {
+        self.call(self.api().events(&app_name(app)))
+            .unwrap_or_else(|e| panic!("events of {app}: {e}"))
     }
 
     /// The app as the API reports it (`GET /v1/apps/NAME`), or None on 404.
-    pub fn app_json(&self, name: &str) -> Option<serde_json::Value> {
-        let (status, body) = http_get(
-            &format!("{}/v1/apps/{name}", self.api),
-            None,
-            Some(&self.token),
-        );
-        match status {
-            200 => Some(serde_json::from_str(&body).expect("app json")),
-            404 => None,
-            s => panic!("GET app {name}: {s} {body}"),
+    pub fn app(&self, name: &str) -> Option<AppResponse> {
+        match self.call(self.api().app(&app_name(name))) {
+            Ok(app) => Some(app),
+            Err(e) if e.code() == Some(ErrorCode::NotFound) => None,
+            Err(e) => panic!("GET app {name}: {e}"),
         }
+    }
+
+    /// The app's deployments, newest first.
+    pub fn deployments(&self, app: &str) -> Vec<DeploymentResponse> {
+        self.call(self.api().deployments(&app_name(app)))
+            .unwrap_or_else(|e| panic!("deployments of {app}: {e}"))
+    }
+
+    /// Uploads `body` as a package in one piece, with its length.
+    pub fn upload(&self, body: Vec<u8>) -> Result<PackageResponse, ClientError> {
+        let len = body.len() as u64;
+        let chunk =
+            futures_util::stream::once(
+                async move { Ok::<_, std::io::Error>(bytes::Bytes::from(body)) },
+            );
+        self.call(self.api().upload_package(chunk, len))
     }
 
     pub fn containers(&self) -> HashMap<String, HashMap<String, String>> {

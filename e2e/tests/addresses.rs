@@ -8,6 +8,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use pier_e2e::pier_api::{EventKind, InstanceState, ProcessConfigRequest, ProcessType};
 use pier_e2e::*;
 
 fn example(name: &str) -> tempfile::TempDir {
@@ -16,16 +17,15 @@ fn example(name: &str) -> tempfile::TempDir {
 
 /// Sets an app's web instances through the API, without waiting for them (`pier scale` waits).
 fn scale_no_wait(p: &Platform, app: &str, n: u32) {
-    let body = serde_json::json!({ "instances": n }).to_string();
-    let (s, _, text) = http_request(
-        "PUT",
-        &format!("{}/v1/apps/{app}/processes/web", p.api),
-        None,
-        Some(&p.token),
-        &[("content-type", "application/json")],
-        body.as_bytes(),
-    );
-    assert_eq!(s, 200, "{text}");
+    let scale = ProcessConfigRequest {
+        instances: Some(n),
+        ..Default::default()
+    };
+    p.call(
+        p.api()
+            .put_process(&app_name(app), &ProcessType::web(), &scale),
+    )
+    .unwrap_or_else(|e| panic!("scale {app} to {n}: {e}"));
 }
 
 /// The message of the app's `no_address` event, once there is one.
@@ -33,8 +33,8 @@ fn no_address_event(p: &Platform, app: &str) -> String {
     eventually(Duration::from_secs(20), "a no_address event", || {
         p.events(app)
             .into_iter()
-            .find(|e| e["kind"] == "no_address")
-            .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+            .find(|e| e.kind == EventKind::NoAddress)
+            .map(|e| e.message)
     })
 }
 
@@ -141,9 +141,14 @@ fn a_released_address_waits_for_the_routers_acknowledgement() {
     let quarantine_over = released + Duration::from_secs(6);
     let wait = quarantine_over.saturating_duration_since(Instant::now()) + Duration::from_secs(5);
     stays_at(&p, 4, &BTreeSet::from([a_ip.clone()]), wait);
-    let (status, body) = http_get(&format!("{}/v1/apps/second", p.api), None, Some(&p.token));
-    assert_eq!(status, 200);
-    assert!(body.contains("no free instance address"), "{body}");
+    let second = p.app("second").expect("second exists");
+    assert!(
+        second.instances.iter().any(|i| i
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("no free instance address"))),
+        "{second:?}"
+    );
 
     // The router polls again with the table it has, gets the new one, acknowledges it; the
     // address is given out again, to the only instance waiting for one.
@@ -208,20 +213,20 @@ fn with_every_free_address_in_quarantine_nothing_starts_until_it_ends() {
     );
     assert!(!msg.contains("router(s)"), "no standalone router: {msg}");
     // `pier app` shows why the instances are not running.
-    let app_view = p.app_json("full").unwrap();
-    let waiting: Vec<_> = app_view["instances"]
-        .as_array()
-        .unwrap()
+    let app_view = p.app("full").unwrap();
+    let waiting: Vec<_> = app_view
+        .instances
         .iter()
-        .filter(|i| i["state"] == "STARTING")
+        .filter(|i| i.state == InstanceState::Starting)
         .collect();
-    assert_eq!(waiting.len(), 2, "{app_view}");
+    assert_eq!(waiting.len(), 2, "{app_view:?}");
     assert!(
-        waiting.iter().all(|i| i["reason"]
-            .as_str()
+        waiting.iter().all(|i| i
+            .reason
+            .as_deref()
             .unwrap_or("")
             .contains("no free instance address")),
-        "{app_view}"
+        "{app_view:?}"
     );
 
     // Until the quarantine ends nothing else starts, on a reused address or any other.
@@ -280,11 +285,11 @@ fn the_network_is_labelled_kept_across_a_restart_and_removed_with_the_platform()
     p.controller.take().unwrap().kill9();
     p.start_controller();
     eventually(Duration::from_secs(30), "instances adopted", || {
-        let j = p.app_json("steady")?;
-        let running = j["instances"]
-            .as_array()?
+        let running = p
+            .app("steady")?
+            .instances
             .iter()
-            .filter(|i| i["state"] == "RUNNING")
+            .filter(|i| i.state == InstanceState::Running)
             .count();
         (running == 2).then_some(())
     });

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use pier_e2e::pier_api::{AppConfigRequest, BuildpackResponse, HealthCheckType, InstanceState};
 use pier_e2e::*;
 
 fn example(name: &str) -> tempfile::TempDir {
@@ -42,6 +43,10 @@ fn pier_fails(p: &Platform, args: &[&str], cwd: &Path) -> String {
     text
 }
 
+fn env<'a>(app: &'a pier_e2e::pier_api::AppResponse, name: &str) -> Option<&'a str> {
+    app.env.get(name).map(String::as_str)
+}
+
 fn body_of(p: &Platform, host: &str) -> String {
     let (status, body) = p.get_via_router(host, "/");
     assert_eq!(status, 200, "{host}: {body}");
@@ -49,13 +54,9 @@ fn body_of(p: &Platform, host: &str) -> String {
 }
 
 fn buildpack_names(p: &Platform, cwd: &Path) -> Vec<String> {
-    let v: serde_json::Value =
+    let all: Vec<BuildpackResponse> =
         serde_json::from_str(&p.pier_ok(&["buildpacks", "--json"], cwd)).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["name"].as_str().unwrap().to_string())
-        .collect()
+    all.into_iter().map(|b| b.name).collect()
 }
 
 #[test]
@@ -78,8 +79,8 @@ fn builtin_buildpacks_push_end_to_end() {
     let text = pier_fails(&p, &["push", "node-nodeps"], node.path());
     assert!(text.contains("no network access"), "{text}");
     assert!(text.contains("node_modules"), "{text}");
-    let app = p.app_json("node-nodeps").unwrap();
-    assert!(app["droplet"].is_null(), "no droplet: {app}");
+    let app = p.app("node-nodeps").unwrap();
+    assert!(app.droplet.is_none(), "no droplet: {app:?}");
     assert!(p.instance_ids("node-nodeps").is_empty());
 
     // binary: never detected, named with -b, started from the Procfile.
@@ -250,7 +251,7 @@ fn third_party_admin_and_multi_buildpacks() {
     assert_eq!(buildpack_names(&p, work.path()), listed);
     let text = pier_fails(&p, &["push", "tp-x", "-b", "cobol"], app.path());
     assert!(text.contains("unknown buildpack"), "{text}");
-    assert!(p.app_json("tp-x").is_none(), "nothing created");
+    assert!(p.app("tp-x").is_none(), "nothing created");
 
     // Delete an admin buildpack: gone from the list.
     p.pier_ok(&["delete-buildpack", "failing", "-f"], work.path());
@@ -318,7 +319,7 @@ fn manifest_with_two_apps_variables_and_processes() {
         dir.path(),
     );
     assert!(text.contains("memory"), "{text}");
-    assert!(p.app_json("demo-web").is_none() && p.app_json("demo-api").is_none());
+    assert!(p.app("demo-web").is_none() && p.app("demo-api").is_none());
 
     // Both apps, --var overriding the vars file.
     let out = p.pier_ok(
@@ -332,43 +333,44 @@ fn manifest_with_two_apps_variables_and_processes() {
         dir.path(),
     );
     assert!(out.contains("Configured process worker"), "{out}");
-    let web = p.app_json("demo-web").unwrap();
-    let procs = web["processes"].as_array().unwrap();
-    let proc_of = |t: &str| procs.iter().find(|x| x["type"] == t).unwrap().clone();
-    assert_eq!(proc_of("web")["instances"], 2);
-    assert_eq!(proc_of("web")["memory_mb"], 128);
-    assert_eq!(proc_of("web")["health_check"]["type"], "http");
-    assert_eq!(proc_of("worker")["instances"], 1);
-    assert_eq!(proc_of("worker")["memory_mb"], 64);
-    assert_eq!(web["env"]["GREETING"], "from a flag");
+    let web = p.app("demo-web").unwrap();
+    let proc_of = |t: &str| {
+        web.processes
+            .iter()
+            .find(|x| x.kind.as_str() == t)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(proc_of("web").instances, 2);
+    assert_eq!(proc_of("web").memory_mb, 128);
+    assert_eq!(proc_of("web").health_check.kind, HealthCheckType::Http);
+    assert_eq!(proc_of("worker").instances, 1);
+    assert_eq!(proc_of("worker").memory_mb, 64);
+    assert_eq!(env(&web, "GREETING"), Some("from a flag"));
     let body = body_of(&p, "demo-alias.localhost");
     assert!(body.contains("greeting=from a flag"), "{body}");
     eventually(Duration::from_secs(60), "the worker runs", || {
-        let app = p.app_json("demo-web")?;
-        app["instances"]
-            .as_array()?
+        p.app("demo-web")?
+            .instances
             .iter()
-            .any(|i| i["process"] == "worker" && i["state"] == "RUNNING")
+            .any(|i| i.process.as_str() == "worker" && i.state == InstanceState::Running)
             .then_some(())
     });
-    let api = p.app_json("demo-api").unwrap();
-    assert_eq!(api["env"]["GREETING"], "api from a flag");
+    let api = p.app("demo-api").unwrap();
+    assert_eq!(env(&api, "GREETING"), Some("api from a flag"));
     assert!(body_of(&p, "demo-api.localhost").contains("greeting=api from a flag"));
 
     // Env and routes the manifest doesn't mention survive a re-push of one app.
-    let (s, _, b) = http_request(
-        "PUT",
-        &format!("{}/v1/apps/demo-api", p.api),
-        None,
-        Some(&p.token),
-        &[("content-type", "application/json")],
-        br#"{"env":{"EXTRA":"kept"}}"#,
-    );
-    assert_eq!(s, 200, "{b}");
+    let extra = AppConfigRequest {
+        env: Some([("EXTRA".to_string(), "kept".to_string())].into()),
+        ..Default::default()
+    };
+    p.call(p.api().put_app(&app_name("demo-api"), &extra))
+        .expect("set EXTRA");
     p.pier_ok(&["push", "demo-api", "--vars-file", "vars.yml"], dir.path());
-    let api = p.app_json("demo-api").unwrap();
-    assert_eq!(api["env"]["EXTRA"], "kept");
-    assert_eq!(api["env"]["GREETING"], "api from the vars file");
+    let api = p.app("demo-api").unwrap();
+    assert_eq!(env(&api, "EXTRA"), Some("kept"));
+    assert_eq!(env(&api, "GREETING"), Some("api from the vars file"));
 
     // create-app-manifest writes what runs; it reads back as a manifest.
     let out_dir = tempfile::tempdir().unwrap();
@@ -408,5 +410,5 @@ fn manifest_with_two_apps_variables_and_processes() {
     .unwrap();
     let text = pier_fails(&p, &["push", "-f", "bad.yml"], dir.path());
     assert!(text.contains("stack cflinuxfs4"), "{text}");
-    assert!(p.app_json("bad").is_none());
+    assert!(p.app("bad").is_none());
 }

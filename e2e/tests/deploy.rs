@@ -4,6 +4,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pier_e2e::pier_api::{
+    DeployRequest, DeploymentResponse, DeploymentState, ErrorCode, InstanceState, RevisionResponse,
+};
 use pier_e2e::*;
 
 fn fixture(name: &str) -> tempfile::TempDir {
@@ -133,14 +136,17 @@ fn zero_downtime(p: &Platform, host: &str, what: &str, want: &str, op: impl FnOn
 }
 
 /// The app's newest deployment once it is no longer DEPLOYING.
-fn deployment_ended(p: &Platform, app: &str, secs: u64) -> serde_json::Value {
+fn deployment_ended(p: &Platform, app: &str, secs: u64) -> DeploymentResponse {
     eventually(Duration::from_secs(secs), "the deployment to end", || {
-        let url = format!("{}/v1/apps/{app}/deployments", p.api);
-        let (_, body) = http_get(&url, None, Some(&p.token));
-        let all: Vec<serde_json::Value> = serde_json::from_str(&body).ok()?;
-        let d = all.first()?.clone();
-        (d["state"] != "DEPLOYING").then_some(d)
+        let d = p.call(p.api().deployments(&app_name(app))).ok()?;
+        let d = d.into_iter().next()?;
+        (d.state != DeploymentState::Deploying).then_some(d)
     })
+}
+
+/// `pier revisions NAME --json`.
+fn revisions(p: &Platform, app: &str, cwd: &std::path::Path) -> Vec<RevisionResponse> {
+    serde_json::from_str(&p.pier_ok(&["revisions", app, "--json"], cwd)).unwrap()
 }
 
 fn zero_downtime_deployments(instances: u32) {
@@ -162,7 +168,7 @@ fn zero_downtime_deployments(instances: u32) {
         p.pier_ok(&["scale", &name, "-m", "192M"], app.path());
         // The scale returns once instances run; the memory change rolls them one by one.
         eventually(Duration::from_secs(60), "every instance on 192M", || {
-            let j = p.app_json(&name)?;
+            let app_view = p.app(&name)?;
             let ids = p.instance_ids(&name);
             let ok = ids.len() == instances as usize
                 && ids.iter().all(|id| {
@@ -173,20 +179,19 @@ fn zero_downtime_deployments(instances: u32) {
                     String::from_utf8_lossy(&out.stdout).trim()
                         == (192u64 * 1024 * 1024).to_string()
                 })
-                && j["instances"]
-                    .as_array()?
+                && app_view
+                    .instances
                     .iter()
-                    .all(|i| i["state"] == "RUNNING");
+                    .all(|i| i.state == InstanceState::Running);
             ok.then_some(())
         });
     });
-    let revs: Vec<serde_json::Value> =
-        serde_json::from_str(&p.pier_ok(&["revisions", &name, "--json"], app.path())).unwrap();
+    let revs = revisions(&p, &name, app.path());
     let first = revs
         .iter()
-        .find(|r| r["description"] == "pushed" && r["version"] == 1)
+        .find(|r| r.description == "pushed" && r.version == 1)
         .expect("revision 1");
-    assert_eq!(first["version"], 1);
+    assert_eq!(first.version, 1);
     zero_downtime(&p, &host, "rollback", "version=1", || {
         p.pier_ok(&["rollback", &name, "--version", "1"], app.path());
     });
@@ -279,8 +284,8 @@ fn canary_rolls_back_a_bad_version_and_promotes_a_good_one() {
     );
     let d = deployment_ended(&p, "birdie", 120);
     let _ = load.finish();
-    assert_eq!(d["state"], "FAILED", "{d}");
-    let reason = d["reason"].as_str().unwrap();
+    assert_eq!(d.state, DeploymentState::Failed, "{d:?}");
+    let reason = d.reason.as_deref().unwrap();
     assert!(
         reason.contains("error rate") && reason.contains("5xx"),
         "says why, with figures: {reason}"
@@ -314,12 +319,13 @@ fn canary_rolls_back_a_bad_version_and_promotes_a_good_one() {
     );
     let d = deployment_ended(&p, "birdie", 180);
     let (_, failures, _) = load.finish();
-    assert_eq!(d["state"], "SUCCEEDED", "{d}");
+    assert_eq!(d.state, DeploymentState::Succeeded, "{d:?}");
     assert!(failures.is_empty(), "{failures:?}");
-    let ev = serde_json::Value::Array(p.events("birdie")).to_string();
+    let ev = p.events("birdie");
+    let said = |what: &str| ev.iter().any(|e| e.message.contains(what));
     assert!(
-        ev.contains("canary step 20% passed") && ev.contains("canary step 60% passed"),
-        "{ev}"
+        said("canary step 20% passed") && said("canary step 60% passed"),
+        "{ev:?}"
     );
     eventually(Duration::from_secs(90), "only version 3", || {
         let ids = p.instance_ids("birdie");
@@ -355,10 +361,9 @@ fn revisions_keep_only_the_newest_and_refusals_change_nothing() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("increasing"));
-    let revs: Vec<serde_json::Value> =
-        serde_json::from_str(&p.pier_ok(&["revisions", "revvy", "--json"], app.path())).unwrap();
+    let revs = revisions(&p, "revvy", app.path());
     assert_eq!(revs.len(), 1, "{revs:?}");
-    assert_eq!(revs[0]["current"], true);
+    assert!(revs[0].current);
 }
 
 #[test]
@@ -391,24 +396,18 @@ fn recreate_cancel_one_deployment_at_a_time_and_revision_pruning() {
     .unwrap();
     // Stage the new source without starting it, then deploy by hand.
     p.pier_ok(&["push", "cycler", "--no-start"], app.path());
-    let (s, _, body) = http_request(
-        "POST",
-        &format!("{}/v1/apps/cycler/deployments", p.api),
-        None,
-        Some(&p.token),
-        &[],
-        b"{}",
-    );
-    assert_eq!(s, 200, "{body}");
-    let (s, _, body) = http_request(
-        "POST",
-        &format!("{}/v1/apps/cycler/deployments", p.api),
-        None,
-        Some(&p.token),
-        &[],
-        br#"{"restart":true}"#,
-    );
-    assert_eq!(s, 409, "{body}");
+    let cycler = app_name("cycler");
+    p.call(p.api().deploy(&cycler, &DeployRequest::default()))
+        .expect("deploy by hand");
+    let restart = DeployRequest {
+        restart: true,
+        ..Default::default()
+    };
+    let second = p
+        .call(p.api().deploy(&cycler, &restart))
+        .expect_err("a second deployment at once is refused");
+    assert_eq!(second.status().map(|s| s.as_u16()), Some(409), "{second:?}");
+    assert_eq!(second.code(), Some(ErrorCode::Conflict), "{second:?}");
     let out = p.pier_ok(&["cancel-deployment", "cycler"], app.path());
     assert!(out.contains("rolling back to revision 2"), "{out}");
     for _ in 0..10 {
@@ -425,10 +424,9 @@ fn recreate_cancel_one_deployment_at_a_time_and_revision_pruning() {
         std::fs::write(app.path().join("Procfile"), "web: python3 app.py\n").unwrap();
         p.pier_ok(&["push", "cycler"], app.path());
     }
-    let revs: Vec<serde_json::Value> =
-        serde_json::from_str(&p.pier_ok(&["revisions", "cycler", "--json"], app.path())).unwrap();
+    let revs = revisions(&p, "cycler", app.path());
     assert_eq!(revs.len(), 3, "{revs:?}");
-    assert_eq!(revs[0]["current"], true);
+    assert!(revs[0].current);
     let out = p.pier(&["rollback", "cycler", "--version", "1"], app.path());
     assert!(!out.status.success(), "revision 1 was pruned");
 }

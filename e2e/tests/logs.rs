@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use pier_e2e::pier_api::{AppConfigRequest, LogSource, ProcessType};
 use pier_e2e::*;
 
 fn logger() -> tempfile::TempDir {
@@ -85,22 +86,16 @@ impl Drop for Follower {
 }
 
 fn scale(p: &Platform, app: &str, instances: u32) {
-    let (status, _, body) = http_request(
-        "PUT",
-        &format!("{}/v1/apps/{app}", p.api),
-        None,
-        Some(&p.token),
-        &[("content-type", "application/json")],
-        format!("{{\"instances\":{instances}}}").as_bytes(),
-    );
-    assert_eq!(status, 200, "scale: {body}");
+    let config = AppConfigRequest {
+        instances: Some(instances),
+        ..Default::default()
+    };
+    p.call(p.api().put_app(&app_name(app), &config))
+        .unwrap_or_else(|e| panic!("scale: {e}"));
 }
 
-fn json_lines(lines: &[String]) -> Vec<serde_json::Value> {
-    lines
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
+fn json_lines(lines: &[String]) -> Vec<PrintedLog> {
+    lines.iter().map(|l| PrintedLog::parse(l)).collect()
 }
 
 fn is_terminal_format(line: &str) -> bool {
@@ -174,14 +169,21 @@ fn logs_follow_every_instance_scaling_router_and_crash() {
     // --recent prints the buffer and exits; --json is one object per line.
     let recent = p.pier_ok(&["logs", "logger", "--recent", "--json"], app.path());
     let objs = json_lines(&recent.lines().map(str::to_string).collect::<Vec<_>>());
-    assert!(objs.iter().any(|o| o["source"] == "APP/PROC/WEB/3"));
-    assert!(objs.iter().any(|o| o["source"] == "RTR/0"));
-    let seqs: Vec<u64> = objs.iter().map(|o| o["seq"].as_u64().unwrap()).collect();
+    let web3 = LogSource::app(&ProcessType::web(), 3);
+    assert!(objs.iter().any(|o| o.line.source == web3));
+    assert!(objs.iter().any(|o| o.line.source == LogSource::Router(0)));
+    let seqs: Vec<u64> = objs.iter().map(|o| o.line.seq).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in seq order");
 
     // Logs need the token.
-    let (status, _) = http_get(&format!("{}/v1/apps/logger/logs", p.api), None, None);
-    assert_eq!(status, 401);
+    let refused = p
+        .call(p.api_with(None).recent_logs(&app_name("logger")))
+        .expect_err("logs without a token");
+    assert_eq!(
+        refused.status().map(|s| s.as_u16()),
+        Some(401),
+        "{refused:?}"
+    );
 }
 
 #[test]
@@ -210,34 +212,34 @@ fn burst_of_100000_lines_is_all_received_or_counted_and_stalled_readers_block_no
     let end = f.wait_for_text("burst-end", Duration::from_secs(120));
     let took = started.elapsed();
 
-    let begin: serde_json::Value = serde_json::from_str(&begin).unwrap();
-    let begin_seq = begin["seq"].as_u64().unwrap();
-    let end: serde_json::Value = serde_json::from_str(&end).unwrap();
-    let end_seq = end["seq"].as_u64().unwrap();
+    let begin_seq = PrintedLog::parse(&begin).line.seq;
+    let end = PrintedLog::parse(&end);
+    let end_seq = end.line.seq;
     let mut received = 0u64;
     let mut dropped = 0u64;
     let mut last_n: Option<u64> = None;
     let mut last_seq = begin_seq;
     for o in json_lines(&f.seen) {
-        let seq = o["seq"].as_u64().unwrap();
+        let seq = o.line.seq;
         if seq <= begin_seq || seq >= end_seq {
             continue;
         }
-        assert!(seq > last_seq, "seq in order: {o}");
-        if let Some(d) = o["dropped"].as_u64() {
+        assert!(seq > last_seq, "seq in order: {o:?}");
+        if let Some(d) = o.dropped {
             assert_eq!(
-                o["first_seq"].as_u64(),
+                o.first_seq,
                 Some(last_seq + 1),
-                "drops are contiguous: {o}"
+                "drops are contiguous: {o:?}"
             );
             dropped += d;
         } else {
-            let text = o["text"].as_str().unwrap();
-            let n: u64 = text
+            let n: u64 = o
+                .line
+                .text
                 .strip_prefix("burst ")
                 .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("only burst lines between the markers: {o}"));
-            assert!(last_n.is_none_or(|l| n > l), "lines in order: {o}");
+                .unwrap_or_else(|| panic!("only burst lines between the markers: {o:?}"));
+            assert!(last_n.is_none_or(|l| n > l), "lines in order: {o:?}");
             last_n = Some(n);
             received += 1;
         }
@@ -247,7 +249,7 @@ fn burst_of_100000_lines_is_all_received_or_counted_and_stalled_readers_block_no
         "burst: received {received}, dropped {dropped}, in {:.2} s ({}); app: {}",
         took.as_secs_f64(),
         end_seq - begin_seq - 1,
-        end["text"]
+        end.line.text
     );
     assert_eq!(
         received + dropped,
@@ -258,9 +260,11 @@ fn burst_of_100000_lines_is_all_received_or_counted_and_stalled_readers_block_no
 
     // The stalled reader slowed neither the app nor this reader: the app wrote its burst at its
     // own pace, and a second burst is still followed promptly.
-    let elapsed_ms: u64 = end["text"]
-        .as_str()
-        .and_then(|t| t.rsplit("elapsed_ms=").next())
+    let elapsed_ms: u64 = end
+        .line
+        .text
+        .rsplit("elapsed_ms=")
+        .next()
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!(
@@ -297,19 +301,23 @@ fn recent_survives_kill_9_and_a_follower_resumes_without_duplicates() {
 
     let after = p.pier_ok(&["logs", "logger", "--recent", "--json"], app.path());
     let after = json_lines(&after.lines().map(str::to_string).collect::<Vec<_>>());
-    let first_before = &before.iter().find(|o| o["source"] == "STG/0").unwrap();
+    let first_before = before
+        .iter()
+        .find(|o| o.line.source == LogSource::Staging(0))
+        .unwrap();
     assert!(
-        after.iter().any(|o| o == *first_before),
-        "--recent after kill -9 has the lines from before: {first_before}"
+        after.iter().any(|o| o == first_before),
+        "--recent after kill -9 has the lines from before: {first_before:?}"
     );
 
     // The follower reconnected by itself and goes on where it stopped.
     let last = f.wait_for("ticks after the restart", Duration::from_secs(30), |l| {
         l.contains("tick instance=0 n=")
-            && serde_json::from_str::<serde_json::Value>(l).is_ok_and(|o| {
-                o["text"]
-                    .as_str()
-                    .and_then(|t| t.rsplit("n=").next())
+            && serde_json::from_str::<PrintedLog>(l).is_ok_and(|o| {
+                o.line
+                    .text
+                    .rsplit("n=")
+                    .next()
                     .and_then(|n| n.parse::<u64>().ok())
                     .is_some_and(|n| n >= 80)
             })
@@ -317,27 +325,18 @@ fn recent_survives_kill_9_and_a_follower_resumes_without_duplicates() {
     let _ = last;
     let objs = json_lines(&f.seen);
     let mut distinct = std::collections::HashSet::new();
-    for o in &objs {
-        assert!(distinct.insert(o.to_string()), "printed twice: {o}");
+    for (o, printed) in objs.iter().zip(&f.seen) {
+        assert!(distinct.insert(printed), "printed twice: {o:?}");
     }
     let ticks: Vec<u64> = objs
         .iter()
-        .filter_map(|o| {
-            o["text"]
-                .as_str()?
-                .strip_prefix("tick instance=0 n=")?
-                .parse()
-                .ok()
-        })
+        .filter_map(|o| o.line.text.strip_prefix("tick instance=0 n=")?.parse().ok())
         .collect();
     assert!(
         ticks.windows(2).all(|w| w[1] == w[0] + 1),
         "no tick missing or repeated across the restart: {ticks:?}"
     );
-    assert!(
-        objs.iter().all(|o| o["dropped"].is_null()),
-        "nothing dropped"
-    );
+    assert!(objs.iter().all(|o| o.dropped.is_none()), "nothing dropped");
 }
 
 #[test]

@@ -41,9 +41,9 @@ fn follow(p: &Platform) -> (std::process::Child, mpsc::Receiver<(f64, String)>) 
     (child, rx)
 }
 
-fn text(line: &str) -> (serde_json::Value, String) {
-    let v: serde_json::Value = serde_json::from_str(line).expect("json");
-    let t = v["text"].as_str().unwrap_or_default().to_string();
+fn text(line: &str) -> (PrintedLog, String) {
+    let v = PrintedLog::parse(line);
+    let t = v.line.text.clone();
     (v, t)
 }
 
@@ -156,7 +156,7 @@ fn bench_logs_latency_and_zero_loss_rate() {
         let deadline = Instant::now() + Duration::from_secs(60);
         while let Ok((_, l)) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             let (v, t) = text(&l);
-            if let Some(d) = v["dropped"].as_u64() {
+            if let Some(d) = v.dropped {
                 dropped += d;
             } else if t.starts_with(&format!("rate-begin r={r} ")) {
                 total = t

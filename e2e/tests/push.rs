@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use pier_e2e::pier_api::{AppResponse, AppState, InstanceState};
 use pier_e2e::*;
 
 fn example(name: &str) -> tempfile::TempDir {
@@ -42,23 +43,23 @@ fn push_python_app_repush_and_delete() {
     }
     assert_eq!(seen.len(), 2, "round robin reaches both instances");
 
-    let json = p.app_json("hello").expect("app exists");
-    assert_eq!(json["state"], "STARTED");
-    let instances = json["instances"].as_array().unwrap();
+    let app_view = p.app("hello").expect("app exists");
+    assert_eq!(app_view.state, AppState::Started);
+    let instances = &app_view.instances;
     assert_eq!(instances.len(), 2);
-    assert!(instances.iter().all(|i| i["state"] == "RUNNING"));
+    assert!(instances.iter().all(|i| i.state == InstanceState::Running));
     assert_eq!(
-        json["routes"][0],
-        format!("http://hello.localhost:{router_port}")
+        app_view.routes.first(),
+        Some(&format!("http://hello.localhost:{router_port}"))
     );
     let first_ids = p.instance_ids("hello");
     assert_eq!(first_ids.len(), 2);
 
     // `pier app --json` reports the same thing.
-    let cli_json: serde_json::Value =
+    let cli_json: AppResponse =
         serde_json::from_str(&p.pier_ok(&["app", "hello", "--json"], app.path())).unwrap();
-    assert_eq!(cli_json["name"], "hello");
-    assert_eq!(cli_json["instances"].as_array().unwrap().len(), 2);
+    assert_eq!(cli_json.name.as_str(), "hello");
+    assert_eq!(cli_json.instances.len(), 2);
 
     // Re-push of unchanged source: the droplet is reused and nothing restarts.
     let out = p.pier_ok(&["push", "hello", "-i", "2"], app.path());
@@ -104,7 +105,7 @@ fn push_python_app_repush_and_delete() {
         p.containers()
     );
     assert_eq!(p.blob_count(), 0, "packages and droplets deleted");
-    assert!(p.app_json("hello").is_none());
+    assert!(p.app("hello").is_none());
 }
 
 #[test]
@@ -231,21 +232,24 @@ fn controller_restart_keeps_instances_and_routes() {
         assert_eq!(p.get_via_router("steady.localhost", "/").0, 200);
     }
     p.start_controller();
-    let json = eventually(Duration::from_secs(20), "instances running again", || {
-        let j = p.app_json("steady")?;
-        let all = j["instances"].as_array()?;
-        (all.len() == 2 && all.iter().all(|i| i["state"] == "RUNNING")).then_some(j)
+    let app_view = eventually(Duration::from_secs(20), "instances running again", || {
+        let a = p.app("steady")?;
+        let all = &a.instances;
+        (all.len() == 2 && all.iter().all(|i| i.state == InstanceState::Running)).then_some(a)
     });
     assert_eq!(
         p.instance_ids("steady"),
         before,
         "same containers, none restarted"
     );
-    let ids: HashSet<_> = json["instances"]
-        .as_array()
-        .unwrap()
+    let ids: HashSet<_> = app_view
+        .instances
         .iter()
-        .map(|i| i["container_id"].as_str().unwrap().to_string())
+        .map(|i| {
+            i.container_id
+                .clone()
+                .expect("a running instance has a container")
+        })
         .collect();
     assert_eq!(ids, before.into_iter().collect());
     for _ in 0..5 {

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use pier_e2e::pier_api::{AppConfigRequest, ErrorCode};
+use pier_e2e::pier_client::ClientError;
 use pier_e2e::*;
 
 /// A raw tar entry: path, type flag, data, link target.
@@ -28,11 +30,23 @@ fn gz_tar(entries: &[Entry]) -> Vec<u8> {
     gz.finish().unwrap()
 }
 
+/// The API's refusal with `status`, decoded (`{"code": ..., "message": ...}`).
+fn refusal<T: std::fmt::Debug>(
+    result: Result<T, ClientError>,
+    status: u16,
+) -> pier_e2e::pier_api::ApiError {
+    match result {
+        Err(ClientError::Api {
+            status: got, error, ..
+        }) if got.as_u16() == status => error,
+        other => panic!("expected a {status} with an API error, got {other:?}"),
+    }
+}
+
 fn assert_nothing_changed(p: &Platform) {
     assert_eq!(p.blob_count(), 0, "nothing written to the blob store");
-    let (s, body) = http_get(&format!("{}/v1/apps", p.api), None, Some(&p.token));
-    assert_eq!(s, 200);
-    assert_eq!(body.trim(), "[]", "no app created");
+    let apps = p.call(p.api().apps()).expect("list apps");
+    assert!(apps.is_empty(), "no app created: {apps:?}");
     assert!(
         p.containers().is_empty(),
         "no container: {:?}",
@@ -57,33 +71,19 @@ fn hostile_packages_are_refused_naming_the_entry() {
         (&[("disk", b'4', b"", "")], "disk"),
     ];
     for (entries, name) in cases {
-        let body = gz_tar(entries);
-        let (status, _, text) = http_request(
-            "POST",
-            &format!("{}/v1/packages", p.api),
-            None,
-            Some(&p.token),
-            &[("content-type", "application/gzip")],
-            &body,
+        let refused = refusal(p.upload(gz_tar(entries)), 422);
+        assert_eq!(
+            refused.code,
+            ErrorCode::InvalidPackage,
+            "{name}: {refused:?}"
         );
-        assert_eq!(status, 422, "{name}: {text}");
-        let err: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(err["code"], "invalid_package");
         assert!(
-            err["message"].as_str().unwrap().contains(name),
-            "the error names {name:?}: {text}"
+            refused.message.contains(name),
+            "the error names {name:?}: {refused:?}"
         );
     }
     // Not a tarball at all.
-    let (status, _, _) = http_request(
-        "POST",
-        &format!("{}/v1/packages", p.api),
-        None,
-        Some(&p.token),
-        &[],
-        b"definitely not gzip",
-    );
-    assert_eq!(status, 422);
+    refusal(p.upload(b"definitely not gzip".to_vec()), 422);
     assert_nothing_changed(&p);
 }
 
@@ -95,16 +95,8 @@ fn oversized_uploads_get_413() {
     });
     // Content-Length over the limit: refused before the body is read.
     let big = vec![7u8; 10_000];
-    let (status, _, text) = http_request(
-        "POST",
-        &format!("{}/v1/packages", p.api),
-        None,
-        Some(&p.token),
-        &[],
-        &big,
-    );
-    assert_eq!(status, 413, "{text}");
-    assert!(text.contains("payload_too_large"));
+    let refused = refusal(p.upload(big.clone()), 413);
+    assert_eq!(refused.code, ErrorCode::PayloadTooLarge, "{refused:?}");
     // Through the CLI: a folder that packs to more than the limit.
     let dir = tempfile::tempdir().unwrap();
     // Incompressible bytes (xorshift), so the gzipped package stays over the limit.
@@ -154,18 +146,11 @@ fn bad_names_tokens_manifests_and_undetectable_apps() {
     }
 
     // No token, wrong token: 401 with a JSON error, and nothing created.
-    for token in [None, Some("pier_wrong")] {
-        let (status, _, body) = http_request(
-            "PUT",
-            &format!("{}/v1/apps/sneaky", p.api),
-            None,
-            token,
-            &[],
-            b"{}",
-        );
-        assert_eq!(status, 401, "{body}");
-        let err: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(err["code"], "unauthorized");
+    for token in [None, Some("pier_wrong".to_string())] {
+        let api = p.api_with(token);
+        let put = p.call(api.put_app(&app_name("sneaky"), &AppConfigRequest::default()));
+        let refused = refusal(put, 401);
+        assert_eq!(refused.code, ErrorCode::Unauthorized, "{refused:?}");
     }
     let out = std::process::Command::new(bin("pier"))
         .args(["apps"])
@@ -214,11 +199,9 @@ fn bad_names_tokens_manifests_and_undetectable_apps() {
         text.contains("Tried: staticfile, java, nodejs, python, binary"),
         "{text}"
     );
-    let json = p
-        .app_json("nothing")
-        .expect("the app record exists, unstaged");
-    assert!(json["droplet"].is_null(), "no droplet");
-    assert!(json["instances"].as_array().unwrap().is_empty());
+    let unstaged = p.app("nothing").expect("the app record exists, unstaged");
+    assert!(unstaged.droplet.is_none(), "no droplet");
+    assert!(unstaged.instances.is_empty());
     eventually(Duration::from_secs(10), "staging container removed", || {
         p.containers().is_empty().then_some(())
     });

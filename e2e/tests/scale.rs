@@ -3,6 +3,10 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use pier_e2e::pier_api::{
+    BuildEvent, BuildRequest, ErrorCode, EventKind, InstanceState, ProcessConfigRequest,
+    ProcessType,
+};
 use pier_e2e::*;
 
 fn example(name: &str) -> tempfile::TempDir {
@@ -31,13 +35,11 @@ fn seen(p: &Platform, host: &str, n: usize) -> BTreeSet<u32> {
 }
 
 fn running(p: &Platform, app: &str) -> usize {
-    p.app_json(app)
-        .map(|j| {
-            j["instances"]
-                .as_array()
-                .unwrap()
+    p.app(app)
+        .map(|a| {
+            a.instances
                 .iter()
-                .filter(|i| i["state"] == "RUNNING" && i["process"] == "web")
+                .filter(|i| i.state == InstanceState::Running && i.process.as_str() == "web")
                 .count()
         })
         .unwrap_or(0)
@@ -91,7 +93,7 @@ fn scale_up_down_to_zero_and_back_routes_only_running_instances() {
         });
     }
     let ev = p.events("scaly");
-    assert!(ev.iter().any(|e| e["kind"] == "scaled"), "{ev:?}");
+    assert!(ev.iter().any(|e| e.kind == EventKind::Scaled), "{ev:?}");
     // `pier app` shows usage per instance; `pier events` lists what happened.
     let out = p.pier_ok(&["app", "scaly"], app.path());
     assert!(
@@ -124,11 +126,8 @@ fn killed_instance_is_replaced_and_no_longer_routed() {
     assert_eq!(seen(&p, "killy.localhost", 20), BTreeSet::from([0, 1]));
     let ev = p.events("killy");
     assert!(
-        ev.iter().any(|e| e["kind"] == "crashed"
-            && e["message"]
-                .as_str()
-                .unwrap()
-                .contains("exited with status 137")),
+        ev.iter()
+            .any(|e| e.kind == EventKind::Crashed && e.message.contains("exited with status 137")),
         "{ev:?}"
     );
 }
@@ -145,35 +144,26 @@ fn crashing_app_shows_crashed_and_backs_off() {
     // Crashes 1 and 2 restart at once, then 1.5 s, 3 s, ...: wait for the fifth crash.
     let ev = eventually(Duration::from_secs(30), "five crashes", || {
         let ev = p.events("crashy");
-        let crashes: Vec<_> = ev.into_iter().filter(|e| e["kind"] == "crashed").collect();
+        let crashes: Vec<_> = ev
+            .into_iter()
+            .filter(|e| e.kind == EventKind::Crashed)
+            .collect();
         (crashes.len() >= 5).then_some(crashes)
     });
-    let times: Vec<time::OffsetDateTime> = ev
-        .iter()
-        .rev()
-        .map(|e| {
-            time::OffsetDateTime::parse(
-                e["time"].as_str().unwrap(),
-                &time::format_description::well_known::Rfc3339,
-            )
-            .unwrap()
-        })
-        .collect();
+    let times: Vec<time::OffsetDateTime> = ev.iter().rev().map(|e| e.time).collect();
     let gap = |a: usize, b: usize| (times[b] - times[a]).as_seconds_f64();
     assert!(gap(2, 3) >= 1.4, "third wait >= base: {}", gap(2, 3));
     assert!(gap(3, 4) >= 2.9, "fourth wait doubles: {}", gap(3, 4));
-    assert!(ev
-        .iter()
-        .any(|e| e["message"].as_str().unwrap().contains("restarting in")));
+    assert!(ev.iter().any(|e| e.message.contains("restarting in")));
     // While it waits it shows CRASHED with its crash count.
-    let j = eventually(Duration::from_secs(10), "CRASHED state", || {
-        let j = p.app_json("crashy")?;
-        (j["instances"][0]["state"] == "CRASHED").then_some(j)
+    let instance = eventually(Duration::from_secs(10), "CRASHED state", || {
+        let first = p.app("crashy")?.instances.into_iter().next()?;
+        (first.state == InstanceState::Crashed).then_some(first)
     });
-    assert!(j["instances"][0]["crash_count"].as_u64().unwrap() >= 3);
-    assert!(j["instances"][0]["reason"]
-        .as_str()
-        .unwrap()
+    assert!(instance.crash_count >= 3);
+    assert!(instance
+        .reason
+        .expect("a crashed instance says why")
         .contains("exited with status 3"));
 }
 
@@ -186,12 +176,9 @@ fn oom_kill_is_recorded_as_such() {
     let ev = eventually(Duration::from_secs(30), "OOM crash event", || {
         p.events("hungry")
             .into_iter()
-            .find(|e| e["kind"] == "crashed")
+            .find(|e| e.kind == EventKind::Crashed)
     });
-    assert!(
-        ev["message"].as_str().unwrap().contains("out of memory"),
-        "{ev}"
-    );
+    assert!(ev.message.contains("out of memory"), "{ev:?}");
     eventually(Duration::from_secs(20), "restarted", || {
         (running(&p, "hungry") == 1).then_some(())
     });
@@ -224,10 +211,7 @@ fn failing_health_check_replaces_the_instance() {
     assert_ne!(replaced, first);
     let ev = p.events("flaky");
     assert!(
-        ev.iter().any(|e| e["message"]
-            .as_str()
-            .unwrap()
-            .contains("health check failed")),
+        ev.iter().any(|e| e.message.contains("health check failed")),
         "{ev:?}"
     );
     let (_, body) = p.get_via_router("flaky.localhost", "/");
@@ -242,12 +226,12 @@ fn worker_processes_scale_on_their_own_and_get_no_route() {
     let p = Platform::start();
     let app = fixture("web-and-worker");
     p.pier_ok(&["push", "duo"], app.path());
-    let j = p.app_json("duo").unwrap();
-    let procs: Vec<_> = j["processes"]
-        .as_array()
+    let procs: Vec<_> = p
+        .app("duo")
         .unwrap()
+        .processes
         .iter()
-        .map(|p| p["type"].as_str().unwrap().to_string())
+        .map(|p| p.kind.to_string())
         .collect();
     assert_eq!(procs, ["web", "worker"]);
     p.pier_ok(
@@ -255,11 +239,11 @@ fn worker_processes_scale_on_their_own_and_get_no_route() {
         app.path(),
     );
     eventually(Duration::from_secs(20), "two workers running", || {
-        let j = p.app_json("duo")?;
-        let workers = j["instances"]
-            .as_array()?
+        let workers = p
+            .app("duo")?
+            .instances
             .iter()
-            .filter(|i| i["process"] == "worker" && i["state"] == "RUNNING")
+            .filter(|i| i.process.as_str() == "worker" && i.state == InstanceState::Running)
             .count();
         (workers == 2).then_some(())
     });
@@ -271,7 +255,7 @@ fn worker_processes_scale_on_their_own_and_get_no_route() {
     assert_eq!(
         labels
             .iter()
-            .filter(|l| l["pier.process"] == "worker")
+            .filter(|l| l.get("pier.process").map(String::as_str) == Some("worker"))
             .count(),
         2
     );
@@ -295,10 +279,12 @@ fn concurrent_builds_of_one_app_are_refused_with_409() {
     let p = Platform::start();
     let app = example("python-deps-app");
     p.pier_ok(&["push", "busy", "--no-start"], app.path());
-    let url = format!("{}/v1/apps/busy/builds", p.api);
-    let token = p.token.clone();
-    let first =
-        std::thread::spawn(move || http_request("POST", &url, None, Some(&token), &[], b"{}"));
+    let busy = app_name("busy");
+    let api = p.api();
+    let first = p.spawn(async move {
+        let events = api.build(&busy, &BuildRequest::default()).await?;
+        futures_util::TryStreamExt::try_collect::<Vec<BuildEvent>>(events).await
+    });
     // Once the first build is staging, a second one at the same time is refused.
     eventually(Duration::from_secs(10), "the first build staging", || {
         p.containers()
@@ -306,19 +292,18 @@ fn concurrent_builds_of_one_app_are_refused_with_409() {
             .any(|l| l.get("pier.kind").map(String::as_str) == Some("staging"))
             .then_some(())
     });
-    let second = http_request(
-        "POST",
-        &format!("{}/v1/apps/busy/builds", p.api),
-        None,
-        Some(&p.token),
-        &[],
-        b"{}",
+    let second = p
+        .call(p.api().build(&app_name("busy"), &BuildRequest::default()))
+        .err()
+        .expect("a second build at once is refused");
+    assert_eq!(second.status().map(|s| s.as_u16()), Some(409), "{second:?}");
+    assert_eq!(second.code(), Some(ErrorCode::Conflict), "{second:?}");
+    assert!(second.to_string().contains("in progress"), "{second}");
+    let events = p.call(first).unwrap().expect("the first build streamed");
+    assert!(
+        events.iter().any(|e| matches!(e, BuildEvent::Done(_))),
+        "{events:?}"
     );
-    assert_eq!(second.0, 409, "{}", second.2);
-    assert!(second.2.contains("in progress"), "{}", second.2);
-    let (status, _, body) = first.join().unwrap();
-    assert_eq!(status, 200);
-    assert!(body.contains("\"done\""), "{body}");
 }
 
 #[test]
@@ -327,15 +312,15 @@ fn kill_9_mid_scale_and_mid_staging_then_converge() {
     let app = example("python-app");
     p.pier_ok(&["push", "sturdy"], app.path());
     // Mid-scale: the controller dies while it is creating containers.
-    let (s, _, body) = http_request(
-        "PUT",
-        &format!("{}/v1/apps/sturdy/processes/web", p.api),
-        None,
-        Some(&p.token),
-        &[("content-type", "application/json")],
-        br#"{"instances":6}"#,
-    );
-    assert_eq!(s, 200, "{body}");
+    p.call(p.api().put_process(
+        &app_name("sturdy"),
+        &ProcessType::web(),
+        &ProcessConfigRequest {
+            instances: Some(6),
+            ..Default::default()
+        },
+    ))
+    .expect("scale to 6");
     p.controller.as_mut().unwrap().kill9();
     p.start_controller();
     eventually(Duration::from_secs(90), "6 running, no duplicates", || {
@@ -346,10 +331,14 @@ fn kill_9_mid_scale_and_mid_staging_then_converge() {
     // Mid-staging: kill -9 while a (cold, slower) staging runs.
     let deps = example("python-deps-app");
     p.pier_ok(&["push", "stager", "--no-start"], deps.path());
-    let url = format!("{}/v1/apps/stager/builds", p.api);
-    let token = p.token.clone();
-    let build =
-        std::thread::spawn(move || http_request("POST", &url, None, Some(&token), &[], b"{}"));
+    let stager = app_name("stager");
+    let api = p.api();
+    let build = p.spawn(async move {
+        // Cut off by the kill: the stream ends however it ends.
+        if let Ok(events) = api.build(&stager, &BuildRequest::default()).await {
+            let _ = futures_util::StreamExt::collect::<Vec<_>>(events).await;
+        }
+    });
     eventually(Duration::from_secs(10), "staging container", || {
         p.containers()
             .values()
@@ -357,7 +346,7 @@ fn kill_9_mid_scale_and_mid_staging_then_converge() {
             .then_some(())
     });
     p.controller.as_mut().unwrap().kill9();
-    let _ = build.join();
+    let _ = p.call(build);
     p.start_controller();
     eventually(Duration::from_secs(20), "staging container removed", || {
         (!p.containers()
@@ -366,7 +355,10 @@ fn kill_9_mid_scale_and_mid_staging_then_converge() {
         .then_some(())
     });
     let ev = p.events("stager");
-    assert!(ev.iter().any(|e| e["kind"] == "staging_failed"), "{ev:?}");
+    assert!(
+        ev.iter().any(|e| e.kind == EventKind::StagingFailed),
+        "{ev:?}"
+    );
     // Nothing stuck: it stages fine now.
     p.pier_ok(&["restage", "stager"], deps.path());
     assert_eq!(running(&p, "sturdy"), 6);

@@ -10,12 +10,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{header, Request};
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use pier_api::{RouterLogBatch, RouterLogDropped, RouterLogLine};
+use pier_client::{Client, ClientError};
 use pier_router::{AccessLog, AccessLogEntry};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -35,12 +31,23 @@ fn count(dropped: &Dropped, app_guid: &str, n: u64) {
         .or_default() += n;
 }
 
-/// The access log to put in `ProxyOptions`; spawns the forwarding task.
-pub fn start(controller: String, token: String, shutdown: CancellationToken) -> Arc<dyn AccessLog> {
+/// The access log to put in `ProxyOptions`; spawns the forwarding task. Fails only on a
+/// controller URL that can never work.
+pub(crate) fn start(
+    controller: &str,
+    token: &str,
+    shutdown: CancellationToken,
+) -> Result<Arc<dyn AccessLog>, ClientError> {
+    let client = Client::builder(controller)
+        .token(Some(token.to_string()))
+        .timeout(Some(TIMEOUT))
+        .connect_timeout(TIMEOUT)
+        .user_agent(concat!("pier-router/", env!("CARGO_PKG_VERSION")))
+        .build()?;
     let (tx, rx) = mpsc::channel::<RouterLogLine>(QUEUE);
     let dropped: Dropped = Arc::default();
-    tokio::spawn(forward(controller, token, rx, dropped.clone(), shutdown));
-    Arc::new(move |entry: AccessLogEntry| {
+    tokio::spawn(forward(client, rx, dropped.clone(), shutdown));
+    Ok(Arc::new(move |entry: AccessLogEntry| {
         let Some(guid) = entry.app_guid.clone() else {
             return;
         };
@@ -51,18 +58,15 @@ pub fn start(controller: String, token: String, shutdown: CancellationToken) -> 
             };
             count(&dropped, &line.app_guid, 1);
         }
-    })
+    }))
 }
 
 async fn forward(
-    controller: String,
-    token: String,
+    client: Client,
     mut rx: mpsc::Receiver<RouterLogLine>,
     dropped: Dropped,
     shutdown: CancellationToken,
 ) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let url = format!("{}/v1/router/logs", controller.trim_end_matches('/'));
     let mut tick = tokio::time::interval(EVERY);
     loop {
         tokio::select! {
@@ -89,21 +93,8 @@ async fn forward(
             lines,
             dropped: counts,
         };
-        let Ok(body) = serde_json::to_vec(&batch) else {
-            continue;
-        };
-        let sent = match Request::post(&url)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .body(Full::new(Bytes::from(body)))
-        {
-            Ok(req) => matches!(
-                tokio::time::timeout(TIMEOUT, client.request(req)).await,
-                Ok(Ok(resp)) if resp.status().is_success()
-            ),
-            Err(_) => false,
-        };
-        if !sent {
+        // Any answer but a 2xx, or none within TIMEOUT, counts as not sent.
+        if client.send_router_logs(&batch).await.is_err() {
             // Counted, to be reported once the controller is back.
             for l in &batch.lines {
                 count(&dropped, &l.app_guid, 1);

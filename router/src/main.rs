@@ -169,9 +169,7 @@ async fn main() -> Result<()> {
         };
         Some((addr, pier_router::load_tls(cert, key)?))
     };
-    let _: http::Uri = config
-        .controller
-        .parse()
+    pier_client::check_base_url(&config.controller)
         .with_context(|| format!("--controller {:?} is not a URL", config.controller))?;
 
     let shutdown = CancellationToken::new();
@@ -184,9 +182,14 @@ async fn main() -> Result<()> {
         max_connections: config.max_connections,
         drain_timeout: config.drain_timeout,
         // Access lines go to the controller as the apps' RTR logs (not with a fixed table).
-        access_log: static_table.is_none().then(|| {
-            access_forward::start(config.controller.clone(), token.clone(), shutdown.clone())
-        }),
+        access_log: match static_table {
+            None => Some(access_forward::start(
+                &config.controller,
+                &token,
+                shutdown.clone(),
+            )?),
+            Some(_) => None,
+        },
         ..ProxyOptions::default()
     };
     let metrics = opts.metrics.clone();

@@ -14,17 +14,15 @@
 //! `ID` is a uuid made once per process: the controller records which table each router holds, and
 //! reuses a released instance address only once every router heard from recently has polled with
 //! the table that removed it (docs/router.md, C2). Controllers that predate it ignore it.
+//!
+//! The HTTP side is `pier_client::Client::poll_routes`: the request timeout covers the whole
+//! poll, and a table over `max_table_bytes` is refused while it is read.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{header, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pier_api::RouteTable;
+use pier_client::{Client, ClientError, RoutesPoll};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -56,37 +54,11 @@ impl Default for SyncOptions {
     }
 }
 
-/// Why one poll failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    #[error("controller URL {0:?} is not valid: use a base URL like http://127.0.0.1:9000")]
-    BadUrl(String),
-    #[error("cannot reach the controller at {url}: {source}")]
-    Unreachable {
-        url: String,
-        #[source]
-        source: hyper_util::client::legacy::Error,
-    },
-    #[error("the controller at {0} did not answer within the poll timeout")]
-    Timeout(String),
-    #[error("the controller refused the router's token ({0}): check --token / PIER_ROUTER_TOKEN")]
-    Unauthorized(StatusCode),
-    #[error("the controller answered {status}: {body}")]
-    Status { status: StatusCode, body: String },
-    #[error("reading the route table failed: {0}")]
-    Body(String),
-    #[error("the controller sent a route table that is not valid JSON: {0}")]
-    Decode(#[from] serde_json::Error),
-}
+/// Time allowed to connect to the controller, within `request_timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What one poll learned.
-#[derive(Debug)]
-pub enum PollOutcome {
-    /// A table (possibly the same one again).
-    Table(RouteTable),
-    /// 304: unchanged.
-    NotModified,
-}
+/// What one poll learned: a table (possibly the same one again), or 304 unchanged.
+pub type PollOutcome = pier_client::RoutesAnswer;
 
 /// Long-polls the controller and publishes every new table on `tx` until `shutdown`.
 ///
@@ -96,7 +68,15 @@ pub async fn follow_controller(
     tx: watch::Sender<Option<Arc<RouteTable>>>,
     shutdown: CancellationToken,
 ) {
-    let poller = Poller::new(opts.clone());
+    let poller = match Poller::new(opts.clone()) {
+        Ok(p) => p,
+        // A URL that can never work: say so once, publish nothing, wait for the end.
+        Err(e) => {
+            tracing::error!(error = %e, "cannot follow the controller");
+            shutdown.cancelled().await;
+            return;
+        }
+    };
     let mut backoff = Duration::from_millis(100);
     let mut failing_since: Option<Instant> = None;
     loop {
@@ -133,11 +113,12 @@ pub async fn follow_controller(
                 let first = failing_since.is_none();
                 failing_since.get_or_insert_with(Instant::now);
                 let have = tx.borrow().as_ref().map(|t| t.version);
+                let error = describe(&e);
                 if first {
-                    tracing::warn!(error = %e, kept_version = ?have,
+                    tracing::warn!(%error, kept_version = ?have,
                         "route sync failed; serving the last known table and retrying");
                 } else {
-                    tracing::debug!(error = %e, "route sync still failing");
+                    tracing::debug!(%error, "route sync still failing");
                 }
                 let wait = backoff;
                 backoff = (backoff * 2).min(opts.max_backoff);
@@ -150,6 +131,16 @@ pub async fn follow_controller(
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+}
+
+/// A poll's failure in the router operator's terms.
+fn describe(e: &ClientError) -> String {
+    match e.status() {
+        Some(status) if e.is_unauthorized() => format!(
+            "the controller refused the router's token ({status}): check --token / PIER_ROUTER_TOKEN"
+        ),
+        _ => e.to_string(),
     }
 }
 
@@ -166,26 +157,27 @@ fn publish(tx: &watch::Sender<Option<Arc<RouteTable>>>, t: RouteTable) -> bool {
 
 /// One controller, one HTTP client.
 pub struct Poller {
-    opts: SyncOptions,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client,
+    max_table_bytes: usize,
     router_id: String,
 }
 
 impl Poller {
-    pub fn new(opts: SyncOptions) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+    /// Fails only on a controller URL that can never work.
+    pub fn new(opts: SyncOptions) -> Result<Self, ClientError> {
+        let client = Client::builder(&opts.controller)
+            .token(Some(opts.token))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(Some(opts.request_timeout))
+            .user_agent(concat!("pier-router/", env!("CARGO_PKG_VERSION")))
+            .build()?;
         let router_id = uuid::Uuid::new_v4().simple().to_string();
         tracing::info!(router_id = %router_id, "following the controller's route table");
-        Poller {
-            opts,
+        Ok(Poller {
             client,
+            max_table_bytes: opts.max_table_bytes,
             router_id,
-        }
+        })
     }
 
     /// The id this router sends with every poll.
@@ -194,76 +186,14 @@ impl Poller {
     }
 
     /// One long-poll: asks for a table newer than (`epoch`, `version`).
-    pub async fn poll(&self, epoch: &str, version: u64) -> Result<PollOutcome, SyncError> {
-        let base = self.opts.controller.trim_end_matches('/');
-        let url = format!(
-            "{base}/v1/routes?epoch={}&version={version}&router={}",
-            percent_encode(epoch),
-            self.router_id
-        );
-        let uri: Uri = url
-            .parse()
-            .map_err(|_| SyncError::BadUrl(self.opts.controller.clone()))?;
-        let mut req = Request::get(uri);
-        if !self.opts.token.is_empty() {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {}", self.opts.token));
-        }
-        let req = req
-            .header(header::ACCEPT, "application/json")
-            .body(Empty::new())
-            .map_err(|_| SyncError::BadUrl(self.opts.controller.clone()))?;
-        let fut = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|source| SyncError::Unreachable {
-                    url: base.to_string(),
-                    source,
-                })?;
-            let status = resp.status();
-            let body = Limited::new(resp.into_body(), self.opts.max_table_bytes)
-                .collect()
-                .await
-                .map_err(|e| SyncError::Body(e.to_string()))?
-                .to_bytes();
-            match status {
-                StatusCode::OK => Ok(PollOutcome::Table(serde_json::from_slice(&body)?)),
-                StatusCode::NOT_MODIFIED => Ok(PollOutcome::NotModified),
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                    Err(SyncError::Unauthorized(status))
-                }
-                _ => Err(SyncError::Status {
-                    status,
-                    body: String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
-                }),
-            }
-        };
-        tokio::time::timeout(self.opts.request_timeout, fut)
+    pub async fn poll(&self, epoch: &str, version: u64) -> Result<PollOutcome, ClientError> {
+        self.client
+            .poll_routes(&RoutesPoll {
+                epoch,
+                version,
+                router: Some(&self.router_id),
+                max_bytes: self.max_table_bytes,
+            })
             .await
-            .map_err(|_| SyncError::Timeout(base.to_string()))?
-    }
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn encodes_epoch() {
-        assert_eq!(percent_encode("abc-1_2.3~"), "abc-1_2.3~");
-        assert_eq!(percent_encode("a b&c"), "a%20b%26c");
     }
 }

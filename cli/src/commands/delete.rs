@@ -2,7 +2,6 @@ use anyhow::Result;
 use pier_api::ErrorCode;
 
 use crate::args::DeleteArgs;
-use crate::client::ClientError;
 
 pub async fn run(args: DeleteArgs) -> Result<()> {
     let name = &args.name;
@@ -15,7 +14,7 @@ pub async fn run(args: DeleteArgs) -> Result<()> {
     match client.delete_app(name).await {
         Ok(()) => println!("Deleted {name}."),
         // As `cf delete` does: deleting what isn't there is not a failure.
-        Err(e @ ClientError::Api(_)) if e.code() == Some(ErrorCode::NotFound) => {
+        Err(e) if e.code() == Some(ErrorCode::NotFound) => {
             println!("App {name} does not exist.")
         }
         Err(e) => return Err(e.into()),

@@ -1,5 +1,6 @@
 use anyhow::{Context, Result};
-use pier_api::DeployRequest;
+use pier_api::{DeployRequest, DeploymentAction};
+use pier_client::CURRENT_DEPLOYMENT;
 
 use crate::args::{EventsArgs, NameArg, RollbackArgs};
 use crate::output::{format_time, table};
@@ -55,16 +56,18 @@ pub async fn list(args: EventsArgs) -> Result<()> {
     Ok(())
 }
 
-pub async fn act(args: NameArg, action: &str) -> Result<()> {
+pub async fn act(args: NameArg, action: DeploymentAction) -> Result<()> {
     let client = super::connect()?;
-    let d = client.deployment_action(&args.name, action).await?;
+    let d = client
+        .deployment_action(&args.name, CURRENT_DEPLOYMENT, action)
+        .await?;
     println!(
         "Deployment {} of {}: {}",
         d.id.get(..8).unwrap_or(&d.id),
         args.name,
         d.reason.unwrap_or_else(|| format!("{:?}", d.state))
     );
-    if action == "cancel" {
+    if action == DeploymentAction::Cancel {
         let app = super::wait::until_running_revision(&client, &args.name).await?;
         super::wait::print_running(&app);
     }

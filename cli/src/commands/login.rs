@@ -1,7 +1,9 @@
 use anyhow::Result;
 
 use crate::args::LoginArgs;
-use crate::client::{Client, ClientError};
+use pier_client::StatusCode;
+
+use crate::client;
 use crate::config::{self, ConfigFile, Settings};
 use crate::output::Failure;
 
@@ -17,13 +19,13 @@ pub async fn run(args: LoginArgs) -> Result<()> {
     }
     let path = Settings::from_env().config_path()?;
 
-    let info = Client::new(&api, None)?.info().await?;
-    let client = Client::new(&api, Some(token.clone()))?;
+    let info = client::connect(&api, None)?.info().await?;
+    let client = client::connect(&api, Some(token.clone()))?;
     match client.apps().await {
         Ok(_) => {}
-        Err(ClientError::Unauthorized { .. }) => return Err(Failure::new(format!(
-            "the controller at {api} refused the token"
-        ))
+        Err(e) if e.status() == Some(StatusCode::UNAUTHORIZED) => return Err(Failure::new(
+            format!("the controller at {api} refused the token"),
+        )
         .hint(
             "use the token pier-controller printed on its first start; it also wrote it \
                      to a file in its data dir",

@@ -12,24 +12,28 @@ use std::time::Duration;
 
 use anyhow::Result;
 use futures_util::StreamExt;
-use pier_api::{ApiError, AppName, LogEvent, LogLine, LogSource};
-use reqwest::StatusCode;
+use pier_api::{AppName, LogEvent, LogSource};
+use pier_client::LogStart;
 
 use crate::args::LogsArgs;
-use crate::client::ClientError;
-use crate::config::Settings;
+use crate::client::Client;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const RECENT_TIMEOUT: Duration = Duration::from_secs(60);
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(5);
+/// Events handed to the printer at once at most (all that arrived together, up to this).
+const BATCH: usize = 4096;
 
 pub async fn run(args: LogsArgs) -> Result<()> {
-    let conn = Conn::from_env()?;
+    let client = super::connect()?;
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out.lock());
     if args.recent {
-        for line in conn.recent(&args.name).await? {
+        let recent = client
+            .with_timeout(Some(RECENT_TIMEOUT))
+            .recent_logs(&args.name)
+            .await?;
+        for line in recent {
             if print(&mut out, &LogEvent::Line(line), args.json).is_err() {
                 return Ok(());
             }
@@ -38,7 +42,7 @@ pub async fn run(args: LogsArgs) -> Result<()> {
         return Ok(());
     }
     let json = args.json;
-    follow(&conn, &args.name, Begin::Recent(None), None, |events| {
+    follow(&client, &args.name, Begin::Recent(None), None, |events| {
         for e in events {
             print(&mut out, e, json)?;
         }
@@ -68,84 +72,6 @@ fn print(out: &mut impl Write, event: &LogEvent, json: bool) -> std::io::Result<
     }
 }
 
-/// The controller, for log requests (these have no overall time limit, unlike other calls).
-pub struct Conn {
-    base: String,
-    token: Option<String>,
-    http: reqwest::Client,
-}
-
-impl Conn {
-    pub fn from_env() -> Result<Conn> {
-        let target = Settings::from_env().target()?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .user_agent(concat!("pier/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Conn {
-            base: target.api.trim_end_matches('/').to_string(),
-            token: target.token,
-            http,
-        })
-    }
-
-    fn get(&self, path: &str) -> reqwest::RequestBuilder {
-        let req = self.http.get(format!("{}{path}", self.base));
-        match &self.token {
-            Some(t) => req.bearer_auth(t),
-            None => req,
-        }
-    }
-
-    async fn recent(&self, name: &AppName) -> Result<Vec<LogLine>> {
-        let resp = self
-            .get(&format!("/v1/apps/{name}/logs"))
-            .timeout(RECENT_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| self.transport(e))?;
-        let resp = self.check(resp).await?;
-        Ok(resp.json().await.map_err(|e| ClientError::Decode {
-            what: "log lines".into(),
-            detail: e.to_string(),
-        })?)
-    }
-
-    fn transport(&self, e: reqwest::Error) -> ClientError {
-        if e.is_connect() {
-            ClientError::Unreachable {
-                url: self.base.clone(),
-            }
-        } else {
-            ClientError::Transport {
-                url: self.base.clone(),
-                source: e,
-            }
-        }
-    }
-
-    async fn check(&self, resp: reqwest::Response) -> Result<reqwest::Response, ClientError> {
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(resp);
-        }
-        if status == StatusCode::UNAUTHORIZED {
-            return Err(ClientError::Unauthorized {
-                url: self.base.clone(),
-            });
-        }
-        let body = resp.text().await.unwrap_or_default();
-        Err(match serde_json::from_str::<ApiError>(&body) {
-            Ok(e) => ClientError::Api(e),
-            Err(_) => ClientError::Http {
-                status,
-                body: body.chars().take(500).collect(),
-            },
-        })
-    }
-}
-
 /// Where following starts.
 #[derive(Debug, Clone, Copy)]
 pub enum Begin {
@@ -157,7 +83,7 @@ pub enum Begin {
 /// is refused) or until `on_events` fails (stdout closed: that ends quietly). `connected` is told
 /// once the first connection is open, i.e. once the controller has placed the reader.
 pub async fn follow(
-    conn: &Conn,
+    client: &Client,
     name: &AppName,
     from: Begin,
     mut connected: Option<tokio::sync::oneshot::Sender<()>>,
@@ -168,53 +94,43 @@ pub async fn follow(
     let mut retry = FIRST_RETRY;
     let mut said_reconnecting = false;
     loop {
-        let path = match (after, from) {
-            (Some(seq), _) => format!("/v1/apps/{name}/logs/stream?after={seq}"),
-            (None, Begin::Recent(Some(n))) => format!("/v1/apps/{name}/logs/stream?recent={n}"),
-            (None, Begin::Recent(None)) => format!("/v1/apps/{name}/logs/stream"),
+        let start = match (after, from) {
+            (Some(seq), _) => LogStart::After(seq),
+            (None, Begin::Recent(n)) => LogStart::Recent(n),
         };
-        match conn.get(&path).send().await {
-            Ok(resp) if resp.status().is_success() => {
+        match client.log_stream(name, start).await {
+            Ok(stream) => {
                 if said_reconnecting {
-                    eprintln!("pier: reconnected to {}", conn.base);
+                    eprintln!("pier: reconnected to {}", client.base());
                     said_reconnecting = false;
                 }
                 retry = FIRST_RETRY;
                 if let Some(tx) = connected.take() {
                     let _ = tx.send(());
                 }
-                let mut body = resp.bytes_stream();
-                let mut parser = SseParser::default();
-                while let Some(chunk) = body.next().await {
-                    let Ok(chunk) = chunk else { break };
-                    let events = seen.filter(parser.push(&chunk));
-                    if let Some(id) = parser.last_id {
-                        seen.resume_at = seen.resume_at.max(id);
-                    }
+                // What arrived together is printed (and flushed) together. A transport error
+                // ends the stream: reconnect.
+                let mut batches = stream.ready_chunks(BATCH);
+                while let Some(batch) = batches.next().await {
+                    let events = seen.filter(batch.into_iter().filter_map(Result::ok).collect());
+                    seen.resume_after(batches.get_ref().last_event_id());
                     if !events.is_empty() && on_events(&events).is_err() {
                         return Ok(());
                     }
                 }
+                seen.resume_after(batches.get_ref().last_event_id());
                 after = Some(seen.resume_at.saturating_sub(OVERLAP));
             }
-            Ok(resp) => {
-                let status = resp.status();
-                let err = conn.check(resp).await.err();
-                // The app is gone, or we may not see it: reconnecting will not help.
-                if status.is_client_error() {
-                    if let Some(e) = err {
-                        return Err(e.into());
-                    }
-                }
-            }
-            // Unreachable or cut off: try again.
+            // The app is gone, or we may not see it: reconnecting will not help.
+            Err(e) if e.status().is_some_and(|s| s.is_client_error()) => return Err(e.into()),
+            // Unreachable, cut off or a 5xx: try again.
             Err(_) => {}
         }
         if !said_reconnecting {
             eprintln!(
                 "pier: lost the log stream from {}; reconnecting (nothing is missed while the \
                  controller's buffer holds the lines)",
-                conn.base
+                client.base()
             );
             said_reconnecting = true;
         }
@@ -243,6 +159,13 @@ struct Seen {
 }
 
 impl Seen {
+    /// The stream's resume point moved (an event without a line counts too).
+    fn resume_after(&mut self, id: Option<u64>) {
+        if let Some(id) = id {
+            self.resume_at = self.resume_at.max(id);
+        }
+    }
+
     fn filter(&mut self, events: Vec<LogEvent>) -> Vec<LogEvent> {
         use std::hash::{Hash, Hasher};
         let mut out = Vec::with_capacity(events.len());
@@ -293,64 +216,15 @@ impl Seen {
     }
 }
 
-/// Server-sent events, as the controller writes them: `id: <seq>`, `data: <one JSON line>`, a
-/// blank line. Comments (`: keep-alive`) are skipped. An event with an id and no data (the
-/// controller sends one first) only moves the resume point.
-#[derive(Default)]
-struct SseParser {
-    buf: Vec<u8>,
-    last_id: Option<u64>,
-    id: Option<u64>,
-    data: Vec<u8>,
-}
-
-impl SseParser {
-    fn push(&mut self, chunk: &[u8]) -> Vec<LogEvent> {
-        self.buf.extend_from_slice(chunk);
-        let mut out = Vec::new();
-        let mut start = 0;
-        while let Some(i) = self.buf[start..].iter().position(|&b| b == b'\n') {
-            let line = &self.buf[start..start + i];
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            if line.is_empty() {
-                if !self.data.is_empty() {
-                    match serde_json::from_slice::<LogEvent>(&self.data) {
-                        Ok(e) => {
-                            self.last_id = Some(e.seq());
-                            out.push(e);
-                        }
-                        // A newer controller's event pier does not know: skip it, keep its id.
-                        Err(_) => self.last_id = self.id.or(self.last_id),
-                    }
-                    self.data.clear();
-                } else if self.id.is_some() {
-                    self.last_id = self.id;
-                }
-                self.id = None;
-            } else if let Some(v) = line.strip_prefix(b"data:") {
-                self.data
-                    .extend_from_slice(v.strip_prefix(b" ").unwrap_or(v));
-            } else if let Some(v) = line.strip_prefix(b"id:") {
-                self.id = std::str::from_utf8(v)
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok());
-            }
-            start += i + 1;
-        }
-        self.buf.drain(..start);
-        out
-    }
-}
-
 /// For `pier push`: prints the app's instance output (`APP`, `CELL`, `HEALTH` lines) while its
 /// instances start. Returns once the stream is open, so the caller can start the app knowing no
 /// line is missed; abort the task to stop.
 pub async fn show_startup(name: &AppName) -> Option<tokio::task::JoinHandle<()>> {
-    let conn = Conn::from_env().ok()?;
+    let client = super::connect().ok()?;
     let name = name.clone();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
-        let _ = follow(&conn, &name, Begin::Recent(Some(0)), Some(tx), |events| {
+        let _ = follow(&client, &name, Begin::Recent(Some(0)), Some(tx), |events| {
             let mut out = std::io::stdout().lock();
             for e in events {
                 if let LogEvent::Line(l) = e {
@@ -381,30 +255,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sse_events_are_rejoined_across_chunks_and_ids_move_the_resume_point() {
-        let mut p = SseParser::default();
-        assert!(p.push(b"id: 41\n\n: keep-alive\n\n").is_empty());
-        assert_eq!(p.last_id, Some(41));
-        let line = r#"{"type":"line","seq":42,"time":"2026-11-25T12:00:05.36Z","source":"APP/PROC/WEB/0","stream":"OUT","text":"hi"}"#;
-        let drop = r#"{"type":"dropped","first_seq":43,"last_seq":45,"count":3,"time":"2026-11-25T12:00:05Z","reason":"r"}"#;
-        let all = format!("id: 42\ndata: {line}\n\nid: 45\r\ndata: {drop}\r\n\r\n");
-        let (a, b) = all.as_bytes().split_at(30);
-        assert!(p.push(a).is_empty());
-        let events = p.push(b);
-        assert_eq!(events.len(), 2);
-        assert!(matches!(&events[0], LogEvent::Line(l) if l.text == "hi"));
-        assert!(matches!(&events[1], LogEvent::Dropped(d) if d.count == 3));
-        assert_eq!(p.last_id, Some(45));
-    }
-
-    #[test]
     fn json_output_is_one_object_per_line_with_drop_counts() {
-        let mut p = SseParser::default();
         let drop = r#"{"type":"dropped","first_seq":3,"last_seq":9,"count":7,"time":"2026-11-25T12:00:05Z","reason":"this reader fell behind"}"#;
-        let events = p.push(format!("data: {drop}\n\n").as_bytes());
+        let event: LogEvent = serde_json::from_str(drop).unwrap();
         let mut out = Vec::new();
-        print(&mut out, &events[0], true).unwrap();
-        print(&mut out, &events[0], false).unwrap();
+        print(&mut out, &event, true).unwrap();
+        print(&mut out, &event, false).unwrap();
         let text = String::from_utf8(out).unwrap();
         let mut lines = text.lines();
         let v: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();

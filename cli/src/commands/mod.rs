@@ -2,6 +2,7 @@
 //! commands share (staging a build, waiting for instances) lives in `stage` and `wait`.
 
 use anyhow::Result;
+use pier_api::DeploymentAction;
 
 use crate::args::{Cli, Command};
 use crate::client::Client;
@@ -52,8 +53,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::ClearBuildpackCache(args) => buildpacks::clear_cache(args).await,
         Command::CreateAppManifest(args) => create_app_manifest::run(args).await,
         Command::Deployments(args) => deployments::list(args).await,
-        Command::CancelDeployment(args) => deployments::act(args, "cancel").await,
-        Command::ContinueDeployment(args) => deployments::act(args, "continue").await,
+        Command::CancelDeployment(args) => deployments::act(args, DeploymentAction::Cancel).await,
+        Command::ContinueDeployment(args) => {
+            deployments::act(args, DeploymentAction::Continue).await
+        }
         Command::Revisions(args) => deployments::revisions(args).await,
         Command::Rollback(args) => deployments::rollback(args).await,
         Command::MapRoute(args) => routes::map(args, true).await,
@@ -65,5 +68,5 @@ pub async fn run(cli: Cli) -> Result<()> {
 /// A client for the controller the environment and config file name.
 pub fn connect() -> Result<Client> {
     let target = Settings::from_env().target()?;
-    Ok(Client::new(&target.api, target.token)?)
+    Ok(crate::client::connect(&target.api, target.token)?)
 }

@@ -1,5 +1,5 @@
 use anyhow::Result;
-use pier_api::BuildRequest;
+use pier_api::{AppAction, BuildRequest};
 
 use crate::args::NameArg;
 
@@ -9,7 +9,7 @@ pub async fn run(args: NameArg) -> Result<()> {
     let client = super::connect()?;
     super::stage::run(&client, &args.name, &BuildRequest { package: None }).await?;
     println!("Restarting {}...", args.name);
-    client.action(&args.name, "restart").await?;
+    client.action(&args.name, AppAction::Restart).await?;
     let app = super::wait::until_latest_deployed(&client, &args.name).await?;
     super::wait::print_running(&app);
     Ok(())

@@ -6,7 +6,11 @@ use crate::output::{table, Failure};
 pub async fn map(args: RouteArgs, map: bool) -> Result<()> {
     let route = args.route().map_err(Failure::new)?;
     let client = super::connect()?;
-    let app = client.route(&args.name, &route, map).await?;
+    let app = if map {
+        client.map_route(&args.name, &route).await?
+    } else {
+        client.unmap_route(&args.name, &route).await?
+    };
     if map {
         println!("Mapped {route} to {}", app.name);
     } else {

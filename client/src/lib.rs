@@ -1,0 +1,605 @@
+//! `pier-client`: the one typed HTTP client of a Pier controller's API, used by the `pier` CLI, the
+//! standalone `pier-router` and the end-to-end tests.
+//!
+//! ```text
+//! pier (CLI) ─┐
+//! pier-router ├─► Client ── reqwest (HTTP/1.1, bearer token) ──► pier-controller
+//! e2e tests  ─┘     │  typed requests and answers: pier-api's *Request / *Response
+//!                   ├─ build      → BuildEvents: NDJSON, one BuildEvent per line
+//!                   └─ log_stream → LogEvents:   server-sent events, resumable by seq
+//! ```
+//!
+//! One method per endpoint of the table in [`pier_api`]'s crate docs; names and bodies are the
+//! wire types, so a caller never writes a path or parses JSON.
+//!
+//! **Errors.** Every failure is a [`ClientError`]: the controller refused (a 4xx/5xx with its
+//! decoded [`pier_api::ApiError`] and status, or a status with a body that is not one), the
+//! request got no answer (unreachable, timed out, cut off), or the answer could not be used
+//! (undecodable, over a size limit). Messages name the controller's address; what to tell a
+//! user beyond them (how to log in, say) is the caller's to add.
+//!
+//! **Time limits.** Connecting has its own limit. A plain call (JSON in, JSON out) is limited as a
+//! whole by the client's timeout, 120 s unless set; [`Client::with_timeout`] gives one call
+//! another (the router's long-poll, `pier logs --recent`). Uploads and the two streams have no
+//! overall limit: they last as long as the build, the upload or the reader.
+//!
+//! **Streams.** [`Client::build`] and [`Client::log_stream`] return once the controller has
+//! answered with success; their items then arrive as the controller writes them, lines split
+//! across reads put back together. A log stream is one connection: [`LogEvents::last_event_id`]
+//! is where to resume with [`LogStart::After`] once it ends (the reconnect policy, and what to
+//! say meanwhile, belongs to the caller).
+//!
+//! **Transport.** reqwest without default features: HTTP/1.1 over plain TCP today. The base URL
+//! is whatever the caller gives (`http://` or `https://`); TLS is a transport feature away.
+
+mod error;
+mod stream;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStream, TryStreamExt};
+use pier_api::{
+    ApiError, AppAction, AppConfigRequest, AppEvent, AppName, AppResponse, BuildRequest,
+    BuildpackResponse, CreateBuildpackRequest, DeployRequest, DeploymentAction, DeploymentResponse,
+    InfoResponse, LogLine, PackageResponse, ProcessConfigRequest, ProcessType, RevisionResponse,
+    RouteMapping, RouteRequest, RouteSpec, RouteTable, RouterLogBatch, UpdateBuildpackRequest,
+};
+use reqwest::{header, Method, RequestBuilder, Response};
+use serde::de::DeserializeOwned;
+
+pub use error::{check_base_url, BaseUrlError, ClientError, Result};
+pub use reqwest::StatusCode;
+pub use stream::{BuildEvents, LogEvents, LogStart};
+
+use stream::{LineStream, Ndjson, Sse};
+
+/// How long a plain call may take unless the builder says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long connecting may take unless the builder says otherwise.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The deployment id that names an app's deployment in progress.
+pub const CURRENT_DEPLOYMENT: &str = "current";
+
+/// The most of a refusal's body that is read.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// A controller's API at one base URL, with or without a token. Cheap to clone: clones share one
+/// connection pool.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+    timeout: Option<Duration>,
+}
+
+/// Settings of a [`Client`]; see [`Client::builder`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    base: String,
+    token: Option<String>,
+    connect_timeout: Duration,
+    timeout: Option<Duration>,
+    user_agent: String,
+}
+
+impl ClientBuilder {
+    /// The bearer token sent with every call; an empty one sends none.
+    pub fn token(mut self, token: Option<String>) -> Self {
+        self.token = token.filter(|t| !t.is_empty());
+        self
+    }
+
+    pub fn connect_timeout(mut self, limit: Duration) -> Self {
+        self.connect_timeout = limit;
+        self
+    }
+
+    /// The limit on a plain call as a whole (None: no limit).
+    pub fn timeout(mut self, limit: Option<Duration>) -> Self {
+        self.timeout = limit;
+        self
+    }
+
+    pub fn user_agent(mut self, agent: impl Into<String>) -> Self {
+        self.user_agent = agent.into();
+        self
+    }
+
+    pub fn build(self) -> Result<Client> {
+        let base = self.base.trim().trim_end_matches('/').to_string();
+        check_base_url(&base).map_err(|reason| ClientError::BadUrl {
+            url: self.base.clone(),
+            reason,
+        })?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .user_agent(self.user_agent)
+            .build()
+            .map_err(|source| ClientError::Transport {
+                url: base.clone(),
+                source,
+            })?;
+        Ok(Client {
+            base,
+            token: self.token,
+            http,
+            timeout: self.timeout,
+        })
+    }
+}
+
+/// What `GET /v1/routes` is asked: a table newer than (`epoch`, `version`). The controller answers
+/// at once when its table differs and otherwise holds the request (about 30 s) before answering
+/// "not modified"; give the call a timeout longer than that ([`Client::with_timeout`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RoutesPoll<'a> {
+    pub epoch: &'a str,
+    pub version: u64,
+    /// The asking router's id: the controller records which table each router holds.
+    pub router: Option<&'a str>,
+    /// The largest table accepted, in bytes.
+    pub max_bytes: usize,
+}
+
+/// What a route-table poll learned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoutesAnswer {
+    /// A table (possibly the same one again).
+    Table(RouteTable),
+    /// 304: unchanged.
+    NotModified,
+}
+
+impl Client {
+    /// A client with the default limits. `base` is the controller's URL, like
+    /// `http://127.0.0.1:9000` (a trailing slash is dropped).
+    pub fn new(base: &str, token: Option<String>) -> Result<Client> {
+        Client::builder(base).token(token).build()
+    }
+
+    pub fn builder(base: &str) -> ClientBuilder {
+        ClientBuilder {
+            base: base.to_string(),
+            token: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            timeout: Some(DEFAULT_TIMEOUT),
+            user_agent: concat!("pier-client/", env!("CARGO_PKG_VERSION")).to_string(),
+        }
+    }
+
+    /// The base URL, without a trailing slash.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The same client (same pool) with another limit on plain calls.
+    pub fn with_timeout(&self, limit: Option<Duration>) -> Client {
+        Client {
+            timeout: limit,
+            ..self.clone()
+        }
+    }
+
+    // ---- plumbing ----
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
+    }
+
+    /// A plain call: the client's timeout applies to all of it.
+    fn call(&self, method: Method, path: &str) -> RequestBuilder {
+        let req = self.request(method, path);
+        match self.timeout {
+            Some(limit) => req.timeout(limit),
+            None => req,
+        }
+    }
+
+    /// Sends; anything but a 2xx becomes the matching [`ClientError`].
+    async fn send(&self, req: RequestBuilder) -> Result<Response> {
+        let resp = req.send().await.map_err(|e| self.transport(e))?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(self.refusal(resp).await)
+        }
+    }
+
+    async fn refusal(&self, resp: Response) -> ClientError {
+        let status = resp.status();
+        let body = self
+            .read(resp, MAX_ERROR_BODY, "error")
+            .await
+            .unwrap_or_default();
+        match serde_json::from_slice::<ApiError>(&body) {
+            Ok(error) => ClientError::Api {
+                url: self.base.clone(),
+                status,
+                error,
+            },
+            Err(_) => {
+                let body = String::from_utf8_lossy(&body);
+                let body = body.trim();
+                let body = if body.is_empty() {
+                    status
+                        .canonical_reason()
+                        .unwrap_or("no explanation")
+                        .to_string()
+                } else {
+                    body.chars().take(500).collect()
+                };
+                ClientError::Http {
+                    url: self.base.clone(),
+                    status,
+                    body,
+                }
+            }
+        }
+    }
+
+    fn transport(&self, e: reqwest::Error) -> ClientError {
+        let url = self.base.clone();
+        if e.is_connect() {
+            let reason =
+                std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+            ClientError::Unreachable { url, reason }
+        } else if e.is_timeout() {
+            ClientError::Timeout {
+                url,
+                after: self.timeout.unwrap_or_default(),
+            }
+        } else {
+            ClientError::Transport { url, source: e }
+        }
+    }
+
+    /// The whole body, refused past `limit` bytes.
+    async fn read(&self, mut resp: Response, limit: usize, what: &'static str) -> Result<Bytes> {
+        let too_large = || ClientError::TooLarge { what, limit };
+        if resp.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport(e))? {
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.into())
+    }
+
+    fn decode<T: DeserializeOwned>(body: &[u8], what: &'static str) -> Result<T> {
+        serde_json::from_slice(body).map_err(|e| ClientError::Decode {
+            what,
+            detail: e.to_string(),
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        req: RequestBuilder,
+        what: &'static str,
+    ) -> Result<T> {
+        let resp = self.send(req).await?;
+        let body = self.read(resp, usize::MAX, what).await?;
+        Self::decode(&body, what)
+    }
+
+    async fn empty(&self, req: RequestBuilder) -> Result<()> {
+        self.send(req).await.map(drop)
+    }
+
+    fn body_stream(
+        &self,
+        resp: Response,
+    ) -> futures_util::stream::BoxStream<'static, Result<Bytes>> {
+        let this = self.clone();
+        resp.bytes_stream()
+            .map_err(move |e| this.transport(e))
+            .boxed()
+    }
+
+    // ---- endpoints ----
+
+    /// `GET /v1/info` (needs no token).
+    pub async fn info(&self) -> Result<InfoResponse> {
+        self.json(self.call(Method::GET, "/v1/info"), "info").await
+    }
+
+    /// `POST /v1/packages`: uploads a gzipped tar. `body` yields the file's bytes; `len` becomes
+    /// the Content-Length, so the controller can refuse an oversized package before reading it.
+    /// No overall time limit.
+    pub async fn upload_package<S>(&self, body: S, len: u64) -> Result<PackageResponse>
+    where
+        S: TryStream + Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        Bytes: From<S::Ok>,
+    {
+        let req = self
+            .request(Method::POST, "/v1/packages")
+            .header(header::CONTENT_TYPE, "application/gzip")
+            .header(header::CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap_stream(body));
+        self.json(req, "package").await
+    }
+
+    /// `GET /v1/apps`.
+    pub async fn apps(&self) -> Result<Vec<AppResponse>> {
+        self.json(self.call(Method::GET, "/v1/apps"), "app list")
+            .await
+    }
+
+    /// `GET /v1/apps/{name}`.
+    pub async fn app(&self, name: &AppName) -> Result<AppResponse> {
+        self.json(self.call(Method::GET, &format!("/v1/apps/{name}")), "app")
+            .await
+    }
+
+    /// `GET /v1/apps/{name}?stats=true`: with each running instance's CPU, memory and disk use
+    /// (takes about a second).
+    pub async fn app_with_stats(&self, name: &AppName) -> Result<AppResponse> {
+        let req = self
+            .call(Method::GET, &format!("/v1/apps/{name}"))
+            .query(&[("stats", "true")]);
+        self.json(req, "app").await
+    }
+
+    /// `PUT /v1/apps/{name}`: creates or updates the app.
+    pub async fn put_app(&self, name: &AppName, config: &AppConfigRequest) -> Result<AppResponse> {
+        let req = self
+            .call(Method::PUT, &format!("/v1/apps/{name}"))
+            .json(config);
+        self.json(req, "app").await
+    }
+
+    /// `DELETE /v1/apps/{name}`.
+    pub async fn delete_app(&self, name: &AppName) -> Result<()> {
+        self.empty(self.call(Method::DELETE, &format!("/v1/apps/{name}")))
+            .await
+    }
+
+    /// `POST /v1/apps/{name}/builds`: starts a build; its events arrive as they happen.
+    pub async fn build(&self, name: &AppName, request: &BuildRequest) -> Result<BuildEvents> {
+        let req = self
+            .request(Method::POST, &format!("/v1/apps/{name}/builds"))
+            .json(request);
+        let resp = self.send(req).await?;
+        Ok(BuildEvents(LineStream::new(
+            self.body_stream(resp),
+            Ndjson::new("build event"),
+        )))
+    }
+
+    /// `POST /v1/apps/{name}/actions/{action}`.
+    pub async fn action(&self, name: &AppName, action: AppAction) -> Result<AppResponse> {
+        let req = self.call(Method::POST, &format!("/v1/apps/{name}/actions/{action}"));
+        self.json(req, "app").await
+    }
+
+    /// `PUT /v1/apps/{name}/processes/{type}`: scale, or change a health check.
+    pub async fn put_process(
+        &self,
+        name: &AppName,
+        process: &ProcessType,
+        config: &ProcessConfigRequest,
+    ) -> Result<AppResponse> {
+        let req = self
+            .call(Method::PUT, &format!("/v1/apps/{name}/processes/{process}"))
+            .json(config);
+        self.json(req, "app").await
+    }
+
+    /// `POST /v1/apps/{name}/deployments`.
+    pub async fn deploy(&self, name: &AppName, req: &DeployRequest) -> Result<DeploymentResponse> {
+        let req = self
+            .call(Method::POST, &format!("/v1/apps/{name}/deployments"))
+            .json(req);
+        self.json(req, "deployment").await
+    }
+
+    /// `GET /v1/apps/{name}/deployments`, newest first.
+    pub async fn deployments(&self, name: &AppName) -> Result<Vec<DeploymentResponse>> {
+        let req = self.call(Method::GET, &format!("/v1/apps/{name}/deployments"));
+        self.json(req, "deployments").await
+    }
+
+    /// `POST /v1/apps/{name}/deployments/{id}/{action}`; `id` may be [`CURRENT_DEPLOYMENT`].
+    pub async fn deployment_action(
+        &self,
+        name: &AppName,
+        id: &str,
+        action: DeploymentAction,
+    ) -> Result<DeploymentResponse> {
+        let path = format!("/v1/apps/{name}/deployments/{}/{action}", segment(id));
+        self.json(self.call(Method::POST, &path), "deployment")
+            .await
+    }
+
+    /// `GET /v1/apps/{name}/revisions`, newest first.
+    pub async fn revisions(&self, name: &AppName) -> Result<Vec<RevisionResponse>> {
+        let req = self.call(Method::GET, &format!("/v1/apps/{name}/revisions"));
+        self.json(req, "revisions").await
+    }
+
+    /// `POST /v1/apps/{name}/routes`.
+    pub async fn map_route(&self, name: &AppName, route: &RouteSpec) -> Result<AppResponse> {
+        self.route(Method::POST, name, route).await
+    }
+
+    /// `DELETE /v1/apps/{name}/routes`.
+    pub async fn unmap_route(&self, name: &AppName, route: &RouteSpec) -> Result<AppResponse> {
+        self.route(Method::DELETE, name, route).await
+    }
+
+    async fn route(
+        &self,
+        method: Method,
+        name: &AppName,
+        route: &RouteSpec,
+    ) -> Result<AppResponse> {
+        let req = self
+            .call(method, &format!("/v1/apps/{name}/routes"))
+            .json(&RouteRequest {
+                route: route.clone(),
+            });
+        self.json(req, "app").await
+    }
+
+    /// `GET /v1/route-mappings`.
+    pub async fn route_mappings(&self) -> Result<Vec<RouteMapping>> {
+        self.json(self.call(Method::GET, "/v1/route-mappings"), "routes")
+            .await
+    }
+
+    /// `GET /v1/apps/{name}/events`, newest first.
+    pub async fn events(&self, name: &AppName) -> Result<Vec<AppEvent>> {
+        let req = self.call(Method::GET, &format!("/v1/apps/{name}/events"));
+        self.json(req, "events").await
+    }
+
+    /// `GET /v1/apps/{name}/logs`: the buffered lines.
+    pub async fn recent_logs(&self, name: &AppName) -> Result<Vec<LogLine>> {
+        let req = self.call(Method::GET, &format!("/v1/apps/{name}/logs"));
+        self.json(req, "log lines").await
+    }
+
+    /// `GET /v1/apps/{name}/logs/stream`: one connection of the app's log, from `start`.
+    pub async fn log_stream(&self, name: &AppName, start: LogStart) -> Result<LogEvents> {
+        let req = self.request(Method::GET, &format!("/v1/apps/{name}/logs/stream"));
+        let req = match start {
+            LogStart::After(seq) => req.query(&[("after", seq)]),
+            LogStart::Recent(Some(n)) => req.query(&[("recent", n)]),
+            LogStart::Recent(None) => req,
+        };
+        let resp = self
+            .send(req.header(header::ACCEPT, "text/event-stream"))
+            .await?;
+        Ok(LogEvents(LineStream::new(
+            self.body_stream(resp),
+            Sse::default(),
+        )))
+    }
+
+    /// `GET /v1/routes?epoch=E&version=V&router=ID`: the route-table long-poll of a router.
+    pub async fn poll_routes(&self, poll: &RoutesPoll<'_>) -> Result<RoutesAnswer> {
+        let version = poll.version.to_string();
+        let mut query = vec![("epoch", poll.epoch), ("version", version.as_str())];
+        if let Some(router) = poll.router {
+            query.push(("router", router));
+        }
+        let req = self
+            .call(Method::GET, "/v1/routes")
+            .query(&query)
+            .header(header::ACCEPT, "application/json");
+        let resp = req.send().await.map_err(|e| self.transport(e))?;
+        match resp.status() {
+            StatusCode::NOT_MODIFIED => Ok(RoutesAnswer::NotModified),
+            s if s.is_success() => {
+                let body = self.read(resp, poll.max_bytes, "route table").await?;
+                Self::decode(&body, "route table").map(RoutesAnswer::Table)
+            }
+            _ => Err(self.refusal(resp).await),
+        }
+    }
+
+    /// `POST /v1/router/logs`: a standalone router's access-log lines.
+    pub async fn send_router_logs(&self, batch: &RouterLogBatch) -> Result<()> {
+        self.empty(self.call(Method::POST, "/v1/router/logs").json(batch))
+            .await
+    }
+
+    /// `GET /v1/buildpacks`, in position order.
+    pub async fn buildpacks(&self) -> Result<Vec<BuildpackResponse>> {
+        self.json(self.call(Method::GET, "/v1/buildpacks"), "buildpacks")
+            .await
+    }
+
+    /// `POST /v1/buildpacks`.
+    pub async fn create_buildpack(
+        &self,
+        req: &CreateBuildpackRequest,
+    ) -> Result<BuildpackResponse> {
+        let req = self.call(Method::POST, "/v1/buildpacks").json(req);
+        self.json(req, "buildpack").await
+    }
+
+    /// `PUT /v1/buildpacks/{name}`.
+    pub async fn update_buildpack(
+        &self,
+        name: &str,
+        req: &UpdateBuildpackRequest,
+    ) -> Result<BuildpackResponse> {
+        let req = self
+            .call(Method::PUT, &format!("/v1/buildpacks/{}", segment(name)))
+            .json(req);
+        self.json(req, "buildpack").await
+    }
+
+    /// `DELETE /v1/buildpacks/{name}`.
+    pub async fn delete_buildpack(&self, name: &str) -> Result<()> {
+        let path = format!("/v1/buildpacks/{}", segment(name));
+        self.empty(self.call(Method::DELETE, &path)).await
+    }
+
+    /// `DELETE /v1/apps/{name}/cache`: clears the app's buildpack cache.
+    pub async fn clear_cache(&self, name: &AppName) -> Result<()> {
+        self.empty(self.call(Method::DELETE, &format!("/v1/apps/{name}/cache")))
+            .await
+    }
+}
+
+/// A path segment from a string the caller did not validate: everything but unreserved
+/// characters percent-encoded, so a `/` or `..` cannot change the path.
+fn segment(s: &str) -> String {
+    let dots = s == "." || s == "..";
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || (!dots && matches!(b, b'-' | b'_' | b'.' | b'~')) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_cannot_change_the_path() {
+        assert_eq!(segment("my-bp_2.0~"), "my-bp_2.0~");
+        assert_eq!(segment("a/b c"), "a%2Fb%20c");
+        assert_eq!(segment(".."), "%2E%2E");
+    }
+
+    #[test]
+    fn base_urls_are_checked_and_trimmed() {
+        let c = Client::new("http://127.0.0.1:9000/", None).unwrap();
+        assert_eq!(c.base(), "http://127.0.0.1:9000");
+        assert!(Client::new("https://pier.example.com", None).is_ok());
+        for (bad, why) in [
+            ("127.0.0.1:9000", None),
+            ("ftp://x", Some(BaseUrlError::Scheme)),
+            ("not a url", None),
+        ] {
+            match Client::new(bad, None) {
+                Err(ClientError::BadUrl { reason, .. }) => {
+                    if let Some(why) = why {
+                        assert_eq!(reason, why, "{bad}");
+                    }
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+}
