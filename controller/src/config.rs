@@ -21,6 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller (the default).
     Serve,
+    /// Print the stack image's name (`--stack-image`, or the default) and exit.
+    StackImage,
     /// Build (or rebuild) the stack image and exit.
     BuildStack {
         /// Only build it when it is not in Docker yet.

@@ -24,6 +24,10 @@ async fn main() -> anyhow::Result<()> {
             }
             pier_controller::runtime::stack::build_stack(&runtime, image).await
         }
+        Command::StackImage => {
+            println!("{}", cli.config.stack_image);
+            Ok(())
+        }
         Command::Serve => serve(cli.config).await,
     }
 }

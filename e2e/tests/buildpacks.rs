@@ -112,8 +112,14 @@ fn builtin_buildpacks_push_end_to_end() {
     let (_, b) = p.get_via_router("spa.localhost", "/secret.txt");
     assert!(!b.contains("not served"), "only root: is served: {b}");
 
-    // java: an executable jar built here with the host's JDK; JVM flags from the memory limit.
-    if Command::new("javac").arg("-version").output().is_ok() {
+    // java: an executable jar built here with the host's JDK (./scripts/test installs one);
+    // JVM flags from the memory limit.
+    assert!(
+        Command::new("javac").arg("-version").output().is_ok(),
+        "javac is missing: install a JDK (apt-get install openjdk-17-jdk-headless), or run \
+         ./scripts/test, which installs it"
+    );
+    {
         let java = example("java-app");
         let jar = java.path().join("app.jar");
         let st = Command::new("bash")
@@ -145,8 +151,6 @@ fn builtin_buildpacks_push_end_to_end() {
             (s == 200 && b.contains("memory_limit=512m")).then_some(b)
         });
         assert!(body.contains("-Xmx330M"), "heap from 512M: {body}");
-    } else {
-        eprintln!("javac is missing: skipping the java part (install a JDK to run it)");
     }
 }
 
