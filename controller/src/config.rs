@@ -164,7 +164,7 @@ impl Config {
     /// A config for tests and embedding: port 0 everywhere, the given data dir.
     pub fn for_tests(data_dir: PathBuf) -> Config {
         Config {
-            listen: "127.0.0.1:0".parse().expect("literal address"),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir,
             domain: "localhost".into(),
             router_listen: "127.0.0.1:0".into(),

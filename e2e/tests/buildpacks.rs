@@ -2,6 +2,8 @@
 //! third-party buildpacks (pushed with the app, and admin-installed with positions), multi-buildpack
 //! supply + finalize, a failing buildpack, and a manifest with two apps, variables and processes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)] // a test: panicking is failing
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! `pier push` end to end: the real binaries, real Docker, real HTTP through the router.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)] // a test: panicking is failing
+
 use std::collections::HashSet;
 use std::time::Duration;
 

@@ -206,18 +206,18 @@ fn is_local_buildpack(b: &str) -> bool {
         || b == "."
 }
 
-/// Flags over the manifest; only what either gives is sent, so the controller keeps the rest.
-/// Precedence for the web process: flags > app-level manifest fields > `processes: - type: web`.
-fn resolve(
+/// The app's buildpack list (`None`: keep the controller's) and the folders among them, by
+/// position. Buildpack folders are relative to where they were written: the flags' to the current
+/// folder, the manifest's to the manifest's folder.
+type Buildpacks = (Option<Vec<String>>, Vec<(usize, PathBuf)>);
+
+fn resolve_buildpacks(
     args: &PushArgs,
-    name: AppName,
-    path: PathBuf,
+    name: &AppName,
     app: &AppManifest,
     cwd: &Path,
     manifest_dir: &Path,
-) -> Result<Plan> {
-    // Buildpack folders are relative to where they were written: the flags' to the current
-    // folder, the manifest's to the manifest's folder.
+) -> Result<Buildpacks> {
     let (buildpacks, base) = if args.buildpacks.is_empty() {
         (app.buildpack_list(), manifest_dir)
     } else {
@@ -261,6 +261,20 @@ fn resolve(
             }
         }
     }
+    Ok((buildpacks, local_buildpacks))
+}
+
+/// Flags over the manifest; only what either gives is sent, so the controller keeps the rest.
+/// Precedence for the web process: flags > app-level manifest fields > `processes: - type: web`.
+fn resolve(
+    args: &PushArgs,
+    name: AppName,
+    path: PathBuf,
+    app: &AppManifest,
+    cwd: &Path,
+    manifest_dir: &Path,
+) -> Result<Plan> {
+    let (buildpacks, local_buildpacks) = resolve_buildpacks(args, &name, app, cwd, manifest_dir)?;
     if let Some(stack) = &app.stack {
         if stack != STACK {
             return Err(Failure::new(format!(

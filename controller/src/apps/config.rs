@@ -14,7 +14,8 @@ use crate::staging::Buildpacks;
 use crate::store::{AppRecord, ProcessRecord};
 
 /// Host names under the platform's domain that no app may take (they name the platform itself).
-pub const RESERVED_HOSTNAMES: &[&str] = &["api", "admin", "pier", "router", "metrics", "system"];
+pub(super) const RESERVED_HOSTNAMES: &[&str] =
+    &["api", "admin", "pier", "router", "metrics", "system"];
 
 const MAX_INSTANCES: u32 = 256;
 

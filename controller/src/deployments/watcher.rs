@@ -77,7 +77,7 @@ impl Watcher {
 }
 
 /// Looks at one app's deployment; returns an event when its record changed.
-pub fn step(
+pub(super) fn step(
     app: &mut AppRecord,
     report: &[SlotReport],
     stats: &RequestStats,

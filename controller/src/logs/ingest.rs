@@ -109,13 +109,13 @@ impl Splitter {
 /// Turns Docker's log frames (each `<RFC 3339 time> <bytes>`, a line or a part of one) into
 /// lines with the time they were written.
 #[derive(Default)]
-pub struct LineSplitter {
+pub(super) struct LineSplitter {
     partial: Vec<u8>,
     time: Option<OffsetDateTime>,
 }
 
 impl LineSplitter {
-    pub fn push(&mut self, frame: &[u8]) -> Vec<(OffsetDateTime, String)> {
+    pub(super) fn push(&mut self, frame: &[u8]) -> Vec<(OffsetDateTime, String)> {
         let mut out = Vec::new();
         let mut rest = frame;
         while !rest.is_empty() {
@@ -160,7 +160,7 @@ impl LineSplitter {
         Some((time, text))
     }
 
-    pub fn finish(&mut self) -> Option<(OffsetDateTime, String)> {
+    pub(super) fn finish(&mut self) -> Option<(OffsetDateTime, String)> {
         if self.partial.is_empty() {
             return None;
         }

@@ -318,7 +318,7 @@ pub(crate) mod tests {
     use flate2::write::GzEncoder;
 
     /// Builds a gzipped tar with raw headers, so tests can write what a hostile client would.
-    pub fn raw_tar(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+    pub(crate) fn raw_tar(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
         let mut tar_bytes = Vec::new();
         for (path, kind, data, link) in entries {
             let mut h = tar::Header::new_old();
