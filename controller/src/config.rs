@@ -72,8 +72,13 @@ pub struct Config {
 
     /// Largest staging output (the droplet and its metadata, as `/tmp/out` in the staging
     /// container), in bytes.
-    #[arg(long, env = "PIER_MAX_DROPLET_BYTES", default_value_t = 4 * 1024 * 1024 * 1024)]
+    #[arg(long, env = "PIER_MAX_DROPLET_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
     pub max_droplet_bytes: u64,
+
+    /// Most staging output shown (to the pushing CLI and in the app's log), in bytes; past it,
+    /// lines are counted and the count is shown.
+    #[arg(long, env = "PIER_MAX_STAGING_OUTPUT_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_staging_output_bytes: u64,
 
     /// A staging that runs longer is ended, in seconds.
     #[arg(long, env = "PIER_STAGING_TIMEOUT", default_value_t = 900)]
@@ -173,7 +178,8 @@ impl Config {
             build_stack: false,
             max_package_bytes: 1024 * 1024 * 1024,
             max_extracted_bytes: 4 * 1024 * 1024 * 1024,
-            max_droplet_bytes: 4 * 1024 * 1024 * 1024,
+            max_droplet_bytes: 2 * 1024 * 1024 * 1024,
+            max_staging_output_bytes: 16 * 1024 * 1024,
             staging_timeout_secs: 900,
             default_memory_mb: 256,
             default_disk_mb: 1024,
@@ -254,6 +260,7 @@ impl Config {
             timeout: self.staging_timeout(),
             max_extracted_bytes: self.max_extracted_bytes,
             max_droplet_bytes: self.max_droplet_bytes,
+            max_output_bytes: self.max_staging_output_bytes,
         }
     }
 

@@ -63,10 +63,16 @@ pub(crate) fn successful_staging() -> Script {
 
 impl TestPlatform {
     pub(crate) async fn new() -> TestPlatform {
+        Self::with_config(|_| {}).await
+    }
+
+    /// A platform whose config `f` adjusts first.
+    pub(crate) async fn with_config(f: impl FnOnce(&mut Config)) -> TestPlatform {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::for_tests(dir.path().to_path_buf());
         config.controller_id = Some("test".into());
         config.crash_backoff_base_ms = 1000;
+        f(&mut config);
         let store = Store::open(&dir.path().join("db")).expect("store");
         let blobs = BlobStore::open(dir.path()).expect("blobs");
         let fake = FakeRuntime::new("test");

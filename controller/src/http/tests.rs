@@ -411,3 +411,98 @@ async fn an_instance_that_never_gets_healthy_is_crashed_with_the_reason() {
         "never routed"
     );
 }
+
+/// Pushes `app` with a staging that does what `script` says; the build's events.
+async fn stage_with(p: &TestPlatform, app: &str, script: Script) -> Vec<Value> {
+    p.fake.on_start(Kind::Staging, move |_| script.clone());
+    p.call("PUT", &format!("/v1/apps/{app}"), None).await;
+    let sha = p.upload(&[("app.py", b"x")]).await;
+    let (s, events) = p
+        .call(
+            "POST",
+            &format!("/v1/apps/{app}/builds"),
+            Some(json!({"package": sha})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{events}");
+    events.as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn staging_output_is_bounded_per_line_and_in_total() {
+    let p = TestPlatform::with_config(|c| c.max_staging_output_bytes = 1024 * 1024).await;
+    let mut script = crate::testkit::successful_staging();
+    // 3 MiB with no newline, then a line that would fit.
+    script.output = vec![
+        (Stream::Out, "x".repeat(3 * 1024 * 1024)),
+        (Stream::Out, "\nafter\n".into()),
+    ];
+    let events = stage_with(&p, "loud", script).await;
+    let lines: Vec<&Value> = events.iter().filter_map(|e| e.get("log")).collect();
+    let shown: usize = lines
+        .iter()
+        .filter(|l| l["source"] == "STG/0")
+        .map(|l| l["text"].as_str().unwrap().len())
+        .sum();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["text"].as_str().unwrap().len() <= pier_api::logs::MAX_LINE_BYTES),
+        "every line is cut at the log's line limit"
+    );
+    assert!(shown <= 1024 * 1024, "at most the limit is shown: {shown}");
+    let notices: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["source"] == "LGR")
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
+    assert!(notices[0].contains("more than 1 MiB"), "{notices:?}");
+    assert!(
+        notices[1].contains("lines (") && notices[1].contains("not shown"),
+        "{notices:?}"
+    );
+    assert!(
+        events.last().unwrap().get("done").is_some(),
+        "the staging still succeeds"
+    );
+}
+
+#[tokio::test]
+async fn oversized_metadata_and_droplets_fail_the_staging_clearly() {
+    let p = TestPlatform::with_config(|c| c.max_droplet_bytes = 64 * 1024).await;
+    let mut big_release = crate::testkit::successful_staging();
+    big_release.files[2].1 = vec![b'#'; 2 * 1024 * 1024];
+    let ev = stage_with(&p, "meta", big_release).await;
+    let err = &ev.last().unwrap()["error"];
+    assert_eq!(err["code"], "staging_failed");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("release.yml larger than 1024 KiB"),
+        "{err}"
+    );
+
+    let mut big_droplet = crate::testkit::successful_staging();
+    big_droplet.files[0].1 = vec![0u8; 128 * 1024];
+    let ev = stage_with(&p, "fat", big_droplet).await;
+    let err = &ev.last().unwrap()["error"];
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("larger than the controller's limit of 65536 bytes"),
+        "{err}"
+    );
+    // Neither left a droplet, and only the uploaded packages are stored.
+    for app in ["meta", "fat"] {
+        let a = p.store.get_app(&app.parse().unwrap()).unwrap().unwrap();
+        assert!(a.droplet.is_none(), "{app}");
+    }
+    // A release.yml anywhere but at the top of /tmp/out is not read.
+    let mut nested = crate::testkit::successful_staging();
+    nested.files[2].0 = "/tmp/out/sub/release.yml".into();
+    let ev = stage_with(&p, "nested", nested).await;
+    let done = &ev.last().unwrap()["done"];
+    assert!(done["process_types"].get("web").is_none(), "{done}");
+}

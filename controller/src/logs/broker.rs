@@ -294,15 +294,25 @@ impl LogBroker {
             .collect()
     }
 
-    /// The newest time of a line from `source` still held, if any.
-    pub fn last_time(&self, app_guid: &str, source: &LogSource) -> Option<OffsetDateTime> {
+    /// The newest time of a line from `source` on `stream` still held, and how many held lines
+    /// of that source and stream have exactly that time: where a follower of the same container
+    /// picks up.
+    pub fn resume_point(
+        &self,
+        app_guid: &str,
+        source: &LogSource,
+        stream: LogStream,
+    ) -> Option<(OffsetDateTime, usize)> {
         let app = self.get(app_guid)?;
         let ring = app.lock();
-        ring.lines
+        let mut ours = ring
+            .lines
             .iter()
             .rev()
-            .find(|l| &l.source == source)
-            .map(|l| l.time)
+            .filter(|l| &l.source == source && l.stream == stream);
+        let newest = ours.next()?.time;
+        let same = ours.take_while(|l| l.time == newest).count();
+        Some((newest, same + 1))
     }
 
     /// A cursor over an app's log.

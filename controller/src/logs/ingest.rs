@@ -32,15 +32,28 @@ pub fn follow_instance(
             timestamps: true,
             since: None,
         };
-        // For an adopted container, pick up after the last line a previous controller kept, so
+        // For an adopted container, pick up after the last lines a previous controller kept, so
         // what it printed while no controller watched is not lost and nothing is repeated.
-        let mut after: Option<OffsetDateTime> = None;
+        let mut cursors = Cursors::default();
         if adopted {
-            let t = logs
-                .last_time(&app_guid, &source)
-                .unwrap_or_else(OffsetDateTime::now_utc);
-            opts.since = Some(t.unix_timestamp());
-            after = Some(t);
+            let resume = |stream| logs.resume_point(&app_guid, &source, stream);
+            cursors.out = resume(LogStream::Out)
+                .map(Cursor::after)
+                .unwrap_or_default();
+            cursors.err = resume(LogStream::Err)
+                .map(Cursor::after)
+                .unwrap_or_default();
+            // Docker's `since` is in whole seconds: from the older of the two, what was kept is
+            // sent again and skipped by the cursors.
+            let oldest = [cursors.out.time, cursors.err.time]
+                .into_iter()
+                .flatten()
+                .min();
+            opts.since = Some(
+                oldest
+                    .unwrap_or_else(OffsetDateTime::now_utc)
+                    .unix_timestamp(),
+            );
         }
         let app = logs.app(&app_guid);
         let mut output = runtime.output(&container_id, opts);
@@ -50,16 +63,8 @@ pub fn follow_instance(
             if lines.is_empty() {
                 continue;
             }
-            // Docker stamps every entry of a container in order; following across a json-file
-            // rotation can send entries again, so anything not newer than the last line
-            // published is a repeat.
-            let fresh: Vec<_> = lines
-                .iter()
-                .filter(|(t, _)| after.is_none_or(|a| *t > a))
-                .collect();
-            if let Some((t, _)) = fresh.last() {
-                after = Some(*t);
-            }
+            let cursor = cursors.of(stream);
+            let fresh: Vec<_> = lines.iter().filter(|(t, _)| cursor.fresh(*t)).collect();
             logs.publish_app_lines(
                 &app,
                 fresh
@@ -69,9 +74,82 @@ pub fn follow_instance(
         }
         // A last line without a newline.
         for (stream, t, text) in splitter.finish() {
-            logs.publish_app_lines(&app, [(&source, stream, text.as_str(), t)]);
+            if cursors.of(stream).fresh(t) {
+                logs.publish_app_lines(&app, [(&source, stream, text.as_str(), t)]);
+            }
         }
     });
+}
+
+/// Where a follower is in one of a container's streams: which lines it already published.
+///
+/// Docker stamps each line of a stream in order (one copier per stream, the time of each line as
+/// it is read), while the two streams are not ordered with each other; so the cursor is per
+/// stream. A line older than the cursor is a repeat: Docker sends entries again when following
+/// across a log rotation, and from the start of a second when asked for output `since` a time.
+/// Lines can share a timestamp, so the cursor also counts the lines at its time: after a repeat
+/// begins, that many lines at the cursor's time are repeats too, and the ones after them are new.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Cursor {
+    time: Option<OffsetDateTime>,
+    /// Lines published with exactly `time`.
+    at_time: usize,
+    /// Lines at `time` still to skip, as repeats.
+    skip: usize,
+}
+
+impl Cursor {
+    /// After `count` lines at `time` that were published already (by an earlier controller).
+    pub(super) fn after((time, count): (OffsetDateTime, usize)) -> Cursor {
+        Cursor {
+            time: Some(time),
+            at_time: count,
+            skip: count,
+        }
+    }
+
+    /// True when a line stamped `t` was not published yet (and counts it as published).
+    pub(super) fn fresh(&mut self, t: OffsetDateTime) -> bool {
+        match self.time {
+            Some(c) if t < c => {
+                // A repeat began: the lines at the cursor's time come again before new ones.
+                self.skip = self.at_time;
+                false
+            }
+            Some(c) if t == c => {
+                if self.skip > 0 {
+                    self.skip -= 1;
+                    false
+                } else {
+                    self.at_time += 1;
+                    true
+                }
+            }
+            _ => {
+                *self = Cursor {
+                    time: Some(t),
+                    at_time: 1,
+                    skip: 0,
+                };
+                true
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Cursors {
+    out: Cursor,
+    err: Cursor,
+}
+
+impl Cursors {
+    fn of(&mut self, stream: LogStream) -> &mut Cursor {
+        match stream {
+            LogStream::Out => &mut self.out,
+            LogStream::Err => &mut self.err,
+        }
+    }
 }
 
 /// One [`LineSplitter`] per output stream of a container.
@@ -184,6 +262,45 @@ fn split_timestamp(frame: &[u8]) -> (OffsetDateTime, &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(ms: i64) -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH + time::Duration::milliseconds(ms)
+    }
+
+    #[test]
+    fn a_cursor_publishes_every_line_once_whatever_the_other_stream_does() {
+        // stdout and stderr lines interleaved: each stream's times are ordered, the mix is not.
+        let mut out = Cursor::default();
+        let mut err = Cursor::default();
+        let mut published = 0;
+        for i in 0..1000 {
+            // stderr lags stdout by a few ms: mixed, they go back and forth in time.
+            let t_out = at(i * 2);
+            let t_err = at(i * 2 - 7);
+            published += usize::from(out.fresh(t_out));
+            published += usize::from(err.fresh(t_err));
+        }
+        assert_eq!(published, 2000, "no line of either stream dropped");
+    }
+
+    #[test]
+    fn a_cursor_skips_repeats_exactly_even_at_equal_times() {
+        let mut c = Cursor::default();
+        // Three lines at t=5 (a long line split, say), then one at t=6.
+        assert!(c.fresh(at(5)) && c.fresh(at(5)) && c.fresh(at(5)) && c.fresh(at(6)));
+        // A rotation sends everything again from t=4: all repeats...
+        assert!(!c.fresh(at(4)));
+        assert!(!c.fresh(at(5)) && !c.fresh(at(5)) && !c.fresh(at(5)));
+        // ... except what really is new: a second line at t=6, then t=7.
+        let mut c = Cursor::after((at(6), 1));
+        assert!(!c.fresh(at(6)), "the line the earlier controller kept");
+        assert!(c.fresh(at(6)), "a second line at the same time is new");
+        assert!(c.fresh(at(7)));
+        // Resuming after two kept lines at t=6: from `since`, older lines and those two repeat.
+        let mut c = Cursor::after((at(6), 2));
+        assert!(!c.fresh(at(1)) && !c.fresh(at(6)) && !c.fresh(at(6)));
+        assert!(c.fresh(at(6)) && c.fresh(at(8)));
+    }
 
     #[test]
     fn docker_frames_become_lines_with_their_time_and_invalid_utf8_is_replaced() {

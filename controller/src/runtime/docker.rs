@@ -19,10 +19,10 @@ use bollard::query_parameters::{
     StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bollard::Docker;
+use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use time::OffsetDateTime;
-use tokio::io::AsyncWriteExt;
 
 use super::{
     ContainerInfo, ContainerRuntime, ContainerSpec, Exit, ImportSpec, Labels, Managed, Mount,
@@ -277,26 +277,16 @@ impl ContainerRuntime for DockerRuntime {
         Ok(())
     }
 
-    async fn download(&self, id: &str, path: &str, dest: &Path, max_bytes: u64) -> Result<()> {
+    fn download(&self, id: &str, path: &str, max_bytes: u64) -> BoxStream<'static, Result<Bytes>> {
         let opts = DownloadFromContainerOptionsBuilder::default()
             .path(path)
             .build();
-        let mut stream = self.docker.download_from_container(id, Some(opts));
-        let mut file = tokio::fs::File::create(dest).await?;
-        let mut written = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            written += chunk.len() as u64;
-            if written > max_bytes {
-                return Err(RuntimeError::TooLarge {
-                    what: format!("{path} in the container"),
-                    limit: max_bytes,
-                });
-            }
-            file.write_all(&chunk).await?;
-        }
-        file.flush().await?;
-        Ok(())
+        let stream = self
+            .docker
+            .download_from_container(id, Some(opts))
+            .map(|r| r.map_err(RuntimeError::from))
+            .boxed();
+        super::bounded(stream, format!("{path} in the container"), max_bytes)
     }
 
     async fn start(&self, id: &str) -> Result<()> {

@@ -322,24 +322,24 @@ impl ContainerRuntime for FakeRuntime {
         Ok(())
     }
 
-    async fn download(&self, id: &str, path: &str, dest: &Path, max_bytes: u64) -> Result<()> {
-        let files = {
-            let s = self.lock();
-            s.containers
-                .get(id)
-                .ok_or_else(|| not_found(id))?
-                .files
-                .clone()
+    fn download(&self, id: &str, path: &str, max_bytes: u64) -> BoxStream<'static, Result<Bytes>> {
+        let files = self.lock().containers.get(id).map(|c| c.files.clone());
+        let tar = match files {
+            None => Err(not_found(id)),
+            Some(files) => tar_of(path, &files),
         };
-        let tar = tar_of(path, &files)?;
-        if tar.len() as u64 > max_bytes {
-            return Err(RuntimeError::TooLarge {
-                what: format!("{path} in the container"),
-                limit: max_bytes,
-            });
-        }
-        std::fs::write(dest, tar)?;
-        Ok(())
+        let chunks: Vec<Result<Bytes>> = match tar {
+            Err(e) => vec![Err(e)],
+            Ok(t) => t
+                .chunks(64 * 1024)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect(),
+        };
+        super::bounded(
+            futures_util::stream::iter(chunks).boxed(),
+            format!("{path} in the container"),
+            max_bytes,
+        )
     }
 
     async fn start(&self, id: &str) -> Result<()> {

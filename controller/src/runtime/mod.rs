@@ -38,6 +38,35 @@ pub mod stack;
 pub use docker::DockerRuntime;
 pub use labels::{Kind, Labels};
 
+/// Ends `stream` with [`RuntimeError::TooLarge`] once it has given more than `max_bytes`, and
+/// after its first error.
+pub(crate) fn bounded(
+    stream: BoxStream<'static, Result<Bytes>>,
+    what: String,
+    max_bytes: u64,
+) -> BoxStream<'static, Result<Bytes>> {
+    use futures_util::StreamExt;
+    futures_util::stream::unfold((stream, 0u64, false), move |(mut stream, seen, ended)| {
+        let what = what.clone();
+        async move {
+            if ended {
+                return None;
+            }
+            let item = match stream.next().await? {
+                Ok(chunk) if seen + chunk.len() as u64 > max_bytes => Err(RuntimeError::TooLarge {
+                    what,
+                    limit: max_bytes,
+                }),
+                other => other,
+            };
+            let seen = seen + item.as_ref().map_or(0, |c| c.len() as u64);
+            let ended = item.is_err();
+            Some((item, (stream, seen, ended)))
+        }
+    })
+    .boxed()
+}
+
 /// What can go wrong talking to a runtime.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -224,9 +253,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn create(&self, spec: &ContainerSpec) -> Result<String>;
     /// Extracts a tar file (plain or gzipped) into the container at `dest`.
     async fn upload(&self, id: &str, dest: &str, tar: &Path) -> Result<()>;
-    /// Copies `path` out of the container as a tar into the file `dest`, refusing more than
+    /// `path` in the container as a tar stream; it ends with [`RuntimeError::TooLarge`] past
     /// `max_bytes`.
-    async fn download(&self, id: &str, path: &str, dest: &Path, max_bytes: u64) -> Result<()>;
+    fn download(&self, id: &str, path: &str, max_bytes: u64) -> BoxStream<'static, Result<Bytes>>;
     async fn start(&self, id: &str) -> Result<()>;
     /// SIGTERM, then SIGKILL after `grace`; a container already stopped or gone is fine.
     async fn stop(&self, id: &str, grace: Duration) -> Result<()>;

@@ -9,14 +9,16 @@ use futures_util::StreamExt;
 use pier_api::ErrorCode;
 
 use super::buildpacks::Resolved;
+use super::release::{self, Outputs};
 use super::{cache_volume, Output, StagingSettings};
 use crate::error::{Error, Result};
 use crate::logs::Splitter;
 use crate::runtime::labels::keys;
 use crate::runtime::{
     ContainerRuntime, ContainerSpec, Exit, Kind, Labels, Mount, Networking, OutputOptions,
+    RuntimeError,
 };
-use crate::store::AppRecord;
+use crate::store::{AppRecord, BlobStore};
 
 /// Memory of a staging container, in MiB.
 const STAGING_MEMORY_MB: u64 = 1024;
@@ -25,19 +27,19 @@ pub(super) struct Run<'a> {
     pub(super) runtime: &'a dyn ContainerRuntime,
     pub(super) settings: &'a StagingSettings,
     pub(super) buildpacks_dir: PathBuf,
+    pub(super) blobs: &'a BlobStore,
     pub(super) out: &'a Output,
 }
 
 impl Run<'_> {
-    /// Runs the staging of `app` with the staging tar `input`; on success `/tmp/out` is in
-    /// `out_tar`.
+    /// Runs the staging of `app` with the staging tar `input`; on success, what it left in
+    /// `/tmp/out`.
     pub(super) async fn run(
         &self,
         app: &AppRecord,
         resolved: &Resolved,
         input: &Path,
-        out_tar: &Path,
-    ) -> Result<()> {
+    ) -> Result<Outputs> {
         let volume = cache_volume(&app.guid);
         let labels = Labels::new(&self.settings.controller_id, Kind::Staging)
             .with(keys::APP, &app.name)
@@ -45,7 +47,7 @@ impl Run<'_> {
         self.runtime.create_volume(&volume, &labels).await?;
         let spec = self.spec(app, resolved, labels.with(keys::VOLUME, &volume), &volume);
         let id = self.runtime.create(&spec).await?;
-        let result = self.run_container(&id, input, out_tar).await;
+        let result = self.run_container(&id, input).await;
         if let Err(e) = self.runtime.remove(&id).await {
             tracing::warn!(container = %id, error = %e, "could not remove staging container");
         }
@@ -102,7 +104,7 @@ impl Run<'_> {
         }
     }
 
-    async fn run_container(&self, id: &str, input: &Path, out_tar: &Path) -> Result<()> {
+    async fn run_container(&self, id: &str, input: &Path) -> Result<Outputs> {
         self.runtime.upload(id, "/tmp", input).await?;
         self.runtime.start(id).await?;
         // Follow the output while waiting for the exit; both end when the container does.
@@ -123,22 +125,25 @@ impl Run<'_> {
             }
         };
         check_exit(exit)?;
-        self.runtime
-            .download(id, "/tmp/out", out_tar, self.settings.max_droplet_bytes)
+        let tar = self
+            .runtime
+            .download(id, "/tmp/out", self.settings.max_droplet_bytes);
+        tokio::time::timeout(timeout, read_outputs(self.blobs.clone(), tar))
             .await
-            .map_err(|e| match e {
-                crate::runtime::RuntimeError::TooLarge { limit, .. } => Error::api(
+            .map_err(|_| {
+                Error::api(
                     ErrorCode::StagingFailed,
                     format!(
-                        "the staging output (droplet and metadata) is larger than the \
-                         controller's limit of {limit} bytes; make the app smaller"
+                        "copying the droplet out of the staging container took longer than {} s",
+                        timeout.as_secs()
                     ),
-                ),
-                other => other.into(),
-            })
+                )
+            })?
     }
 
-    /// Publishes the container's output line by line until it ends.
+    /// Publishes the container's output line by line until it ends: lines are cut at the log's
+    /// line limit, and past `max_output_bytes` lines are counted, not shown (with a notice when it
+    /// starts and the count at the end), so a buildpack that prints without end costs nothing.
     async fn follow_output(&self, id: &str) {
         let opts = OutputOptions {
             follow: true,
@@ -147,14 +152,104 @@ impl Run<'_> {
         };
         let mut output = self.runtime.output(id, opts);
         let mut splitter = Splitter::default();
+        let mut budget = OutputBudget::new(self.settings.max_output_bytes);
         while let Some(Ok(chunk)) = output.next().await {
             let (stream, lines) = splitter.push(chunk.stream, &chunk.bytes);
             for (time, text) in lines {
-                self.out.line(stream, &text, time).await;
+                budget.show(self.out, stream, &text, time).await;
             }
         }
         for (stream, time, text) in splitter.finish() {
-            self.out.line(stream, &text, time).await;
+            budget.show(self.out, stream, &text, time).await;
+        }
+        budget.finish(self.out).await;
+    }
+}
+
+/// Reads `/tmp/out` as it streams out of the container (see [`release::read_outputs`]): a
+/// metadata file that is too large is refused from its header, before its bytes are read.
+async fn read_outputs(
+    blobs: BlobStore,
+    tar: futures_util::stream::BoxStream<'static, crate::runtime::Result<bytes::Bytes>>,
+) -> Result<Outputs> {
+    let reader = tokio_util::io::StreamReader::new(tar.map(|r| r.map_err(std::io::Error::other)));
+    let reader = tokio_util::io::SyncIoBridge::new(reader);
+    let result = tokio::task::spawn_blocking(move || release::read_outputs(&blobs, reader))
+        .await
+        .map_err(|e| Error::Other(format!("reading staging output failed: {e}")))?;
+    result.map_err(|e| match too_large(&e) {
+        Some(limit) => Error::api(
+            ErrorCode::StagingFailed,
+            format!(
+                "the staging output (droplet and metadata) is larger than the controller's \
+                 limit of {limit} bytes (--max-droplet-bytes); make the app smaller"
+            ),
+        ),
+        None => e,
+    })
+}
+
+/// The limit, when reading failed because the download went over it.
+fn too_large(e: &Error) -> Option<u64> {
+    let Error::Io(io) = e else { return None };
+    match io.get_ref()?.downcast_ref::<RuntimeError>()? {
+        RuntimeError::TooLarge { limit, .. } => Some(*limit),
+        _ => None,
+    }
+}
+
+/// How much staging output is shown, and what was not.
+struct OutputBudget {
+    left: u64,
+    limit: u64,
+    dropped_lines: u64,
+    dropped_bytes: u64,
+}
+
+impl OutputBudget {
+    fn new(limit: u64) -> OutputBudget {
+        OutputBudget {
+            left: limit,
+            limit,
+            dropped_lines: 0,
+            dropped_bytes: 0,
+        }
+    }
+
+    async fn show(
+        &mut self,
+        out: &Output,
+        stream: pier_api::LogStream,
+        text: &str,
+        time: time::OffsetDateTime,
+    ) {
+        let len = text.len() as u64 + 1;
+        if len <= self.left {
+            self.left -= len;
+            return out.line(stream, text, time).await;
+        }
+        if self.dropped_lines == 0 {
+            out.notice(&format!(
+                "the staging printed more than {} MiB; the rest of its output is counted, not \
+                 shown (staging goes on)",
+                self.limit / (1024 * 1024)
+            ))
+            .await;
+        }
+        self.left = 0;
+        self.dropped_lines += 1;
+        self.dropped_bytes += len;
+    }
+
+    async fn finish(&self, out: &Output) {
+        if self.dropped_lines > 0 {
+            out.notice(&format!(
+                "{} lines ({} bytes) of staging output were not shown: over the limit of {} MiB",
+                self.dropped_lines,
+                self.dropped_bytes,
+                self.limit / (1024 * 1024)
+            ))
+            .await;
         }
     }
 }

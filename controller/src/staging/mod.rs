@@ -19,7 +19,6 @@
 //! and repacking untrusted packages), `input` (the staging tar), `container` (running the staging
 //! container), `release` (reading what it left). Uses: `runtime/`, `store/` (blobs), `logs/`.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use pier_api::{BuildEvent, DropletInfo, LogSource, LogStream};
@@ -51,6 +50,8 @@ pub struct StagingSettings {
     pub max_extracted_bytes: u64,
     /// Most bytes a staging may leave in `/tmp/out` (the droplet and its metadata).
     pub max_droplet_bytes: u64,
+    /// Most bytes of staging output shown; the rest is counted.
+    pub max_output_bytes: u64,
 }
 
 /// Runs stagings: one throwaway container per build.
@@ -77,6 +78,18 @@ impl Output {
             .logs
             .publish(&self.app_guid, &LogSource::Staging(0), stream, text, time);
         // The CLI may have gone away; staging goes on regardless.
+        let _ = self.tx.send(BuildEvent::Log(line)).await;
+    }
+
+    /// A line of the log system (`LGR`) about this staging's output.
+    async fn notice(&self, text: &str) {
+        let line = self.logs.publish(
+            &self.app_guid,
+            &LogSource::Logger,
+            LogStream::Err,
+            text,
+            OffsetDateTime::now_utc(),
+        );
         let _ = self.tx.send(BuildEvent::Log(line)).await;
     }
 }
@@ -197,15 +210,10 @@ impl Stager {
             runtime: self.runtime.as_ref(),
             settings: &self.settings,
             buildpacks_dir: self.buildpacks.dir(),
+            blobs: &self.blobs,
             out,
         };
-        let out_tar: PathBuf = work.path().join("out.tar");
-        run.run(app, &resolved, &input, &out_tar).await?;
-        let blobs = self.blobs.clone();
-        let (pending, buildpack, process_types) =
-            tokio::task::spawn_blocking(move || release::read_outputs(&blobs, &out_tar))
-                .await
-                .map_err(|e| Error::Other(format!("reading staging output failed: {e}")))??;
+        let (pending, buildpack, process_types) = run.run(app, &resolved, &input).await?;
         let sha = self.blobs.commit(pending)?;
         Ok(DropletInfo {
             sha256: sha,

@@ -3,45 +3,84 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::Path;
 
 use pier_api::ErrorCode;
 
 use crate::error::{Error, Result};
 use crate::store::blobs::{BlobStore, PendingBlob};
 
-/// Reads `/tmp/out` as downloaded: the droplet goes to a pending blob; the rest is parsed.
-pub(super) fn read_outputs(
-    blobs: &BlobStore,
-    out_tar: &Path,
-) -> Result<(PendingBlob, String, BTreeMap<String, String>)> {
-    let mut a = tar::Archive::new(std::io::BufReader::new(std::fs::File::open(out_tar)?));
+/// Largest metadata file a staging may leave (`release.yml`, `Procfile`, `buildpack`).
+pub(super) const MAX_METADATA_BYTES: u64 = 1024 * 1024;
+
+/// What a staging left: the droplet (not yet committed), the buildpack's name, the process types.
+pub(super) type Outputs = (PendingBlob, String, BTreeMap<String, String>);
+
+/// Reads `/tmp/out` as a tar (entries `out/NAME`; blocking): the droplet goes to a pending blob;
+/// the metadata files, each at most [`MAX_METADATA_BYTES`] (refused from the entry's header), are
+/// parsed. Files anywhere else are ignored.
+pub(super) fn read_outputs(blobs: &BlobStore, tar: impl Read) -> Result<Outputs> {
+    let mut a = tar::Archive::new(std::io::BufReader::new(tar));
     let mut droplet = None;
     let mut buildpack = String::new();
     let mut release = String::new();
     let mut procfile = String::new();
     for entry in a.entries()? {
         let mut entry = entry?;
-        let path = entry.path()?.into_owned();
-        match path.file_name().and_then(|n| n.to_str()) {
-            Some("droplet.tgz") => droplet = Some(blobs.write_reader(&mut entry)?),
-            Some("buildpack") => {
-                entry.read_to_string(&mut buildpack)?;
-            }
-            Some("release.yml") => {
-                entry.read_to_string(&mut release)?;
-            }
-            Some("Procfile") => {
-                entry.read_to_string(&mut procfile)?;
-            }
-            _ => {}
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            continue;
         }
+        let path = entry.path()?.into_owned();
+        let mut parts = path
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned());
+        let (Some(dir), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if dir != "out" {
+            continue;
+        }
+        let into = match name.as_str() {
+            "droplet.tgz" => {
+                droplet = Some(blobs.write_reader(&mut entry)?);
+                continue;
+            }
+            "buildpack" => &mut buildpack,
+            "release.yml" => &mut release,
+            "Procfile" => &mut procfile,
+            _ => continue,
+        };
+        if entry.size() > MAX_METADATA_BYTES {
+            return Err(metadata_too_large(&name));
+        }
+        read_metadata(&mut entry, &name, into)?;
     }
     let droplet = droplet
         .ok_or_else(|| Error::api(ErrorCode::StagingFailed, "staging produced no droplet"))?;
     let mut types = parse_release(&release)?;
     types.extend(parse_procfile(&procfile)?);
     Ok((droplet, buildpack.trim().to_string(), types))
+}
+
+/// Reads one metadata file, refusing one over [`MAX_METADATA_BYTES`] before reading it.
+fn read_metadata(entry: &mut impl Read, name: &str, into: &mut String) -> Result<()> {
+    let mut limited = entry.take(MAX_METADATA_BYTES + 1);
+    let mut bytes = Vec::new();
+    limited.read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_METADATA_BYTES {
+        return Err(metadata_too_large(name));
+    }
+    *into = String::from_utf8_lossy(&bytes).into_owned();
+    Ok(())
+}
+
+fn metadata_too_large(name: &str) -> Error {
+    Error::api(
+        ErrorCode::StagingFailed,
+        format!(
+            "the staging left a {name} larger than {} KiB; a buildpack's {name} is a few lines",
+            MAX_METADATA_BYTES / 1024
+        ),
+    )
 }
 
 /// `default_process_types` from a buildpack's `bin/release` YAML.
