@@ -363,3 +363,53 @@ fn standalone_router_forwards_access_lines_as_rtr() {
         },
     );
 }
+
+#[test]
+fn lines_mixing_stdout_and_stderr_at_a_high_rate_are_all_published_once() {
+    let p = Platform::start();
+    let app = logger();
+    p.pier_ok(&["push", "logger", "-i", "1"], app.path());
+    let mut f = Follower::start(&p, &["logs", "logger", "--json"]);
+    f.wait_for_text("logger instance=0 listening", Duration::from_secs(10));
+    let (n, rounds) = (20_000u64, 3u64);
+    let (status, _) =
+        p.get_via_router("logger.localhost", &format!("/mixed?n={n}&rounds={rounds}"));
+    assert_eq!(status, 200);
+    // The end marker is written to both streams, last.
+    for stream in ["\"OUT\"", "\"ERR\""] {
+        f.wait_for("the end marker", Duration::from_secs(120), |l| {
+            l.contains("mixed-end") && l.contains(stream)
+        });
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut dropped = 0u64;
+    for o in json_lines(&f.seen) {
+        if let Some(d) = o.dropped {
+            dropped += d;
+            continue;
+        }
+        let t = &o.line.text;
+        if t.starts_with("mixed ") || t.starts_with("tail ") {
+            assert!(seen.insert(t.clone()), "published twice: {t}");
+        }
+    }
+    let expected = rounds * (n + 2001);
+    assert_eq!(
+        seen.len() as u64 + dropped,
+        expected,
+        "every line of the mixed bursts arrived or was counted ({} arrived, {dropped} counted)",
+        seen.len()
+    );
+    // A reader that keeps up misses nothing at all here: no loss to account for.
+    assert_eq!(dropped, 0, "the follower kept up");
+    for r in 0..rounds {
+        assert!(
+            seen.contains(&format!("tail {r} 2000")),
+            "the lone stderr line of round {r}"
+        );
+        assert!(
+            seen.contains(&format!("tail {r} 1999")),
+            "the stdout line before it"
+        );
+    }
+}
