@@ -37,6 +37,19 @@ pub struct Config {
     #[arg(long, env = "PIER_LISTEN", default_value = "127.0.0.1:9000")]
     pub listen: SocketAddr,
 
+    /// A request head must arrive within this many seconds, or the API closes the connection.
+    #[arg(long, env = "PIER_API_HEADER_TIMEOUT", default_value_t = 10)]
+    pub api_header_timeout_secs: u64,
+
+    /// An API connection with no request in progress and no bytes moving for this many seconds
+    /// is closed.
+    #[arg(long, env = "PIER_API_IDLE_TIMEOUT", default_value_t = 60)]
+    pub api_idle_timeout_secs: u64,
+
+    /// Most API connections at once; more wait until one closes.
+    #[arg(long, env = "PIER_API_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub api_max_connections: usize,
+
     /// Where the store, blobs and the admin token live.
     #[arg(long, env = "PIER_DATA_DIR", default_value = ".pier-data")]
     pub data_dir: PathBuf,
@@ -170,6 +183,9 @@ impl Config {
     pub fn for_tests(data_dir: PathBuf) -> Config {
         Config {
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            api_header_timeout_secs: 10,
+            api_idle_timeout_secs: 60,
+            api_max_connections: 1024,
             data_dir,
             domain: "localhost".into(),
             router_listen: "127.0.0.1:0".into(),
@@ -292,6 +308,14 @@ impl Config {
                 max_error_rate_increase: self.canary_max_error_rate_increase,
                 max_p99_increase_ms: self.canary_max_p99_increase_ms,
             },
+        }
+    }
+
+    pub fn serve_options(&self) -> crate::http::serve::ServeOptions {
+        crate::http::serve::ServeOptions {
+            header_timeout: Duration::from_secs(self.api_header_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(self.api_idle_timeout_secs.max(1)),
+            max_connections: self.api_max_connections.max(1),
         }
     }
 

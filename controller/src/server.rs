@@ -60,6 +60,7 @@ pub(crate) struct Parts {
     pub(crate) watcher: Watcher,
     pub(crate) routing: Arc<Routing>,
     pub(crate) stats: Arc<RequestStats>,
+    pub(crate) serve: crate::http::serve::ServeOptions,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -262,10 +263,7 @@ impl Controller {
             });
         }
         let app = crate::http::router(p.api);
-        let sd = shutdown.clone();
-        axum::serve(self.api_listener, app)
-            .with_graceful_shutdown(async move { sd.cancelled().await })
-            .await?;
+        crate::http::serve::serve(self.api_listener, app, p.serve, shutdown.clone()).await?;
         while tasks.join_next().await.is_some() {}
         // Lines published while the tasks ended.
         let logs = p.logs.clone();
@@ -378,6 +376,7 @@ impl Parts {
             shutdown: shutdown.clone(),
         };
         Ok(Parts {
+            serve: config.serve_options(),
             api,
             store,
             logs,

@@ -30,6 +30,7 @@ mod builds;
 mod deployments;
 mod logs;
 mod routes;
+pub mod serve;
 
 /// What the handlers share.
 #[derive(Clone)]
