@@ -93,6 +93,15 @@ pub struct Config {
     #[arg(long, env = "PIER_MAX_STAGING_OUTPUT_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_staging_output_bytes: u64,
 
+    /// Most entries (files, folders, links) a package may hold.
+    #[arg(long, env = "PIER_MAX_PACKAGE_ENTRIES", default_value_t = 200_000)]
+    pub max_package_entries: u64,
+
+    /// An uploaded package no app refers to is deleted once this many seconds old (uploads wait
+    /// this long for their build).
+    #[arg(long, env = "PIER_PACKAGE_GC_GRACE", default_value_t = 3600)]
+    pub package_gc_grace_secs: u64,
+
     /// A staging that runs longer is ended, in seconds.
     #[arg(long, env = "PIER_STAGING_TIMEOUT", default_value_t = 900)]
     pub staging_timeout_secs: u64,
@@ -194,6 +203,8 @@ impl Config {
             build_stack: false,
             max_package_bytes: 1024 * 1024 * 1024,
             max_extracted_bytes: 4 * 1024 * 1024 * 1024,
+            max_package_entries: 200_000,
+            package_gc_grace_secs: 3600,
             max_droplet_bytes: 2 * 1024 * 1024 * 1024,
             max_staging_output_bytes: 16 * 1024 * 1024,
             staging_timeout_secs: 900,
@@ -274,7 +285,7 @@ impl Config {
             stack_image: self.stack_image.clone(),
             pids_limit: self.pids_limit,
             timeout: self.staging_timeout(),
-            max_extracted_bytes: self.max_extracted_bytes,
+            package_limits: self.package_limits(),
             max_droplet_bytes: self.max_droplet_bytes,
             max_output_bytes: self.max_staging_output_bytes,
         }
@@ -302,12 +313,19 @@ impl Config {
             route_port,
             default_memory_mb: self.default_memory_mb,
             default_disk_mb: self.default_disk_mb,
-            max_extracted_bytes: self.max_extracted_bytes,
+            package_limits: self.package_limits(),
             deploy: crate::deployments::DeploySettings {
                 revisions_kept: self.revisions_kept,
                 max_error_rate_increase: self.canary_max_error_rate_increase,
                 max_p99_increase_ms: self.canary_max_p99_increase_ms,
             },
+        }
+    }
+
+    pub fn package_limits(&self) -> crate::staging::package::Limits {
+        crate::staging::package::Limits {
+            max_extracted_bytes: self.max_extracted_bytes,
+            max_entries: self.max_package_entries,
         }
     }
 

@@ -34,6 +34,8 @@ use crate::store::{BlobStore, Cleanup, Store};
 
 /// How often a pass runs without being asked.
 const PERIOD: Duration = Duration::from_secs(2);
+/// How often blobs nothing refers to are looked for.
+const GC_PERIOD: Duration = Duration::from_secs(60);
 
 pub struct Reconciler {
     runtime: Arc<dyn ContainerRuntime>,
@@ -43,6 +45,8 @@ pub struct Reconciler {
     addresses: Arc<AddressPool>,
     stager: Arc<Stager>,
     events: Events,
+    /// Blobs nothing refers to are deleted once this old (an upload waits this long for its build).
+    blob_grace: Duration,
     trigger: Notify,
     pass: tokio::sync::Mutex<()>,
     shutdown: CancellationToken,
@@ -57,6 +61,7 @@ pub struct ReconcilerDeps {
     pub addresses: Arc<AddressPool>,
     pub stager: Arc<Stager>,
     pub events: Events,
+    pub blob_grace: Duration,
     pub shutdown: CancellationToken,
 }
 
@@ -70,6 +75,7 @@ impl Reconciler {
             addresses: d.addresses,
             stager: d.stager,
             events: d.events,
+            blob_grace: d.blob_grace,
             trigger: Notify::new(),
             pass: tokio::sync::Mutex::new(()),
             shutdown: d.shutdown,
@@ -106,9 +112,16 @@ impl Reconciler {
 
     /// The loop: a pass at start, whenever nudged, and every [`PERIOD`].
     pub async fn run(self: Arc<Self>) {
+        let mut last_gc = tokio::time::Instant::now();
         loop {
             if let Err(e) = self.once().await {
                 tracing::warn!(error = %e, "reconcile pass failed; retrying");
+            }
+            if last_gc.elapsed() >= GC_PERIOD {
+                last_gc = tokio::time::Instant::now();
+                if let Err(e) = self.collect_garbage() {
+                    tracing::warn!(error = %e, "could not look for unused blobs");
+                }
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -211,6 +224,34 @@ impl Reconciler {
         }
     }
 
+    /// Deletes blobs no app refers to that are older than the grace period: packages uploaded
+    /// and never built, leftovers of deletes and builds cut short. Returns how many went.
+    pub fn collect_garbage(&self) -> Result<usize> {
+        let apps = self.store.list_apps()?;
+        let cleanups = self.store.cleanups()?;
+        let used: HashSet<&str> = apps
+            .iter()
+            .flat_map(|a| a.blobs())
+            .chain(
+                cleanups
+                    .iter()
+                    .flat_map(|c| c.blobs.iter().map(String::as_str)),
+            )
+            .collect();
+        let now = std::time::SystemTime::now();
+        let mut gone = 0;
+        for (sha, modified) in self.blobs.list()? {
+            let age = now.duration_since(modified).unwrap_or_default();
+            if used.contains(sha.as_str()) || age < self.blob_grace {
+                continue;
+            }
+            tracing::info!(blob = %sha, age_secs = age.as_secs(), "deleting a blob nothing refers to");
+            self.blobs.delete(&sha)?;
+            gone += 1;
+        }
+        Ok(gone)
+    }
+
     /// Removes what a deleted app left: its containers (once its supervisors let go of them), its
     /// volumes and the blobs no other app refers to. Done when all of it is gone.
     pub async fn clean_up(&self, job: &Cleanup, containers: &[Managed]) -> Result<()> {
@@ -223,13 +264,7 @@ impl Reconciler {
             self.runtime.remove_volume(v).await?;
         }
         let others = self.store.list_apps()?;
-        let used = |sha: &str| {
-            others.iter().any(|o| {
-                o.package.as_deref() == Some(sha)
-                    || o.old_blobs.iter().any(|b| b == sha)
-                    || o.droplet.as_ref().is_some_and(|d| d.sha256 == sha)
-            })
-        };
+        let used = |sha: &str| others.iter().any(|o| o.blobs().any(|b| b == sha));
         for sha in &job.blobs {
             if !used(sha) {
                 self.blobs.delete(sha)?;

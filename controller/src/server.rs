@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use pier_api::EventKind;
@@ -335,6 +336,7 @@ impl Parts {
             addresses: addresses.clone(),
             stager: stager.clone(),
             events: events.clone(),
+            blob_grace: Duration::from_secs(config.package_gc_grace_secs),
             shutdown: shutdown.clone(),
         });
         let locks = Arc::new(AppLocks::default());
@@ -370,7 +372,7 @@ impl Parts {
             token_hash,
             limits: Limits {
                 max_package_bytes: config.max_package_bytes,
-                max_extracted_bytes: config.max_extracted_bytes,
+                package_limits: config.package_limits(),
             },
             stack_image: config.stack_image.clone(),
             shutdown: shutdown.clone(),

@@ -16,7 +16,7 @@ impl AppService {
             .d
             .stager
             .buildpacks()
-            .create(req, &self.d.blobs, self.d.settings.max_extracted_bytes)
+            .create(req, &self.d.blobs, self.d.settings.package_limits)
             .await?;
         self.forget_package(&req.package);
         Ok(resp)
@@ -31,12 +31,7 @@ impl AppService {
             .d
             .stager
             .buildpacks()
-            .update(
-                name,
-                req,
-                &self.d.blobs,
-                self.d.settings.max_extracted_bytes,
-            )
+            .update(name, req, &self.d.blobs, self.d.settings.package_limits)
             .await?;
         if let Some(sha) = &req.package {
             self.forget_package(sha);
@@ -46,13 +41,11 @@ impl AppService {
 
     /// Deletes a package blob that was only a buildpack's transport.
     fn forget_package(&self, sha: &str) {
-        let used = self.d.store.list_apps().map(|apps| {
-            apps.iter().any(|a| {
-                a.package.as_deref() == Some(sha)
-                    || a.old_blobs.iter().any(|b| b == sha)
-                    || a.droplet.as_ref().is_some_and(|d| d.sha256 == sha)
-            })
-        });
+        let used = self
+            .d
+            .store
+            .list_apps()
+            .map(|apps| apps.iter().any(|a| a.blobs().any(|b| b == sha)));
         if let Ok(false) = used {
             let _ = self.d.blobs.delete(sha);
         }

@@ -44,7 +44,7 @@ pub struct AppSettings {
     pub route_port: Option<u16>,
     pub default_memory_mb: u64,
     pub default_disk_mb: u64,
-    pub max_extracted_bytes: u64,
+    pub package_limits: crate::staging::package::Limits,
     pub deploy: DeploySettings,
 }
 

@@ -42,7 +42,7 @@ async fn upload(State(s): S, req: Request) -> Result<Json<PackageResponse>> {
             body,
             declared,
             l.max_package_bytes,
-            l.max_extracted_bytes,
+            l.package_limits,
         )
         .await?,
     ))

@@ -52,7 +52,7 @@ pub struct ApiState {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_package_bytes: u64,
-    pub max_extracted_bytes: u64,
+    pub package_limits: crate::staging::package::Limits,
 }
 
 pub fn router(state: ApiState) -> Router {

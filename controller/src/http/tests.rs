@@ -506,3 +506,47 @@ async fn oversized_metadata_and_droplets_fail_the_staging_clearly() {
     let done = &ev.last().unwrap()["done"];
     assert!(done["process_types"].get("web").is_none(), "{done}");
 }
+
+#[tokio::test]
+async fn packages_no_build_used_are_collected_after_the_grace_period() {
+    let p = TestPlatform::with_config(|c| c.package_gc_grace_secs = 0).await;
+    p.push("kept").await;
+    let app = p.store.get_app(&"kept".parse().unwrap()).unwrap().unwrap();
+    let stray = p.upload(&[("never.py", b"built")]).await;
+    assert!(p.blobs.exists(&stray));
+    let gone = p.parts.reconciler.collect_garbage().unwrap();
+    assert_eq!(gone, 1, "only the stray upload");
+    assert!(!p.blobs.exists(&stray));
+    assert!(
+        p.blobs.exists(app.package.as_deref().unwrap()),
+        "the app's package stays"
+    );
+    assert!(
+        p.blobs.exists(&app.droplet.unwrap().sha256),
+        "its droplet stays"
+    );
+}
+
+#[tokio::test]
+async fn hostile_packages_are_refused_and_nothing_is_stored() {
+    let p = TestPlatform::with_config(|c| c.max_package_entries = 100).await;
+    let names: Vec<String> = (0..150).map(|i| format!("f{i}")).collect();
+    let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b""[..])).collect();
+    let (s, v) = p
+        .call_with(
+            "POST",
+            "/v1/packages",
+            Some(crate::testkit::targz(&files)),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than 100 entries"),
+        "{v}"
+    );
+    assert!(p.blobs.list().unwrap().is_empty(), "nothing stored");
+}

@@ -11,6 +11,7 @@ use pier_api::{BuildpackResponse, CreateBuildpackRequest, ErrorCode, UpdateBuild
 use time::OffsetDateTime;
 
 use super::buildpacks::{fix_modes, BuildpackRecord, Buildpacks, Registry};
+use super::package::Limits;
 use crate::error::{Error, Result};
 use crate::store::BlobStore;
 
@@ -67,7 +68,7 @@ impl Buildpacks {
         &self,
         req: &CreateBuildpackRequest,
         blobs: &BlobStore,
-        max_extracted: u64,
+        limits: Limits,
     ) -> Result<BuildpackResponse> {
         check_buildpack_name(&req.name).map_err(|e| Error::api(ErrorCode::InvalidName, e))?;
         check_position(req.position)?;
@@ -81,7 +82,7 @@ impl Buildpacks {
                 ),
             ));
         }
-        let staged = unpack_package(blobs, max_extracted, &req.package, &dir).await?;
+        let staged = unpack_package(blobs, limits, &req.package, &dir).await?;
         let rec = BuildpackRecord {
             name: req.name.clone(),
             enabled: req.enabled.unwrap_or(true),
@@ -114,7 +115,7 @@ impl Buildpacks {
         name: &str,
         req: &UpdateBuildpackRequest,
         blobs: &BlobStore,
-        max_extracted: u64,
+        limits: Limits,
     ) -> Result<BuildpackResponse> {
         check_position(req.position)?;
         let (dir, builtin) = self.with(|r| {
@@ -133,7 +134,7 @@ impl Buildpacks {
             )));
         }
         let staged = match &req.package {
-            Some(sha) => Some(unpack_package(blobs, max_extracted, sha, &dir).await?),
+            Some(sha) => Some(unpack_package(blobs, limits, sha, &dir).await?),
             None => None,
         };
         let resp = self.with(|r| {
@@ -188,7 +189,7 @@ impl Buildpacks {
 /// returns the buildpack's root in it: the package's root, or its only folder (a release tarball).
 async fn unpack_package(
     blobs: &BlobStore,
-    max_extracted: u64,
+    limits: Limits,
     sha: &str,
     dir: &FsPath,
 ) -> Result<PathBuf> {
@@ -204,7 +205,7 @@ async fn unpack_package(
         ));
     }
     let pkg = blobs.path(sha)?;
-    let max = max_extracted;
+    let max = limits;
     let work = dir.join(format!(".new-{}", uuid::Uuid::new_v4().simple()));
     let w = work.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<PathBuf> {

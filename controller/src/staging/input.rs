@@ -17,7 +17,7 @@ pub(super) fn build_input_tar(
     dest: &Path,
     env: &BTreeMap<String, String>,
     uploaded: &[(String, PathBuf)],
-    max_extracted: u64,
+    limits: package::Limits,
 ) -> Result<()> {
     let mut builder = tar::Builder::new(std::io::BufWriter::new(std::fs::File::create(dest)?));
     // The repacked app goes first, into its own tar; then it is concatenated with the rest. Each
@@ -31,7 +31,7 @@ pub(super) fn build_input_tar(
         {
             let f = std::io::BufWriter::new(std::fs::File::create(&part_tar)?);
             let pkg = std::io::BufReader::new(std::fs::File::open(pkg_path)?);
-            package::repack(pkg, f, prefix, max_extracted)?;
+            package::repack(pkg, f, prefix, limits)?;
         }
         if i == 1 {
             let mut h = tar::Header::new_gnu();

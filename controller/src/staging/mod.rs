@@ -47,7 +47,7 @@ pub struct StagingSettings {
     pub stack_image: String,
     pub pids_limit: i64,
     pub timeout: std::time::Duration,
-    pub max_extracted_bytes: u64,
+    pub package_limits: package::Limits,
     /// Most bytes a staging may leave in `/tmp/out` (the droplet and its metadata).
     pub max_droplet_bytes: u64,
     /// Most bytes of staging output shown; the rest is counted.
@@ -194,7 +194,7 @@ impl Stager {
             let pkg = self.blobs.path(package)?;
             let input = input.clone();
             let env = app.env.clone();
-            let max = self.settings.max_extracted_bytes;
+            let max = self.settings.package_limits;
             let uploaded = resolved
                 .uploaded
                 .iter()

@@ -82,7 +82,7 @@ pub fn repack<R: Read, W: Write>(
     gz: R,
     out: W,
     prefix: &str,
-    max_extracted: u64,
+    limits: Limits,
 ) -> Result<PackageSummary> {
     let mut archive = tar::Archive::new(GzDecoder::new(gz));
     let entries = archive
@@ -91,8 +91,10 @@ pub fn repack<R: Read, W: Write>(
     let mut r = Repacker {
         builder: tar::Builder::new(out),
         prefix: Path::new(prefix).to_path_buf(),
-        max_extracted,
+        limits,
         dirs: std::collections::HashSet::new(),
+        links: std::collections::HashMap::new(),
+        written: 0,
         summary: PackageSummary {
             entries: 0,
             extracted_bytes: 0,
@@ -107,18 +109,33 @@ pub fn repack<R: Read, W: Write>(
             entry.map_err(|e| refuse(format!("the package is not a valid gzipped tar: {e}")))?;
         r.entry(&mut entry)?;
     }
+    r.check_links()?;
     r.builder.finish()?;
     Ok(r.summary)
+}
+
+/// What a package may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Total size of its files once extracted, in bytes.
+    pub max_extracted_bytes: u64,
+    /// Entries (files, folders, links, and the parent folders written for them).
+    pub max_entries: u64,
 }
 
 /// One pass of [`repack`]: what it has written so far.
 struct Repacker<W: Write> {
     builder: tar::Builder<W>,
     prefix: PathBuf,
-    max_extracted: u64,
+    limits: Limits,
     /// Directories written: Docker creates missing parents as root, so every parent is written,
     /// once, owned by vcap.
     dirs: std::collections::HashSet<PathBuf>,
+    /// Symlinks written (path → target): no entry may be written through one, and every target
+    /// is resolved through all of them once the whole package is read.
+    links: std::collections::HashMap<PathBuf, PathBuf>,
+    /// Entries written so far, parent folders included (bounded by `limits.max_entries`).
+    written: u64,
     summary: PackageSummary,
 }
 
@@ -133,6 +150,24 @@ impl<W: Write> Repacker<W> {
         let Some(path) = clean_path(&raw)? else {
             return Ok(());
         };
+        if let Some(link) = path
+            .ancestors()
+            .skip(1)
+            .find(|a| self.links.contains_key(*a))
+        {
+            return Err(refuse(format!(
+                "package entry {shown:?} is inside the symlink {:?}; entries must not be \
+                 written through links",
+                link.display().to_string()
+            )));
+        }
+        if self.links.contains_key(&path)
+            || (kind == tar::EntryType::Symlink && self.dirs.contains(&path))
+        {
+            return Err(refuse(format!(
+                "package entry {shown:?} replaces a symlink or folder of the same name"
+            )));
+        }
         self.parents(&path)?;
         let dest = self.prefix.join(&path);
         let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
@@ -153,7 +188,42 @@ impl<W: Write> Repacker<W> {
             tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => return Ok(()),
             other => return Err(refuse_kind(&shown, other)),
         }
+        self.count_entry()
+    }
+
+    fn count_entry(&mut self) -> Result<()> {
         self.summary.entries += 1;
+        self.count_written()
+    }
+
+    /// Counts an entry written (the package's own, or a parent folder written for one).
+    fn count_written(&mut self) -> Result<()> {
+        self.written += 1;
+        let max = self.limits.max_entries;
+        if self.written > max {
+            return Err(Error::api(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the package has more than {max} entries (files, folders and links); leave \
+                     files out with .cfignore, or raise the controller's --max-package-entries"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every symlink's target, resolved through every symlink of the package (as the kernel
+    /// would once all are extracted), stays inside the app.
+    fn check_links(&self) -> Result<()> {
+        for (path, target) in &self.links {
+            if let Err(why) = resolve_inside(&self.links, path, target) {
+                return Err(refuse(format!(
+                    "symlink {:?} points outside the app (to {:?}, through other links: {why})",
+                    path.display().to_string(),
+                    target.display().to_string()
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -164,6 +234,7 @@ impl<W: Write> Repacker<W> {
                 let mut h = dir_header();
                 self.builder
                     .append_data(&mut h, self.prefix.join(parent), std::io::empty())?;
+                self.count_written()?;
             }
         }
         Ok(())
@@ -178,7 +249,7 @@ impl<W: Write> Repacker<W> {
     ) -> Result<()> {
         let size = entry.size();
         self.summary.extracted_bytes += size;
-        let max = self.max_extracted;
+        let max = self.limits.max_extracted_bytes;
         if self.summary.extracted_bytes > max {
             return Err(Error::api(
                 ErrorCode::PayloadTooLarge,
@@ -221,8 +292,57 @@ impl<W: Write> Repacker<W> {
         h.set_mode(0o777);
         set_owner(&mut h);
         self.builder.append_link(&mut h, dest, &target)?;
+        self.links.insert(path.to_path_buf(), target);
         Ok(())
     }
+}
+
+/// Most links followed resolving one path (the kernel's limit is 40).
+const MAX_HOPS: usize = 40;
+
+/// Resolves `target` of the link at `link` through `links`, component by component, as the kernel
+/// would: `Ok` when every step stays inside the root, else why not.
+fn resolve_inside(
+    links: &std::collections::HashMap<PathBuf, PathBuf>,
+    link: &Path,
+    target: &Path,
+) -> std::result::Result<(), String> {
+    use std::collections::VecDeque;
+    // Where resolution stands (components from the root) and what is left to walk.
+    let mut at: Vec<std::ffi::OsString> = link
+        .parent()
+        .map(|p| p.iter().map(|c| c.to_os_string()).collect())
+        .unwrap_or_default();
+    let mut todo: VecDeque<Component<'_>> = target.components().collect();
+    let mut hops = 0;
+    while let Some(c) = todo.pop_front() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if at.pop().is_none() {
+                    return Err("it climbs above the app's root".into());
+                }
+            }
+            Component::Normal(name) => {
+                at.push(name.to_os_string());
+                let here: PathBuf = at.iter().collect();
+                if let Some(next) = links.get(&here) {
+                    hops += 1;
+                    if hops > MAX_HOPS {
+                        return Err("the links loop".into());
+                    }
+                    at.pop();
+                    for c in next.components().rev() {
+                        todo.push_front(c);
+                    }
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err("it is absolute".into());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The refusal of an entry type packages may not hold.
@@ -258,14 +378,9 @@ fn dir_header() -> tar::Header {
 }
 
 /// Validates a package file on disk.
-pub fn validate_file(path: &Path, max_extracted: u64) -> Result<PackageSummary> {
+pub fn validate_file(path: &Path, limits: Limits) -> Result<PackageSummary> {
     let f = std::fs::File::open(path)?;
-    repack(
-        std::io::BufReader::new(f),
-        std::io::sink(),
-        "",
-        max_extracted,
-    )
+    repack(std::io::BufReader::new(f), std::io::sink(), "", limits)
 }
 
 /// Takes an upload: refuses one that says it is over `limit` before reading a byte, streams it
@@ -275,7 +390,7 @@ pub async fn accept<S, B, E>(
     body: S,
     declared_len: Option<u64>,
     limit: u64,
-    max_extracted: u64,
+    limits: Limits,
 ) -> Result<pier_api::PackageResponse>
 where
     S: futures_util::Stream<Item = std::result::Result<B, E>> + Unpin,
@@ -304,7 +419,7 @@ where
         Err(WriteError::Io(e)) => return Err(e.into()),
     };
     let path = pending.path().to_path_buf();
-    tokio::task::spawn_blocking(move || validate_file(&path, max_extracted))
+    tokio::task::spawn_blocking(move || validate_file(&path, limits))
         .await
         .map_err(|e| Error::Other(format!("package check failed: {e}")))??;
     let size = pending.size;
@@ -344,8 +459,13 @@ pub(crate) mod tests {
         gz.finish().unwrap()
     }
 
+    const LIMITS: Limits = Limits {
+        max_extracted_bytes: 1 << 20,
+        max_entries: 1000,
+    };
+
     fn check(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Result<PackageSummary> {
-        repack(&raw_tar(entries)[..], std::io::sink(), "app", 1 << 20)
+        repack(&raw_tar(entries)[..], std::io::sink(), "app", LIMITS)
     }
 
     use tar::EntryType as T;
@@ -406,17 +526,97 @@ pub(crate) mod tests {
 
     #[test]
     fn refuses_garbage_and_bombs() {
-        let err = repack(&b"not a tarball"[..], std::io::sink(), "", 10).unwrap_err();
+        let tiny = Limits {
+            max_extracted_bytes: 10,
+            max_entries: 10,
+        };
+        let err = repack(&b"not a tarball"[..], std::io::sink(), "", tiny).unwrap_err();
         assert_eq!(err.to_api().code, ErrorCode::InvalidPackage);
         let big = vec![0u8; 100];
         let err = repack(
             &raw_tar(&[("big", T::Regular, &big, None)])[..],
             std::io::sink(),
             "",
-            10,
+            tiny,
         )
         .unwrap_err();
         assert_eq!(err.to_api().code, ErrorCode::PayloadTooLarge);
+        // Many tiny entries (a header bomb): refused at the entry count, with the fix named.
+        let names: Vec<String> = (0..11).map(|i| format!("f{i}")).collect();
+        let many: Vec<_> = names
+            .iter()
+            .map(|n| (n.as_str(), T::Regular, &b""[..], None))
+            .collect();
+        let err = repack(&raw_tar(&many)[..], std::io::sink(), "", tiny)
+            .unwrap_err()
+            .to_api();
+        assert_eq!(err.code, ErrorCode::PayloadTooLarge);
+        assert!(
+            err.message.contains("more than 10 entries"),
+            "{}",
+            err.message
+        );
+        // Parent folders written for deep paths count too.
+        let deep = "a/b/c/d/e/f/g/h/i/j/k/file";
+        let err = repack(
+            &raw_tar(&[(deep, T::Regular, &b""[..], None)])[..],
+            std::io::sink(),
+            "",
+            tiny,
+        )
+        .unwrap_err();
+        assert_eq!(err.to_api().code, ErrorCode::PayloadTooLarge);
+    }
+
+    #[test]
+    fn symlinks_are_resolved_through_each_other() {
+        // The chain from the issue: d/l → .. is inside, but d/l/e is written through it.
+        refused(
+            &[
+                ("d/l", T::Symlink, b"", Some("..")),
+                ("d/l/e", T::Symlink, b"", Some("../..")),
+            ],
+            "\"d/l/e\" is inside the symlink \"d/l\"",
+        );
+        // A target that walks through another link and climbs out, in either order.
+        for order in [[0, 1], [1, 0]] {
+            let links = [
+                ("d/l", T::Symlink, &b""[..], Some("..")),
+                ("e", T::Symlink, &b""[..], Some("d/l/..")),
+            ];
+            let entries: Vec<_> = order.iter().map(|&i| links[i]).collect();
+            refused(&entries, "symlink \"e\" points outside the app");
+        }
+        // Links that loop are refused; links between links that stay inside are fine.
+        refused(
+            &[
+                ("a", T::Symlink, b"", Some("b")),
+                ("b", T::Symlink, b"", Some("a")),
+            ],
+            "loop",
+        );
+        check(&[
+            ("lib/v1/x.py", T::Regular, b"x", None),
+            ("lib/current", T::Symlink, b"", Some("v1")),
+            ("x", T::Symlink, b"", Some("lib/current/x.py")),
+            ("y", T::Symlink, b"", Some("x")),
+        ])
+        .unwrap();
+        // A symlink may not replace a folder, nor a file a symlink.
+        refused(
+            &[
+                ("d/f", T::Regular, b"x", None),
+                ("d", T::Symlink, b"", Some(".")),
+            ],
+            "replaces a symlink or folder",
+        );
+        refused(
+            &[
+                ("s", T::Symlink, b"", Some("x")),
+                ("s", T::Regular, b"x", None),
+            ],
+            "replaces a symlink or folder",
+        );
     }
 
     #[test]
@@ -426,7 +626,7 @@ pub(crate) mod tests {
             &raw_tar(&[("bin/run", T::Regular, b"#!/bin/sh", None)])[..],
             &mut out,
             "app",
-            1 << 20,
+            LIMITS,
         )
         .unwrap();
         let mut a = tar::Archive::new(&out[..]);

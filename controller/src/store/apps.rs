@@ -106,6 +106,23 @@ pub struct AppRecord {
 }
 
 impl AppRecord {
+    /// Every blob the app refers to: its package, droplets (current, of its revisions, earlier
+    /// ones not deleted yet) and the buildpacks pushed with it.
+    pub fn blobs(&self) -> impl Iterator<Item = &str> {
+        self.package
+            .as_deref()
+            .into_iter()
+            .chain(self.droplet.as_ref().map(|d| d.sha256.as_str()))
+            .chain(self.revisions.iter().map(|r| r.droplet.sha256.as_str()))
+            .chain(self.old_blobs.iter().map(String::as_str))
+            .chain(
+                self.buildpacks
+                    .iter()
+                    .filter_map(|b| pier_api::buildpacks::parse_uploaded_buildpack(b))
+                    .map(|(_, sha)| sha),
+            )
+    }
+
     pub fn web(&self) -> Option<&ProcessRecord> {
         self.processes.get(&ProcessType::web())
     }

@@ -147,6 +147,25 @@ impl BlobStore {
         Ok(blob.sha256)
     }
 
+    /// Every blob stored, with when it was last written.
+    pub fn list(&self) -> Result<Vec<(String, std::time::SystemTime)>> {
+        let mut out = Vec::new();
+        for shard in std::fs::read_dir(&self.root)? {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(shard.path())? {
+                let f = f?;
+                let name = f.file_name().to_string_lossy().into_owned();
+                if Self::valid_sha(&name) {
+                    out.push((name, f.metadata()?.modified()?));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub fn delete(&self, sha: &str) -> Result<()> {
         match std::fs::remove_file(self.path(sha)?) {
             Ok(()) => Ok(()),
