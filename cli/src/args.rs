@@ -130,6 +130,10 @@ pub struct PushArgs {
     /// A YAML file of manifest variables (`name: value` lines). Repeatable; later files win.
     #[arg(long = "vars-file", value_name = "FILE")]
     pub vars_files: Vec<PathBuf>,
+    /// Let a manifest's `path:` point outside the manifest's folder (otherwise refused, so a
+    /// manifest you did not write cannot upload your other files).
+    #[arg(long)]
+    pub allow_outside: bool,
 }
 
 impl PushArgs {

@@ -197,6 +197,39 @@ async fn push_refuses_an_escaping_symlink_and_sends_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_path_outside_its_folder_is_refused_unless_allowed() {
+    let fake = Fake::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let dir = app_folder(home.path());
+    let project = home.path().join("project");
+    std::fs::create_dir(&project).unwrap();
+    let outside = dir.canonicalize().unwrap();
+    for path in [format!("{}", outside.display()), "../hello".to_string()] {
+        std::fs::write(
+            project.join("manifest.yml"),
+            format!("applications:\n- name: hello\n  path: {path}\n"),
+        )
+        .unwrap();
+        let mut cmd = fake.pier(home.path(), &["push"]);
+        cmd.current_dir(&project);
+        let out = run(cmd).await;
+        assert_eq!(out.code, 1, "{}", out.stderr);
+        assert!(
+            out.stderr.contains("is outside the manifest's folder"),
+            "{}",
+            out.stderr
+        );
+        assert!(out.stderr.contains("--allow-outside"), "{}", out.stderr);
+        assert!(fake.requests().is_empty(), "{:?}", fake.requests());
+    }
+    let mut cmd = fake.pier(home.path(), &["push", "--allow-outside"]);
+    cmd.current_dir(&project);
+    let out = run(cmd).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!fake.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_errors_are_shown() {
     let fake = Fake::start().await;
     let home = tempfile::tempdir().unwrap();

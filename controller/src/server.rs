@@ -78,7 +78,25 @@ fn open_data(config: &mut Config) -> anyhow::Result<(Store, BlobStore)> {
         )
     })?;
     let blobs = BlobStore::open(&config.data_dir)?;
+    private(&config.data_dir)?;
     Ok((store, blobs))
+}
+
+/// The data dir holds tokens, packages and logs: only its owner may enter it (0700), and the
+/// folders it has made so far too. Files in it are not reachable by others through it, whatever
+/// their own mode; the ones the controller writes itself are 0600 anyway.
+fn private(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::Permissions::from_mode(0o700);
+    std::fs::set_permissions(data_dir, mode.clone())
+        .with_context(|| format!("cannot make {} private", data_dir.display()))?;
+    for sub in ["db", "blobs", "tmp", "logs"] {
+        let p = data_dir.join(sub);
+        if p.is_dir() {
+            std::fs::set_permissions(&p, mode.clone())?;
+        }
+    }
+    Ok(())
 }
 
 /// This controller's id: configured, or made once and kept in the store.
@@ -413,4 +431,28 @@ fn access_log(
             ended,
         );
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn the_data_dir_is_private() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("data");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut config = Config::for_tests(dir.clone());
+        let (store, _blobs) = open_data(&mut config).unwrap();
+        let token = crate::http::auth::ensure_token(&store, &config.data_dir).unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        for sub in ["db", "blobs", "tmp"] {
+            assert_eq!(mode(&dir.join(sub)), 0o700, "{sub}");
+        }
+        assert_eq!(mode(&token.token_file), 0o600);
+    }
 }

@@ -189,12 +189,34 @@ fn from_manifest(args: &PushArgs, cwd: &Path, m: &LoadedManifest) -> Result<Vec<
         .map(|(name, app)| {
             let path = match (&args.path, m.app_path(app)) {
                 (Some(p), _) => cwd.join(p),
-                (None, Some(p)) => p,
+                (None, Some(p)) => {
+                    check_inside(&name, &p, manifest_dir, args.allow_outside)?;
+                    p
+                }
                 (None, None) => manifest_dir.to_path_buf(),
             };
             resolve(args, name, path, app, cwd, manifest_dir)
         })
         .collect()
+}
+
+/// Refuses a manifest `path:` that leaves the manifest's folder, unless allowed.
+fn check_inside(name: &AppName, path: &Path, manifest_dir: &Path, allowed: bool) -> Result<()> {
+    if allowed {
+        return Ok(());
+    }
+    let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let (path, dir) = (real(path), real(manifest_dir));
+    if path.starts_with(&dir) {
+        return Ok(());
+    }
+    Err(Failure::new(format!(
+        "{name}: the manifest's path {} is outside the manifest's folder {}",
+        path.display(),
+        dir.display()
+    ))
+    .hint("push with --allow-outside to upload that folder anyway")
+    .into())
 }
 
 /// A buildpack entry that names a folder rather than an installed buildpack.

@@ -4,6 +4,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::io::{BufRead, Write as _};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -106,7 +107,13 @@ impl LogBroker {
         };
         if let Some(all) = compact {
             let tmp = path.with_extension("tmp");
-            let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            let mut out = std::io::BufWriter::new(f);
             write_lines(&mut out, &all)?;
             let f = out.into_inner().map_err(|e| e.into_error())?;
             f.sync_data()?;
@@ -118,6 +125,7 @@ impl LogBroker {
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(&path)?;
             let mut out = std::io::BufWriter::new(f);
             write_lines(&mut out, &new)?;

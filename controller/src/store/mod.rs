@@ -25,6 +25,9 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 
+/// Events kept per app: the oldest go once there are more.
+pub const EVENTS_KEPT: usize = 1000;
+
 mod addresses;
 mod apps;
 pub mod blobs;
@@ -158,7 +161,19 @@ impl Store {
         );
         self.events
             .insert(key.as_bytes(), serde_json::to_vec(&ev)?)?;
+        self.prune_events(app_guid)?;
         self.flush()
+    }
+
+    /// Keeps the newest [`EVENTS_KEPT`] events of the app (a crash loop must not fill the disk).
+    fn prune_events(&self, app_guid: &str) -> Result<()> {
+        let prefix = format!("{app_guid}/");
+        let keys = self.events.scan_prefix(prefix.as_bytes()).keys();
+        let keys = keys.collect::<std::result::Result<Vec<_>, _>>()?;
+        for k in keys.iter().take(keys.len().saturating_sub(EVENTS_KEPT)) {
+            self.events.remove(k)?;
+        }
+        Ok(())
     }
 
     /// Events of an app, newest first.
@@ -222,6 +237,24 @@ pub(crate) mod tests {
                     .ok()
             })
             .expect("store reopens")
+    }
+
+    #[test]
+    fn events_are_pruned_to_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        for i in 0..EVENTS_KEPT + 25 {
+            s.add_event("g", EventKind::Crashed, &format!("crash {i}"), "pier")
+                .unwrap();
+        }
+        let ev = s.events("g", usize::MAX).unwrap();
+        assert_eq!(ev.len(), EVENTS_KEPT);
+        assert_eq!(
+            ev[0].message,
+            format!("crash {}", EVENTS_KEPT + 24),
+            "newest kept"
+        );
+        assert_eq!(ev.last().unwrap().message, "crash 25", "oldest gone");
     }
 
     #[test]
