@@ -33,16 +33,40 @@ pub struct LogLine {
 }
 
 impl LogLine {
-    /// `2026-11-25T12:00:05.36+0000 [APP/PROC/WEB/0] OUT hello`
+    /// `2026-11-25T12:00:05.36+0000 [APP/PROC/WEB/0] OUT hello`, with control characters in the
+    /// text shown escaped ([`escape_controls`]): a line is what an app or a client wrote, and a
+    /// terminal must not act on it.
     pub fn format_terminal(&self) -> String {
         format!(
             "{} [{}] {} {}",
             format_cf_time(self.time),
             self.source,
             self.stream.as_str(),
-            self.text
+            escape_controls(&self.text)
         )
     }
+}
+
+/// `text` with every control character a terminal could act on written out as an escape: C0
+/// controls (tab aside) and DEL as `\xNN`, C1 controls (U+0080 to U+009F, such as the CSI U+009B)
+/// and the bidirectional overrides as `\u{NNNN}`. Text without any comes back as it is.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    let needs = |c: char| {
+        (c.is_control() && c != '\t')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(needs) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            c if needs(c) && (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if needs(c) => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The largest line, in bytes, a log keeps whole; longer lines are split (Loggregator's limit).
@@ -153,6 +177,17 @@ pub fn format_cf_time(t: OffsetDateTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        assert_eq!(escape_controls("plain text\twith tab"), "plain text\twith tab");
+        assert_eq!(escape_controls("\u{1b}[2J clear"), "\\x1b[2J clear");
+        assert_eq!(escape_controls("csi \u{9b}31m"), "csi \\u{009b}31m");
+        assert_eq!(escape_controls("bell\u{7}del\u{7f}"), "bell\\x07del\\x7f");
+        assert_eq!(escape_controls("rtl \u{202e}txt"), "rtl \\u{202e}txt");
+        assert_eq!(escape_controls("línea ✓ C:\\dir"), "línea ✓ C:\\dir");
+    }
+
     #[test]
     fn terminal_format() {
         let line = LogLine {
