@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     Unauthorized,
+    /// The token is valid but may not do this (the router token outside its two endpoints).
+    Forbidden,
     NotFound,
     InvalidName,
     InvalidRequest,
@@ -21,6 +23,7 @@ impl ErrorCode {
     pub fn status(self) -> u16 {
         match self {
             ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::InvalidName | ErrorCode::InvalidRequest => 400,
             ErrorCode::InvalidPackage | ErrorCode::NoBuildpack | ErrorCode::StagingFailed => 422,

@@ -216,6 +216,7 @@ impl Controller {
         // For scripts/down, which removes the network once the instances are gone.
         std::fs::write(config.data_dir.join("instance-network"), &network.name)?;
         fail_interrupted_stagings(&store)?;
+        let router_token = crate::http::auth::ensure_router_token(&store, &config.data_dir)?;
         let api_listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -239,7 +240,10 @@ impl Controller {
             runtime,
             probe: Arc::new(NetworkProbe),
             in_flight: Arc::new(BuiltinRouter),
-            token_hash: token.hash,
+            tokens: crate::http::auth::Tokens {
+                admin: token.hash,
+                router: router_token.hash,
+            },
             controller_id,
             network,
             shutdown,
@@ -300,7 +304,7 @@ pub(crate) struct Wiring {
     pub(crate) runtime: Arc<dyn ContainerRuntime>,
     pub(crate) probe: Arc<dyn HealthProbe>,
     pub(crate) in_flight: Arc<dyn InFlight>,
-    pub(crate) token_hash: [u8; 32],
+    pub(crate) tokens: crate::http::auth::Tokens,
     pub(crate) controller_id: String,
     pub(crate) network: crate::network::InstanceNetwork,
     pub(crate) route_port: Option<u16>,
@@ -316,7 +320,7 @@ impl Parts {
             runtime,
             probe,
             in_flight,
-            token_hash,
+            tokens,
             controller_id,
             network,
             route_port,
@@ -387,7 +391,7 @@ impl Parts {
             buildpacks,
             blobs,
             stats: stats.clone(),
-            token_hash,
+            tokens,
             limits: Limits {
                 max_package_bytes: config.max_package_bytes,
                 package_limits: config.package_limits(),

@@ -19,6 +19,7 @@ use crate::server::{Parts, Wiring};
 use crate::store::{BlobStore, Store};
 
 pub(crate) const TOKEN: &str = "pier_test_token";
+pub(crate) const ROUTER_TOKEN: &str = "pier_test_router_token";
 
 /// Nothing is ever in flight: drains end at once.
 struct Idle;
@@ -89,7 +90,10 @@ impl TestPlatform {
             runtime: fake.clone(),
             probe: probe.clone(),
             in_flight: Arc::new(Idle),
-            token_hash: crate::http::auth::hash(TOKEN),
+            tokens: crate::http::auth::Tokens {
+                admin: crate::http::auth::hash(TOKEN),
+                router: crate::http::auth::hash(ROUTER_TOKEN),
+            },
             controller_id: "test".into(),
             network,
             route_port: Some(8080),

@@ -1,5 +1,10 @@
-//! The admin token: 256 random bits, generated on first start. Only its sha256 is stored; the token
-//! itself is written once to `DATA_DIR/admin-token` (mode 0600) for the operator to read.
+//! Tokens: 256 random bits each, generated on first start. Only their sha256 is stored; a token
+//! itself is written once to the data dir (mode 0600) for the operator to read.
+//!
+//! - The admin token (`DATA_DIR/admin-token`) may do everything.
+//! - The router token (`DATA_DIR/router-token`) is what a standalone `pier-router` needs: it may
+//!   read the route table (`GET /v1/routes`) and post access logs (`POST /v1/router/logs`), and
+//!   nothing else (403), so a router host holds no control over the platform.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -16,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::store::Store;
 
 const HASH_KEY: &str = "admin_token_sha256";
+const ROUTER_HASH_KEY: &str = "router_token_sha256";
 
 pub struct TokenSetup {
     /// The token, when it was made by this start (it can't be recovered from the hash later).
@@ -24,14 +30,45 @@ pub struct TokenSetup {
     pub hash: [u8; 32],
 }
 
+/// The hashes of the tokens the API accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct Tokens {
+    pub admin: [u8; 32],
+    pub router: [u8; 32],
+}
+
+/// What a presented token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Admin,
+    Router,
+}
+
+/// The endpoints the router token may call.
+fn router_may(method: &http::Method, path: &str) -> bool {
+    matches!(
+        (method, path),
+        (&http::Method::GET, "/v1/routes") | (&http::Method::POST, "/v1/router/logs")
+    )
+}
+
 pub(crate) fn hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// Loads the token hash, generating a token on first start.
+/// Loads the admin token's hash, generating the token on first start.
 pub fn ensure_token(store: &Store, data_dir: &Path) -> Result<TokenSetup> {
-    let token_file = data_dir.join("admin-token");
-    if let Some(h) = store.meta_get(HASH_KEY)? {
+    ensure(store, &data_dir.join("admin-token"), HASH_KEY)
+}
+
+/// Loads the router token's hash, generating the token on first start.
+pub fn ensure_router_token(store: &Store, data_dir: &Path) -> Result<TokenSetup> {
+    ensure(store, &data_dir.join("router-token"), ROUTER_HASH_KEY)
+}
+
+fn ensure(store: &Store, token_file: &Path, key: &str) -> Result<TokenSetup> {
+    let token_file = token_file.to_path_buf();
+    if let Some(h) = store.meta_get(key)? {
         if let Ok(h) = <[u8; 32]>::try_from(h.as_slice()) {
             return Ok(TokenSetup {
                 new_token: None,
@@ -52,7 +89,7 @@ pub fn ensure_token(store: &Store, data_dir: &Path) -> Result<TokenSetup> {
     f.write_all(b"\n")?;
     f.sync_all()?;
     let h = hash(&token);
-    store.meta_put(HASH_KEY, &h)?;
+    store.meta_put(key, &h)?;
     Ok(TokenSetup {
         new_token: Some(token),
         token_file,
@@ -69,22 +106,42 @@ pub fn check(expected: &[u8; 32], presented: &str) -> bool {
         == 0
 }
 
-/// Lets a request through only with `Authorization: Bearer <the admin token>`.
+/// Lets a request through only with `Authorization: Bearer <token>` of a token that may call
+/// that endpoint.
 pub(super) async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(t) if check(&s.token_hash, t.trim()) => next.run(req).await,
-        Some(_) => Error::api(
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let scope = presented.and_then(|t| {
+        if check(&s.tokens.admin, t) {
+            Some(Scope::Admin)
+        } else if check(&s.tokens.router, t) {
+            Some(Scope::Router)
+        } else {
+            None
+        }
+    });
+    match (presented, scope) {
+        (_, Some(Scope::Admin)) => next.run(req).await,
+        (_, Some(Scope::Router)) if router_may(req.method(), req.uri().path()) => {
+            next.run(req).await
+        }
+        (_, Some(Scope::Router)) => Error::api(
+            ErrorCode::Forbidden,
+            "this is the router token: it can read the route table and post access logs, \
+             nothing else; use the admin token for this",
+        )
+        .into_response(),
+        (Some(_), None) => Error::api(
             ErrorCode::Unauthorized,
             "the token is wrong; use the admin token pier-controller printed (it is in its data \
              dir's admin-token file): pier login --api URL --token TOKEN",
         )
         .into_response(),
-        None => Error::api(
+        (None, _) => Error::api(
             ErrorCode::Unauthorized,
             "missing token: send `Authorization: Bearer TOKEN`, or run pier login --api URL --token TOKEN",
         )

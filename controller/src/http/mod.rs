@@ -42,7 +42,7 @@ pub struct ApiState {
     pub buildpacks: Arc<Buildpacks>,
     pub blobs: BlobStore,
     pub stats: Arc<RequestStats>,
-    pub token_hash: [u8; 32],
+    pub tokens: auth::Tokens,
     pub limits: Limits,
     pub stack_image: String,
     pub shutdown: CancellationToken,

@@ -49,6 +49,40 @@ async fn every_endpoint_but_info_needs_the_token() {
 }
 
 #[tokio::test]
+async fn the_router_token_reads_routes_and_posts_access_logs_and_nothing_else() {
+    let p = TestPlatform::new().await;
+    p.push("web").await;
+    let r = Some(crate::testkit::ROUTER_TOKEN);
+    let (s, v) = p.call_with("GET", "/v1/routes", None, r).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["routes"][0]["host"], "web.localhost");
+    let app = p.store.get_app(&"web".parse().unwrap()).unwrap().unwrap();
+    let batch = json!({"router_index": 2, "lines": [{"app_guid": app.guid, "time": "2026-12-01T00:00:00Z", "text": "GET / 200"}]});
+    let (s, _) = p
+        .call_with("POST", "/v1/router/logs", Some(batch.to_string().into_bytes()), r)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let before = p.store.list_apps().unwrap();
+    for (method, path) in [
+        ("GET", "/v1/apps"),
+        ("GET", "/v1/apps/web"),
+        ("DELETE", "/v1/apps/web"),
+        ("PUT", "/v1/apps/evil"),
+        ("POST", "/v1/apps/web/actions/stop"),
+        ("GET", "/v1/apps/web/logs"),
+        ("POST", "/v1/packages"),
+        ("POST", "/v1/routes"),
+    ] {
+        let (s, v) = p.call_with(method, path, None, r).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{method} {path}: {v}");
+        assert_eq!(v["code"], "forbidden");
+        assert!(v["message"].as_str().unwrap().contains("router token"), "{v}");
+    }
+    assert_eq!(p.store.list_apps().unwrap(), before, "nothing changed");
+    assert_eq!(p.fake.running(Kind::Instance).len(), 1, "nothing stopped");
+}
+
+#[tokio::test]
 async fn refused_app_configs_write_nothing() {
     let p = TestPlatform::new().await;
     let bad = [
