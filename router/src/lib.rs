@@ -70,7 +70,6 @@
 //! which malformed requests get 400 (`Content-Length` with `Transfer-Encoding` among them):
 //! `docs/router.md`.
 
-mod chunked;
 mod h1;
 mod idle;
 pub mod metrics;

@@ -1,0 +1,49 @@
+//! The HTTP/1 engine: one task per client connection parses the client's requests, writes them
+//! to a pooled connection to the instance and copies the response back, both hops driven by
+//! the same future, like one nginx event handler.
+//!
+//! ```text
+//! client ──read──▶ [rd] ─httparse─▶ head ─▶ route, pick ─▶ write head (+ buffered body) ──▶ instance
+//!    ▲                                                       stream the rest of the body ──▶
+//!    └──── write head (+ buffered body) ◀─ rewrite ◀─httparse─ [up.buf] ◀──read───────────┘
+//!          stream the rest of the body ◀────────────────────────────────
+//! ```
+//!
+//! Why not hyper on both sides (as the router first did): a hyper server connection, a hyper
+//! client connection and the proxy's service are three state machines and two tasks, with
+//! channels between them and a wake-up per hand-over; here one future owns both sockets and a
+//! request costs its syscalls, two parses and two header rewrites. HTTP/2 clients (h2c prior
+//! knowledge, or ALPN `h2` over TLS) still go through hyper and [`Proxy::handle`].
+//!
+//! What the engine enforces (the rules are listed in `docs/router.md`):
+//! - request framing: `Content-Length` together with `Transfer-Encoding` is 400, as are differing
+//!   `Content-Length`s, a transfer coding other than a single `chunked`, several `Host` headers,
+//!   a malformed head and a control character in a header value; a head over the limit is 431;
+//! - chunked bodies are decoded and re-encoded ([`crate::chunked`]), never passed through raw;
+//! - a request is retried on another instance only when its connection could not be opened (no
+//!   byte written); a pooled connection that turns out to be closed before the first byte is
+//!   written is replaced by a new connection to the same instance;
+//! - an instance's malformed response is 502 for that request, and its connection is dropped;
+//! - a client connection is closed after any response whose request body was not read to its
+//!   end, so no byte of a body is ever parsed as a request.
+
+mod body;
+mod chunked;
+mod connection;
+mod fields;
+mod head;
+mod respond;
+mod timer;
+mod upstream;
+
+pub(crate) use connection::{serve, Ended};
+pub(crate) use upstream::Pool;
+
+/// Most headers in a request or response head.
+pub(super) const MAX_HEADERS: usize = 100;
+/// Bytes asked of the kernel per read.
+pub(super) const READ_SIZE: usize = 16 * 1024;
+/// Largest response head accepted from an instance.
+pub(super) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
