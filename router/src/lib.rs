@@ -71,6 +71,7 @@
 //! `docs/router.md`.
 
 mod h1;
+mod headers;
 mod idle;
 pub mod metrics;
 pub mod proxy;

@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -40,6 +40,10 @@ use hyper_util::rt::TokioIo;
 use pier_api::{RouteTable, ROUTER_ERROR_HEADER};
 use tokio::sync::watch;
 
+use crate::headers::{
+    self, forwarded_for_from, request_id_from, sticky_cookie, sticky_instance_from, Forwarded,
+    RequestField, Sent,
+};
 use crate::metrics::Metrics;
 use crate::table::{InFlight, Route, Table};
 use crate::upstream::{Lease, Pool};
@@ -51,19 +55,7 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 /// The table as the controller publishes it: `None` until the first table is known.
 pub type TableReceiver = watch::Receiver<Option<Arc<RouteTable>>>;
 
-pub const X_VCAP_REQUEST_ID: HeaderName = HeaderName::from_static("x-vcap-request-id");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start");
-const X_CF_APPLICATION_ID: HeaderName = HeaderName::from_static("x-cf-applicationid");
-const X_CF_INSTANCE_INDEX: HeaderName = HeaderName::from_static("x-cf-instanceindex");
-const X_CF_INSTANCE_ID: HeaderName = HeaderName::from_static("x-cf-instanceid");
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-const STICKY_COOKIE: &str = "__VCAP_ID__";
-const SESSION_COOKIE: &str = "JSESSIONID";
+pub use crate::headers::X_VCAP_REQUEST_ID;
 
 /// Causes named in the [`ROUTER_ERROR_HEADER`] of responses the router makes itself.
 pub mod cause {
@@ -471,16 +463,16 @@ impl Proxy {
         let xff = forwarded_for(&parts.headers, client_addr);
         log.set_xff(&xff);
         let mut headers = parts.headers;
-        // `Expect: 100-continue` was answered on the client side (hyper sends 100 when the body is
-        // first read); passing it on would only make the instance send a second 100.
         upstream_headers(
             &mut headers,
-            &host,
-            &xff,
-            https,
-            &request_id,
-            &route,
-            upgrade.as_ref().map(|(p, _)| p),
+            &Forwarded {
+                host: &host,
+                xff: &xff,
+                https,
+                request_id: &request_id,
+                app_guid: route.app_guid_header(),
+                upgrade: upgrade.as_ref().map(|(p, _)| p.as_bytes()),
+            },
         );
         let path_and_query = parts
             .uri
@@ -507,8 +499,9 @@ impl Proxy {
             } else {
                 std::mem::take(&mut headers)
             };
-            up_headers.insert(X_CF_INSTANCE_INDEX, HeaderValue::from(backend.index));
-            up_headers.insert(X_CF_INSTANCE_ID, route.instance_id_header(i));
+            headers::instance_fields(backend.index, route.instance_id_header(i), |name, value| {
+                insert(&mut up_headers, name, value)
+            });
             let mut up = Request::new(slot.body());
             *up.method_mut() = parts.method.clone();
             // Origin-form: the instance learns the host from the Host header.
@@ -575,6 +568,7 @@ impl Proxy {
         mut log: RequestLog,
     ) -> Response<ProxyBody> {
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let upgrade_requested = upgrade.is_some();
         // An upgraded connection belongs to the tunnel now; otherwise it is reusable once the
         // body has ended.
         let mut lease = (!switching).then_some(lease);
@@ -599,13 +593,16 @@ impl Proxy {
                     }
                 });
             }
-            _ => strip_hop_by_hop(resp.headers_mut()),
+            _ => {}
         }
+        let tunnel = switching && upgrade_requested;
         let (mut parts, body) = resp.into_parts();
-        parts
-            .headers
-            .insert(X_VCAP_REQUEST_ID, log.request_id.clone());
-        add_sticky_cookie(&mut parts.headers, &backend.instance_id);
+        response_headers(
+            &mut parts.headers,
+            tunnel,
+            &log.request_id,
+            &backend.instance_id,
+        );
         log.status = parts.status.as_u16();
         let body = LoggedBody {
             inner: body.map_err(BoxError::from).boxed_unsync(),
@@ -994,71 +991,25 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     request_id_from(headers.get(&X_VCAP_REQUEST_ID).map(HeaderValue::as_bytes))
 }
 
-/// The request id to use given the incoming `X-Vcap-Request-Id` value, if any.
-pub(crate) fn request_id_from(incoming: Option<&[u8]>) -> HeaderValue {
-    incoming
-        .filter(|b| !b.is_empty() && b.len() <= 256 && b.iter().all(|c| c.is_ascii_graphic()))
-        .and_then(|b| HeaderValue::from_bytes(b).ok())
-        .unwrap_or_else(|| {
-            // A v4 uuid from the thread-local generator: `Uuid::new_v4` asks the OS for every id.
-            let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
-            let mut buf = uuid::Uuid::encode_buffer();
-            HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
-                .unwrap_or_else(|_| HeaderValue::from_static("-"))
-        })
-}
-
-/// A new W3C `traceparent`: version 00, random trace and span ids, not sampled.
-pub(crate) fn traceparent() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let trace: u128 = rand::random::<u128>() | 1;
-    let span: u64 = rand::random::<u64>() | 1;
-    let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    for i in 0..32 {
-        buf[3 + i] = HEX[((trace >> (124 - 4 * i)) & 0xf) as usize];
-    }
-    for i in 0..16 {
-        buf[36 + i] = HEX[((span >> (60 - 4 * i)) & 0xf) as usize];
-    }
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("-"))
-}
-
 /// The X-Forwarded-For value to send: the incoming one(s) with the client's address appended.
 fn forwarded_for(headers: &HeaderMap, client: SocketAddr) -> String {
     forwarded_for_from(
         headers
-            .get_all(&X_FORWARDED_FOR)
+            .get_all(headers::Set::ForwardedFor.name())
             .iter()
             .map(HeaderValue::as_bytes),
         client,
     )
 }
 
-/// [`forwarded_for`] from the incoming `X-Forwarded-For` values.
-pub(crate) fn forwarded_for_from<'a>(
-    values: impl Iterator<Item = &'a [u8]>,
-    client: SocketAddr,
-) -> String {
-    let ip = client.ip().to_canonical();
-    let prior: Vec<&str> = values
-        .filter_map(|v| std::str::from_utf8(v).ok())
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    if prior.is_empty() {
-        ip.to_string()
-    } else {
-        format!("{}, {ip}", prior.join(", "))
-    }
-}
-
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    headers::has_token(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .map(HeaderValue::as_bytes),
+        token.as_bytes(),
+    )
 }
 
 /// The protocol an HTTP/1.1 client asks to upgrade to, if any.
@@ -1072,79 +1023,83 @@ fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
     req.headers().get(header::UPGRADE).cloned()
 }
 
-/// The request headers an instance gets, whatever protocol the client spoke: hop-by-hop headers
-/// and `Expect` removed, `X-Forwarded-*`, `X-Request-Start`, the request id, `traceparent` and
-/// `X-CF-ApplicationID` set, and `Connection: upgrade` kept for an upgrade. Per-instance headers
-/// (`X-CF-InstanceIndex`, `X-CF-InstanceID`) are added per attempt.
-fn upstream_headers(
-    headers: &mut HeaderMap,
-    host: &str,
-    xff: &str,
-    https: bool,
-    request_id: &HeaderValue,
-    route: &Route,
-    upgrade: Option<&HeaderValue>,
-) {
+/// The request headers an instance gets from an HTTP/2 client: the policy of
+/// [`crate::headers`] applied to hyper's map (the HTTP/1 engine applies it to raw fields in
+/// `h1::fields`). The per-instance headers are added per attempt.
+fn upstream_headers(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
     strip_hop_by_hop(headers);
-    headers.remove(header::EXPECT);
-    if let Some(proto) = upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, proto.clone());
-    }
-    if !headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(host) {
-            headers.insert(header::HOST, v);
+    let mut sent = Sent::default();
+    let mut dropped = Vec::new();
+    for name in headers.keys() {
+        match headers::request_field(name.as_str().as_bytes()) {
+            RequestField::Drop => dropped.push(name.clone()),
+            RequestField::Settles(s) => sent.mark(s),
+            RequestField::Keep => {}
         }
     }
-    if let Ok(v) = HeaderValue::from_str(xff) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        let proto = if https { "https" } else { "http" };
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    }
-    if !headers.contains_key(&X_FORWARDED_HOST) {
-        if let Ok(v) = HeaderValue::from_str(host) {
-            headers.insert(X_FORWARDED_HOST, v);
-        }
-    }
-    if !headers.contains_key(&X_REQUEST_START) {
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        headers.insert(X_REQUEST_START, HeaderValue::from(ms as u64));
-    }
-    headers.insert(X_VCAP_REQUEST_ID, request_id.clone());
-    if !headers.contains_key(&TRACEPARENT) {
-        headers.insert(TRACEPARENT, traceparent());
-    }
-    headers.insert(X_CF_APPLICATION_ID, route.app_guid_header());
-}
-
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including every header named in `Connection`.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
+    for name in dropped {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
+    fwd.each(sent, |name, value| insert(headers, name, value));
+}
+
+/// Sets `name` (a lowercase constant of [`crate::headers`]) to `value`, replacing what was there.
+fn insert(headers: &mut HeaderMap, name: &'static str, value: &[u8]) {
+    if let Ok(v) = HeaderValue::from_bytes(value) {
+        headers.insert(HeaderName::from_static(name), v);
+    }
+}
+
+/// The response headers an HTTP/2 client gets: the policy of [`crate::headers`] applied to
+/// hyper's map. `tunnel`: a 101 to an upgrade, which keeps the hop-by-hop headers.
+fn response_headers(
+    headers: &mut HeaderMap,
+    tunnel: bool,
+    request_id: &HeaderValue,
+    instance_id: &str,
+) {
+    let named = if tunnel {
+        Vec::new()
+    } else {
+        connection_named(headers)
+    };
+    let dropped: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            !headers::response_field_passes(k.as_str().as_bytes(), tunnel, |n| {
+                named
+                    .iter()
+                    .any(|h| n.eq_ignore_ascii_case(h.as_str().as_bytes()))
+            })
+        })
+        .cloned()
+        .collect();
+    for name in dropped {
+        headers.remove(name);
+    }
+    headers.insert(X_VCAP_REQUEST_ID, request_id.clone());
+    add_sticky_cookie(headers, instance_id);
+}
+
+/// The headers `Connection` names.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers::list_items(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
+    .filter_map(|t| HeaderName::from_bytes(t).ok())
+    .collect()
+}
+
+/// Removes hop-by-hop headers ([`crate::headers::HOP_BY_HOP`]), including every header named
+/// in `Connection`.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in connection_named(headers) {
+        headers.remove(name);
+    }
+    for name in headers::HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -1159,17 +1114,6 @@ fn sticky_instance(headers: &HeaderMap) -> Option<String> {
     )
 }
 
-/// [`sticky_instance`] from the request's `Cookie` values.
-pub(crate) fn sticky_instance_from<'a>(cookies: impl Iterator<Item = &'a [u8]>) -> Option<String> {
-    cookies
-        .filter_map(|v| std::str::from_utf8(v).ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == STICKY_COOKIE)
-        .map(|(_, v)| v.trim_matches('"').to_string())
-        .filter(|v| !v.is_empty())
-}
-
 /// When the app starts a session (`Set-Cookie: JSESSIONID=…`), pin the client to this instance
 /// with a `__VCAP_ID__` cookie carrying the same attributes.
 fn add_sticky_cookie(headers: &mut HeaderMap, instance_id: &str) {
@@ -1182,26 +1126,6 @@ fn add_sticky_cookie(headers: &mut HeaderMap, instance_id: &str) {
             headers.append(header::SET_COOKIE, v);
         }
     }
-}
-
-/// The `__VCAP_ID__` cookie to add to a response with these `Set-Cookie` values, if one of
-/// them starts a `JSESSIONID` session.
-pub(crate) fn sticky_cookie<'a>(
-    set_cookies: impl Iterator<Item = &'a [u8]>,
-    instance_id: &str,
-) -> Option<String> {
-    let session = set_cookies
-        .filter_map(|v| std::str::from_utf8(v).ok())
-        .find(|v| {
-            v.split_once('=')
-                .is_some_and(|(k, _)| k.trim() == SESSION_COOKIE)
-        })?;
-    let attrs = session.split_once(';').map(|(_, a)| a.trim()).unwrap_or("");
-    Some(if attrs.is_empty() {
-        format!("{STICKY_COOKIE}={instance_id}; Path=/; HttpOnly")
-    } else {
-        format!("{STICKY_COOKIE}={instance_id}; {attrs}")
-    })
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -1240,6 +1164,7 @@ mod tests {
 
     #[test]
     fn forwarded_for_appends() {
+        const X_FORWARDED_FOR: &str = "x-forwarded-for";
         let client: SocketAddr = ([10, 0, 0, 9], 5000).into();
         let mut h = HeaderMap::new();
         assert_eq!(forwarded_for(&h, client), "10.0.0.9");
@@ -1278,5 +1203,49 @@ mod tests {
         let all: Vec<_> = resp.get_all(header::SET_COOKIE).iter().collect();
         assert_eq!(all.len(), 2);
         assert_eq!(all[1], "__VCAP_ID__=inst-7; Path=/app; Max-Age=60");
+    }
+}
+
+/// What the HTTP/2 path sends, for tests that hold it against the HTTP/1 engine.
+#[cfg(test)]
+pub(crate) mod probe {
+    use http::{HeaderMap, HeaderValue};
+
+    use super::{insert, response_headers, upstream_headers};
+    use crate::headers::{instance_fields, Forwarded};
+
+    /// The `(lowercase name, value)` headers an instance gets for a request with `headers`,
+    /// sent to instance `index`/`id`.
+    pub(crate) fn request_fields(
+        mut headers: HeaderMap,
+        fwd: &Forwarded<'_>,
+        index: u32,
+        id: &HeaderValue,
+    ) -> Vec<(String, String)> {
+        upstream_headers(&mut headers, fwd);
+        instance_fields(index, id, |name, value| insert(&mut headers, name, value));
+        pairs(&headers)
+    }
+
+    /// The `(lowercase name, value)` headers a client gets for a response with `headers` from
+    /// instance `instance_id`.
+    pub(crate) fn response_fields(
+        mut headers: HeaderMap,
+        tunnel: bool,
+        request_id: &HeaderValue,
+        instance_id: &str,
+    ) -> Vec<(String, String)> {
+        response_headers(&mut headers, tunnel, request_id, instance_id);
+        pairs(&headers)
+    }
+
+    fn pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+        headers
+            .iter()
+            .map(|(n, v)| {
+                let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (n.as_str().to_string(), v)
+            })
+            .collect()
     }
 }

@@ -70,13 +70,13 @@ impl Route {
     }
 
     /// The app guid as a header value (`X-CF-ApplicationID`).
-    pub fn app_guid_header(&self) -> HeaderValue {
-        self.app_guid_header.clone()
+    pub fn app_guid_header(&self) -> &HeaderValue {
+        &self.app_guid_header
     }
 
     /// Backend `i`'s instance id as a header value (`X-CF-InstanceID`).
-    pub fn instance_id_header(&self, i: usize) -> HeaderValue {
-        self.instance_ids[i].clone()
+    pub fn instance_id_header(&self, i: usize) -> &HeaderValue {
+        &self.instance_ids[i]
     }
 
     /// Picks the next backend, skipping those for which `usable` says no. Returns its index into

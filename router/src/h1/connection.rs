@@ -13,15 +13,14 @@ use tokio::time::Instant as Deadline;
 use tokio_util::sync::CancellationToken;
 
 use super::body::{copy_chunked, copy_length, skip_buffered_body, BodyState, CLIENT_EOF};
-use super::fields::{error_bytes, put_request_fields, UpstreamExtras};
+use super::fields::{error_bytes, put_field, put_request_fields};
 use super::head::{parse_request, request_framing, Framing, HeadError, RequestHead};
 use super::respond::{answer, respond, upstream_failed, Exchange, Outcome};
 use super::timer::{read_more, Timer};
 use super::upstream::{connect, UpConn};
 use super::{H2_PREFACE, READ_SIZE};
-use crate::proxy::{
-    cause, forwarded_for_from, request_id_from, sticky_instance_from, Proxy, RequestLog,
-};
+use crate::headers::{self, forwarded_for_from, request_id_from, sticky_instance_from, Forwarded};
+use crate::proxy::{cause, Proxy, RequestLog};
 
 /// How a connection ended.
 pub(crate) enum Ended {
@@ -233,15 +232,15 @@ where
     put_request_fields(
         &mut common,
         &fields,
-        &UpstreamExtras {
+        &Forwarded {
             host: &host,
             xff: &xff,
             https,
             request_id: &request_id,
-            app_guid: route.app_guid_header().as_bytes(),
+            app_guid: route.app_guid_header(),
             upgrade,
-            chunked: framing == Framing::Chunked,
         },
+        framing == Framing::Chunked,
     );
 
     // Attempts: only a connection that could not be opened leads to another one.
@@ -259,11 +258,10 @@ where
         log.in_flight = Some(route.start_request(i));
         let mut out = BytesMut::with_capacity(common.len() + 160);
         out.put_slice(&common);
-        out.put_slice(b"x-cf-instanceindex: ");
-        out.put_slice(backend.index.to_string().as_bytes());
-        out.put_slice(b"\r\nx-cf-instanceid: ");
-        out.put_slice(route.instance_id_header(i).as_bytes());
-        out.put_slice(b"\r\n\r\n");
+        headers::instance_fields(backend.index, route.instance_id_header(i), |name, value| {
+            put_field(&mut out, name.as_bytes(), value)
+        });
+        out.put_slice(b"\r\n");
         // A length-framed body already read goes out with the head, in one write.
         let mut body_in_head = 0usize;
         if let Framing::Length(n) = framing {

@@ -7,7 +7,9 @@ use http::header::HeaderValue;
 use http::StatusCode;
 
 use super::head::ResponseHead;
-use crate::proxy::traceparent;
+use crate::headers::{
+    self, list_items, sticky_cookie, Forwarded, RequestField, Sent, X_VCAP_REQUEST_ID,
+};
 
 /// The fields of a head as received: its bytes, and where each name and value is. The router
 /// reads them and copies the ones it keeps straight to the other side (no header map).
@@ -55,73 +57,40 @@ impl Fields {
 
     /// Whether a list-valued field (`Connection`) has `token`.
     pub(super) fn has_token(&self, name: &[u8], token: &[u8]) -> bool {
-        list_items(self.values(name)).any(|t| t.eq_ignore_ascii_case(token))
+        headers::has_token(self.values(name), token)
     }
 }
 
-/// The comma-separated elements of a list-valued field's values, trimmed, empty ones skipped.
-pub(super) fn list_items<'a>(
-    values: impl Iterator<Item = &'a [u8]>,
-) -> impl Iterator<Item = &'a [u8]> {
-    values
-        .flat_map(|v| v.split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-}
-
-/// What the router adds to a request it forwards.
-pub(super) struct UpstreamExtras<'a> {
-    pub(super) host: &'a str,
-    pub(super) xff: &'a str,
-    pub(super) https: bool,
-    pub(super) request_id: &'a HeaderValue,
-    pub(super) app_guid: &'a [u8],
-    /// The protocol of an upgrade the client asked for.
-    pub(super) upgrade: Option<&'a [u8]>,
-    pub(super) chunked: bool,
-}
-
-/// Fields the router sets on every forwarded request, replacing what the client sent.
-const SET_BY_ROUTER: [&[u8]; 7] = [
-    b"expect",
-    b"x-forwarded-for",
-    b"x-vcap-request-id",
-    b"x-cf-applicationid",
-    b"x-cf-instanceindex",
-    b"x-cf-instanceid",
-    b"content-length",
-];
-
-/// Writes the request's fields for the instance, in one pass, with the same policy as
-/// [`crate::proxy::upstream_headers`] (the HTTP/2 path's): hop-by-hop fields, those named in
-/// `Connection` and `Expect` left out; `X-Forwarded-For` (appended to), the request id and
-/// `X-CF-ApplicationID` set; `Host`, `X-Forwarded-Proto`, `X-Forwarded-Host`,
-/// `X-Request-Start` and `traceparent` added when the client sent none; `Connection: upgrade`
-/// kept for an upgrade. `Content-Length` is written again by the router for a length-framed
-/// body (the parsed value), and `Transfer-Encoding: chunked` for a chunked one.
-pub(super) fn put_request_fields(out: &mut BytesMut, fields: &Fields, x: &UpstreamExtras<'_>) {
+/// Writes the request's fields for the instance in one pass, by the policy in
+/// [`crate::headers`]: the client's fields that policy keeps, then the ones the router sets
+/// (the per-instance ones come per attempt). Framing is the engine's own: `Content-Length` is
+/// written again for a length-framed body (the parsed value), `Transfer-Encoding: chunked` for
+/// a chunked one (`chunked`), whatever the client wrote.
+pub(super) fn put_request_fields(
+    out: &mut BytesMut,
+    fields: &Fields,
+    fwd: &Forwarded<'_>,
+    chunked: bool,
+) {
     let named: Vec<&[u8]> = list_items(fields.values(b"connection")).collect();
-    let (mut host, mut proto, mut fwd_host, mut start, mut trace) =
-        (false, false, false, false, false);
+    let mut sent = Sent::default();
     let mut length: Option<&[u8]> = None;
     for (name, value) in fields.iter() {
         if name.eq_ignore_ascii_case(b"content-length") {
             length.get_or_insert(value);
-        }
-        if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-            || SET_BY_ROUTER.iter().any(|h| name.eq_ignore_ascii_case(h))
-            || named.iter().any(|h| name.eq_ignore_ascii_case(h))
-        {
             continue;
         }
-        host |= name.eq_ignore_ascii_case(b"host");
-        proto |= name.eq_ignore_ascii_case(b"x-forwarded-proto");
-        fwd_host |= name.eq_ignore_ascii_case(b"x-forwarded-host");
-        start |= name.eq_ignore_ascii_case(b"x-request-start");
-        trace |= name.eq_ignore_ascii_case(b"traceparent");
+        if named.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+            continue;
+        }
+        match headers::request_field(name) {
+            RequestField::Drop => continue,
+            RequestField::Settles(s) => sent.mark(s),
+            RequestField::Keep => {}
+        }
         put_field(out, name, value);
     }
-    if let Some(len) = length.filter(|_| !x.chunked) {
+    if let Some(len) = length.filter(|_| !chunked) {
         // Checked by `request_framing`: every value is the same number.
         let first = len
             .split(|&b| b == b',')
@@ -130,78 +99,50 @@ pub(super) fn put_request_fields(out: &mut BytesMut, fields: &Fields, x: &Upstre
             .trim_ascii();
         put_field(out, b"content-length", first);
     }
-    if x.chunked {
+    if chunked {
         put_field(out, b"transfer-encoding", b"chunked");
     }
-    if let Some(protocol) = x.upgrade {
-        put_field(out, b"connection", b"upgrade");
-        put_field(out, b"upgrade", protocol);
-    }
-    if !host {
-        put_field(out, b"host", x.host.as_bytes());
-    }
-    put_field(out, b"x-forwarded-for", x.xff.as_bytes());
-    if !proto {
-        put_field(
-            out,
-            b"x-forwarded-proto",
-            if x.https { b"https" } else { b"http" },
-        );
-    }
-    if !fwd_host {
-        put_field(out, b"x-forwarded-host", x.host.as_bytes());
-    }
-    if !start {
-        let ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        put_field(out, b"x-request-start", ms.to_string().as_bytes());
-    }
-    put_field(out, b"x-vcap-request-id", x.request_id.as_bytes());
-    if !trace {
-        put_field(out, b"traceparent", traceparent().as_bytes());
-    }
-    put_field(out, b"x-cf-applicationid", x.app_guid);
+    fwd.each(sent, |name, value| put_field(out, name.as_bytes(), value));
 }
 
-fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+pub(super) fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.put_slice(name);
     out.put_slice(b": ");
     out.put_slice(value);
     out.put_slice(b"\r\n");
 }
 
-/// Hop-by-hop fields (RFC 9110 §7.6.1), never passed on.
-const HOP_BY_HOP: [&[u8]; 9] = [
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"proxy-authenticate",
-    b"proxy-authorization",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-];
-
-/// Writes the fields of `head` for the client: all of them for a 101 (the upgrade needs
-/// `Connection` and `Upgrade`), otherwise without the hop-by-hop ones and those that
-/// `Connection` names; an `X-Vcap-Request-Id` from the instance is replaced by the router's.
-pub(super) fn put_response_fields(out: &mut BytesMut, head: &ResponseHead, keep_hop_by_hop: bool) {
-    let named: Vec<&[u8]> = if keep_hop_by_hop {
+/// Writes the fields of `head` that reach the client by the policy in [`crate::headers`]
+/// (`switching`: a 101, which keeps the hop-by-hop ones). The router's own fields follow.
+pub(super) fn put_response_fields(out: &mut BytesMut, head: &ResponseHead, switching: bool) {
+    let named: Vec<&[u8]> = if switching {
         Vec::new()
     } else {
         list_items(head.values(b"connection")).collect()
     };
+    let named_by_connection = |name: &[u8]| named.iter().any(|h| name.eq_ignore_ascii_case(h));
     for (name, value) in head.fields.iter() {
-        let hop = !keep_hop_by_hop
-            && (HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-                || named.iter().any(|h| name.eq_ignore_ascii_case(h)));
-        if hop || name.eq_ignore_ascii_case(b"x-vcap-request-id") {
-            continue;
+        if headers::response_field_passes(name, switching, named_by_connection) {
+            put_field(out, name, value);
         }
-        put_field(out, name, value);
+    }
+}
+
+/// Writes the fields the router adds to a response it passes on: its request id, and the
+/// sticky-session cookie when the app starts a session.
+pub(super) fn put_router_response_fields(
+    out: &mut BytesMut,
+    head: &ResponseHead,
+    request_id: &HeaderValue,
+    instance_id: &str,
+) {
+    put_field(
+        out,
+        X_VCAP_REQUEST_ID.as_str().as_bytes(),
+        request_id.as_bytes(),
+    );
+    if let Some(cookie) = sticky_cookie(head.values(b"set-cookie"), instance_id) {
+        put_field(out, b"set-cookie", cookie.as_bytes());
     }
 }
 
@@ -276,7 +217,6 @@ mod tests {
     use super::*;
     use crate::h1::head::parse_response;
     use crate::h1::head::tests::head;
-    use crate::proxy::sticky_cookie;
 
     #[test]
     fn response_fields_lose_hop_by_hop_ones() {
@@ -315,19 +255,20 @@ mod tests {
         .flatten()
         .unwrap();
         let id = HeaderValue::from_static("rid");
+        let guid = HeaderValue::from_static("guid");
         let mut out = BytesMut::new();
         put_request_fields(
             &mut out,
             &h.fields,
-            &UpstreamExtras {
+            &Forwarded {
                 host: "a.localhost",
                 xff: "1.2.3.4, 127.0.0.1",
                 https: false,
                 request_id: &id,
-                app_guid: b"guid",
+                app_guid: &guid,
                 upgrade: None,
-                chunked: false,
             },
+            false,
         );
         let s = String::from_utf8(out.to_vec()).unwrap();
         for absent in ["X-Hop", "Connection", "Expect", "forged", "1.2.3.4\r\n"] {

@@ -3,8 +3,9 @@
 use bytes::BytesMut;
 use http::StatusCode;
 
-use super::fields::{list_items, Fields};
+use super::fields::Fields;
 use super::{MAX_HEADERS, MAX_RESPONSE_HEAD};
+use crate::headers::list_items;
 
 /// How a message's body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -47,3 +47,62 @@ pub(super) const READ_SIZE: usize = 16 * 1024;
 pub(super) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the engine writes for a head, for tests that hold it against the HTTP/2 path.
+#[cfg(test)]
+pub(crate) mod probe {
+    use bytes::BytesMut;
+    use http::HeaderValue;
+
+    use super::fields::{
+        put_field, put_request_fields, put_response_fields, put_router_response_fields,
+    };
+    use super::head::{parse_request, parse_response};
+    use crate::headers::{instance_fields, Forwarded};
+
+    /// The `(lowercase name, value)` fields an instance gets for the request head `raw`, sent
+    /// to instance `index`/`id`.
+    pub(crate) fn request_fields(
+        raw: &str,
+        fwd: &Forwarded<'_>,
+        index: u32,
+        id: &HeaderValue,
+    ) -> Vec<(String, String)> {
+        let mut rd = BytesMut::from(raw.as_bytes());
+        let Ok(Some(head)) = parse_request(&mut rd, 64 * 1024) else {
+            panic!("not a request head: {raw:?}");
+        };
+        let mut out = BytesMut::new();
+        put_request_fields(&mut out, &head.fields, fwd, false);
+        instance_fields(index, id, |name, value| {
+            put_field(&mut out, name.as_bytes(), value)
+        });
+        pairs(&out)
+    }
+
+    /// The `(lowercase name, value)` fields a client gets for the response head `raw` from
+    /// instance `instance_id`, framing aside.
+    pub(crate) fn response_fields(
+        raw: &str,
+        switching: bool,
+        request_id: &HeaderValue,
+        instance_id: &str,
+    ) -> Vec<(String, String)> {
+        let mut buf = BytesMut::from(raw.as_bytes());
+        let Ok(Some(head)) = parse_response(&mut buf) else {
+            panic!("not a response head: {raw:?}");
+        };
+        let mut out = BytesMut::new();
+        put_response_fields(&mut out, &head, switching);
+        put_router_response_fields(&mut out, &head, request_id, instance_id);
+        pairs(&out)
+    }
+
+    fn pairs(out: &[u8]) -> Vec<(String, String)> {
+        String::from_utf8_lossy(out)
+            .split("\r\n")
+            .filter_map(|line| line.split_once(": "))
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+            .collect()
+    }
+}

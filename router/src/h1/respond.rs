@@ -11,10 +11,12 @@ use tokio::time::Instant as Deadline;
 use tokio_util::sync::CancellationToken;
 
 use super::body::{copy_chunked, copy_length, copy_response_to_close, INSTANCE_EOF};
-use super::fields::{error_bytes, put_response_fields, put_status_line};
+use super::fields::{
+    error_bytes, put_response_fields, put_router_response_fields, put_status_line,
+};
 use super::head::{parse_response, response_framing, Framing};
 use super::timer::{read_more, Timer};
-use crate::proxy::{cause, sticky_cookie, Proxy, RequestLog};
+use crate::proxy::{cause, Proxy, RequestLog};
 
 /// What the response phase needs to know about its request.
 pub(super) struct Exchange<'a> {
@@ -154,14 +156,7 @@ where
     let mut out = BytesMut::with_capacity(resp.fields.head.len() + 128);
     put_status_line(&mut out, status, resp.reason());
     put_response_fields(&mut out, &resp, switching);
-    out.put_slice(b"x-vcap-request-id: ");
-    out.put_slice(log.request_id.as_bytes());
-    out.put_slice(b"\r\n");
-    if let Some(cookie) = sticky_cookie(resp.values(b"set-cookie"), &backend.instance_id) {
-        out.put_slice(b"set-cookie: ");
-        out.put_slice(cookie.as_bytes());
-        out.put_slice(b"\r\n");
-    }
+    put_router_response_fields(&mut out, &resp, &log.request_id, &backend.instance_id);
     if chunk_out {
         out.put_slice(b"transfer-encoding: chunked\r\n");
     }
