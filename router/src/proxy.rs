@@ -299,6 +299,90 @@ pub(crate) struct Refusal {
     pub(crate) message: String,
 }
 
+impl Refusal {
+    /// 400 `bad_request`, saying why.
+    pub(crate) fn bad_request(why: &str) -> Self {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            cause: cause::BAD_REQUEST,
+            message: format!("Bad request: {why}."),
+        }
+    }
+}
+
+/// The instances one request tries, in turn. Only a connection that could not be opened (so
+/// no byte of the request was written) leads to another attempt; there are at most
+/// [`ProxyOptions::max_attempts`], never more than the route has instances, and the sticky
+/// instance comes first.
+pub(crate) struct Attempts<'a> {
+    proxy: &'a Proxy,
+    route: &'a Arc<Route>,
+    sticky: Option<String>,
+    max: usize,
+    tried: Vec<usize>,
+    last_error: Option<String>,
+}
+
+impl<'a> Attempts<'a> {
+    pub(crate) fn new(proxy: &'a Proxy, route: &'a Arc<Route>, sticky: Option<String>) -> Self {
+        let max = proxy.opts.max_attempts.clamp(1, route.backends.len());
+        Attempts {
+            proxy,
+            route,
+            sticky,
+            max,
+            tried: Vec::with_capacity(max),
+            last_error: None,
+        }
+    }
+
+    /// The backend the next attempt goes to, counted in flight on it and named in the log
+    /// from now on; `None` when no attempt is left.
+    pub(crate) fn next(&mut self, log: &mut RequestLog) -> Option<usize> {
+        if self.tried.len() >= self.max {
+            return None;
+        }
+        let attempt = self.tried.len();
+        let i =
+            self.proxy
+                .pick_backend(self.route, self.sticky.as_deref(), attempt, &self.tried)?;
+        self.tried.push(i);
+        log.set_backend(&self.route.backends[i]);
+        log.in_flight = Some(self.route.start_request(i));
+        Some(i)
+    }
+
+    /// Whether another attempt may follow the current one.
+    pub(crate) fn more_left(&self) -> bool {
+        self.tried.len() < self.max
+    }
+
+    /// The current attempt, on backend `i`, could not open a connection.
+    pub(crate) fn connect_failed(
+        &mut self,
+        i: usize,
+        error: &dyn fmt::Display,
+        log: &mut RequestLog,
+    ) {
+        let retrying = self.more_left();
+        self.proxy
+            .connect_failed(self.route, &self.route.backends[i], error, retrying);
+        log.in_flight = None;
+        self.last_error = Some(error.to_string());
+    }
+
+    /// No instance accepted a connection: logged, and the answer.
+    pub(crate) fn exhausted(self) -> Refusal {
+        tracing::warn!(app = %self.route.app, attempts = self.tried.len(),
+            error = %self.last_error.unwrap_or_default(), "no instance accepted a connection");
+        Refusal {
+            status: StatusCode::BAD_GATEWAY,
+            cause: cause::BACKEND_ERROR,
+            message: "No instance of the app accepted a connection.".into(),
+        }
+    }
+}
+
 impl Proxy {
     pub(crate) fn with_shared(shared: Arc<Shared>, opts: ProxyOptions) -> Self {
         let pool = Pool::new(
@@ -399,6 +483,39 @@ impl Proxy {
         self.mark_failed(backend);
         if retrying {
             self.opts.metrics.record_retry();
+        }
+    }
+
+    /// The request may have reached `backend` and it failed to answer: logged, and the answer
+    /// (502: a request that may have reached an app is never replayed).
+    pub(crate) fn instance_failed(
+        &self,
+        route: &Route,
+        backend: &pier_api::Backend,
+        error: &dyn fmt::Display,
+        log: &RequestLog,
+    ) -> Refusal {
+        tracing::warn!(app = %route.app, instance = backend.index, addr = %backend.addr,
+            error = %error, elapsed_ms = log.elapsed().as_millis() as u64,
+            "request to instance failed");
+        Refusal {
+            status: StatusCode::BAD_GATEWAY,
+            cause: cause::BACKEND_ERROR,
+            message: "The app's instance failed to answer the request.".into(),
+        }
+    }
+
+    /// `backend` did not answer within the upstream timeout or the request's maximum time:
+    /// logged, and the answer (504).
+    pub(crate) fn instance_timed_out(&self, route: &Route, backend: &pier_api::Backend) -> Refusal {
+        tracing::warn!(app = %route.app, instance = backend.index, addr = %backend.addr,
+            timeout_ms = self.opts.upstream_timeout.as_millis() as u64,
+            max_request_ms = self.opts.max_request_time.as_millis() as u64,
+            "instance did not answer in time");
+        Refusal {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            cause: cause::UPSTREAM_TIMEOUT,
+            message: "The app's instance did not answer in time.".into(),
         }
     }
 
@@ -703,6 +820,11 @@ impl RequestLog {
             e.instance_id = Some(b.instance_id.clone());
             e.backend_addr = Some(b.addr);
         }
+    }
+
+    /// Time since the request arrived.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// Records that the router answered `status` itself, for `cause`.

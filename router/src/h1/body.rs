@@ -1,4 +1,10 @@
-//! Request and response bodies: copies of a length-framed, a chunked and a close-delimited body.
+//! Request and response bodies: copying a length-framed, a chunked or a close-delimited body
+//! from one side to the other.
+//!
+//! A body is never buffered whole: each read is written on before the next. A chunked body is
+//! decoded and written in chunks of the router's own (or bare, to an HTTP/1.0 client), so a
+//! framing the router did not check never reaches the other side. A side that closes before
+//! the body ends is an `UnexpectedEof` naming who closed.
 
 use std::io;
 
@@ -9,7 +15,6 @@ use tokio::time::Instant as Deadline;
 use super::chunked::{self, Chunk, Decoder};
 use super::head::Framing;
 use super::timer::{read_more, Timer};
-use crate::proxy::RequestLog;
 
 /// What became of the request body.
 #[derive(PartialEq, Eq)]
@@ -32,128 +37,118 @@ pub(super) fn skip_buffered_body(rd: &mut BytesMut, framing: Framing) -> BodySta
     }
 }
 
-/// Copies `left` more body bytes from `from` (after what `buf` holds) to `to`, telling `count`
-/// how many went; `eof` says who closed too early.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn copy_length<R, W>(
-    from: &mut R,
-    buf: &mut BytesMut,
-    to: &mut W,
-    mut left: u64,
-    deadline: Deadline,
-    mut count: impl FnMut(u64),
-    eof: &'static str,
-    timer: &mut Timer,
-) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    while left > 0 {
-        if buf.is_empty() && read_more(from, buf, deadline, timer).await? == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, eof));
-        }
-        let take = left.min(buf.len() as u64) as usize;
-        to.write_all(&buf[..take]).await?;
-        buf.advance(take);
-        left -= take as u64;
-        count(take as u64);
-    }
-    Ok(())
-}
-
-fn bad_chunk(why: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, why)
-}
-
-/// Decodes a chunked body read from `from` (after what `buf` holds) and writes it to `to`,
-/// after what `out` already holds: chunked again in chunks of our own (`chunk_out`), or bare
-/// (a response to an HTTP/1.0 client, delimited by closing the connection).
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn copy_chunked<R, W>(
-    from: &mut R,
-    buf: &mut BytesMut,
-    to: &mut W,
-    mut out: BytesMut,
-    chunk_out: bool,
-    deadline: Deadline,
-    mut count: impl FnMut(u64),
-    eof: &'static str,
-    timer: &mut Timer,
-) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut dec = Decoder::new();
-    loop {
-        match dec.next(buf).map_err(bad_chunk)? {
-            Chunk::Data(d) => {
-                count(d.len() as u64);
-                if chunk_out {
-                    chunked::encode_chunk(&mut out, &d);
-                } else {
-                    out.put_slice(&d);
-                }
-            }
-            Chunk::Done => {
-                if chunk_out {
-                    out.put_slice(chunked::LAST_CHUNK);
-                }
-                return to.write_all(&out).await;
-            }
-            Chunk::NeedMore => {
-                if !out.is_empty() {
-                    to.write_all(&out).await?;
-                    out.clear();
-                }
-                if read_more(from, buf, deadline, timer).await? == 0 {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, eof));
-                }
-            }
-        }
-    }
-}
-
 pub(super) const CLIENT_EOF: &str = "the client closed the connection in the middle of the body";
 pub(super) const INSTANCE_EOF: &str =
     "the instance closed the connection in the middle of the body";
 
-/// A response body delimited by the instance closing the connection.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn copy_response_to_close<C, U>(
-    client: &mut C,
-    up: &mut U,
-    buf: &mut BytesMut,
-    mut out: BytesMut,
-    chunk_out: bool,
-    deadline: Deadline,
-    log: &mut RequestLog,
-    timer: &mut Timer,
-) -> io::Result<()>
+/// One body on its way from one side to the other: where it is read from (after what `buf`
+/// already holds), where it goes, and the deadline its reads are held to.
+pub(super) struct BodyCopy<'a, R, W, F> {
+    pub(super) from: &'a mut R,
+    pub(super) buf: &'a mut BytesMut,
+    pub(super) to: &'a mut W,
+    pub(super) deadline: Deadline,
+    pub(super) timer: &'a mut Timer,
+    /// Told how many body bytes went, for the access log.
+    pub(super) count: F,
+    /// The error when `from` closes before the body ends (it says who closed).
+    pub(super) eof: &'static str,
+}
+
+impl<R, W, F> BodyCopy<'_, R, W, F>
 where
-    C: AsyncWrite + Unpin,
-    U: AsyncRead + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    F: FnMut(u64),
 {
-    loop {
-        if !buf.is_empty() {
-            let data: Bytes = buf.split().freeze();
-            log.bytes_sent += data.len() as u64;
-            if chunk_out {
-                chunked::encode_chunk(&mut out, &data);
-            } else {
-                out.put_slice(&data);
+    /// Copies `left` more body bytes.
+    pub(super) async fn length(mut self, mut left: u64) -> io::Result<()> {
+        while left > 0 {
+            if self.buf.is_empty() && self.read_more().await? == 0 {
+                return Err(self.closed_early());
             }
+            let take = left.min(self.buf.len() as u64) as usize;
+            self.to.write_all(&self.buf[..take]).await?;
+            self.buf.advance(take);
+            left -= take as u64;
+            (self.count)(take as u64);
         }
-        if !out.is_empty() {
-            client.write_all(&out).await?;
-            out.clear();
-        }
-        if read_more(up, buf, deadline, timer).await? == 0 {
-            if chunk_out {
-                client.write_all(chunked::LAST_CHUNK).await?;
+        Ok(())
+    }
+
+    /// Decodes a chunked body and writes it after what `out` already holds: chunked again in
+    /// chunks of our own (`chunk_out`), or bare (a response to an HTTP/1.0 client, delimited by
+    /// closing the connection).
+    pub(super) async fn chunked(mut self, mut out: BytesMut, chunk_out: bool) -> io::Result<()> {
+        let mut dec = Decoder::new();
+        loop {
+            match dec.next(self.buf).map_err(bad_chunk)? {
+                Chunk::Data(d) => {
+                    (self.count)(d.len() as u64);
+                    if chunk_out {
+                        chunked::encode_chunk(&mut out, &d);
+                    } else {
+                        out.put_slice(&d);
+                    }
+                }
+                Chunk::Done => {
+                    if chunk_out {
+                        out.put_slice(chunked::LAST_CHUNK);
+                    }
+                    return self.to.write_all(&out).await;
+                }
+                Chunk::NeedMore => {
+                    if !out.is_empty() {
+                        self.to.write_all(&out).await?;
+                        out.clear();
+                    }
+                    if self.read_more().await? == 0 {
+                        return Err(self.closed_early());
+                    }
+                }
             }
-            return Ok(());
         }
     }
+
+    /// A body delimited by `from` closing the connection (responses only), written after
+    /// what `out` already holds, chunked for the client or bare as [`Self::chunked`].
+    pub(super) async fn until_close(
+        mut self,
+        mut out: BytesMut,
+        chunk_out: bool,
+    ) -> io::Result<()> {
+        loop {
+            if !self.buf.is_empty() {
+                let data: Bytes = self.buf.split().freeze();
+                (self.count)(data.len() as u64);
+                if chunk_out {
+                    chunked::encode_chunk(&mut out, &data);
+                } else {
+                    out.put_slice(&data);
+                }
+            }
+            if !out.is_empty() {
+                self.to.write_all(&out).await?;
+                out.clear();
+            }
+            if self.read_more().await? == 0 {
+                if chunk_out {
+                    self.to.write_all(chunked::LAST_CHUNK).await?;
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    async fn read_more(&mut self) -> io::Result<usize> {
+        read_more(self.from, self.buf, self.deadline, self.timer).await
+    }
+
+    fn closed_early(&self) -> io::Error {
+        io::Error::new(io::ErrorKind::UnexpectedEof, self.eof)
+    }
+}
+
+fn bad_chunk(why: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
 }

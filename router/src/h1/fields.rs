@@ -1,4 +1,8 @@
-//! The fields of a head, and writing heads.
+//! The fields of a head as received, and writing heads.
+//!
+//! [`Fields`] keeps the head's bytes and where each name and value is, with no header map: the
+//! fields the router keeps are copied straight to the other side. Which ones those are, and
+//! what the router adds, is [`crate::headers`]'s policy; this module only applies it.
 
 use std::time::SystemTime;
 

@@ -1,4 +1,10 @@
-//! Request and response heads: parsing, and the framing rules.
+//! Request and response heads: parsing them (httparse) and deciding how their bodies are
+//! framed (RFC 9112 §6.3).
+//!
+//! The framing rules refuse what two parsers could read differently, since that is how request
+//! smuggling starts: a request with both `Content-Length` and `Transfer-Encoding`, differing
+//! lengths, or a transfer coding other than a single `chunked` has no framing here, only a 400.
+//! A parsed head is taken out of the read buffer, so what follows it is the body.
 
 use bytes::BytesMut;
 use http::StatusCode;

@@ -13,13 +13,29 @@
 //! client connection and the proxy's service are three state machines and two tasks, with
 //! channels between them and a wake-up per hand-over; here one future owns both sockets and a
 //! request costs its syscalls, two parses and two header rewrites. HTTP/2 clients (h2c prior
-//! knowledge, or ALPN `h2` over TLS) still go through hyper and [`Proxy::handle`].
+//! knowledge, or ALPN `h2` over TLS) still go through hyper ([`crate::h2`]).
+//!
+//! | module | owns |
+//! |---|---|
+//! | `connection` | the serve loop and one exchange: admit → route → forward → relay |
+//! | `forward` | the request's head for instances, the attempts, pooled or new connections |
+//! | `respond` | reading the response, its head for the client, relaying its body |
+//! | `head` | parsing request and response heads, and the framing rules (RFC 9112 §6) |
+//! | `fields` | a head's fields as parsed (no header map), writing fields and heads |
+//! | `body` | copying a length-framed, chunked or close-delimited body |
+//! | `chunked` | the chunked decoder and encoder |
+//! | `timer` | reads bounded by deadlines on one lazily re-armed timer per connection |
+//! | `upstream` | connections to instances and their idle pool |
+//!
+//! The header policy (what is forwarded, stripped and set) is not the engine's own: it is
+//! [`crate::headers`], shared with the HTTP/2 path; the engine applies it to raw fields.
+//! Routing, instance choice, retries and the access log are [`crate::proxy`]'s, shared too.
 //!
 //! What the engine enforces (the rules are listed in `docs/router.md`):
 //! - request framing: `Content-Length` together with `Transfer-Encoding` is 400, as are differing
 //!   `Content-Length`s, a transfer coding other than a single `chunked`, several `Host` headers,
 //!   a malformed head and a control character in a header value; a head over the limit is 431;
-//! - chunked bodies are decoded and re-encoded ([`crate::chunked`]), never passed through raw;
+//! - chunked bodies are decoded and re-encoded (`chunked`), never passed through raw;
 //! - a request is retried on another instance only when its connection could not be opened (no
 //!   byte written); a pooled connection that turns out to be closed before the first byte is
 //!   written is replaced by a new connection to the same instance;
@@ -31,6 +47,7 @@ mod body;
 mod chunked;
 mod connection;
 mod fields;
+mod forward;
 mod head;
 mod respond;
 mod timer;

@@ -1,4 +1,8 @@
-//! Connections to instances, pooled.
+//! Connections to instances, and the idle ones kept between requests.
+//!
+//! A pooled connection is only ever used for the address it was opened to (so a request never
+//! reaches a container that took over an address: `docs/router.md`, R5), and one that became
+//! readable while idle (closed by the instance, or with stray bytes) is dropped, not used.
 
 use std::io;
 use std::net::SocketAddr;
