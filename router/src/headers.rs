@@ -404,7 +404,7 @@ mod tests {
                 upgrade,
             };
             let h1 = sorted(crate::h1::probe::request_fields(raw, &fwd, 2, &iid));
-            let h2 = sorted(crate::proxy::probe::request_fields(map(raw), &fwd, 2, &iid));
+            let h2 = sorted(crate::h2::probe::request_fields(map(raw), &fwd, 2, &iid));
             assert_eq!(h1, h2, "for {raw:?}");
             let names: Vec<&str> = h1.iter().map(|(n, _)| n.as_str()).collect();
             for set in Set::ALL {
@@ -440,7 +440,7 @@ mod tests {
             let h1 = sorted(crate::h1::probe::response_fields(
                 raw, tunnel, &rid, "inst-1",
             ));
-            let h2 = sorted(crate::proxy::probe::response_fields(
+            let h2 = sorted(crate::h2::probe::response_fields(
                 map(raw),
                 tunnel,
                 &rid,

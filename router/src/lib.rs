@@ -71,6 +71,7 @@
 //! `docs/router.md`.
 
 mod h1;
+mod h2;
 mod headers;
 mod idle;
 pub mod metrics;
@@ -78,7 +79,6 @@ pub mod proxy;
 pub mod server;
 pub mod sync;
 pub mod table;
-mod upstream;
 
 pub use metrics::Metrics;
 pub use proxy::{cause, AccessLog, AccessLogEntry, ProxyOptions, TableReceiver};

@@ -341,7 +341,9 @@ async fn serve_h2(
     https: bool,
     shutdown: &CancellationToken,
 ) {
-    let svc = service_fn(move |req: Request<Incoming>| Arc::clone(&proxy).handle(req, peer, https));
+    let svc = service_fn(move |req: Request<Incoming>| {
+        crate::h2::handle(Arc::clone(&proxy), req, peer, https)
+    });
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let result = tokio::select! {

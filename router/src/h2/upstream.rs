@@ -27,8 +27,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::body::SlotBody;
 use crate::idle::IdlePool;
-use crate::proxy::SlotBody;
 
 /// Why a request did not get a response.
 #[derive(Debug, thiserror::Error)]
