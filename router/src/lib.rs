@@ -74,12 +74,14 @@ mod h1;
 mod h2;
 mod headers;
 mod idle;
+mod in_flight;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod sync;
 pub mod table;
 
+pub use in_flight::{InFlight, InFlightGuard};
 pub use metrics::Metrics;
 pub use proxy::{cause, AccessLog, AccessLogEntry, ProxyOptions, TableReceiver};
 pub use server::{bind_reuseport, load_tls, serve, serve_admin, serve_threads, serve_tls};

@@ -43,7 +43,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(opts.max_connections.max(1)));
-    let proxy = Arc::new(Proxy::with_shared(Shared::new(table), opts));
+    let proxy = Arc::new(Proxy::with_shared(
+        Shared::new(table, opts.in_flight.clone()),
+        opts,
+    ));
     serve_with(listener, None, proxy, permits, shutdown).await
 }
 
@@ -57,7 +60,10 @@ pub async fn serve_tls(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(opts.max_connections.max(1)));
-    let proxy = Arc::new(Proxy::with_shared(Shared::new(table), opts));
+    let proxy = Arc::new(Proxy::with_shared(
+        Shared::new(table, opts.in_flight.clone()),
+        opts,
+    ));
     serve_with(
         listener,
         Some(TlsAcceptor::from(tls)),
@@ -146,7 +152,7 @@ pub fn serve_threads(
     opts: ProxyOptions,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let shared = Shared::new(table);
+    let shared = Shared::new(table, opts.in_flight.clone());
     let permits = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let mut threads = Vec::with_capacity(listeners.len());
     let (mut tls_listeners, acceptor) = match tls {

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant, SystemTime};
 use http::{HeaderValue, StatusCode};
 
 use super::{cause, Proxy};
+use crate::in_flight::InFlightGuard;
 use crate::metrics::Metrics;
-use crate::table::{InFlight, Route};
+use crate::table::Route;
 
 /// One finished request, as handed to an [`AccessLog`].
 #[derive(Debug, Clone)]
@@ -105,7 +106,7 @@ pub(crate) struct RequestLog {
     pub(crate) received: Option<Arc<AtomicU64>>,
     pub(crate) request_id: HeaderValue,
     /// Holds the backend's in-flight count (least-connections) until the response ends.
-    pub(crate) in_flight: Option<InFlight>,
+    pub(crate) in_flight: Option<InFlightGuard>,
     entry: Option<Box<AccessLogEntry>>,
     finished: bool,
 }

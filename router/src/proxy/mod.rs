@@ -38,6 +38,7 @@ use pier_api::{RouteTable, ROUTER_ERROR_HEADER};
 use tokio::sync::watch;
 
 use crate::h2::upstream::Pool;
+use crate::in_flight::InFlight;
 use crate::table::{Route, Table};
 
 mod log;
@@ -73,6 +74,8 @@ pub mod cause {
 struct TableCache {
     rx: TableReceiver,
     built: RwLock<Option<(Arc<RouteTable>, Arc<Table>)>>,
+    /// Where every table built here takes its in-flight counters.
+    in_flight: InFlight,
 }
 
 impl TableCache {
@@ -89,7 +92,7 @@ impl TableCache {
                 return Some(Arc::clone(t));
             }
         }
-        let table = Arc::new(Table::new(&src));
+        let table = Arc::new(Table::new(&src, &self.in_flight));
         tracing::info!(epoch = %table.epoch, version = table.version, routes = table.len(),
             "route table loaded");
         *built = Some((src, Arc::clone(&table)));
@@ -107,11 +110,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(tables: TableReceiver) -> Arc<Self> {
+    pub(crate) fn new(tables: TableReceiver, in_flight: InFlight) -> Arc<Self> {
         Arc::new(Shared {
             tables: TableCache {
                 rx: tables,
                 built: RwLock::new(None),
+                in_flight,
             },
             failed: Mutex::new(HashMap::new()),
             failed_count: AtomicU64::new(0),

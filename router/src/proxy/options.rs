@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::AccessLog;
+use crate::in_flight::InFlight;
 use crate::metrics::Metrics;
 
 /// Everything tunable about the proxy and its listener. `Default` gives gorouter-like values.
@@ -42,6 +43,10 @@ pub struct ProxyOptions {
     pub access_log: Option<Arc<dyn AccessLog>>,
     /// Where counters go; clone the `Arc` before handing the options over to read them.
     pub metrics: Arc<Metrics>,
+    /// Requests in flight per instance. Clone it before handing the options over to read the
+    /// counts or wait for an instance to be idle ([`InFlight::wait_idle`]), as a controller
+    /// does before it stops an instance.
+    pub in_flight: InFlight,
 }
 
 impl Default for ProxyOptions {
@@ -61,6 +66,7 @@ impl Default for ProxyOptions {
             http2: true,
             access_log: None,
             metrics: Arc::new(Metrics::default()),
+            in_flight: InFlight::default(),
         }
     }
 }
