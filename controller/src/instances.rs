@@ -1239,11 +1239,11 @@ async fn drain(ctx: &Ctx, key: &SlotKey, r: &Running) {
     // Let the requests the router already sent it finish before SIGTERM.
     let deadline = Instant::now() + Duration::from_secs(ctx.config.drain_timeout_secs);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    while pier_router::table::in_flight(&r.instance_id) > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    ctx.in_flight
+        .wait_idle(&r.instance_id, deadline.into())
+        .await;
     let drained = Instant::now();
-    tracing::info!(instance = %r.instance_id, in_flight = pier_router::table::in_flight(&r.instance_id), "drained; stopping");
+    tracing::info!(instance = %r.instance_id, in_flight = ctx.in_flight.count(&r.instance_id), "drained; stopping");
     if let Err(e) = docker::stop(&ctx.docker, &r.id, ctx.config.stop_grace()).await {
         tracing::warn!(container = %r.id, error = %e, "stop failed; removing anyway");
     }

@@ -43,6 +43,8 @@ pub struct Ctx {
     app_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Port apps are reached at through the router, for URLs.
     pub route_port: Option<u16>,
+    /// Requests the built-in router has in flight per instance; `drain` waits on it.
+    pub in_flight: pier_router::InFlight,
     pub shutdown: CancellationToken,
 }
 
@@ -197,6 +199,7 @@ impl Controller {
             active_stagings: Mutex::new(HashSet::new()),
             app_locks: Mutex::new(HashMap::new()),
             route_port,
+            in_flight: pier_router::InFlight::default(),
             shutdown,
         });
         Ok(Controller {
@@ -236,6 +239,7 @@ impl Controller {
             let rx = ctx.routing.subscribe();
             let opts = pier_router::ProxyOptions {
                 access_log: Some(crate::logs_http::access_log(Arc::downgrade(&ctx))),
+                in_flight: ctx.in_flight.clone(),
                 ..pier_router::ProxyOptions::default()
             };
             let sd = shutdown.clone();
