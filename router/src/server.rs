@@ -337,7 +337,7 @@ async fn serve_client(
     }
 }
 
-/// An HTTP/2 client connection through hyper and [`Proxy::handle`]; on shutdown it is told to
+/// An HTTP/2 client connection through hyper and [`crate::h2::handle`]; on shutdown it is told to
 /// go away (GOAWAY), and the streams in flight finish.
 async fn serve_h2(
     builder: &http2::Builder<TokioExecutor>,

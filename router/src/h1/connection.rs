@@ -4,8 +4,8 @@
 //! ```text
 //! serve: read_head ─▶ exchange ─▶ (keep-alive) read_head ─▶ …
 //! exchange: admit ─▶ route ─▶ forward (forward.rs) ─▶ relay: respond (respond.rs)
-//!                                                            ├ with the rest of the body, both ways at once
-//!                                                            └ or splice, after a 101
+//!                                                      ├ with the rest of the body, both ways
+//!                                                      └ or splice, after a 101
 //! ```
 //!
 //! Every phase that ends the exchange early has answered the client already and says whether
@@ -478,7 +478,8 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Connection<'_, C> {
             // An upgrade carries no request body, so it is never answered here.
             Ok(Outcome::Upgraded) => Ok(false),
             Err(e) => {
-                tracing::debug!(error = %e, "request body not forwarded, or response not delivered");
+                tracing::debug!(error = %e,
+                    "request body not forwarded, or response not delivered");
                 // A malformed chunked body before the instance answered: 400 (the instance's
                 // connection, with its half-sent request, is dropped).
                 if e.kind() == io::ErrorKind::InvalidData && req.log.status == 0 {

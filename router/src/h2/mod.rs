@@ -4,10 +4,10 @@
 //! HTTP/1 engine's ([`crate::h1`]).
 //!
 //! ```text
-//! handle: request head ─▶ route ─▶ headers for the instance ─▶ forward: attempt ─▶ pooled client ─▶ instance
-//!                          │                                    ▲   │ connect failed, body untouched
-//!                          ▼                                    └───┘ (proxy::Attempts)
-//!                   refusal (404, 503, 400)              respond: headers for the client, LoggedBody
+//! handle: head ─▶ route ─▶ headers for instances ─▶ forward: attempt ─▶ pooled client ─▶ instance
+//!                  │                                   ▲    │ connect failed, body untouched
+//!                  ▼                                   └────┘ (proxy::Attempts)
+//!         refusal (404, 503, 400)          respond: headers for the client, LoggedBody
 //! ```
 //!
 //! What is shared with the HTTP/1 engine is not here: routing, instance choice, retries and the

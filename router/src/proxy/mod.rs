@@ -1,7 +1,7 @@
 //! What both engines share about a request once its head is read: the route table (built
 //! once per published table), the route and instance for the request, the retry rule and the
 //! memory of refused instances, the answers the router makes itself, and the access log. The
-//! HTTP/1 engine ([`crate::h1`]) and the HTTP/2 path ([`crate::h2`]) each move bytes their own
+//! HTTP/1 engine (`h1`) and the HTTP/2 path (`h2`) each move bytes their own
 //! way and ask this module every question whose answer must not depend on the protocol.
 //!
 //! ```text
@@ -13,14 +13,14 @@
 //! ```
 //!
 //! Invariants:
-//! - Every response the router makes itself ([`Refusal`]) carries
+//! - Every response the router makes itself (`Refusal`) carries
 //!   [`pier_api::ROUTER_ERROR_HEADER`] naming the cause, a plain-text body, and the request id.
 //! - Before the first table arrives, every request gets 503 `table_loading`, never 404.
 //! - What the router remembers about an instance (refused connects, sticky sessions) is keyed by
 //!   instance id as well as address, so a new instance on a reused address starts clean.
 //! - Each request is counted in flight on its instance ([`crate::table::Route::start_request`])
 //!   from the attempt that picks it until its response ends; the access log entry and the
-//!   metrics are written once, when the response is done or abandoned ([`RequestLog`]).
+//!   metrics are written once, when the response is done or abandoned (`RequestLog`).
 
 use std::collections::HashMap;
 use std::fmt;
