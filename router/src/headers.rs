@@ -54,6 +54,7 @@ const STICKY_COOKIE: &str = "__VCAP_ID__";
 const SESSION_COOKIE: &str = "JSESSIONID";
 
 /// Whether `name` is a hop-by-hop field.
+#[inline]
 pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
     HOP_BY_HOP
         .iter()
@@ -91,6 +92,7 @@ impl Set {
         Set::InstanceId,
     ];
 
+    #[inline]
     pub(crate) const fn name(self) -> &'static str {
         match self {
             Set::Host => "host",
@@ -125,6 +127,7 @@ impl Set {
         matches!(self, Set::InstanceIndex | Set::InstanceId)
     }
 
+    #[inline]
     fn of(name: &[u8]) -> Option<Set> {
         Set::ALL
             .into_iter()
@@ -145,6 +148,7 @@ pub(crate) enum RequestField {
 
 /// The policy for one field of the client's request. A field that `Connection` names is left
 /// out too; that list is the request's own, so the caller checks it.
+#[inline]
 pub(crate) fn request_field(name: &[u8]) -> RequestField {
     if is_hop_by_hop(name) || name.eq_ignore_ascii_case(EXPECT.as_bytes()) {
         return RequestField::Drop;
@@ -161,10 +165,12 @@ pub(crate) fn request_field(name: &[u8]) -> RequestField {
 pub(crate) struct Sent(u16);
 
 impl Sent {
+    #[inline]
     pub(crate) fn mark(&mut self, s: Set) {
         self.0 |= 1 << s as u16;
     }
 
+    #[inline]
     fn has(self, s: Set) -> bool {
         self.0 & (1 << s as u16) != 0
     }
@@ -211,6 +217,7 @@ impl Forwarded<'_> {
 }
 
 /// Hands `set` the fields naming the instance one attempt goes to.
+#[inline]
 pub(crate) fn instance_fields(
     index: u32,
     id: &HeaderValue,
@@ -221,6 +228,7 @@ pub(crate) fn instance_fields(
 }
 
 /// The comma-separated elements of a list-valued field's values, trimmed, empty ones skipped.
+#[inline]
 pub(crate) fn list_items<'a>(
     values: impl Iterator<Item = &'a [u8]>,
 ) -> impl Iterator<Item = &'a [u8]> {
@@ -231,6 +239,7 @@ pub(crate) fn list_items<'a>(
 }
 
 /// Whether a list-valued field (`Connection`) with these values has `token`.
+#[inline]
 pub(crate) fn has_token<'a>(values: impl Iterator<Item = &'a [u8]>, token: &[u8]) -> bool {
     list_items(values).any(|t| t.eq_ignore_ascii_case(token))
 }
@@ -296,6 +305,7 @@ pub(crate) fn traceparent() -> HeaderValue {
 /// Whether a field of the instance's response reaches the client as it is. `switching`: the
 /// response is a 101 and keeps `Connection` and `Upgrade` for the tunnel; `named_by_connection`
 /// tells whether the response's `Connection` names the field.
+#[inline]
 pub(crate) fn response_field_passes(
     name: &[u8],
     switching: bool,

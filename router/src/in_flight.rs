@@ -44,10 +44,12 @@ impl Counter {
     // against "the count dropped to 0, then no waiter was seen": at most one of the two happens,
     // so a waiter is never left asleep (see `wait_idle`). On x86 the read-modify-writes cost the
     // same as Relaxed ones.
+    #[inline]
     fn start(&self) {
         self.count.fetch_add(1, Ordering::SeqCst);
     }
 
+    #[inline]
     fn end(&self) {
         if self.count.fetch_sub(1, Ordering::SeqCst) == 1 && self.waiters.load(Ordering::SeqCst) > 0
         {
@@ -61,6 +63,7 @@ impl Counter {
 pub struct InFlightGuard(Option<Arc<Counter>>);
 
 impl InFlightGuard {
+    #[inline]
     pub(crate) fn start(counter: Option<&Arc<Counter>>) -> Self {
         if let Some(c) = counter {
             c.start();
@@ -70,6 +73,7 @@ impl InFlightGuard {
 }
 
 impl Drop for InFlightGuard {
+    #[inline]
     fn drop(&mut self) {
         if let Some(c) = &self.0 {
             c.end();

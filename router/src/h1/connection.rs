@@ -66,6 +66,14 @@ pub(super) enum Step<T> {
     Done(bool),
 }
 
+/// What the engine makes of a parsed head.
+enum Admission {
+    Admitted(Request),
+    /// Answered with the refusal, and the connection closed: a body that may follow cannot be
+    /// told from the next request.
+    Refused(RequestLog, Refusal),
+}
+
 /// A request the engine accepted, with its accounting, as the phases after parsing need it.
 pub(super) struct Request {
     pub(super) method: Method,
@@ -78,6 +86,8 @@ pub(super) struct Request {
     pub(super) framing: Framing,
     /// Whether the client wants its connection kept open after this exchange.
     pub(super) keep_alive: bool,
+    /// Whether the client asks for an upgrade ([`Request::upgrade`]).
+    upgrade: bool,
     /// The instance a `__VCAP_ID__` cookie asks for.
     pub(super) sticky: Option<String>,
     /// When the maximum request time runs out.
@@ -94,13 +104,11 @@ impl Request {
             .map_or(self.path_and_query.as_str(), |(p, _)| p)
     }
 
-    /// The protocol of the upgrade the client asks for, if it asks for one. A request with a
-    /// body is not upgraded: the body would be the start of the tunnel.
+    /// The protocol of the upgrade the client asks for, if it asks for one.
     pub(super) fn upgrade(&self) -> Option<&[u8]> {
-        let asked = self.http11
-            && self.fields.has_token(b"connection", b"upgrade")
-            && self.framing == Framing::None;
-        asked.then(|| self.fields.first(b"upgrade")).flatten()
+        self.upgrade
+            .then(|| self.fields.first(b"upgrade"))
+            .flatten()
     }
 
     fn expects_continue(&self) -> bool {
@@ -216,9 +224,12 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Connection<'_, C> {
 
     /// One request and its response. Returns whether the client connection can carry another.
     async fn exchange(&mut self, head: RequestHead) -> io::Result<bool> {
-        let mut req = match self.admit(head).await? {
-            Step::Go(req) => req,
-            Step::Done(keep_alive) => return Ok(keep_alive),
+        let mut req = match self.admit(head) {
+            Admission::Admitted(req) => req,
+            Admission::Refused(mut log, refusal) => {
+                answer(self.client, &mut log, &refusal, true).await?;
+                return Ok(false);
+            }
         };
         let route = match self.proxy.route_for(req.host.as_deref(), req.path()) {
             Ok(route) => route,
@@ -234,7 +245,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Connection<'_, C> {
 
     /// Starts the request's accounting and checks what the parser leaves to the engine: its
     /// framing, a single Host, and no CONNECT.
-    async fn admit(&mut self, head: RequestHead) -> io::Result<Step<Request>> {
+    fn admit(&self, head: RequestHead) -> Admission {
         let started = Instant::now();
         let RequestHead {
             method,
@@ -271,10 +282,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Connection<'_, C> {
         });
         let framing = match framing {
             Ok(f) => f,
-            Err(why) => {
-                answer(self.client, &mut log, &Refusal::bad_request(&why), true).await?;
-                return Ok(Step::Done(false));
-            }
+            Err(why) => return Admission::Refused(log, Refusal::bad_request(&why)),
         };
         if method == Method::CONNECT {
             let refusal = Refusal {
@@ -282,15 +290,17 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Connection<'_, C> {
                 cause: cause::BAD_REQUEST,
                 message: "CONNECT is not supported.".into(),
             };
-            answer(self.client, &mut log, &refusal, true).await?;
-            return Ok(Step::Done(false));
+            return Admission::Refused(log, refusal);
         }
         let keep_alive = if http11 {
             !fields.has_token(b"connection", b"close")
         } else {
             fields.has_token(b"connection", b"keep-alive")
         };
-        Ok(Step::Go(Request {
+        // A request with a body is not upgraded: the body would be the start of the tunnel.
+        let upgrade =
+            http11 && framing == Framing::None && fields.has_token(b"connection", b"upgrade");
+        Admission::Admitted(Request {
             sticky: sticky_instance_from(fields.values(b"cookie")),
             deadline: Deadline::from_std(started) + self.proxy.opts.max_request_time,
             method,
@@ -300,9 +310,10 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Connection<'_, C> {
             host,
             framing,
             keep_alive,
+            upgrade,
             log,
             received,
-        }))
+        })
     }
 
     /// Answers a request that reaches no instance. A body that is already here is skipped;

@@ -40,6 +40,7 @@ impl Fields {
         }
     }
 
+    #[inline]
     pub(super) fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.spans
             .iter()
@@ -47,12 +48,14 @@ impl Fields {
     }
 
     /// Every value of the field `name` (lowercase).
+    #[inline]
     pub(super) fn values<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.iter()
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
     }
 
+    #[inline]
     pub(super) fn first(&self, name: &[u8]) -> Option<&[u8]> {
         self.iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -60,6 +63,7 @@ impl Fields {
     }
 
     /// Whether a list-valued field (`Connection`) has `token`.
+    #[inline]
     pub(super) fn has_token(&self, name: &[u8], token: &[u8]) -> bool {
         headers::has_token(self.values(name), token)
     }
@@ -109,6 +113,7 @@ pub(super) fn put_request_fields(
     fwd.each(sent, |name, value| put_field(out, name.as_bytes(), value));
 }
 
+#[inline]
 pub(super) fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.put_slice(name);
     out.put_slice(b": ");
