@@ -62,15 +62,7 @@ async fn least_connections_route_sends_new_requests_to_the_idle_instance() {
 async fn the_in_flight_handle_counts_requests_and_wakes_a_drain_when_they_end() {
     // An embedder (the controller) keeps a clone of the handle it passes in the options.
     let in_flight = pier_router::InFlight::default();
-    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
-    let held = spawn_backend(move |_req: Request<Incoming>| {
-        let mut release = release_rx.clone();
-        async move {
-            let _ = release.wait_for(|v| *v).await;
-            Response::new(empty())
-        }
-    })
-    .await;
+    let (held, release_tx) = held_backend().await;
     let opts = ProxyOptions {
         in_flight: in_flight.clone(),
         ..ProxyOptions::default()
@@ -96,6 +88,20 @@ async fn the_in_flight_handle_counts_requests_and_wakes_a_drain_when_they_end() 
     assert_eq!(request.await.expect("join").status, StatusCode::OK);
     assert!(drain.await.expect("join"), "woken once the request ended");
     assert_eq!(in_flight.count("held-inst-0"), 0);
+}
+
+/// A backend that holds every request until `true` is sent on the returned channel.
+async fn held_backend() -> (FakeBackend, tokio::sync::watch::Sender<bool>) {
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let held = spawn_backend(move |_req: Request<Incoming>| {
+        let mut release = release_rx.clone();
+        async move {
+            let _ = release.wait_for(|v| *v).await;
+            Response::new(empty())
+        }
+    })
+    .await;
+    (held, release_tx)
 }
 
 async fn get_owned(url: String, host: &'static str) -> Answer {
@@ -156,15 +162,7 @@ async fn max_request_time_cuts_off_a_streaming_response() {
 
 #[tokio::test]
 async fn max_request_time_bounds_the_wait_for_headers_too() {
-    let (_never_tx, never_rx) = tokio::sync::watch::channel(false);
-    let silent = spawn_backend(move |_req: Request<Incoming>| {
-        let mut never = never_rx.clone();
-        async move {
-            let _ = never.wait_for(|v| *v).await;
-            Response::new(empty())
-        }
-    })
-    .await;
+    let (silent, _never_tx) = held_backend().await;
     let r = start_router(
         Some(vec![route("s.localhost", "", "s", &[silent.addr])]),
         ProxyOptions {
