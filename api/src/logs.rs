@@ -180,7 +180,10 @@ mod tests {
 
     #[test]
     fn control_characters_are_shown_escaped() {
-        assert_eq!(escape_controls("plain text\twith tab"), "plain text\twith tab");
+        assert_eq!(
+            escape_controls("plain text\twith tab"),
+            "plain text\twith tab"
+        );
         assert_eq!(escape_controls("\u{1b}[2J clear"), "\\x1b[2J clear");
         assert_eq!(escape_controls("csi \u{9b}31m"), "csi \\u{009b}31m");
         assert_eq!(escape_controls("bell\u{7}del\u{7f}"), "bell\\x07del\\x7f");

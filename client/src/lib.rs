@@ -142,6 +142,9 @@ pub struct RoutesPoll<'a> {
     pub router: Option<&'a str>,
     /// The largest table accepted, in bytes.
     pub max_bytes: usize,
+    /// Instances no longer in the table the router holds that it still has requests in flight
+    /// to: the controller drains them until no router names them.
+    pub draining: &'a [String],
 }
 
 /// What a route-table poll learned.
@@ -494,6 +497,10 @@ impl Client {
         let mut query = vec![("epoch", poll.epoch), ("version", version.as_str())];
         if let Some(router) = poll.router {
             query.push(("router", router));
+        }
+        let draining = poll.draining.join(",");
+        if !draining.is_empty() {
+            query.push(("draining", draining.as_str()));
         }
         let req = self
             .call(Method::GET, "/v1/routes")

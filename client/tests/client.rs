@@ -195,6 +195,7 @@ async fn the_route_long_poll_sends_its_position_and_bounds_the_table() {
         version: 7,
         router: Some("r1"),
         max_bytes: 4096,
+        draining: &[],
     };
     assert_eq!(
         c.poll_routes(&poll).await.unwrap(),

@@ -40,6 +40,7 @@
 pub mod apps;
 pub mod config;
 pub mod deployments;
+pub mod drain;
 pub mod error;
 pub mod events;
 pub mod http;

@@ -18,7 +18,7 @@ use crate::deployments::{RequestStats, Watcher};
 use crate::events::{Actor, Events};
 use crate::http::{ApiState, Limits};
 use crate::instances::health::{HealthProbe, NetworkProbe};
-use crate::instances::{InFlight, InstanceDeps, Instances, Routing};
+use crate::instances::{Drain, InstanceDeps, Instances, Routing};
 use crate::locks::AppLocks;
 use crate::logs::LogBroker;
 use crate::network::addresses::{AddressPool, SystemClock};
@@ -26,19 +26,6 @@ use crate::reconcile::{Reconciler, ReconcilerDeps};
 use crate::runtime::{ContainerRuntime, DockerRuntime};
 use crate::staging::{Buildpacks, Stager};
 use crate::store::{BlobStore, Store};
-
-/// The in-flight counts of the built-in router, in this process.
-struct BuiltinRouter;
-
-impl InFlight for BuiltinRouter {
-    fn count(&self, instance_id: &str) -> usize {
-        pier_router::table::in_flight(instance_id)
-    }
-
-    fn describe(&self) -> &'static str {
-        "the built-in router's in-flight requests"
-    }
-}
 
 /// A running controller.
 pub struct Controller {
@@ -61,6 +48,7 @@ pub(crate) struct Parts {
     pub(crate) watcher: Watcher,
     pub(crate) routing: Arc<Routing>,
     pub(crate) stats: Arc<RequestStats>,
+    pub(crate) builtin_router: Option<pier_router::InFlight>,
     pub(crate) serve: crate::http::serve::ServeOptions,
     pub(crate) shutdown: CancellationToken,
 }
@@ -239,7 +227,8 @@ impl Controller {
             blobs,
             runtime,
             probe: Arc::new(NetworkProbe),
-            in_flight: Arc::new(BuiltinRouter),
+            builtin_router: router_addr.map(|_| pier_router::InFlight::default()),
+            drain: None,
             tokens: crate::http::auth::Tokens {
                 admin: token.hash,
                 router: router_token.hash,
@@ -276,6 +265,7 @@ impl Controller {
             let rx = p.routing.subscribe();
             let opts = pier_router::ProxyOptions {
                 access_log: Some(access_log(Arc::downgrade(&p.logs), p.stats.clone())),
+                in_flight: p.builtin_router.clone().unwrap_or_default(),
                 ..pier_router::ProxyOptions::default()
             };
             let sd = shutdown.clone();
@@ -303,7 +293,11 @@ pub(crate) struct Wiring {
     pub(crate) blobs: BlobStore,
     pub(crate) runtime: Arc<dyn ContainerRuntime>,
     pub(crate) probe: Arc<dyn HealthProbe>,
-    pub(crate) in_flight: Arc<dyn InFlight>,
+    /// The built-in router's in-flight counts, when it runs (standalone routers report theirs
+    /// in their polls).
+    pub(crate) builtin_router: Option<pier_router::InFlight>,
+    /// For tests: a drain other than the routers'.
+    pub(crate) drain: Option<Arc<dyn Drain>>,
     pub(crate) tokens: crate::http::auth::Tokens,
     pub(crate) controller_id: String,
     pub(crate) network: crate::network::InstanceNetwork,
@@ -319,7 +313,8 @@ impl Parts {
             blobs,
             runtime,
             probe,
-            in_flight,
+            builtin_router,
+            drain,
             tokens,
             controller_id,
             network,
@@ -328,6 +323,12 @@ impl Parts {
         } = w;
         let routing = Arc::new(Routing::new());
         let addresses = open_addresses(&config, &store, &network, &routing)?;
+        let drain = drain.unwrap_or_else(|| {
+            Arc::new(crate::drain::RouterDrain {
+                builtin: builtin_router.clone(),
+                addresses: addresses.clone(),
+            })
+        });
         let logs = open_logs(&config, &store)?;
         let events = Events::new(store.clone(), logs.clone());
         let buildpacks = Arc::new(Buildpacks::install(&config.data_dir)?);
@@ -347,7 +348,7 @@ impl Parts {
             addresses: addresses.clone(),
             routing: routing.clone(),
             probe,
-            in_flight,
+            drain,
             settings: config.instance_settings(&controller_id, &network.name),
         });
         let reconciler = Reconciler::new(ReconcilerDeps {
@@ -400,6 +401,7 @@ impl Parts {
             shutdown: shutdown.clone(),
         };
         Ok(Parts {
+            builtin_router,
             serve: config.serve_options(),
             api,
             store,

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::instances::health::tests::FakeProbe;
-use crate::instances::InFlight;
+use crate::instances::{Drain, Drained};
 use crate::runtime::fake::{FakeRuntime, Script};
 use crate::runtime::{Kind, Stream};
 use crate::server::{Parts, Wiring};
@@ -22,14 +22,15 @@ pub(crate) const TOKEN: &str = "pier_test_token";
 pub(crate) const ROUTER_TOKEN: &str = "pier_test_router_token";
 
 /// Nothing is ever in flight: drains end at once.
-struct Idle;
+pub(crate) struct Idle;
 
-impl InFlight for Idle {
-    fn count(&self, _: &str) -> usize {
-        0
-    }
-    fn describe(&self) -> &'static str {
-        "nothing (tests)"
+#[async_trait::async_trait]
+impl Drain for Idle {
+    async fn wait(&self, _: &str, _: u64, _: tokio::time::Instant) -> Drained {
+        Drained {
+            idle: true,
+            waited_on: "nothing (tests)".into(),
+        }
     }
 }
 
@@ -89,7 +90,8 @@ impl TestPlatform {
             blobs: blobs.clone(),
             runtime: fake.clone(),
             probe: probe.clone(),
-            in_flight: Arc::new(Idle),
+            builtin_router: None,
+            drain: Some(Arc::new(Idle)),
             tokens: crate::http::auth::Tokens {
                 admin: crate::http::auth::hash(TOKEN),
                 router: crate::http::auth::hash(ROUTER_TOKEN),

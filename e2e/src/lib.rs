@@ -490,6 +490,15 @@ impl Platform {
         self.controller = Some(proc);
     }
 
+    /// The token a standalone router uses: the router token, which may only read routes and post
+    /// access logs.
+    pub fn router_token(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("router-token"))
+            .expect("router token file")
+            .trim()
+            .to_string()
+    }
+
     pub fn start_router(&mut self) {
         let mut cmd = Command::new(bin("pier-router"));
         cmd.arg("--listen")
@@ -497,7 +506,7 @@ impl Platform {
             .arg("--controller")
             .arg(&self.api)
             .arg("--token")
-            .arg(&self.token);
+            .arg(self.router_token());
         let mut proc = Proc::spawn(cmd);
         let line = proc.wait_for_line("listening on", Duration::from_secs(30));
         self.router_port = port_of(&line);

@@ -213,6 +213,43 @@ fn zero_downtime_with_three_instances() {
     zero_downtime_deployments(3);
 }
 
+/// With only a standalone pier-router, the controller drains a removed instance on the router's
+/// acknowledgement (the table version it holds, the instances it still has requests in flight
+/// to): a slow request already sent to an old instance finishes before the instance gets
+/// SIGTERM.
+#[test]
+fn zero_downtime_through_a_standalone_router() {
+    let p = Platform::start_with(Options {
+        standalone_router: true,
+        ..Options::default()
+    });
+    let app = fixture("versioned");
+    set_version(app.path(), "1");
+    p.pier_ok(&["push", "zdts", "-i", "2"], app.path());
+    eventually(Duration::from_secs(30), "the router has the route", || {
+        (p.get_via_router("zdts.localhost", "/").0 == 200).then_some(())
+    });
+    zero_downtime(
+        &p,
+        "zdts.localhost",
+        "re-push through a standalone router",
+        "version=2",
+        || {
+            set_version(app.path(), "2");
+            p.pier_ok(&["push", "zdts", "-i", "2"], app.path());
+        },
+    );
+    zero_downtime(
+        &p,
+        "zdts.localhost",
+        "restart through a standalone router",
+        "version=2",
+        || {
+            p.pier_ok(&["restart", "zdts"], app.path());
+        },
+    );
+}
+
 #[test]
 fn failing_new_version_leaves_the_old_one_serving() {
     let p = Platform::start();

@@ -8,8 +8,22 @@
 //!                            └──────────────────────────▶ watch::Receiver ──▶ serve()
 //!                                                                          │
 //!   client ──HTTP/1.x──▶ accept ─▶ h1 engine (one task: parse, route, both hops) ─▶ instance
-//!          └─h2c / ALPN h2─▶ hyper ─▶ Proxy::handle ─▶ Table::lookup ─▶ pooled client ─▶ instance
+//!          └─h2c / ALPN h2─▶ hyper ─▶ h2::handle ─▶ Table::lookup ─▶ pooled client ─▶ instance
 //! ```
+//!
+//! # Layout
+//!
+//! | module | owns |
+//! |---|---|
+//! | `server` | listeners, accept loops, TLS, the thread-per-core data plane, drain, `/metrics` |
+//! | `h1/` | the HTTP/1 engine: serve loop and exchange, heads, fields, bodies, its pool |
+//! | `h2/` | the HTTP/2 path on hyper: `handle`, its bodies, hyper's client pool |
+//! | `proxy/` | shared by both engines: routing, retries, [`ProxyOptions`], the access log |
+//! | `headers` | the one header policy: hop-by-hop, forwarded headers, sticky cookies |
+//! | `table` | the route table: lookup and balancing, pure data |
+//! | `in_flight` | requests in flight per instance ([`InFlight`]) |
+//! | `sync` | following the controller's route long-poll |
+//! | `metrics`, `idle` | counters; idle connection pools |
 //!
 //! # Entry points (what an embedding controller calls)
 //!
@@ -42,6 +56,9 @@
 //!   from the controller's `GET /v1/routes` long-poll and keeps the last table when it is away.
 //! - [`serve_admin`]`(listener, metrics, shutdown)`: `/metrics` in Prometheus text; share the
 //!   `Arc<Metrics>` in [`ProxyOptions::metrics`].
+//! - [`InFlight`]: requests in flight per instance; pass one in [`ProxyOptions::in_flight`] and
+//!   keep a clone to read [`InFlight::count`] or await [`InFlight::wait_idle`] before stopping an
+//!   instance the table no longer lists.
 //! - [`AccessLog`]: optional per-request callback ([`AccessLogEntry::to_rtr_line`] formats a
 //!   Cloud Foundry `RTR` line); set [`ProxyOptions::access_log`].
 //!
@@ -70,16 +87,18 @@
 //! which malformed requests get 400 (`Content-Length` with `Transfer-Encoding` among them):
 //! `docs/router.md`.
 
-mod chunked;
 mod h1;
+mod h2;
+mod headers;
 mod idle;
+mod in_flight;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod sync;
 pub mod table;
-mod upstream;
 
+pub use in_flight::{InFlight, InFlightGuard};
 pub use metrics::Metrics;
 pub use proxy::{cause, AccessLog, AccessLogEntry, ProxyOptions, TableReceiver};
 pub use server::{bind_reuseport, load_tls, serve, serve_admin, serve_threads, serve_tls};

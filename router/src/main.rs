@@ -2,11 +2,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use pier_router::{follow_controller, serve_admin, serve_threads, ProxyOptions, SyncOptions};
+use pier_router::{
+    follow_controller, serve_admin, serve_threads, AccessLog, ProxyOptions, SyncOptions,
+};
 use tokio_util::sync::CancellationToken;
 
 #[global_allocator]
@@ -128,6 +131,130 @@ impl Config {
     }
 }
 
+/// What the configuration says once it is checked, before any port is bound.
+struct Checked {
+    /// The fixed table of `--routes-file`, if it is given.
+    static_table: Option<pier_api::RouteTable>,
+    /// The controller's token (empty with a fixed table).
+    token: String,
+    admin: Option<SocketAddr>,
+    tls: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
+}
+
+impl Config {
+    /// Checks everything a bad flag could break, so nothing is bound before it is known to be
+    /// right.
+    fn check(&self) -> Result<Checked> {
+        let static_table = match &self.routes_file {
+            Some(path) => Some(load_routes_file(path)?),
+            None => None,
+        };
+        let token = match static_table {
+            Some(_) => String::new(),
+            None => self.token()?,
+        };
+        let admin: Option<SocketAddr> = if self.admin_listen.is_empty() {
+            None
+        } else {
+            Some(self.admin_listen.parse().with_context(|| {
+                format!("--admin-listen {:?} is not an address", self.admin_listen)
+            })?)
+        };
+        let tls = if self.tls_listen.is_empty() {
+            None
+        } else {
+            let addr: SocketAddr = self
+                .tls_listen
+                .parse()
+                .with_context(|| format!("--tls-listen {:?} is not an address", self.tls_listen))?;
+            let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+                bail!("--tls-listen needs --tls-cert and --tls-key (PIER_ROUTER_TLS_CERT / PIER_ROUTER_TLS_KEY)");
+            };
+            Some((addr, pier_router::load_tls(cert, key)?))
+        };
+        pier_client::check_base_url(&self.controller)
+            .with_context(|| format!("--controller {:?} is not a URL", self.controller))?;
+        Ok(Checked {
+            static_table,
+            token,
+            admin,
+            tls,
+        })
+    }
+
+    fn proxy_options(&self, access_log: Option<Arc<dyn AccessLog>>) -> ProxyOptions {
+        ProxyOptions {
+            connect_timeout: self.connect_timeout,
+            upstream_timeout: self.upstream_timeout,
+            max_request_time: self.max_request_time,
+            header_read_timeout: self.header_read_timeout,
+            max_header_bytes: self.max_header_bytes,
+            max_connections: self.max_connections,
+            drain_timeout: self.drain_timeout,
+            access_log,
+            ..ProxyOptions::default()
+        }
+    }
+
+    fn threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+/// Every listener, bound: one client socket per thread (plain, and TLS if asked for) and the
+/// admin listener.
+struct Listeners {
+    plain: Vec<std::net::TcpListener>,
+    tls: Option<(Vec<std::net::TcpListener>, Arc<rustls::ServerConfig>)>,
+    admin: Option<tokio::net::TcpListener>,
+}
+
+impl Listeners {
+    async fn bind(
+        config: &Config,
+        tls: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
+        admin: Option<SocketAddr>,
+    ) -> Result<Self> {
+        let threads = config.threads();
+        let plain = pier_router::bind_reuseport(config.listen, threads)
+            .with_context(|| format!("binding {}", config.listen))?;
+        let tls = match tls {
+            Some((a, tls_config)) => Some((
+                pier_router::bind_reuseport(a, threads)
+                    .with_context(|| format!("binding the TLS listener {a}"))?,
+                tls_config,
+            )),
+            None => None,
+        };
+        let admin = match admin {
+            Some(a) => Some(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("binding the admin listener {a}"))?,
+            ),
+            None => None,
+        };
+        Ok(Listeners { plain, tls, admin })
+    }
+
+    /// Prints the bound addresses: with port 0 they are how a caller learns the ports.
+    fn announce(&self) -> Result<()> {
+        if let Some(l) = self.plain.first() {
+            println!("pier-router listening on {}", l.local_addr()?);
+        }
+        if let Some(l) = self.tls.as_ref().and_then(|(l, _)| l.first()) {
+            println!("pier-router TLS listening on {}", l.local_addr()?);
+        }
+        if let Some(l) = &self.admin {
+            println!("pier-router admin listening on {}", l.local_addr()?);
+        }
+        Ok(())
+    }
+}
+
 // This runtime only follows the controller, serves the admin listener and waits for signals;
 // client traffic runs on `serve_threads`' own single-threaded runtimes.
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
@@ -140,95 +267,59 @@ async fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-
-    // Validate everything before binding.
-    let static_table = match &config.routes_file {
-        Some(path) => Some(load_routes_file(path)?),
-        None => None,
-    };
-    let token = match static_table {
-        Some(_) => String::new(),
-        None => config.token()?,
-    };
-    let admin: Option<SocketAddr> = if config.admin_listen.is_empty() {
-        None
-    } else {
-        Some(config.admin_listen.parse().with_context(|| {
-            format!("--admin-listen {:?} is not an address", config.admin_listen)
-        })?)
-    };
-    let tls = if config.tls_listen.is_empty() {
-        None
-    } else {
-        let addr: SocketAddr = config
-            .tls_listen
-            .parse()
-            .with_context(|| format!("--tls-listen {:?} is not an address", config.tls_listen))?;
-        let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
-            bail!("--tls-listen needs --tls-cert and --tls-key (PIER_ROUTER_TLS_CERT / PIER_ROUTER_TLS_KEY)");
-        };
-        Some((addr, pier_router::load_tls(cert, key)?))
-    };
-    pier_client::check_base_url(&config.controller)
-        .with_context(|| format!("--controller {:?} is not a URL", config.controller))?;
+    let checked = config.check()?;
 
     let shutdown = CancellationToken::new();
-    let opts = ProxyOptions {
-        connect_timeout: config.connect_timeout,
-        upstream_timeout: config.upstream_timeout,
-        max_request_time: config.max_request_time,
-        header_read_timeout: config.header_read_timeout,
-        max_header_bytes: config.max_header_bytes,
-        max_connections: config.max_connections,
-        drain_timeout: config.drain_timeout,
-        // Access lines go to the controller as the apps' RTR logs (not with a fixed table).
-        access_log: match static_table {
-            None => Some(access_forward::start(
-                &config.controller,
-                &token,
-                shutdown.clone(),
-            )?),
-            Some(_) => None,
-        },
-        ..ProxyOptions::default()
+    // Access lines go to the controller as the apps' RTR logs (not with a fixed table).
+    let access_log = match checked.static_table {
+        None => Some(access_forward::start(
+            &config.controller,
+            &checked.token,
+            shutdown.clone(),
+        )?),
+        Some(_) => None,
     };
+    let opts = config.proxy_options(access_log);
     let metrics = opts.metrics.clone();
-
-    let threads = match config.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    let listeners = pier_router::bind_reuseport(config.listen, threads)
-        .with_context(|| format!("binding {}", config.listen))?;
-    let addr = listeners[0].local_addr()?;
-    let tls = match tls {
-        Some((a, config)) => Some((
-            pier_router::bind_reuseport(a, threads)
-                .with_context(|| format!("binding the TLS listener {a}"))?,
-            config,
-        )),
-        None => None,
-    };
-    let admin_listener = match admin {
-        Some(a) => Some(
-            tokio::net::TcpListener::bind(a)
-                .await
-                .with_context(|| format!("binding the admin listener {a}"))?,
-        ),
-        None => None,
-    };
-    println!("pier-router listening on {addr}");
-    if let Some((l, _)) = &tls {
-        println!("pier-router TLS listening on {}", l[0].local_addr()?);
-    }
-    if let Some(l) = &admin_listener {
-        println!("pier-router admin listening on {}", l.local_addr()?);
-    }
+    let listeners = Listeners::bind(&config, checked.tls, checked.admin).await?;
+    listeners.announce()?;
 
     let (tx, rx) = tokio::sync::watch::channel(None);
-    let sync = match static_table {
+    let sync = publish_routes(
+        &config,
+        checked.static_table,
+        checked.token,
+        opts.in_flight.clone(),
+        tx,
+        &shutdown,
+    );
+    if let Some(l) = listeners.admin {
+        tokio::spawn(serve_admin(l, metrics, shutdown.clone()));
+    }
+    tokio::spawn(signals(shutdown.clone()));
+
+    let data_plane = shutdown.clone();
+    let (plain, tls) = (listeners.plain, listeners.tls);
+    tokio::task::spawn_blocking(move || serve_threads(plain, tls, rx, opts, data_plane))
+        .await
+        .context("the data plane panicked")??;
+    shutdown.cancel();
+    let _ = sync.await;
+    Ok(())
+}
+
+/// Publishes the route table: the fixed one, or the controller's as it changes.
+fn publish_routes(
+    config: &Config,
+    static_table: Option<pier_api::RouteTable>,
+    token: String,
+    in_flight: pier_router::InFlight,
+    tx: tokio::sync::watch::Sender<Option<Arc<pier_api::RouteTable>>>,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    match static_table {
         Some(table) => {
-            tx.send_replace(Some(std::sync::Arc::new(table)));
+            tx.send_replace(Some(Arc::new(table)));
             // Keep the sender alive so the table stays published.
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
@@ -240,24 +331,13 @@ async fn main() -> Result<()> {
             SyncOptions {
                 controller: config.controller.clone(),
                 token,
+                in_flight,
                 ..SyncOptions::default()
             },
             tx,
             shutdown.clone(),
         )),
-    };
-    if let Some(l) = admin_listener {
-        tokio::spawn(serve_admin(l, metrics, shutdown.clone()));
     }
-    tokio::spawn(signals(shutdown.clone()));
-
-    let data_plane = shutdown.clone();
-    tokio::task::spawn_blocking(move || serve_threads(listeners, tls, rx, opts, data_plane))
-        .await
-        .context("the data plane panicked")??;
-    shutdown.cancel();
-    let _ = sync.await;
-    Ok(())
 }
 
 fn load_routes_file(path: &std::path::Path) -> Result<pier_api::RouteTable> {

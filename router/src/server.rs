@@ -43,7 +43,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(opts.max_connections.max(1)));
-    let proxy = Arc::new(Proxy::with_shared(Shared::new(table), opts));
+    let proxy = Arc::new(Proxy::with_shared(
+        Shared::new(table, opts.in_flight.clone()),
+        opts,
+    ));
     serve_with(listener, None, proxy, permits, shutdown).await
 }
 
@@ -57,7 +60,10 @@ pub async fn serve_tls(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(opts.max_connections.max(1)));
-    let proxy = Arc::new(Proxy::with_shared(Shared::new(table), opts));
+    let proxy = Arc::new(Proxy::with_shared(
+        Shared::new(table, opts.in_flight.clone()),
+        opts,
+    ));
     serve_with(
         listener,
         Some(TlsAcceptor::from(tls)),
@@ -146,7 +152,7 @@ pub fn serve_threads(
     opts: ProxyOptions,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let shared = Shared::new(table);
+    let shared = Shared::new(table, opts.in_flight.clone());
     let permits = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let mut threads = Vec::with_capacity(listeners.len());
     let (mut tls_listeners, acceptor) = match tls {
@@ -331,7 +337,7 @@ async fn serve_client(
     }
 }
 
-/// An HTTP/2 client connection through hyper and [`Proxy::handle`]; on shutdown it is told to
+/// An HTTP/2 client connection through hyper and [`crate::h2::handle`]; on shutdown it is told to
 /// go away (GOAWAY), and the streams in flight finish.
 async fn serve_h2(
     builder: &http2::Builder<TokioExecutor>,
@@ -341,7 +347,9 @@ async fn serve_h2(
     https: bool,
     shutdown: &CancellationToken,
 ) {
-    let svc = service_fn(move |req: Request<Incoming>| Arc::clone(&proxy).handle(req, peer, https));
+    let svc = service_fn(move |req: Request<Incoming>| {
+        crate::h2::handle(Arc::clone(&proxy), req, peer, https)
+    });
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let result = tokio::select! {

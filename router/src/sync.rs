@@ -40,6 +40,10 @@ pub struct SyncOptions {
     pub max_backoff: Duration,
     /// The largest table body accepted.
     pub max_table_bytes: usize,
+    /// The data plane's in-flight counts (`ProxyOptions::in_flight`): instances that left the
+    /// table but still have requests in flight are named in every poll, so the controller drains
+    /// them before stopping them.
+    pub in_flight: crate::InFlight,
 }
 
 impl Default for SyncOptions {
@@ -50,6 +54,43 @@ impl Default for SyncOptions {
             request_timeout: Duration::from_secs(45),
             max_backoff: Duration::from_secs(2),
             max_table_bytes: 64 * 1024 * 1024,
+            in_flight: crate::InFlight::default(),
+        }
+    }
+}
+
+/// How often the draining set is looked at while it is not empty.
+const DRAINING_CHECK: Duration = Duration::from_millis(100);
+
+/// Instances with requests in flight that `table` no longer lists.
+fn draining(in_flight: &crate::InFlight, table: Option<&RouteTable>) -> Vec<String> {
+    let listed: std::collections::HashSet<&str> = table
+        .into_iter()
+        .flat_map(|t| t.routes.iter())
+        .flat_map(|r| r.backends.iter().map(|b| b.instance_id.as_str()))
+        .collect();
+    in_flight
+        .busy()
+        .into_iter()
+        .filter(|id| !listed.contains(id.as_str()))
+        .collect()
+}
+
+/// Resolves once the draining set differs from `sent` (never while it is empty and stays so).
+async fn draining_changed(
+    in_flight: &crate::InFlight,
+    table: Option<Arc<RouteTable>>,
+    sent: &[String],
+) {
+    if sent.is_empty() {
+        // Only requests to instances that left the table drain; until a table removes one, the
+        // next poll is the next table's.
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(DRAINING_CHECK).await;
+        if draining(in_flight, table.as_deref()) != sent {
+            return;
         }
     }
 }
@@ -80,14 +121,18 @@ pub async fn follow_controller(
     let mut backoff = Duration::from_millis(100);
     let mut failing_since: Option<Instant> = None;
     loop {
-        let (epoch, version) = match &*tx.borrow() {
+        let table = tx.borrow().clone();
+        let (epoch, version) = match &table {
             Some(t) => (t.epoch.clone(), t.version),
             None => (String::new(), 0),
         };
+        let sent = draining(&opts.in_flight, table.as_deref());
         let asked = Instant::now();
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = poller.poll(&epoch, version) => r,
+            // Requests to a removed instance finished: say so now, not at the next table.
+            _ = draining_changed(&opts.in_flight, table.clone(), &sent) => continue,
+            r = poller.poll(&epoch, version, &sent) => r,
         };
         let wait = match result {
             Ok(outcome) => {
@@ -185,14 +230,21 @@ impl Poller {
         &self.router_id
     }
 
-    /// One long-poll: asks for a table newer than (`epoch`, `version`).
-    pub async fn poll(&self, epoch: &str, version: u64) -> Result<PollOutcome, ClientError> {
+    /// One long-poll: asks for a table newer than (`epoch`, `version`), naming the instances
+    /// it still has requests in flight to that are no longer in that table.
+    pub async fn poll(
+        &self,
+        epoch: &str,
+        version: u64,
+        draining: &[String],
+    ) -> Result<PollOutcome, ClientError> {
         self.client
             .poll_routes(&RoutesPoll {
                 epoch,
                 version,
                 router: Some(&self.router_id),
                 max_bytes: self.max_table_bytes,
+                draining,
             })
             .await
     }

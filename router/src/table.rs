@@ -10,10 +10,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::sync::Arc;
 
 use http::HeaderValue;
 use pier_api::{Backend, RouteEntry, RouteTable};
+
+use crate::in_flight::{Counter, InFlight, InFlightGuard};
 
 pub use pier_api::Balancing;
 
@@ -27,8 +29,8 @@ pub struct Route {
     pub backends: Vec<Backend>,
     pub balancing: Balancing,
     cursor: AtomicUsize,
-    /// Per backend, shared by every table that lists the instance (see [`in_flight`]).
-    in_flight: Vec<Arc<AtomicUsize>>,
+    /// Per backend, shared by every table that lists the instance (see [`InFlight`]).
+    in_flight: Vec<Arc<Counter>>,
     /// Backend indexes in weighted round-robin order (each backend once when weights are equal).
     schedule: Vec<usize>,
     /// Per backend, made once per table rather than per request: the instance id as a header
@@ -39,7 +41,7 @@ pub struct Route {
 }
 
 impl Route {
-    fn new(entry: &RouteEntry) -> Self {
+    fn new(entry: &RouteEntry, in_flight: &InFlight) -> Self {
         let n = schedule(&entry.backends).len();
         let start = if n > 1 { rand::random_range(0..n) } else { 0 };
         Route {
@@ -53,7 +55,7 @@ impl Route {
             in_flight: entry
                 .backends
                 .iter()
-                .map(|b| counter(&b.instance_id))
+                .map(|b| in_flight.counter(&b.instance_id))
                 .collect(),
             schedule: schedule(&entry.backends),
             instance_ids: entry
@@ -70,13 +72,13 @@ impl Route {
     }
 
     /// The app guid as a header value (`X-CF-ApplicationID`).
-    pub fn app_guid_header(&self) -> HeaderValue {
-        self.app_guid_header.clone()
+    pub fn app_guid_header(&self) -> &HeaderValue {
+        &self.app_guid_header
     }
 
     /// Backend `i`'s instance id as a header value (`X-CF-InstanceID`).
-    pub fn instance_id_header(&self, i: usize) -> HeaderValue {
-        self.instance_ids[i].clone()
+    pub fn instance_id_header(&self, i: usize) -> &HeaderValue {
+        &self.instance_ids[i]
     }
 
     /// Picks the next backend, skipping those for which `usable` says no. Returns its index into
@@ -99,7 +101,7 @@ impl Route {
             }
             Balancing::LeastConnections => order
                 .filter(|&i| usable(i, &self.backends[i]))
-                .min_by_key(|&i| self.in_flight[i].load(Ordering::Relaxed)),
+                .min_by_key(|&i| self.in_flight[i].current()),
         }
     }
 
@@ -110,48 +112,16 @@ impl Route {
             .position(|b| b.instance_id == instance_id)
     }
 
-    /// Counts a request in flight on backend `i` until the returned guard drops (least-connections).
-    pub fn start_request(self: &Arc<Self>, i: usize) -> InFlight {
-        if let Some(c) = self.in_flight.get(i) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-        InFlight {
-            route: Arc::clone(self),
-            index: i,
-        }
+    /// Counts a request in flight on backend `i` until the returned guard drops
+    /// (least-connections, and draining: [`InFlight::wait_idle`]).
+    pub fn start_request(&self, i: usize) -> InFlightGuard {
+        InFlightGuard::start(self.in_flight.get(i))
     }
 
     /// Whether `path` falls under this route's path prefix, on a segment boundary.
     pub fn matches_path(&self, path: &str) -> bool {
         path_has_prefix(path, &self.path)
     }
-}
-
-/// Requests in flight per instance id, across route tables: a table built after an instance left
-/// still sees the requests that old tables sent it. Entries go away with the last table using them.
-static IN_FLIGHT: LazyLock<Mutex<HashMap<String, Weak<AtomicUsize>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-fn counter(instance_id: &str) -> Arc<AtomicUsize> {
-    let mut map = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(c) = map.get(instance_id).and_then(Weak::upgrade) {
-        return c;
-    }
-    map.retain(|_, w| w.strong_count() > 0);
-    let c = Arc::new(AtomicUsize::new(0));
-    map.insert(instance_id.to_string(), Arc::downgrade(&c));
-    c
-}
-
-/// Requests this process's routers are serving on `instance_id` right now. The controller waits
-/// for this to reach 0 before it stops an instance it took out of the table (draining).
-pub fn in_flight(instance_id: &str) -> usize {
-    IN_FLIGHT
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(instance_id)
-        .and_then(Weak::upgrade)
-        .map_or(0, |c| c.load(Ordering::Relaxed))
 }
 
 /// Weighted round-robin order (smooth, as nginx does it: heavy backends are spread out, not
@@ -202,21 +172,6 @@ fn schedule(backends: &[Backend]) -> Vec<usize> {
     out
 }
 
-/// Guard counting one request in flight on one backend.
-#[derive(Debug)]
-pub struct InFlight {
-    route: Arc<Route>,
-    index: usize,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if let Some(c) = self.route.in_flight.get(self.index) {
-            c.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
 /// The lookup structure the proxy consults on every request.
 #[derive(Debug, Default)]
 pub struct Table {
@@ -227,12 +182,13 @@ pub struct Table {
 }
 
 impl Table {
-    /// Builds the table. When two entries name the same host and path (the controller should never
-    /// send that), the first wins, so a route cannot silently change owner.
-    pub fn new(src: &RouteTable) -> Self {
+    /// Builds the table, its in-flight counts taken from `in_flight`. When two entries name the
+    /// same host and path (the controller should never send that), the first wins, so a route
+    /// cannot silently change owner.
+    pub fn new(src: &RouteTable, in_flight: &InFlight) -> Self {
         let mut hosts: HashMap<String, Vec<Arc<Route>>> = HashMap::new();
         for entry in &src.routes {
-            let route = Route::new(entry);
+            let route = Route::new(entry, in_flight);
             let routes = hosts.entry(route.host.clone()).or_default();
             if routes.iter().any(|r| r.path == route.path) {
                 tracing::warn!(host = %route.host, path = %route.path, app = %route.app,
@@ -332,11 +288,14 @@ mod tests {
     }
 
     fn table(entries: Vec<RouteEntry>) -> Table {
-        Table::new(&RouteTable {
-            epoch: "e".into(),
-            version: 1,
-            routes: entries,
-        })
+        Table::new(
+            &RouteTable {
+                epoch: "e".into(),
+                version: 1,
+                routes: entries,
+            },
+            &InFlight::default(),
+        )
     }
 
     #[test]
@@ -498,16 +457,20 @@ mod tests {
             backends: vec![backend(4242, 0)],
             balancing: Default::default(),
         };
-        let old = Arc::new(Route::new(&e));
+        let in_flight = InFlight::default();
+        let old = Arc::new(Route::new(&e, &in_flight));
         let guard = old.start_request(0);
-        assert_eq!(in_flight("inst-4242"), 1);
+        assert_eq!(in_flight.count("inst-4242"), 1);
         // A newer table without the instance still sees the old table's request until it ends.
-        let _new = Route::new(&RouteEntry {
-            backends: vec![],
-            ..e.clone()
-        });
-        assert_eq!(in_flight("inst-4242"), 1);
+        let _new = Route::new(
+            &RouteEntry {
+                backends: vec![],
+                ..e.clone()
+            },
+            &in_flight,
+        );
+        assert_eq!(in_flight.count("inst-4242"), 1);
         drop(guard);
-        assert_eq!(in_flight("inst-4242"), 0);
+        assert_eq!(in_flight.count("inst-4242"), 0);
     }
 }

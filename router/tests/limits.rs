@@ -1,5 +1,7 @@
 //! Per-route balancing, the maximum request time and "never misroute" across table updates.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)] // a test: panicking is failing
+
 mod common;
 
 use std::sync::atomic::Ordering;
@@ -58,6 +60,38 @@ async fn least_connections_route_sends_new_requests_to_the_idle_instance() {
     }
 }
 
+#[tokio::test]
+async fn the_in_flight_handle_counts_requests_and_wakes_a_drain_when_they_end() {
+    // An embedder (the controller) keeps a clone of the handle it passes in the options.
+    let in_flight = pier_router::InFlight::default();
+    let (held, release_tx) = held_backend().await;
+    let opts = ProxyOptions {
+        in_flight: in_flight.clone(),
+        ..ProxyOptions::default()
+    };
+    let r = start_router(
+        Some(vec![route("held.localhost", "", "held", &[held.addr])]),
+        opts,
+    )
+    .await;
+    let request = tokio::spawn(get_owned(r.url("/"), "held.localhost"));
+    while held.hits.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(in_flight.count("held-inst-0"), 1);
+    let far = tokio::time::Instant::now() + Duration::from_secs(30);
+    let drain = {
+        let in_flight = in_flight.clone();
+        tokio::spawn(async move { in_flight.wait_idle("held-inst-0", far).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!drain.is_finished(), "the request is still in flight");
+    release_tx.send_replace(true);
+    assert_eq!(request.await.expect("join").status, StatusCode::OK);
+    assert!(drain.await.expect("join"), "woken once the request ended");
+    assert_eq!(in_flight.count("held-inst-0"), 0);
+}
+
 /// A backend that sends its headers at once, then one chunk every 50 ms for ever.
 async fn endless_backend() -> FakeBackend {
     spawn_backend(|_req: Request<Incoming>| async move {
@@ -108,15 +142,7 @@ async fn max_request_time_cuts_off_a_streaming_response() {
 
 #[tokio::test]
 async fn max_request_time_bounds_the_wait_for_headers_too() {
-    let (_never_tx, never_rx) = tokio::sync::watch::channel(false);
-    let silent = spawn_backend(move |_req: Request<Incoming>| {
-        let mut never = never_rx.clone();
-        async move {
-            let _ = never.wait_for(|v| *v).await;
-            Response::new(empty())
-        }
-    })
-    .await;
+    let (silent, _never_tx) = held_backend().await;
     let r = start_router(
         Some(vec![route("s.localhost", "", "s", &[silent.addr])]),
         ProxyOptions {

@@ -1,5 +1,7 @@
 //! Route sync against a fake controller (axum), including the controller going away.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)] // a test: panicking is failing
+
 mod common;
 
 use std::net::SocketAddr;
@@ -174,5 +176,83 @@ async fn wrong_token_never_publishes_a_table() {
     tokio::spawn(follow_controller(opts, tx, stop.clone()));
     ctl.wait_polls(2).await;
     assert!(rx.borrow().is_none());
+    stop.cancel();
+}
+
+/// A standalone router tells the controller which instances it still has requests in flight to
+/// after a table removed them, and says again, at once, when those requests end: the controller
+/// drains an instance on that acknowledgement before stopping it.
+#[tokio::test]
+async fn polls_name_removed_instances_with_requests_in_flight_until_they_end() {
+    let (held, release) = held_backend().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let table = |version, routes| RouteTable {
+        epoch: "e1".into(),
+        version,
+        routes,
+    };
+    let ctl = fake_controller(
+        listener,
+        table(1, vec![route("held.localhost", "", "held", &[held.addr])]),
+        Unchanged::NotModified,
+    )
+    .await;
+    let opts = ProxyOptions::default();
+    let in_flight = opts.in_flight.clone();
+    let router = start_router(None, opts).await;
+    let stop = CancellationToken::new();
+    let sync = SyncOptions {
+        in_flight: in_flight.clone(),
+        ..sync_opts(ctl.addr)
+    };
+    let mut rx = router.tables.subscribe();
+    tokio::spawn(follow_controller(sync, router.tables.clone(), stop.clone()));
+    wait_version(&mut rx, "e1", 1).await;
+    // A request the instance holds.
+    let url = format!("http://{}/", router.addr);
+    let request = tokio::spawn(get_owned(url, "held.localhost"));
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while in_flight.count("held-inst-0") == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the request reached the instance");
+    // The controller removes the instance: the next poll names it.
+    ctl.publish("e1", 2, vec![]);
+    wait_version(&mut rx, "e1", 2).await;
+    let named = |ctl: &FakeController| {
+        ctl.ctl
+            .draining
+            .lock()
+            .expect("lock")
+            .last()
+            .is_some_and(|d| d == "held-inst-0")
+    };
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !named(&ctl) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a poll named the draining instance");
+    // The request ends: a poll says so within moments, not at the next table.
+    release.send_replace(true);
+    assert_eq!(request.await.expect("join").status, StatusCode::OK);
+    tokio::time::timeout(Duration::from_secs(2), async {
+        // Every poll while the request was held named it; the first one after names nothing.
+        while !ctl
+            .ctl
+            .draining
+            .lock()
+            .expect("lock")
+            .last()
+            .is_some_and(|d| d.is_empty())
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the end of the drain was reported promptly");
     stop.cancel();
 }

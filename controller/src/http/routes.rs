@@ -48,7 +48,13 @@ struct RoutesQuery {
     /// A standalone router's id: its (epoch, version) acknowledges every table up to it, which
     /// lets released instance addresses out of quarantine (`network/addresses.rs`).
     router: Option<String>,
+    /// Comma-separated: instances no longer in that table the router still has requests in
+    /// flight to; a removed instance is drained until no router names it (`drain.rs`).
+    draining: Option<String>,
 }
+
+/// Most instances one poll may name as draining.
+const MAX_DRAINING: usize = 10_000;
 
 fn valid_router_id(id: &str) -> bool {
     !id.is_empty()
@@ -67,10 +73,25 @@ async fn table(State(s): S, Query(q): Query<RoutesQuery>) -> Result<Response> {
                 "router must be 1-64 letters, digits, `-`, `_` or `.` (pier-router sends a uuid)",
             ));
         }
-        s.addresses.router_seen(
+        let draining: Vec<String> = q
+            .draining
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .filter(|d| !d.is_empty())
+            .map(str::to_string)
+            .collect();
+        if draining.len() > MAX_DRAINING || !draining.iter().all(|d| valid_router_id(d)) {
+            return Err(Error::bad_request(format!(
+                "draining must be at most {MAX_DRAINING} instance ids (letters, digits, `-`, `_`, \
+                 `.`), comma-separated"
+            )));
+        }
+        s.addresses.router_polled(
             id,
             q.epoch.as_deref().unwrap_or_default(),
             q.version.unwrap_or(0),
+            draining,
         );
     }
     let mut rx = s.routing.subscribe();

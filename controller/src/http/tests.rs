@@ -59,7 +59,12 @@ async fn the_router_token_reads_routes_and_posts_access_logs_and_nothing_else() 
     let app = p.store.get_app(&"web".parse().unwrap()).unwrap().unwrap();
     let batch = json!({"router_index": 2, "lines": [{"app_guid": app.guid, "time": "2026-12-01T00:00:00Z", "text": "GET / 200"}]});
     let (s, _) = p
-        .call_with("POST", "/v1/router/logs", Some(batch.to_string().into_bytes()), r)
+        .call_with(
+            "POST",
+            "/v1/router/logs",
+            Some(batch.to_string().into_bytes()),
+            r,
+        )
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let before = p.store.list_apps().unwrap();
@@ -76,7 +81,10 @@ async fn the_router_token_reads_routes_and_posts_access_logs_and_nothing_else() 
         let (s, v) = p.call_with(method, path, None, r).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{method} {path}: {v}");
         assert_eq!(v["code"], "forbidden");
-        assert!(v["message"].as_str().unwrap().contains("router token"), "{v}");
+        assert!(
+            v["message"].as_str().unwrap().contains("router token"),
+            "{v}"
+        );
     }
     assert_eq!(p.store.list_apps().unwrap(), before, "nothing changed");
     assert_eq!(p.fake.running(Kind::Instance).len(), 1, "nothing stopped");

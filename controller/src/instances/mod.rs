@@ -54,11 +54,28 @@ pub use desired::{desired_slots, restart_delay, slot_of, InstanceSpec, SlotKey, 
 pub use registry::{Registry, SlotReport};
 pub use routing::Routing;
 
-/// What the routers still have in flight to an instance: a removed instance drains until it is 0.
-pub trait InFlight: Send + Sync + 'static {
-    fn count(&self, instance_id: &str) -> usize;
-    /// What the drain waits on, for the log and the docs.
-    fn describe(&self) -> &'static str;
+/// What the routers still have in flight to an instance that left the route table: a removed
+/// instance gets SIGTERM only once no router sends it anything any more (or the drain timeout
+/// has passed). See `drain.rs` for the platform's implementation.
+#[async_trait::async_trait]
+pub trait Drain: Send + Sync + 'static {
+    /// Waits until no router has a request in flight to `instance_id`, which left the table in
+    /// version `removed_in`, or until `deadline`.
+    async fn wait(
+        &self,
+        instance_id: &str,
+        removed_in: u64,
+        deadline: tokio::time::Instant,
+    ) -> Drained;
+}
+
+/// How a drain ended, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drained {
+    /// Nothing was in flight any more (false: the deadline came first).
+    pub idle: bool,
+    /// What was waited on: the built-in router's counts, which standalone routers.
+    pub waited_on: String,
 }
 
 /// The controller's settings instances are made with.
@@ -84,7 +101,7 @@ pub struct InstanceDeps {
     pub addresses: Arc<AddressPool>,
     pub routing: Arc<Routing>,
     pub probe: Arc<dyn health::HealthProbe>,
-    pub in_flight: Arc<dyn InFlight>,
+    pub drain: Arc<dyn Drain>,
     pub settings: InstanceSettings,
 }
 

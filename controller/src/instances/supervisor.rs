@@ -722,16 +722,17 @@ impl Instances {
         self.cell(key, &format!("Stopping instance {}", key.index));
         // Publishing first means the router stops sending before the process gets SIGTERM.
         self.publish_routes();
-        // Let the requests the router already sent it finish before SIGTERM.
+        // Let the requests the routers already sent it finish before SIGTERM.
         let settings = &self.deps.settings;
+        let removed_in = self.table_version();
         let deadline = Instant::now() + settings.drain_timeout;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let in_flight = &self.deps.in_flight;
-        while in_flight.count(&r.instance_id) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let d = self
+            .deps
+            .drain
+            .wait(&r.instance_id, removed_in, deadline)
+            .await;
         let drained = Instant::now();
-        tracing::info!(instance = %r.instance_id, in_flight = in_flight.count(&r.instance_id), waited_on = in_flight.describe(), "drained; stopping");
+        tracing::info!(instance = %r.instance_id, idle = d.idle, waited_on = %d.waited_on, table_version = removed_in, "drained; stopping");
         let runtime = &self.deps.runtime;
         if let Err(e) = runtime.stop(&r.id, settings.stop_grace).await {
             tracing::warn!(container = %r.id, error = %e, "stop failed; removing anyway");

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::health::tests::FakeProbe;
-use super::{desired_slots, InFlight, InstanceDeps, InstanceSettings, Instances, Routing};
+use super::{desired_slots, InstanceDeps, InstanceSettings, Instances, Routing};
 use crate::events::Events;
 use crate::logs::LogBroker;
 use crate::network::addresses::{AddressPool, Quarantine, SystemClock};
@@ -22,17 +22,7 @@ use crate::runtime::fake::FakeRuntime;
 use crate::runtime::labels::keys;
 use crate::runtime::{ContainerSpec, Kind, Labels, Networking};
 use crate::store::{AppRecord, BlobStore, ProcessRecord, Revision, Store};
-
-struct Idle;
-
-impl InFlight for Idle {
-    fn count(&self, _: &str) -> usize {
-        0
-    }
-    fn describe(&self) -> &'static str {
-        "nothing (tests)"
-    }
-}
+use crate::testkit::Idle;
 
 const NETWORK: &str = "pier-test";
 const BASE: Duration = Duration::from_secs(30);
@@ -115,7 +105,7 @@ impl Rig {
             addresses,
             routing,
             probe: probe.clone(),
-            in_flight: Arc::new(Idle),
+            drain: Arc::new(Idle),
             settings: InstanceSettings {
                 controller_id: "test".into(),
                 stack_image: crate::runtime::stack::DEFAULT_STACK_IMAGE.into(),

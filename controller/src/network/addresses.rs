@@ -200,7 +200,14 @@ struct RouterAck {
     epoch: String,
     version: u64,
     last_seen: OffsetDateTime,
+    /// Instances no longer in that table the router still has requests in flight to.
+    draining: Vec<String>,
 }
+
+/// A router that polled within this long is alive for drains: a connected router is always in a
+/// long-poll (held at most ~25 s) or starting the next one. Longer than that, a drain stops
+/// waiting for it (the address quarantine still does, for the whole ack window).
+const DRAIN_LIVENESS: Duration = Duration::from_secs(45);
 
 /// Most routers remembered at once (ids come from authenticated callers; this only bounds memory).
 const MAX_ROUTERS: usize = 4096;
@@ -468,6 +475,12 @@ impl AddressPool {
 
     /// A standalone router polled with the table (`epoch`, `version`): it has every table up to it.
     pub fn router_seen(&self, router: &str, epoch: &str, version: u64) {
+        self.router_polled(router, epoch, version, Vec::new());
+    }
+
+    /// A standalone router's poll: the table it holds, and the instances no longer in it that it
+    /// still has requests in flight to.
+    pub fn router_polled(&self, router: &str, epoch: &str, version: u64, draining: Vec<String>) {
         let now = self.clock.now();
         let window = self.quarantine.ack_window;
         let mut inner = self.lock();
@@ -488,8 +501,39 @@ impl AddressPool {
                 epoch: epoch.to_string(),
                 version,
                 last_seen: now,
+                draining,
             },
         );
+    }
+
+    /// Live standalone routers (see [`DRAIN_LIVENESS`]) that may still send `instance_id`
+    /// requests: they hold a table older than `removed_in` (or of an earlier run), or say they
+    /// still have requests in flight to it.
+    pub fn routers_draining(&self, instance_id: &str, removed_in: u64) -> Vec<String> {
+        let now = self.clock.now();
+        let inner = self.lock();
+        let mut out: Vec<String> = inner
+            .routers
+            .iter()
+            .filter(|(_, a)| now - a.last_seen <= DRAIN_LIVENESS)
+            .filter(|(_, a)| {
+                let acked = a.epoch == self.epoch && a.version >= removed_in;
+                !acked || a.draining.iter().any(|d| d == instance_id)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Standalone routers alive for drains.
+    pub fn routers_heard(&self) -> usize {
+        let now = self.clock.now();
+        self.lock()
+            .routers
+            .values()
+            .filter(|a| now - a.last_seen <= DRAIN_LIVENESS)
+            .count()
     }
 
     /// Why the released address may not be reused at `now`, or None if it may.
@@ -746,6 +790,34 @@ mod tests {
         assert!(e.until.is_some());
         clock.advance(Q);
         assert_eq!(p.allocate("new").unwrap(), ip(3));
+    }
+
+    #[test]
+    fn a_drain_waits_for_live_routers_to_hold_the_new_table_and_finish_their_requests() {
+        let (_d, db) = db();
+        let clock = ManualClock::new();
+        let p = pool(&db, &clock, "e1");
+        assert!(
+            p.routers_draining("inst", 5).is_empty(),
+            "no router: nothing to wait for"
+        );
+        p.router_polled("a", "e1", 4, vec![]);
+        p.router_polled("b", "e1", 5, vec!["inst".into()]);
+        p.router_polled("c", "e1", 5, vec!["other".into()]);
+        p.router_polled("old", "e0", 9, vec![]);
+        // a holds a table from before the removal; b still sends it requests; old is another run's.
+        assert_eq!(p.routers_draining("inst", 5), vec!["a", "b", "old"]);
+        assert_eq!(p.routers_heard(), 4);
+        p.router_polled("a", "e1", 5, vec![]);
+        p.router_polled("b", "e1", 6, vec![]);
+        p.router_polled("old", "e1", 6, vec![]);
+        assert!(p.routers_draining("inst", 5).is_empty());
+        // A router silent for longer than a long-poll is not waited for by drains.
+        p.router_polled("gone", "e1", 1, vec!["inst".into()]);
+        assert_eq!(p.routers_draining("inst", 5), vec!["gone"]);
+        clock.advance(DRAIN_LIVENESS + Duration::from_secs(1));
+        assert!(p.routers_draining("inst", 5).is_empty());
+        assert_eq!(p.routers_heard(), 0);
     }
 
     #[test]

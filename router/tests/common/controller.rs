@@ -33,6 +33,8 @@ pub struct Ctl {
     pub failing: std::sync::atomic::AtomicBool,
     pub polls: AtomicUsize,
     pub polled: Notify,
+    /// The `draining` parameter of every poll, in order (empty when absent).
+    pub draining: std::sync::Mutex<Vec<String>>,
 }
 
 async fn routes(
@@ -40,6 +42,10 @@ async fn routes(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
+    ctl.draining
+        .lock()
+        .expect("lock")
+        .push(q.get("draining").cloned().unwrap_or_default());
     ctl.polls.fetch_add(1, Ordering::SeqCst);
     ctl.polled.notify_waiters();
     if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer s3cret") {
@@ -118,6 +124,7 @@ pub async fn fake_controller(
         failing: false.into(),
         polls: AtomicUsize::new(0),
         polled: Notify::new(),
+        draining: Default::default(),
     });
     let app = axum::Router::new()
         .route("/v1/routes", axum::routing::get(routes))

@@ -190,6 +190,28 @@ where
 }
 
 /// A backend answering with JSON: its name, the path and the request headers it saw.
+/// A backend that holds every request until `true` is sent on the returned channel.
+pub async fn held_backend() -> (FakeBackend, tokio::sync::watch::Sender<bool>) {
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let held = spawn_backend(move |_req: Request<Incoming>| {
+        let mut release = release_rx.clone();
+        async move {
+            let _ = release.wait_for(|v| *v).await;
+            Response::new(empty())
+        }
+    })
+    .await;
+    (held, release_tx)
+}
+
+pub async fn get_owned(url: String, host: &'static str) -> Answer {
+    let req = Request::get(url)
+        .header("host", host)
+        .body(empty())
+        .expect("request");
+    send(req).await
+}
+
 pub async fn named_backend(name: &'static str) -> FakeBackend {
     spawn_backend(named_handler(name)).await
 }

@@ -27,12 +27,12 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::body::SlotBody;
 use crate::idle::IdlePool;
-use crate::proxy::SlotBody;
 
 /// Why a request did not get a response.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// No connection could be opened: nothing was sent, so another instance may be tried.
     #[error("connecting to {addr}: {source}")]
     Connect {
@@ -49,7 +49,7 @@ pub enum Error {
 
 impl Error {
     /// Whether no byte of the request can have reached the instance.
-    pub fn is_connect(&self) -> bool {
+    pub(crate) fn is_connect(&self) -> bool {
         matches!(self, Error::Connect { .. })
     }
 }
