@@ -142,6 +142,9 @@ impl TestPlatform {
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
         let req = req
             .body(body.map(Body::from).unwrap_or_else(Body::empty))
             .expect("request");
