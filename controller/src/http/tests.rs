@@ -52,6 +52,8 @@ async fn every_endpoint_but_info_needs_the_token() {
 async fn the_router_token_reads_routes_and_posts_access_logs_and_nothing_else() {
     let p = TestPlatform::new().await;
     p.push("web").await;
+    p.eventually("running", || (p.fake.running(Kind::Instance).len() == 1).then_some(()))
+        .await;
     let r = Some(crate::testkit::ROUTER_TOKEN);
     let (s, v) = p.call_with("GET", "/v1/routes", None, r).await;
     assert_eq!(s, StatusCode::OK, "{v}");
