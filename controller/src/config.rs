@@ -162,6 +162,22 @@ pub struct Config {
     #[arg(long, env = "PIER_LOG_RATE_LIMIT", default_value_t = 0)]
     pub log_rate_limit: u64,
 
+    /// Whether instances may reach the host's own addresses (the API, the routers, anything the
+    /// host serves) and link-local addresses (cloud metadata): `block` (iptables rules on the
+    /// instance network's bridge; needs root) or `allow`.
+    #[arg(
+        long,
+        env = "PIER_INSTANCE_HOST_ACCESS",
+        value_enum,
+        default_value = "block"
+    )]
+    pub instance_host_access: crate::runtime::HostAccess,
+
+    /// A hard CPU cap per instance, in CPUs (e.g. 0.5); 0 for none. Instances always get CPU
+    /// shares in proportion to their memory.
+    #[arg(long, env = "PIER_INSTANCE_MAX_CPUS", default_value_t = 0.0)]
+    pub instance_max_cpus: f64,
+
     /// IPv4 subnet (CIDR, /16 to /30) of this controller's Docker network `pier-<controller id>`,
     /// where the controller gives each instance its address. Default: a free /24 inside
     /// 10.213.0.0/16, picked at the first start and kept.
@@ -221,6 +237,8 @@ impl Config {
             drain_timeout_secs: 30,
             log_rate_limit: 0,
             instance_subnet: None,
+            instance_host_access: crate::runtime::HostAccess::Block,
+            instance_max_cpus: 0.0,
             address_quarantine_secs: DEFAULT_ADDRESS_QUARANTINE_SECS,
             router_ack_window_secs: DEFAULT_ROUTER_ACK_WINDOW_SECS,
         }
@@ -234,6 +252,12 @@ impl Config {
             anyhow::bail!(
                 "--router-listen {:?} is neither an address like 127.0.0.1:8080 nor `none`",
                 self.router_listen
+            );
+        }
+        if !(0.0..=1024.0).contains(&self.instance_max_cpus) || self.instance_max_cpus.is_nan() {
+            anyhow::bail!(
+                "--instance-max-cpus must be between 0 (no cap) and 1024, got {}",
+                self.instance_max_cpus
             );
         }
         if self.log_buffer_lines == 0 {
@@ -304,6 +328,7 @@ impl Config {
             stop_grace: self.stop_grace(),
             crash_backoff_base: Duration::from_millis(self.crash_backoff_base_ms),
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+            max_cpus: self.instance_max_cpus,
         }
     }
 

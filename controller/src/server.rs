@@ -116,6 +116,30 @@ fn fail_interrupted_stagings(store: &Store) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The instance network: found or made, kept away from the host (unless allowed), and named in
+/// `DATA_DIR/instance-network` for `scripts/down`, which removes it once the instances are gone.
+pub(crate) async fn prepare_network(
+    runtime: &dyn ContainerRuntime,
+    controller_id: &str,
+    config: &Config,
+    store: &Store,
+) -> anyhow::Result<crate::network::InstanceNetwork> {
+    let network =
+        crate::network::ensure(runtime, controller_id, config.instance_subnet, store).await?;
+    runtime
+        .isolate(&network.name, config.instance_host_access)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot keep instances on {} away from the host's addresses (iptables, as \
+                 root); start with --instance-host-access allow to let them reach it",
+                network.name
+            )
+        })?;
+    std::fs::write(config.data_dir.join("instance-network"), &network.name)?;
+    Ok(network)
+}
+
 /// The port apps are reached at, for URLs: `--router-url`'s, else the built-in router's.
 fn route_port(config: &Config, router_addr: Option<SocketAddr>) -> Option<u16> {
     match &config.router_url {
@@ -194,15 +218,7 @@ impl Controller {
     ) -> anyhow::Result<Controller> {
         crate::runtime::stack::ensure(runtime.as_ref(), &config.stack_image, config.build_stack)
             .await?;
-        let network = crate::network::ensure(
-            runtime.as_ref(),
-            &controller_id,
-            config.instance_subnet,
-            &store,
-        )
-        .await?;
-        // For scripts/down, which removes the network once the instances are gone.
-        std::fs::write(config.data_dir.join("instance-network"), &network.name)?;
+        let network = prepare_network(runtime.as_ref(), &controller_id, &config, &store).await?;
         fail_interrupted_stagings(&store)?;
         let router_token = crate::http::auth::ensure_router_token(&store, &config.data_dir)?;
         let api_listener = TcpListener::bind(config.listen)

@@ -79,7 +79,7 @@ impl TestPlatform {
         let blobs = BlobStore::open(dir.path()).expect("blobs");
         let fake = FakeRuntime::new("test");
         fake.on_start(Kind::Staging, |_| successful_staging());
-        let network = crate::network::ensure(fake.as_ref(), "test", None, &store)
+        let network = crate::server::prepare_network(fake.as_ref(), "test", &config, &store)
             .await
             .expect("network");
         let probe = Arc::new(FakeProbe::default());

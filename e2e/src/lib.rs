@@ -190,6 +190,37 @@ fn cleanup_pass(controller_id: &str) {
             let _ = docker.remove_network(&net).await;
         }
     });
+    remove_firewall_rules(controller_id);
+}
+
+/// The iptables rules a controller put on its instance network's bridge (tagged with the
+/// comment `pier:<controller id>`), removed with the network.
+pub fn remove_firewall_rules(controller_id: &str) {
+    let tag = format!("pier:{controller_id}");
+    for chain in ["INPUT", "DOCKER-USER", "FORWARD"] {
+        let Ok(out) = std::process::Command::new("iptables")
+            .args(["-S", chain])
+            .output()
+        else {
+            return;
+        };
+        for rule in String::from_utf8_lossy(&out.stdout).lines() {
+            // `-A CHAIN ...rule... --comment pier:ID` (the comment may be quoted).
+            if !rule.split_whitespace().any(|w| w.trim_matches('"') == tag) {
+                continue;
+            }
+            let Some(spec) = rule.strip_prefix("-A ") else {
+                continue;
+            };
+            let args: Vec<String> = std::iter::once("-D".to_string())
+                .chain(
+                    spec.split_whitespace()
+                        .map(|w| w.trim_matches('"').to_string()),
+                )
+                .collect();
+            let _ = std::process::Command::new("iptables").args(&args).status();
+        }
+    }
 }
 
 async fn networks_labelled(docker: &bollard::Docker, controller_id: &str) -> Vec<String> {

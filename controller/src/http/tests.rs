@@ -52,8 +52,10 @@ async fn every_endpoint_but_info_needs_the_token() {
 async fn the_router_token_reads_routes_and_posts_access_logs_and_nothing_else() {
     let p = TestPlatform::new().await;
     p.push("web").await;
-    p.eventually("running", || (p.fake.running(Kind::Instance).len() == 1).then_some(()))
-        .await;
+    p.eventually("running", || {
+        (p.fake.running(Kind::Instance).len() == 1).then_some(())
+    })
+    .await;
     let r = Some(crate::testkit::ROUTER_TOKEN);
     let (s, v) = p.call_with("GET", "/v1/routes", None, r).await;
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -593,4 +595,31 @@ async fn hostile_packages_are_refused_and_nothing_is_stored() {
         "{v}"
     );
     assert!(p.blobs.list().unwrap().is_empty(), "nothing stored");
+}
+
+#[tokio::test]
+async fn instances_get_cpu_shares_by_memory_and_the_network_is_isolated() {
+    let p = TestPlatform::with_config(|c| c.instance_max_cpus = 0.5).await;
+    p.call("PUT", "/v1/apps/w", Some(json!({"memory_mb": 1024})))
+        .await;
+    let sha = p.upload(&[("app.py", b"x")]).await;
+    p.call("POST", "/v1/apps/w/builds", Some(json!({"package": sha})))
+        .await;
+    p.call("POST", "/v1/apps/w/actions/start", None).await;
+    let (_, spec) = p
+        .eventually("running", || {
+            p.fake.running(Kind::Instance).into_iter().next()
+        })
+        .await;
+    assert_eq!(spec.cpu_shares, Some(1024), "1 share per MiB");
+    assert_eq!(spec.nano_cpus, Some(500_000_000), "the hard cap");
+    assert_eq!(spec.memory_mb, 1024);
+    let crate::runtime::Networking::Fixed { network, .. } = &spec.networking else {
+        panic!("on the instance network")
+    };
+    assert_eq!(
+        p.fake.isolation(network),
+        Some(crate::runtime::HostAccess::Block),
+        "blocked from the host by default"
+    );
 }

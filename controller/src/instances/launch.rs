@@ -52,6 +52,12 @@ if [ -d .profile.d ]; then for f in .profile.d/*.sh; do [ -r "$f" ] && . "$f"; d
 if [ -r .profile ]; then . ./.profile; fi
 exec bash -c "$PIER_START_COMMAND""#;
 
+/// An instance's CPU weight: in proportion to its memory, as on Cloud Foundry (1 per MiB, so a
+/// 1G instance weighs four times a 256M one, and 1024, Docker's default, at 1G).
+pub(super) fn cpu_shares(memory_mb: u64) -> i64 {
+    memory_mb.clamp(2, 262_144) as i64
+}
+
 /// The environment of an instance: the user's, then the platform's (which the user's cannot
 /// override).
 pub(super) fn instance_env(spec: &InstanceSpec, instance_id: &str) -> Vec<String> {
@@ -222,6 +228,8 @@ impl Launch<'_> {
             // tini as PID 1: apps that do not handle SIGTERM themselves still stop on it.
             init: true,
             stop_timeout: Some(s.stop_grace),
+            cpu_shares: Some(cpu_shares(spec.memory_mb)),
+            nano_cpus: (s.max_cpus > 0.0).then(|| (s.max_cpus * 1e9) as i64),
         }
     }
 

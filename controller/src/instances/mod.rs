@@ -89,6 +89,8 @@ pub struct InstanceSettings {
     pub stop_grace: Duration,
     pub crash_backoff_base: Duration,
     pub drain_timeout: Duration,
+    /// A hard CPU cap per instance, in CPUs; 0 for none.
+    pub max_cpus: f64,
 }
 
 /// What [`Instances`] is made from.

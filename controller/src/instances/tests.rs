@@ -114,6 +114,7 @@ impl Rig {
                 stop_grace: Duration::from_secs(10),
                 crash_backoff_base: BASE,
                 drain_timeout: Duration::from_secs(30),
+                max_cpus: 0.0,
             },
         });
         Rig {
@@ -321,6 +322,8 @@ async fn a_restarted_controller_adopts_the_running_container() {
         publish_8080: true,
         init: true,
         stop_timeout: None,
+        cpu_shares: None,
+        nano_cpus: None,
     };
     let rt: &dyn crate::runtime::ContainerRuntime = rig.fake.as_ref();
     let id = rt.create(&earlier).await.unwrap();

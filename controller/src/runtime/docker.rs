@@ -105,6 +105,8 @@ fn host_config(spec: &ContainerSpec) -> HostConfig {
             ])),
         }),
         init: spec.init.then_some(true),
+        cpu_shares: spec.cpu_shares,
+        nano_cpus: spec.nano_cpus,
         ..Default::default()
     };
     let mut binds = Vec::new();
@@ -541,6 +543,27 @@ impl ContainerRuntime for DockerRuntime {
         };
         self.docker.create_network(req).await?;
         Ok(())
+    }
+
+    async fn isolate(&self, network: &str, access: super::HostAccess) -> Result<()> {
+        let n = self
+            .docker
+            .inspect_network(
+                network,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await?;
+        // Docker names a bridge after the network's id unless told otherwise.
+        let bridge = n
+            .options
+            .as_ref()
+            .and_then(|o| o.get("com.docker.network.bridge.name").cloned())
+            .or_else(|| {
+                n.id.as_deref()
+                    .map(|id| format!("br-{}", &id[..id.len().min(12)]))
+            })
+            .ok_or_else(|| RuntimeError::Api(format!("network {network} has no id")))?;
+        super::firewall::apply(&bridge, &self.controller_id, access).await
     }
 
     async fn image_exists(&self, image: &str) -> Result<bool> {

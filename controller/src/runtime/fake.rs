@@ -76,6 +76,7 @@ struct State {
     failures: HashMap<Op, u32>,
     scripts: HashMap<&'static str, Scripter>,
     usage: HashMap<String, Usage>,
+    isolation: HashMap<String, super::HostAccess>,
 }
 
 /// See the module doc.
@@ -202,6 +203,11 @@ impl FakeRuntime {
             ));
             c.changed.send_modify(|v| *v += 1);
         }
+    }
+
+    /// How `isolate` left a network.
+    pub fn isolation(&self, network: &str) -> Option<super::HostAccess> {
+        self.lock().isolation.get(network).copied()
     }
 
     /// What `usage` answers for a container.
@@ -564,6 +570,11 @@ impl ContainerRuntime for FakeRuntime {
                 subnets: vec![spec.subnet],
             },
         );
+        Ok(())
+    }
+
+    async fn isolate(&self, network: &str, access: super::HostAccess) -> Result<()> {
+        self.lock().isolation.insert(network.to_string(), access);
         Ok(())
     }
 

@@ -32,10 +32,12 @@ use crate::network::addresses::Ipv4Net;
 
 mod docker;
 pub mod fake;
+pub mod firewall;
 pub mod labels;
 pub mod stack;
 
 pub use docker::DockerRuntime;
+pub use firewall::HostAccess;
 pub use labels::{Kind, Labels};
 
 /// Ends `stream` with [`RuntimeError::TooLarge`] once it has given more than `max_bytes`, and
@@ -125,6 +127,10 @@ pub struct ContainerSpec {
     pub init: bool,
     /// Seconds between SIGTERM and SIGKILL when the container is stopped.
     pub stop_timeout: Option<Duration>,
+    /// Relative CPU weight under contention (Docker's default is 1024).
+    pub cpu_shares: Option<i64>,
+    /// A hard CPU cap, in billionths of a CPU.
+    pub nano_cpus: Option<i64>,
 }
 
 /// A container this controller made, as a listing shows it.
@@ -281,6 +287,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// The IPv4 subnets of every network the runtime has (this controller's or not).
     async fn network_subnets(&self) -> Result<Vec<Ipv4Net>>;
     async fn create_network(&self, spec: &NetworkSpec) -> Result<()>;
+    /// Whether containers on `network` may reach the host's own addresses and link-local ones
+    /// (see [`firewall`]).
+    async fn isolate(&self, network: &str, access: HostAccess) -> Result<()>;
     async fn image_exists(&self, image: &str) -> Result<bool>;
     /// Imports a root filesystem tar as an image.
     async fn import_image(&self, rootfs: &Path, spec: &ImportSpec) -> Result<()>;

@@ -101,6 +101,8 @@ impl Run<'_> {
             publish_8080: false,
             init: false,
             stop_timeout: None,
+            cpu_shares: Some(1024),
+            nano_cpus: None,
         }
     }
 
