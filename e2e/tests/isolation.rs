@@ -51,7 +51,11 @@ fn reach_host(args: Vec<String>) -> bool {
     });
     let app = copy_dir(&repo_root().join("examples/python-app"));
     p.pier_ok(&["push", "probe"], app.path());
-    let id = p.instance_ids("probe").into_iter().next().expect("an instance");
+    let id = p
+        .instance_ids("probe")
+        .into_iter()
+        .next()
+        .expect("an instance");
     let gw = gateway(&p);
     // The check itself must work: the instance reaches the outside of its own container, here
     // another instance's address on its network.
