@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Stage and run the examples by hand with Docker, the way the controller does (docs/staging.md).
-# Needs the image pier-stack:bookworm-v1. Every container/volume it makes carries the label
+# Needs the image pier-stack:bookworm-v2. Every container/volume it makes carries the label
 # pier.test=stack-helper and is removed on exit, even on failure.
 #   lifecycle/smoke-test.sh
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-IMG=${PIER_STACK_IMAGE:-pier-stack:bookworm-v1}
+IMG=${PIER_STACK_IMAGE:-pier-stack:bookworm-v2}
 LABEL=pier.test=stack-helper
 W=$(mktemp -d "${TMPDIR:-/tmp}/pier-smoke.XXXXXX")
 # The instance command: bash -c "$LAUNCH" (identical to the controller's; see lifecycle/README.md).

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use super::{ContainerRuntime, ImportSpec};
 
 /// Bump the suffix whenever the stack's contents change.
-pub const DEFAULT_STACK_IMAGE: &str = "pier-stack:bookworm-v1";
+pub const DEFAULT_STACK_IMAGE: &str = "pier-stack:bookworm-v2";
 
 const BUILD_SCRIPT: &str = include_str!("../../../stack/build-rootfs.sh");
 
