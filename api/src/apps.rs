@@ -179,6 +179,14 @@ pub struct InstanceStats {
     pub disk_bytes: u64,
     pub disk_limit_bytes: u64,
     pub uptime_secs: u64,
+    /// When the figures were sampled (the controller samples every instance in the background
+    /// and answers with the latest sample).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub sampled_at: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +235,10 @@ pub struct AppResponse {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// The controller's change counter when this answer was made. `GET /v1/apps/{name}` with
+    /// `?wait_after=` this value answers as soon as something changed since (instead of polling).
+    #[serde(default)]
+    pub state_version: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

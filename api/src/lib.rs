@@ -13,7 +13,7 @@
 //! | `POST /v1/packages`                     | gzipped tar (streamed) → [`PackageResponse`]           |
 //! | `GET  /v1/apps`                         | → `Vec<`[`AppResponse`]`>`                             |
 //! | `PUT  /v1/apps/{name}`                  | [`AppConfigRequest`] → [`AppResponse`] (create/update) |
-//! | `GET  /v1/apps/{name}`                  | → [`AppResponse`]                                      |
+//! | `GET  /v1/apps/{name}`                  | `?stats=true` (sampled use), `?wait_after=V&wait_secs=S` (long-poll) → [`AppResponse`] |
 //! | `DELETE /v1/apps/{name}`                | → 204                                                  |
 //! | `POST /v1/apps/{name}/builds`           | [`BuildRequest`] → NDJSON stream of [`BuildEvent`]     |
 //! | `POST /v1/apps/{name}/actions/{action}` | `start` `stop` `restart` → [`AppResponse`]             |

@@ -346,8 +346,25 @@ impl Client {
             .await
     }
 
-    /// `GET /v1/apps/{name}?stats=true`: with each running instance's CPU, memory and disk use
-    /// (takes about a second).
+    /// `GET /v1/apps/{name}?wait_after=V`: the app once the controller's change counter has
+    /// passed `seen` (an earlier answer's `state_version`), or after `wait` (at most 30 s) with
+    /// nothing changed. A controller without long-polls answers at once with `state_version` 0.
+    pub async fn app_after(
+        &self,
+        name: &AppName,
+        seen: u64,
+        wait: std::time::Duration,
+    ) -> Result<AppResponse> {
+        let secs = wait.as_secs().clamp(1, 30).to_string();
+        let req = self.call(Method::GET, &format!("/v1/apps/{name}")).query(&[
+            ("wait_after", seen.to_string().as_str()),
+            ("wait_secs", &secs),
+        ]);
+        self.json(req, "app").await
+    }
+
+    /// `GET /v1/apps/{name}?stats=true`: with each running instance's latest sampled CPU, memory
+    /// and disk use (the controller samples in the background).
     pub async fn app_with_stats(&self, name: &AppName) -> Result<AppResponse> {
         let req = self
             .call(Method::GET, &format!("/v1/apps/{name}"))

@@ -4,6 +4,9 @@
 //! health check passed). Failed when one of them crashes, or when the health check's start timeout
 //! plus a margin passes. Instances of an older droplet don't count either way: the controller is
 //! replacing them.
+//!
+//! Each wait follows the app with long-polls ([`Follow`]): the controller answers the moment any
+//! state changes, so a wait ends as soon as the last instance is healthy, not on a polling tick.
 
 use std::time::{Duration, Instant};
 
@@ -13,9 +16,50 @@ use pier_api::{AppResponse, AppState, InstanceState, InstanceStatus};
 use crate::client::Client;
 use crate::output::{self, Failure};
 
+/// Between polls, with a controller that does not long-poll.
 const POLL: Duration = Duration::from_millis(250);
+/// The longest long-poll.
+const LONG_POLL: Duration = Duration::from_secs(30);
 /// Time beyond the health check's own timeout for the controller to create containers and report.
 const MARGIN: Duration = Duration::from_secs(15);
+
+/// An app's successive states, each fetched as soon as the controller's state changed.
+struct Follow<'a> {
+    client: &'a Client,
+    name: pier_api::AppName,
+    /// `state_version` of the last answer (0: none known yet).
+    seen: u64,
+    /// True once a plain fetch came back without a version: the controller does not long-poll.
+    polling: bool,
+}
+
+impl<'a> Follow<'a> {
+    fn new(client: &'a Client, app: &AppResponse) -> Self {
+        Follow {
+            client,
+            name: app.name.clone(),
+            seen: app.state_version,
+            polling: false,
+        }
+    }
+
+    /// The app after the next change (at most `until`, and never past [`LONG_POLL`]).
+    async fn next(&mut self, until: Option<Instant>) -> Result<AppResponse> {
+        let app = if self.seen > 0 {
+            let left = until.map_or(LONG_POLL, |d| d.saturating_duration_since(Instant::now()));
+            let wait = left.clamp(Duration::from_secs(1), LONG_POLL);
+            self.client.app_after(&self.name, self.seen, wait).await?
+        } else {
+            if self.polling {
+                tokio::time::sleep(POLL).await;
+            }
+            self.client.app(&self.name).await?
+        };
+        self.polling = app.state_version == 0;
+        self.seen = app.state_version;
+        Ok(app)
+    }
+}
 
 /// The sha256 of the droplet the app runs, or an error saying it has never been staged.
 pub fn current_droplet(app: &AppResponse) -> Result<String> {
@@ -48,6 +92,7 @@ pub async fn until_running(
     let limit = Duration::from_secs(u64::from(process.health_check.timeout_secs)) + MARGIN;
     let deadline = Instant::now() + limit;
     let mut last_report = String::new();
+    let mut follow = Follow::new(client, &app);
     loop {
         if app.state == AppState::Stopped {
             return Err(
@@ -77,8 +122,7 @@ pub async fn until_running(
         if Instant::now() >= deadline {
             return Err(timeout_failure(&app, &new, limit));
         }
-        tokio::time::sleep(POLL).await;
-        app = client.app(&app.name).await?;
+        app = follow.next(Some(deadline)).await?;
     }
 }
 
@@ -174,7 +218,7 @@ pub fn print_running(app: &AppResponse) {
     }
     if !app.instances.is_empty() {
         println!();
-        print!("{}", output::instance_table(&app.instances));
+        print!("{}", output::instance_table(&app.instances, false));
     }
 }
 
@@ -189,6 +233,8 @@ pub async fn until_deployed(
 ) -> Result<AppResponse> {
     use pier_api::DeploymentState as S;
     let mut last_report = String::new();
+    let mut app = client.app(name).await?;
+    let mut follow = Follow::new(client, &app);
     loop {
         let all = client.deployments(name).await?;
         let d = all
@@ -216,7 +262,6 @@ pub async fn until_deployed(
             }
             S::Deploying | S::Paused => {}
         }
-        let app = client.app(name).await?;
         if let Some(c) = &d.canary {
             let up = app
                 .instances
@@ -248,7 +293,7 @@ pub async fn until_deployed(
             eprintln!("Waiting for {name}: {report}");
             last_report = report;
         }
-        tokio::time::sleep(POLL).await;
+        app = follow.next(None).await?;
     }
 }
 
@@ -269,10 +314,11 @@ pub async fn until_running_revision(
     name: &pier_api::AppName,
 ) -> Result<AppResponse> {
     let deadline = Instant::now() + Duration::from_secs(180);
+    let mut app = client.app(name).await?;
+    let mut follow = Follow::new(client, &app);
     loop {
         let revs = client.revisions(name).await?;
         let current = revs.iter().find(|r| r.current).map(|r| r.version);
-        let app = client.app(name).await?;
         let desired = output::main_process(&app).map_or(0, |p| p.instances) as usize;
         let on = app
             .instances
@@ -295,6 +341,6 @@ pub async fn until_running_revision(
             ))
             .into());
         }
-        tokio::time::sleep(POLL).await;
+        app = follow.next(Some(deadline)).await?;
     }
 }

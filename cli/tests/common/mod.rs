@@ -208,6 +208,7 @@ fn new_app(name: AppName, instances: u32) -> AppResponse {
         command: None,
         created_at: now(),
         updated_at: now(),
+        state_version: 0,
     }
 }
 

@@ -31,14 +31,28 @@ pub struct Revision {
     pub description: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// The stack image the revision's instances run on (its app image is made from it), fixed
+    /// when the revision is made; empty in revisions an older Pier made (the current stack).
+    #[serde(default)]
+    pub stack: String,
 }
 
 impl Revision {
-    /// Same droplet, env and commands: running it again is not a new revision.
+    /// Same droplet, env, commands and stack: running it again is not a new revision.
     pub fn same_config(&self, other: &Revision) -> bool {
         self.droplet.sha256 == other.droplet.sha256
             && self.env == other.env
             && self.commands == other.commands
+            && self.stack_or(&other.stack) == other.stack_or(&self.stack)
+    }
+
+    /// The revision's stack, or `current` for a revision an older Pier made (no stack recorded).
+    pub fn stack_or<'a>(&'a self, current: &'a str) -> &'a str {
+        if self.stack.is_empty() {
+            current
+        } else {
+            &self.stack
+        }
     }
 }
 

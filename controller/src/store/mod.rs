@@ -54,6 +54,7 @@ pub struct Store {
     events: sled::Tree,
     meta: sled::Tree,
     cleanup: sled::Tree,
+    changes: crate::changes::Changes,
 }
 
 impl Store {
@@ -64,8 +65,14 @@ impl Store {
             events: db.open_tree("events")?,
             meta: db.open_tree("meta")?,
             cleanup: db.open_tree("cleanup")?,
+            changes: Default::default(),
             db,
         })
+    }
+
+    /// The counter every app, event and instance change bumps.
+    pub fn changes(&self) -> crate::changes::Changes {
+        self.changes.clone()
     }
 
     /// The persistence of instance addresses.
@@ -97,6 +104,7 @@ impl Store {
     pub fn put_app(&self, app: &AppRecord) -> Result<()> {
         self.apps
             .insert(app.name.as_str(), serde_json::to_vec(app)?)?;
+        self.changes.bump();
         self.flush()
     }
 
@@ -122,6 +130,7 @@ impl Store {
                 TransactionError::Storage(e) => Error::Store(e),
                 TransactionError::Abort(()) => Error::Other("delete transaction aborted".into()),
             })?;
+        self.changes.bump();
         self.flush()
     }
 
@@ -162,6 +171,7 @@ impl Store {
         self.events
             .insert(key.as_bytes(), serde_json::to_vec(&ev)?)?;
         self.prune_events(app_guid)?;
+        self.changes.bump();
         self.flush()
     }
 
