@@ -11,7 +11,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BENCH=$ROOT/bench
 TOOL="python3 $BENCH/lib/benchtool.py"
-STACK_IMAGE=${PIER_STACK_IMAGE:-pier-stack:bookworm-v1}
+STACK_IMAGE=${PIER_STACK_IMAGE:-pier-stack:bookworm-v2}
 CONTROLLER_PID=
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

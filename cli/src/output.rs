@@ -150,10 +150,10 @@ pub fn main_process(app: &AppResponse) -> Option<&ProcessResponse> {
         .or_else(|| app.processes.first())
 }
 
-/// Instances as a table: index, state, since, host port (and process when there are several types).
-pub fn instance_table(instances: &[InstanceStatus]) -> String {
+/// Instances as a table: index, state, since, host port (and process when there are several
+/// types); with `with_stats`, each one's sampled use too (`-` where there is no sample yet).
+pub fn instance_table(instances: &[InstanceStatus], with_stats: bool) -> String {
     let several_types = instances.iter().any(|i| !i.process.is_web());
-    let with_stats = instances.iter().any(|i| i.stats.is_some());
     let mut header = vec![];
     if several_types {
         header.push("process");

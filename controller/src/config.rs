@@ -152,6 +152,11 @@ pub struct Config {
     #[arg(long, env = "PIER_CANARY_MAX_P99_INCREASE_MS", default_value_t = 250.0)]
     pub canary_max_p99_increase_ms: f64,
 
+    /// How often each running instance's CPU, memory and disk use is sampled (what `pier app`
+    /// shows), in milliseconds. Disk use is walked every 15th sample.
+    #[arg(long, env = "PIER_STATS_INTERVAL_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub stats_interval_ms: u64,
+
     /// How long a removed instance may take to finish the requests it is serving before it gets
     /// SIGTERM, in seconds.
     #[arg(long, env = "PIER_DRAIN_TIMEOUT", default_value_t = 30)]
@@ -235,6 +240,7 @@ impl Config {
             canary_max_error_rate_increase: 0.01,
             canary_max_p99_increase_ms: 250.0,
             drain_timeout_secs: 30,
+            stats_interval_ms: 2000,
             log_rate_limit: 0,
             instance_subnet: None,
             instance_host_access: crate::runtime::HostAccess::Block,
@@ -322,7 +328,6 @@ impl Config {
     ) -> crate::instances::InstanceSettings {
         crate::instances::InstanceSettings {
             controller_id: controller_id.to_string(),
-            stack_image: self.stack_image.clone(),
             network: network.to_string(),
             pids_limit: self.pids_limit,
             stop_grace: self.stop_grace(),
@@ -340,6 +345,7 @@ impl Config {
             default_disk_mb: self.default_disk_mb,
             package_limits: self.package_limits(),
             deploy: crate::deployments::DeploySettings {
+                stack: self.stack_image.clone(),
                 revisions_kept: self.revisions_kept,
                 max_error_rate_increase: self.canary_max_error_rate_increase,
                 max_p99_increase_ms: self.canary_max_p99_increase_ms,

@@ -38,12 +38,14 @@
 //!   assumed to have the table that removed it (docs/router.md, "Never misroute").
 
 pub mod apps;
+pub mod changes;
 pub mod config;
 pub mod deployments;
 pub mod drain;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod images;
 pub mod instances;
 pub mod locks;
 pub mod logs;

@@ -44,6 +44,7 @@ pub struct Reconciler {
     instances: Arc<Instances>,
     addresses: Arc<AddressPool>,
     stager: Arc<Stager>,
+    images: Arc<crate::images::Images>,
     events: Events,
     /// Blobs nothing refers to are deleted once this old (an upload waits this long for its build).
     blob_grace: Duration,
@@ -60,6 +61,7 @@ pub struct ReconcilerDeps {
     pub instances: Arc<Instances>,
     pub addresses: Arc<AddressPool>,
     pub stager: Arc<Stager>,
+    pub images: Arc<crate::images::Images>,
     pub events: Events,
     pub blob_grace: Duration,
     pub shutdown: CancellationToken,
@@ -74,6 +76,7 @@ impl Reconciler {
             instances: d.instances,
             addresses: d.addresses,
             stager: d.stager,
+            images: d.images,
             events: d.events,
             blob_grace: d.blob_grace,
             trigger: Notify::new(),
@@ -121,6 +124,9 @@ impl Reconciler {
                 last_gc = tokio::time::Instant::now();
                 if let Err(e) = self.collect_garbage() {
                     tracing::warn!(error = %e, "could not look for unused blobs");
+                }
+                if let Err(e) = self.collect_images().await {
+                    tracing::warn!(error = %e, "could not look for unused app images");
                 }
             }
             tokio::select! {
@@ -211,15 +217,14 @@ impl Reconciler {
         }
     }
 
-    /// A container that is no instance (a staging, or of an unknown kind) and that no running
-    /// staging of this process uses.
+    /// A container that is no instance (a staging, an image build, or of an unknown kind) and
+    /// that no running staging or image build of this process uses.
     fn unwanted_other(&self, c: &Managed) -> bool {
+        let guid = c.labels.app_guid();
         match c.labels.kind() {
             Some(Kind::Instance) => false,
-            Some(Kind::Staging) => !c
-                .labels
-                .app_guid()
-                .is_some_and(|g| self.stager.is_active(g)),
+            Some(Kind::Staging) => !guid.is_some_and(|g| self.stager.is_active(g)),
+            Some(Kind::AppImage) => !guid.is_some_and(|g| self.images.is_building(g)),
             _ => true,
         }
     }
@@ -252,6 +257,34 @@ impl Reconciler {
         Ok(gone)
     }
 
+    /// Removes the app images no app's current droplet or kept revision names (see `images.rs`).
+    pub async fn collect_images(&self) -> Result<usize> {
+        let apps = self.store.list_apps()?;
+        let default_stack = self.images.default_stack();
+        let mut keep = HashSet::new();
+        // An app being staged gets its new image before its record names the droplet.
+        let staging: HashSet<String> = apps
+            .iter()
+            .filter(|a| a.staging.is_some())
+            .map(|a| a.guid.clone())
+            .collect();
+        for app in &apps {
+            let key = |droplet: &str, stack: &str| crate::images::ImageKey {
+                app_name: app.name.to_string(),
+                app_guid: app.guid.clone(),
+                droplet: droplet.to_string(),
+                stack: stack.to_string(),
+            };
+            if let Some(d) = &app.droplet {
+                keep.insert(key(&d.sha256, default_stack));
+            }
+            for r in &app.revisions {
+                keep.insert(key(&r.droplet.sha256, &r.stack));
+            }
+        }
+        self.images.collect(&keep, &staging).await
+    }
+
     /// Removes what a deleted app left: its containers (once its supervisors let go of them), its
     /// volumes and the blobs no other app refers to. Done when all of it is gone.
     pub async fn clean_up(&self, job: &Cleanup, containers: &[Managed]) -> Result<()> {
@@ -270,6 +303,7 @@ impl Reconciler {
                 self.blobs.delete(sha)?;
             }
         }
+        self.collect_images().await?;
         self.store.cleanup_done(&job.app_guid)?;
         tracing::info!(app = %job.app_name, "deleted app cleaned up");
         Ok(())

@@ -47,6 +47,9 @@ pub(crate) struct Parts {
     pub(crate) reconciler: Arc<Reconciler>,
     pub(crate) watcher: Watcher,
     pub(crate) routing: Arc<Routing>,
+    pub(crate) instances: Arc<Instances>,
+    /// How often instances' resource use is sampled.
+    pub(crate) usage_every: Duration,
     pub(crate) stats: Arc<RequestStats>,
     pub(crate) builtin_router: Option<pier_router::InFlight>,
     pub(crate) serve: crate::http::serve::ServeOptions,
@@ -277,6 +280,11 @@ impl Controller {
         tasks.spawn(p.reconciler.clone().run());
         tasks.spawn(p.reconciler.clone().follow_events());
         tasks.spawn(p.watcher.run(shutdown.clone()));
+        tasks.spawn(
+            p.instances
+                .clone()
+                .sample_usage(p.usage_every, shutdown.clone()),
+        );
         if let Some(listener) = self.router_listener {
             let rx = p.routing.subscribe();
             let opts = pier_router::ProxyOptions {
@@ -348,9 +356,16 @@ impl Parts {
         let logs = open_logs(&config, &store)?;
         let events = Events::new(store.clone(), logs.clone());
         let buildpacks = Arc::new(Buildpacks::install(&config.data_dir)?);
+        let images = Arc::new(crate::images::Images::new(
+            runtime.clone(),
+            blobs.clone(),
+            &controller_id,
+            &config.stack_image,
+        ));
         let stager = Arc::new(Stager::new(
             runtime.clone(),
             blobs.clone(),
+            images.clone(),
             logs.clone(),
             buildpacks.clone(),
             config.staging_settings(&controller_id),
@@ -360,7 +375,7 @@ impl Parts {
             store: store.clone(),
             events: events.clone(),
             logs: logs.clone(),
-            blobs: blobs.clone(),
+            images: images.clone(),
             addresses: addresses.clone(),
             routing: routing.clone(),
             probe,
@@ -374,6 +389,7 @@ impl Parts {
             instances: instances.clone(),
             addresses: addresses.clone(),
             stager: stager.clone(),
+            images,
             events: events.clone(),
             blob_grace: Duration::from_secs(config.package_gc_grace_secs),
             shutdown: shutdown.clone(),
@@ -395,7 +411,7 @@ impl Parts {
         let watcher = Watcher {
             store: store.clone(),
             locks,
-            instances,
+            instances: instances.clone(),
             stats: stats.clone(),
             events,
             reconciler: reconciler.clone(),
@@ -425,6 +441,8 @@ impl Parts {
             reconciler,
             watcher,
             routing,
+            instances,
+            usage_every: Duration::from_millis(config.stats_interval_ms),
             stats,
             shutdown,
         })

@@ -52,7 +52,10 @@ pub(crate) fn successful_staging() -> Script {
             (Stream::Err, "a warning\n".into()),
         ],
         files: vec![
-            ("/tmp/out/droplet.tgz".into(), b"droplet bytes".to_vec()),
+            (
+                "/tmp/out/droplet.tgz".into(),
+                targz(&[("app/app.py", b"print('hi')")]),
+            ),
             ("/tmp/out/buildpack".into(), b"python\n".to_vec()),
             (
                 "/tmp/out/release.yml".into(),
@@ -103,6 +106,9 @@ impl TestPlatform {
         })
         .expect("wiring");
         let router = crate::http::router(parts.api.clone());
+        // Deployments end as they do in the controller (the reconciler's loop does not run:
+        // tests call its passes when they want them).
+        tokio::spawn(parts.watcher.clone().run(parts.shutdown.clone()));
         TestPlatform {
             parts,
             router,
@@ -218,6 +224,12 @@ impl TestPlatform {
     pub(crate) async fn instances(&self, name: &str) -> Vec<Value> {
         let (_, v) = self.call("GET", &format!("/v1/apps/{name}"), None).await;
         v["instances"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for TestPlatform {
+    fn drop(&mut self) {
+        self.parts.shutdown.cancel();
     }
 }
 

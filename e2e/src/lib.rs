@@ -189,6 +189,18 @@ fn cleanup_pass(controller_id: &str) {
         for net in networks_labelled(&docker, controller_id).await {
             let _ = docker.remove_network(&net).await;
         }
+        // The app images (after the containers that run them).
+        let iopts = bollard::query_parameters::ListImagesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        if let Ok(images) = docker.list_images(Some(iopts)).await {
+            for i in images {
+                let opts = bollard::query_parameters::RemoveImageOptionsBuilder::default()
+                    .force(true)
+                    .build();
+                let _ = docker.remove_image(&i.id, Some(opts), None).await;
+            }
+        }
     });
     remove_firewall_rules(controller_id);
 }

@@ -63,13 +63,29 @@ pub fn print_details(app: &AppResponse) {
         }
         None => rows.push(("droplet", "none: not staged yet".to_string())),
     }
+    if let Some(age) = sample_age(app) {
+        rows.push(("stats", format!("sampled {age} ago")));
+    }
     for (key, value) in rows {
         println!("{:<14}{value}", format!("{key}:"));
     }
     if !app.instances.is_empty() {
         println!();
-        print!("{}", output::instance_table(&app.instances));
+        print!("{}", output::instance_table(&app.instances, true));
     }
+}
+
+/// How old the oldest instance figures are, like `1.4s`.
+fn sample_age(app: &AppResponse) -> Option<String> {
+    let oldest = app
+        .instances
+        .iter()
+        .filter_map(|i| i.stats.as_ref()?.sampled_at)
+        .min()?;
+    let age = (time::OffsetDateTime::now_utc() - oldest)
+        .as_seconds_f64()
+        .max(0.0);
+    Some(format!("{age:.1}s"))
 }
 
 /// The first 12 hex digits of a sha256, enough to tell droplets apart.

@@ -32,7 +32,7 @@ pub async fn run(args: ScaleArgs) -> Result<()> {
     if p.kind.is_web() && app.state == pier_api::AppState::Started && p.instances > 0 {
         if let Some(d) = &app.droplet {
             let app = super::wait::until_running(&client, app.clone(), &d.sha256).await?;
-            print!("{}", output::instance_table(&app.instances));
+            print!("{}", output::instance_table(&app.instances, false));
         }
     }
     Ok(())

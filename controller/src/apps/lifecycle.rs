@@ -52,11 +52,14 @@ impl AppService {
         let lock = self.d.locks.get(&app.name);
         let guard = lock.lock().await;
         let mut app = self.load(name)?;
+        let mut pruned = false;
         match action {
             AppAction::Start | AppAction::Restart => {
                 let mut req = req()?;
                 req.restart |= action == AppAction::Restart;
-                self.start_deployment(&mut app, &req)?;
+                pruned = self
+                    .start_deployment(&mut app, &req)?
+                    .is_some_and(|d| !d.pruned_droplets.is_empty());
             }
             AppAction::Stop => {
                 if let Some(d) = app.active_deployment_mut() {
@@ -72,7 +75,18 @@ impl AppService {
         }
         drop(guard);
         self.d.reconciler.converge(Some(&app.guid)).await;
+        if pruned {
+            self.images_of_pruned_revisions().await;
+        }
         Ok(self.response(&app))
+    }
+
+    /// The images of pruned revisions go with their droplets (one still in use by an instance
+    /// being replaced goes at a later pass).
+    async fn images_of_pruned_revisions(&self) {
+        if let Err(e) = self.d.reconciler.collect_images().await {
+            tracing::warn!(error = %e, "could not remove the images of pruned revisions yet");
+        }
     }
 
     /// A deployment of the newest droplet, env and command, or of an earlier revision.
@@ -81,15 +95,21 @@ impl AppService {
         let lock = self.d.locks.get(&app.name);
         let guard = lock.lock().await;
         let mut app = self.load(name)?;
-        let d = match self.start_deployment(&mut app, &req)? {
-            Some(d) => d.record,
+        let (d, pruned) = match self.start_deployment(&mut app, &req)? {
+            Some(d) => (d.record, !d.pruned_droplets.is_empty()),
             // Nothing changed: answer with the deployment that got the app here.
-            None => app.deployments.last().cloned().ok_or_else(|| {
-                Error::bad_request(format!("app {} already runs that revision", app.name))
-            })?,
+            None => (
+                app.deployments.last().cloned().ok_or_else(|| {
+                    Error::bad_request(format!("app {} already runs that revision", app.name))
+                })?,
+                false,
+            ),
         };
         drop(guard);
         self.d.reconciler.converge(Some(&app.guid)).await;
+        if pruned {
+            self.images_of_pruned_revisions().await;
+        }
         Ok(deployments::deployment_response(&d))
     }
 

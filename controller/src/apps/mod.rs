@@ -14,6 +14,7 @@
 //! `instances/` (statuses), `reconcile`, `staging/`, `deployments/`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use pier_api::{AppName, AppResponse, AppState, ErrorCode, ProcessResponse};
 
@@ -139,6 +140,9 @@ impl AppService {
             command: app.web().and_then(|p| p.command.clone()),
             created_at: app.created_at,
             updated_at: app.updated_at,
+            // Unknown here (the record may be older than the counter): a waiter given 0 asks
+            // again at once.
+            state_version: 0,
         }
     }
 
@@ -147,24 +151,34 @@ impl AppService {
         Ok(apps.iter().map(|a| self.response(a)).collect())
     }
 
-    /// One app; with `stats`, each running instance's resource use (asked of the runtime).
-    pub async fn get(&self, name: &str, stats: bool) -> Result<AppResponse> {
+    /// One app; with `stats`, each running instance's latest sampled resource use. With
+    /// `wait_after`, first waits (at most `wait`) until the controller's change counter has
+    /// passed it.
+    pub async fn get(
+        &self,
+        name: &str,
+        stats: bool,
+        wait_after: Option<u64>,
+        wait: Duration,
+    ) -> Result<AppResponse> {
+        let changes = self.d.store.changes();
+        if let Some(seen) = wait_after {
+            // An app that does not exist is refused before the wait.
+            self.load(name)?;
+            changes.wait_after(seen, wait).await;
+        }
+        // Read before the record, so a change made while the answer is built wakes the next wait.
+        let version = changes.version();
         let app = self.load(name)?;
         let mut resp = self.response(&app);
+        resp.state_version = version;
         if stats {
-            let usage = futures_util::future::join_all(resp.instances.iter().map(|i| {
-                let disk = app
-                    .processes
-                    .get(&i.process)
-                    .map(|p| p.disk_mb)
-                    .unwrap_or(0);
-                self.d.instances.usage(i, disk)
-            }))
-            .await;
-            for (i, st) in resp.instances.iter_mut().zip(usage) {
-                if i.state == pier_api::InstanceState::Running {
-                    i.stats = st;
+            for i in resp.instances.iter_mut() {
+                if i.state != pier_api::InstanceState::Running {
+                    continue;
                 }
+                let disk = app.processes.get(&i.process).map_or(0, |p| p.disk_mb);
+                i.stats = self.d.instances.usage(i, disk);
             }
         }
         Ok(resp)

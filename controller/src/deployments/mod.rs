@@ -59,7 +59,7 @@ pub fn revision_response(app: &AppRecord, r: &Revision) -> RevisionResponse {
 }
 
 /// The revision the app's newest droplet, env and commands make, and how it differs from `prev`.
-fn candidate(app: &AppRecord, prev: Option<&Revision>) -> Result<(Revision, String)> {
+fn candidate(app: &AppRecord, prev: Option<&Revision>, stack: &str) -> Result<(Revision, String)> {
     let droplet = app.droplet.clone().ok_or_else(|| {
         Error::bad_request(format!(
             "app {} has not been staged yet; push it first",
@@ -78,6 +78,7 @@ fn candidate(app: &AppRecord, prev: Option<&Revision>) -> Result<(Revision, Stri
         commands,
         description: String::new(),
         created_at: OffsetDateTime::now_utc(),
+        stack: stack.to_string(),
     };
     let what = match prev {
         None => "pushed".to_string(),
@@ -91,6 +92,9 @@ fn candidate(app: &AppRecord, prev: Option<&Revision>) -> Result<(Revision, Stri
             }
             if p.commands != rev.commands {
                 parts.push("command changed");
+            }
+            if p.stack_or(stack) != stack {
+                parts.push("stack changed");
             }
             if parts.is_empty() {
                 "restarted".to_string()
@@ -119,6 +123,8 @@ fn validate_steps(steps: &[u32]) -> Result<()> {
 /// The controller's settings deployments are made with.
 #[derive(Debug, Clone)]
 pub struct DeploySettings {
+    /// The stack image new revisions run on.
+    pub stack: String,
     pub revisions_kept: usize,
     pub max_error_rate_increase: f64,
     pub max_p99_increase_ms: f64,
@@ -173,12 +179,13 @@ fn check_request(req: &DeployRequest) -> Result<Plan> {
 /// The revision to deploy and what it is: an earlier one (rollback), or the app's newest
 /// droplet, env and commands.
 fn target_revision(
+    settings: &DeploySettings,
     app: &AppRecord,
     req: &DeployRequest,
     prev: Option<&Revision>,
 ) -> Result<(Revision, String)> {
     let Some(n) = req.revision else {
-        return candidate(app, prev);
+        return candidate(app, prev, &settings.stack);
     };
     let r = app.revision(n).ok_or_else(|| {
         Error::api(
@@ -243,7 +250,7 @@ pub fn deploy(
     }
     let plan = check_request(req)?;
     let prev = app.running_revision().cloned();
-    let (mut rev, description) = target_revision(app, req, prev.as_ref())?;
+    let (mut rev, description) = target_revision(settings, app, req, prev.as_ref())?;
     let unchanged = prev.as_ref().is_some_and(|p| p.same_config(&rev));
     let was_started = app.state == AppState::Started;
     if unchanged && !req.restart && req.revision.is_none() && was_started {

@@ -25,6 +25,7 @@ use crate::store::{AppRecord, DeploymentRecord, Store};
 /// How often active deployments are looked at.
 const PERIOD: Duration = Duration::from_millis(200);
 
+#[derive(Clone)]
 pub struct Watcher {
     pub store: Store,
     pub locks: Arc<AppLocks>,
@@ -220,6 +221,7 @@ mod tests {
 
     fn settings() -> DeploySettings {
         DeploySettings {
+            stack: "stack:test".into(),
             revisions_kept: 10,
             max_error_rate_increase: 0.01,
             max_p99_increase_ms: 250.0,

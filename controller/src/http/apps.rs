@@ -30,14 +30,23 @@ async fn list(State(s): S) -> Result<Json<Vec<AppResponse>>> {
 struct AppQuery {
     #[serde(default)]
     stats: bool,
+    /// Answer once the change counter is past this (`state_version` of an earlier answer).
+    wait_after: Option<u64>,
+    /// The longest wait, in seconds (at most [`MAX_WAIT_SECS`]).
+    wait_secs: Option<u64>,
 }
+
+/// A long-poll answers within this, changed or not (well inside the connection idle timeout).
+const MAX_WAIT_SECS: u64 = 30;
 
 async fn get_app(
     State(s): S,
     Path(name): Path<String>,
     Query(q): Query<AppQuery>,
 ) -> Result<Json<AppResponse>> {
-    Ok(Json(s.apps.get(&name, q.stats).await?))
+    let wait =
+        std::time::Duration::from_secs(q.wait_secs.unwrap_or(MAX_WAIT_SECS).min(MAX_WAIT_SECS));
+    Ok(Json(s.apps.get(&name, q.stats, q.wait_after, wait).await?))
 }
 
 async fn put_app(State(s): S, Path(name): Path<String>, body: Bytes) -> Result<Json<AppResponse>> {

@@ -1,6 +1,8 @@
 //! Handler tests: the API against a temporary store and the fake runtime (no Docker), through
 //! the real axum router with `oneshot`.
 
+use std::time::Duration;
+
 use http::StatusCode;
 use pier_api::EventKind;
 use serde_json::{json, Value};
@@ -215,7 +217,16 @@ async fn push_stages_starts_and_routes_an_instance() {
         .env
         .iter()
         .any(|e| e == "PIER_START_COMMAND=python3 app.py"));
-    assert_eq!(p.fake.uploads(id)[0].0, "/home/vcap", "the droplet went in");
+    assert!(
+        p.fake.uploads(id).is_empty(),
+        "no copy of the droplet per instance"
+    );
+    assert!(
+        spec.image.starts_with("pier-test/hello:"),
+        "the app's image: {}",
+        spec.image
+    );
+    assert_eq!(p.fake.app_images(), vec![spec.image.clone()]);
     p.eventually("RUNNING", || {
         let t = p.parts.routing.current()?;
         let r = t.routes.iter().find(|r| r.host == "hello.localhost")?;
@@ -622,4 +633,222 @@ async fn instances_get_cpu_shares_by_memory_and_the_network_is_isolated() {
         Some(crate::runtime::HostAccess::Block),
         "blocked from the host by default"
     );
+}
+
+/// A staging whose droplet differs every time (so each push is a new revision).
+fn counting_staging() -> impl Fn(&crate::runtime::ContainerSpec) -> Script {
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    move |_| {
+        let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut s = crate::testkit::successful_staging();
+        s.files[0].1 = crate::testkit::targz(&[("app/app.py", format!("print({i})").as_bytes())]);
+        s
+    }
+}
+
+#[tokio::test]
+async fn app_images_are_made_once_and_go_with_their_droplets() {
+    let p = TestPlatform::with_config(|c| c.revisions_kept = 2).await;
+    p.fake.on_start(Kind::Staging, counting_staging());
+    p.call("PUT", "/v1/apps/img", None).await;
+    let mut images = Vec::new();
+    for i in 0..3 {
+        let sha = p.upload(&[("app.py", format!("v{i}").as_bytes())]).await;
+        let (_, ev) = p
+            .call("POST", "/v1/apps/img/builds", Some(json!({"package": sha})))
+            .await;
+        assert!(
+            ev.as_array().unwrap().last().unwrap().get("done").is_some(),
+            "{ev}"
+        );
+        let (s, v) = p.call("POST", "/v1/apps/img/actions/start", None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let image = p
+            .eventually("the new revision runs", || {
+                let r = p.fake.running(Kind::Instance);
+                (r.len() == 1 && !images.contains(&r[0].1.image)).then(|| r[0].1.image.clone())
+            })
+            .await;
+        images.push(image);
+        for _ in 0..500 {
+            let (_, d) = p.call("GET", "/v1/apps/img/deployments", None).await;
+            if d[0]["state"] == "SUCCEEDED" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    // Two revisions are kept: the first one's droplet and image are gone.
+    p.parts.reconciler.collect_images().await.unwrap();
+    let now = p.fake.app_images();
+    assert!(
+        !now.contains(&images[0]),
+        "the pruned revision's image went: {now:?}"
+    );
+    assert!(
+        now.contains(&images[1]) && now.contains(&images[2]),
+        "{now:?}"
+    );
+    // Removed behind the platform's back: made again before the next start.
+    p.fake.forget_image(&images[2]);
+    let (s, _) = p
+        .call(
+            "PUT",
+            "/v1/apps/img/processes/web",
+            Some(json!({"instances": 2})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    p.eventually("two instances", || {
+        (p.fake.running(Kind::Instance).len() == 2).then_some(())
+    })
+    .await;
+    assert!(
+        p.fake.app_images().contains(&images[2]),
+        "made again from the droplet"
+    );
+    // Deleting the app takes its images.
+    let (s, _) = p.call("DELETE", "/v1/apps/img", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert!(p.fake.app_images().is_empty(), "{:?}", p.fake.app_images());
+}
+
+#[tokio::test]
+async fn a_droplet_that_would_escape_its_layer_fails_the_build_and_leaves_no_image() {
+    let p = TestPlatform::new().await;
+    let mut s = crate::testkit::successful_staging();
+    s.files[0].1 = crate::staging::package::tests::raw_tar(&[(
+        "../../etc/cron.d/evil",
+        tar::EntryType::Regular,
+        b"* * * * * root sh",
+        None,
+    )]);
+    let ev = stage_with(&p, "evil", s).await;
+    let err = &ev.last().unwrap()["error"];
+    assert_eq!(err["code"], "staging_failed", "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("the droplet cannot become an image"),
+        "{err}"
+    );
+    assert!(p.fake.app_images().is_empty());
+    let app = p.store.get_app(&"evil".parse().unwrap()).unwrap().unwrap();
+    assert!(app.droplet.is_none());
+    p.parts.reconciler.collect_garbage().unwrap();
+    assert_eq!(
+        p.blobs.list().unwrap().len(),
+        1,
+        "only the package is stored; the droplet went"
+    );
+}
+
+#[tokio::test]
+async fn stats_are_the_latest_background_sample() {
+    use crate::runtime::Sample;
+    let p = TestPlatform::new().await;
+    p.push("s").await;
+    let (id, _) = p
+        .eventually("running", || {
+            p.fake.running(Kind::Instance).into_iter().next()
+        })
+        .await;
+    p.eventually("RUNNING", || {
+        let t = p.parts.routing.current()?;
+        (t.routes.iter().any(|r| r.backends.len() == 1)).then_some(())
+    })
+    .await;
+    // Before the first sample: a running instance, no figures (and no waiting for them).
+    let (s, v) = p.call("GET", "/v1/apps/s?stats=true", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["instances"][0]["stats"].is_null(), "{v}");
+    let at = |cpu: u64, system: u64| Sample {
+        cpu_total_ns: cpu,
+        system_ns: system,
+        online_cpus: 2,
+        memory_bytes: 50 << 20,
+        memory_limit_bytes: 256 << 20,
+    };
+    p.fake.set_sample(&id, at(0, 0));
+    p.parts.instances.sample_usage_once().await;
+    // A quarter of two CPUs' time since the previous sample: half a core.
+    p.fake.set_sample(&id, at(250, 1000));
+    p.parts.instances.sample_usage_once().await;
+    let (_, v) = p.call("GET", "/v1/apps/s?stats=true", None).await;
+    let st = &v["instances"][0]["stats"];
+    assert_eq!(st["cpu_percent"], 50.0, "{v}");
+    assert_eq!(st["memory_bytes"], 50 << 20);
+    assert_eq!(st["disk_bytes"], 4096, "walked on the first sample");
+    assert!(st["sampled_at"].is_string(), "{v}");
+    // Without ?stats the figures are left out.
+    let (_, v) = p.call("GET", "/v1/apps/s", None).await;
+    assert!(v["instances"][0]["stats"].is_null(), "{v}");
+}
+
+#[tokio::test]
+async fn a_long_poll_answers_at_the_next_change() {
+    let p = TestPlatform::new().await;
+    p.call("PUT", "/v1/apps/lp", None).await;
+    let (_, v) = p.call("GET", "/v1/apps/lp", None).await;
+    let seen = v["state_version"].as_u64().expect("a version");
+    assert!(seen > 0);
+    // Nothing changes: the answer comes at the wait's end, with the same version.
+    let t = std::time::Instant::now();
+    let (s, v) = p
+        .call(
+            "GET",
+            &format!("/v1/apps/lp?wait_after={seen}&wait_secs=1"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["state_version"].as_u64(), Some(seen));
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    // A change while waiting: answered at once, with the change in it.
+    let waiter = {
+        let router = p.router.clone();
+        tokio::spawn(async move {
+            use tower::ServiceExt as _;
+            let req = axum::http::Request::get(format!("/v1/apps/lp?wait_after={seen}"))
+                .header("authorization", format!("Bearer {}", crate::testkit::TOKEN))
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let resp = router.oneshot(req).await.unwrap();
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            serde_json::from_slice::<Value>(&body).unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = std::time::Instant::now();
+    p.call("PUT", "/v1/apps/lp", Some(json!({"memory_mb": 512})))
+        .await;
+    let v = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("woken by the change")
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(v["state_version"].as_u64().unwrap() > seen);
+    assert_eq!(v["processes"][0]["memory_mb"], 512);
+    // Refusals come at once: a bad counter, a name that cannot exist, an unknown app.
+    let t = std::time::Instant::now();
+    let (s, _) = p.call("GET", "/v1/apps/lp?wait_after=soon", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, v) = p.call("GET", "/v1/apps/No_Such?wait_after=1", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, _) = p
+        .call(
+            "GET",
+            &format!("/v1/apps/nosuch?wait_after={seen}&wait_secs=5"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }

@@ -44,6 +44,8 @@ pub struct InstanceSpec {
     pub process: ProcessType,
     pub index: u32,
     pub droplet: String,
+    /// The stack image the app image is made from (empty: the controller's current stack).
+    pub stack: String,
     pub command: String,
     pub env: BTreeMap<String, String>,
     pub memory_mb: u64,
@@ -64,6 +66,16 @@ pub struct InstanceSpec {
 }
 
 impl InstanceSpec {
+    /// What the instance's image is made of.
+    pub fn image_key(&self) -> crate::images::ImageKey {
+        crate::images::ImageKey {
+            app_name: self.app_name.clone(),
+            app_guid: self.app_guid.clone(),
+            droplet: self.droplet.clone(),
+            stack: self.stack.clone(),
+        }
+    }
+
     pub fn hash(&self) -> String {
         let json = serde_json::to_vec(self).unwrap_or_default();
         hex::encode(&Sha256::digest(&json)[..8])
@@ -101,6 +113,7 @@ pub fn desired_slots(apps: &[AppRecord]) -> BTreeMap<SlotKey, InstanceSpec> {
                     index,
                     revision: rev.version,
                     droplet: rev.droplet.sha256.clone(),
+                    stack: rev.stack.clone(),
                     command,
                     env: rev.env.clone(),
                     memory_mb: p.memory_mb,

@@ -105,6 +105,16 @@ impl Launch<'_> {
     /// Creates, fills and starts a container for the slot, then waits for its health check.
     pub(super) async fn run(self) -> StartOutcome {
         let instance_id = uuid::Uuid::new_v4().to_string();
+        // The app's image: there already (made after staging), or made again from the droplet.
+        let image = match self.inst.deps.images.ensure(&self.spec.image_key()).await {
+            Ok(name) => name,
+            Err(e) => {
+                return StartOutcome::Failed {
+                    reason: format!("the app's image could not be made: {}", e.to_api().message),
+                    last_output: vec![],
+                }
+            }
+        };
         // The address first: nothing is created unless the controller can hand one out (C4).
         let ip = match self.inst.deps.addresses.allocate(&instance_id) {
             Ok(ip) => ip,
@@ -120,7 +130,7 @@ impl Launch<'_> {
             ),
         );
         tracing::info!(app = %self.spec.app_name, process = %self.key.process, index = self.key.index, revision = self.spec.revision, %ip, "creating instance container");
-        let mut running = match self.create(&instance_id, ip).await {
+        let mut running = match self.create(&instance_id, ip, &image).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "could not create an instance container");
@@ -192,7 +202,7 @@ impl Launch<'_> {
         });
     }
 
-    fn container_spec(&self, instance_id: &str, ip: Ipv4Addr) -> ContainerSpec {
+    fn container_spec(&self, instance_id: &str, ip: Ipv4Addr, image: &str) -> ContainerSpec {
         let s = &self.inst.deps.settings;
         let spec = self.spec;
         ContainerSpec {
@@ -203,7 +213,7 @@ impl Launch<'_> {
                 spec.index,
                 &instance_id[..8]
             ),
-            image: s.stack_image.clone(),
+            image: image.to_string(),
             cmd: vec!["bash".into(), "-c".into(), LAUNCH.into()],
             env: instance_env(spec, instance_id),
             user: "vcap".into(),
@@ -233,11 +243,11 @@ impl Launch<'_> {
         }
     }
 
-    /// Creates the container, uploads the droplet and starts it, at exactly the allocated address.
-    async fn create(&self, instance_id: &str, ip: Ipv4Addr) -> Result<Running> {
+    /// Creates the container of the app's image and starts it, at exactly the allocated address.
+    async fn create(&self, instance_id: &str, ip: Ipv4Addr, image: &str) -> Result<Running> {
         let inst = self.inst;
         let runtime = &inst.deps.runtime;
-        let cspec = self.container_spec(instance_id, ip);
+        let cspec = self.container_spec(instance_id, ip, image);
         // Owned by its instance id until the runtime says its container id: a reconcile pass in
         // between must not take it for a stray.
         inst.registry.own(instance_id);
@@ -254,8 +264,6 @@ impl Launch<'_> {
         inst.registry.own(&id);
         inst.registry.disown(instance_id);
         let started = async {
-            let droplet = inst.deps.blobs.path(&self.spec.droplet)?;
-            runtime.upload(&id, "/home/vcap", &droplet).await?;
             runtime.start(&id).await?;
             // The runtime must have put it where the controller said; never use another address.
             let info = runtime.inspect(&id).await?;

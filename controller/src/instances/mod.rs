@@ -39,7 +39,7 @@ use crate::events::Events;
 use crate::logs::LogBroker;
 use crate::network::addresses::AddressPool;
 use crate::runtime::{ContainerRuntime, Managed};
-use crate::store::{BlobStore, Store};
+use crate::store::Store;
 
 pub mod desired;
 pub mod health;
@@ -49,6 +49,7 @@ pub mod routing;
 mod supervisor;
 #[cfg(test)]
 mod tests;
+mod usage;
 
 pub use desired::{desired_slots, restart_delay, slot_of, InstanceSpec, SlotKey, MAX_CRASHES};
 pub use registry::{Registry, SlotReport};
@@ -82,7 +83,6 @@ pub struct Drained {
 #[derive(Debug, Clone)]
 pub struct InstanceSettings {
     pub controller_id: String,
-    pub stack_image: String,
     /// The Docker network instances attach to.
     pub network: String,
     pub pids_limit: i64,
@@ -99,7 +99,7 @@ pub struct InstanceDeps {
     pub store: Store,
     pub events: Events,
     pub logs: Arc<LogBroker>,
-    pub blobs: BlobStore,
+    pub images: Arc<crate::images::Images>,
     pub addresses: Arc<AddressPool>,
     pub routing: Arc<Routing>,
     pub probe: Arc<dyn health::HealthProbe>,
@@ -111,6 +111,7 @@ pub struct InstanceDeps {
 pub struct Instances {
     deps: InstanceDeps,
     registry: Registry,
+    usage: usage::UsageBook,
 }
 
 /// Containers [`Instances::sync`] found that nothing should run: the reconciler removes them.
@@ -126,8 +127,12 @@ pub struct Leftovers {
 impl Instances {
     pub fn new(deps: InstanceDeps) -> Arc<Instances> {
         Arc::new(Instances {
+            registry: Registry {
+                changes: deps.store.changes(),
+                ..Registry::default()
+            },
             deps,
-            registry: Registry::default(),
+            usage: usage::UsageBook::default(),
         })
     }
 
@@ -272,26 +277,5 @@ impl Instances {
             .unwrap_or_else(|e| e.into_inner())
             .insert(key.clone(), task);
         registry::SlotHandle { spec: tx, cancel }
-    }
-
-    /// Resource use of one instance, with its disk quota and uptime.
-    pub async fn usage(
-        &self,
-        status: &InstanceStatus,
-        disk_mb: u64,
-    ) -> Option<pier_api::InstanceStats> {
-        let id = status.container_id.as_deref()?;
-        let u = self.deps.runtime.usage(id).await?;
-        let uptime = (time::OffsetDateTime::now_utc() - status.since)
-            .whole_seconds()
-            .max(0) as u64;
-        Some(pier_api::InstanceStats {
-            cpu_percent: (u.cpu_percent * 10.0).round() / 10.0,
-            memory_bytes: u.memory_bytes,
-            memory_limit_bytes: u.memory_limit_bytes,
-            disk_bytes: u.disk_bytes,
-            disk_limit_bytes: disk_mb * 1024 * 1024,
-            uptime_secs: uptime,
-        })
     }
 }

@@ -49,6 +49,8 @@ pub struct Registry {
     pub(super) failed_revisions: Mutex<HashSet<(String, u64, u64)>>,
     /// One permit per app: its instances are replaced one at a time, so it keeps answering.
     pub(super) replace_permits: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// Bumped whenever a view changes (shared with the store's writes).
+    pub(super) changes: crate::changes::Changes,
 }
 
 impl Registry {
@@ -113,6 +115,17 @@ impl Registry {
             .collect()
     }
 
+    /// Container ids of every instance running now (serving or being started beside one).
+    pub(super) fn running_containers(&self) -> Vec<String> {
+        let views = self.views.read().unwrap_or_else(|e| e.into_inner());
+        views
+            .values()
+            .flat_map(|v| v.current.iter().chain(v.pending.iter()))
+            .filter(|l| l.status.state == InstanceState::Running)
+            .filter_map(|l| l.status.container_id.clone())
+            .collect()
+    }
+
     pub(super) fn set_view(&self, key: &SlotKey, f: impl FnOnce(&mut SlotView)) {
         let mut views = self.views.write().unwrap_or_else(|e| e.into_inner());
         let v = views.entry(key.clone()).or_default();
@@ -120,6 +133,7 @@ impl Registry {
         if v.current.is_none() && v.pending.is_none() {
             views.remove(key);
         }
+        self.changes.bump();
     }
 
     /// Keyed by revision and restart generation: restarting a revision tries it afresh.

@@ -54,6 +54,7 @@ fn app(droplet: &str, instances: u32, hc: HealthCheckType) -> AppRecord {
         commands: BTreeMap::new(),
         description: "pushed".into(),
         created_at: OffsetDateTime::now_utc(),
+        stack: String::new(),
     }];
     a.current_revision = Some(1);
     a.processes.insert(
@@ -77,7 +78,8 @@ impl Rig {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
         let blobs = BlobStore::open(dir.path()).unwrap();
-        let w = blobs.write_reader(&mut &b"droplet"[..]).unwrap();
+        let tgz = crate::testkit::targz(&[("app/app.py", b"print('hi')")]);
+        let w = blobs.write_reader(&mut &tgz[..]).unwrap();
         let droplet = blobs.commit(w).unwrap();
         let fake = FakeRuntime::new("test");
         let probe = Arc::new(FakeProbe::default());
@@ -101,14 +103,18 @@ impl Rig {
             store: store.clone(),
             events: Events::new(store.clone(), logs.clone()),
             logs,
-            blobs,
+            images: Arc::new(crate::images::Images::new(
+                fake.clone(),
+                blobs,
+                "test",
+                crate::runtime::stack::DEFAULT_STACK_IMAGE,
+            )),
             addresses,
             routing,
             probe: probe.clone(),
             drain: Arc::new(Idle),
             settings: InstanceSettings {
                 controller_id: "test".into(),
-                stack_image: crate::runtime::stack::DEFAULT_STACK_IMAGE.into(),
                 network: NETWORK.into(),
                 pids_limit: 64,
                 stop_grace: Duration::from_secs(10),

@@ -26,8 +26,8 @@ use time::OffsetDateTime;
 
 use super::{
     ContainerInfo, ContainerRuntime, ContainerSpec, Exit, ImportSpec, Labels, Managed, Mount,
-    NetworkInfo, NetworkSpec, Networking, OutputChunk, OutputOptions, Result, RuntimeError, Stream,
-    Usage,
+    NetworkInfo, NetworkSpec, Networking, OutputChunk, OutputOptions, Result, RuntimeError, Sample,
+    Stream,
 };
 use crate::network::addresses::Ipv4Net;
 
@@ -402,51 +402,39 @@ impl ContainerRuntime for DockerRuntime {
         text.lines().map(str::to_string).collect()
     }
 
-    async fn usage(&self, id: &str) -> Option<Usage> {
+    async fn sample(&self, id: &str) -> Option<Sample> {
         let opts = StatsOptionsBuilder::default()
             .stream(false)
-            .one_shot(false)
+            .one_shot(true)
             .build();
         let s = self.docker.stats(id, Some(opts)).next().await?.ok()?;
-        let total = |c: Option<&bollard::models::ContainerCpuStats>| {
-            c.and_then(|c| c.cpu_usage.as_ref())
-                .and_then(|u| u.total_usage)
-                .unwrap_or(0)
-        };
-        let system = |c: Option<&bollard::models::ContainerCpuStats>| {
-            c.and_then(|c| c.system_cpu_usage).unwrap_or(0)
-        };
-        let (cpu, pre) = (s.cpu_stats.as_ref(), s.precpu_stats.as_ref());
-        let cpu_delta = total(cpu).saturating_sub(total(pre)) as f64;
-        let sys_delta = system(cpu).saturating_sub(system(pre)) as f64;
-        let cpus = cpu.and_then(|c| c.online_cpus).unwrap_or(1).max(1) as f64;
-        let cpu_percent = if sys_delta > 0.0 {
-            cpu_delta / sys_delta * cpus * 100.0
-        } else {
-            0.0
-        };
+        let cpu = s.cpu_stats.as_ref();
         let mem = s.memory_stats.as_ref();
         // Page cache is not the app's memory (what `docker stats` subtracts too).
         let cache = mem
             .and_then(|m| m.stats.as_ref())
             .and_then(|st| st.get("inactive_file").or_else(|| st.get("cache")).copied())
             .unwrap_or(0);
-        let disk = self
-            .docker
-            .inspect_container(
-                id,
-                Some(InspectContainerOptionsBuilder::default().size(true).build()),
-            )
-            .await
-            .ok()
-            .and_then(|i| i.size_rw)
-            .unwrap_or(0);
-        Some(Usage {
-            cpu_percent,
+        // A container that is not running reads as all zeros.
+        let limit = mem.and_then(|m| m.limit).unwrap_or(0);
+        if limit == 0 {
+            return None;
+        }
+        Some(Sample {
+            cpu_total_ns: cpu
+                .and_then(|c| c.cpu_usage.as_ref()?.total_usage)
+                .unwrap_or(0),
+            system_ns: cpu.and_then(|c| c.system_cpu_usage).unwrap_or(0),
+            online_cpus: cpu.and_then(|c| c.online_cpus).unwrap_or(1).max(1) as u64,
             memory_bytes: mem.and_then(|m| m.usage).unwrap_or(0).saturating_sub(cache),
-            memory_limit_bytes: mem.and_then(|m| m.limit).unwrap_or(0),
-            disk_bytes: disk.max(0) as u64,
+            memory_limit_bytes: limit,
         })
+    }
+
+    async fn disk_usage(&self, id: &str) -> Option<u64> {
+        let opts = InspectContainerOptionsBuilder::default().size(true).build();
+        let i = self.docker.inspect_container(id, Some(opts)).await.ok()?;
+        Some(i.size_rw.unwrap_or(0).max(0) as u64)
     }
 
     fn events(&self) -> BoxStream<'static, Result<()>> {
@@ -570,6 +558,56 @@ impl ContainerRuntime for DockerRuntime {
         match self.docker.inspect_image(image).await {
             Ok(_) => Ok(true),
             Err(e) if is_status(&e, 404) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn commit(&self, container: &str, spec: &super::CommitSpec) -> Result<()> {
+        let opts = bollard::query_parameters::CommitContainerOptionsBuilder::default()
+            .container(container)
+            .repo(&spec.repo)
+            .tag(&spec.tag)
+            .pause(false)
+            .changes(&spec.changes.join("\n"))
+            .build();
+        let config = bollard::models::ContainerConfig {
+            labels: Some(
+                spec.labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        self.docker.commit_container(opts, config).await?;
+        Ok(())
+    }
+
+    async fn list_images(&self) -> Result<Vec<super::ImageInfo>> {
+        let filters = self.controller_filter();
+        let opts = bollard::query_parameters::ListImagesOptionsBuilder::default()
+            .all(false)
+            .filters(&filters)
+            .build();
+        let list = self.docker.list_images(Some(opts)).await?;
+        Ok(list
+            .into_iter()
+            .map(|i| super::ImageInfo {
+                id: i.id,
+                tags: i.repo_tags,
+                labels: Labels::from_map(i.labels),
+            })
+            .collect())
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<()> {
+        let opts = bollard::query_parameters::RemoveImageOptionsBuilder::default()
+            .force(false)
+            .noprune(false)
+            .build();
+        match self.docker.remove_image(image, Some(opts), None).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 404) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }

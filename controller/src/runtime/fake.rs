@@ -21,8 +21,8 @@ use tokio::sync::{broadcast, watch};
 
 use super::{
     ContainerInfo, ContainerRuntime, ContainerSpec, Exit, ImportSpec, Kind, Labels, Managed,
-    NetworkInfo, NetworkSpec, Networking, OutputChunk, OutputOptions, Result, RuntimeError, Stream,
-    Usage,
+    NetworkInfo, NetworkSpec, Networking, OutputChunk, OutputOptions, Result, RuntimeError, Sample,
+    Stream,
 };
 use crate::network::addresses::Ipv4Net;
 
@@ -73,9 +73,11 @@ struct State {
     volumes: BTreeMap<String, Labels>,
     networks: BTreeMap<String, NetworkInfo>,
     images: Vec<String>,
+    /// Images made by `commit`: name → labels.
+    committed: BTreeMap<String, Labels>,
     failures: HashMap<Op, u32>,
     scripts: HashMap<&'static str, Scripter>,
-    usage: HashMap<String, Usage>,
+    samples: HashMap<String, Sample>,
     isolation: HashMap<String, super::HostAccess>,
 }
 
@@ -205,14 +207,26 @@ impl FakeRuntime {
         }
     }
 
+    /// Images made by `commit`, by name.
+    pub fn app_images(&self) -> Vec<String> {
+        self.lock().committed.keys().cloned().collect()
+    }
+
+    /// Removes an image behind the platform's back.
+    pub fn forget_image(&self, image: &str) {
+        let mut s = self.lock();
+        s.images.retain(|i| i != image);
+        s.committed.remove(image);
+    }
+
     /// How `isolate` left a network.
     pub fn isolation(&self, network: &str) -> Option<super::HostAccess> {
         self.lock().isolation.get(network).copied()
     }
 
-    /// What `usage` answers for a container.
-    pub fn set_usage(&self, id: &str, usage: Usage) {
-        self.lock().usage.insert(id.to_string(), usage);
+    /// What `sample` answers for a container.
+    pub fn set_sample(&self, id: &str, sample: Sample) {
+        self.lock().samples.insert(id.to_string(), sample);
     }
 
     fn run_script(&self, id: &str) {
@@ -500,13 +514,18 @@ impl ContainerRuntime for FakeRuntime {
         lines.into_iter().skip(skip).collect()
     }
 
-    async fn usage(&self, id: &str) -> Option<Usage> {
+    async fn sample(&self, id: &str) -> Option<Sample> {
         let s = self.lock();
-        let c = s.containers.get(id)?;
-        Some(s.usage.get(id).copied().unwrap_or(Usage {
+        let c = s.containers.get(id).filter(|c| c.running)?;
+        Some(s.samples.get(id).copied().unwrap_or(Sample {
             memory_limit_bytes: c.spec.memory_mb * 1024 * 1024,
-            ..Usage::default()
+            online_cpus: 1,
+            ..Sample::default()
         }))
+    }
+
+    async fn disk_usage(&self, id: &str) -> Option<u64> {
+        self.lock().containers.get(id).map(|_| 4096)
     }
 
     fn events(&self) -> BoxStream<'static, Result<()>> {
@@ -580,6 +599,43 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn image_exists(&self, image: &str) -> Result<bool> {
         Ok(self.lock().images.iter().any(|i| i == image))
+    }
+
+    async fn commit(&self, container: &str, spec: &super::CommitSpec) -> Result<()> {
+        let mut s = self.lock();
+        if !s.containers.contains_key(container) {
+            return Err(not_found(container));
+        }
+        let name = format!("{}:{}", spec.repo, spec.tag);
+        s.images.push(name.clone());
+        s.committed.insert(name, spec.labels.clone());
+        Ok(())
+    }
+
+    async fn list_images(&self) -> Result<Vec<super::ImageInfo>> {
+        Ok(self
+            .lock()
+            .committed
+            .iter()
+            .filter(|(_, l)| l.controller() == Some(self.controller_id.as_str()))
+            .map(|(name, labels)| super::ImageInfo {
+                id: name.clone(),
+                tags: vec![name.clone()],
+                labels: labels.clone(),
+            })
+            .collect())
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<()> {
+        let mut s = self.lock();
+        if s.containers.values().any(|c| c.spec.image == image) {
+            return Err(RuntimeError::Api(format!(
+                "conflict: unable to remove {image}: image is being used by a container (status 409)"
+            )));
+        }
+        s.images.retain(|i| i != image);
+        s.committed.remove(image);
+        Ok(())
     }
 
     async fn import_image(&self, _rootfs: &Path, spec: &ImportSpec) -> Result<()> {

@@ -31,6 +31,8 @@ pub enum Kind {
     Staging,
     /// The controller's instance network.
     Instances,
+    /// An app image (the stack plus a droplet), or the throwaway container it is made in.
+    AppImage,
 }
 
 impl Kind {
@@ -39,13 +41,19 @@ impl Kind {
             Kind::Instance => "instance",
             Kind::Staging => "staging",
             Kind::Instances => "instances",
+            Kind::AppImage => "image",
         }
     }
 
     fn parse(s: &str) -> Option<Kind> {
-        [Kind::Instance, Kind::Staging, Kind::Instances]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            Kind::Instance,
+            Kind::Staging,
+            Kind::Instances,
+            Kind::AppImage,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 
@@ -112,7 +120,12 @@ mod tests {
         assert_eq!(l.get("pier.kind"), Some("staging"));
         assert_eq!(l.kind(), Some(Kind::Staging));
         assert_eq!(l.app_guid(), Some("g"));
-        for k in [Kind::Instance, Kind::Staging, Kind::Instances] {
+        for k in [
+            Kind::Instance,
+            Kind::Staging,
+            Kind::Instances,
+            Kind::AppImage,
+        ] {
             assert_eq!(Kind::parse(k.as_str()), Some(k));
         }
         assert_eq!(Kind::parse("other"), None);

@@ -214,14 +214,29 @@ pub struct OutputOptions {
     pub since: Option<i64>,
 }
 
-/// A container's resource use.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Usage {
-    pub cpu_percent: f64,
+/// One reading of a container's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sample {
+    /// CPU time the container used so far, in nanoseconds.
+    pub cpu_total_ns: u64,
+    /// CPU time the whole machine used so far, in nanoseconds (for the share).
+    pub system_ns: u64,
+    pub online_cpus: u64,
+    /// Memory in use, page cache not counted.
     pub memory_bytes: u64,
     pub memory_limit_bytes: u64,
-    /// Bytes the container wrote to its own filesystem layer.
-    pub disk_bytes: u64,
+}
+
+impl Sample {
+    /// Percent of one core used between `earlier` and this sample.
+    pub fn cpu_percent_since(&self, earlier: &Sample) -> f64 {
+        let cpu = self.cpu_total_ns.saturating_sub(earlier.cpu_total_ns) as f64;
+        let system = self.system_ns.saturating_sub(earlier.system_ns) as f64;
+        if system <= 0.0 {
+            return 0.0;
+        }
+        cpu / system * self.online_cpus.max(1) as f64 * 100.0
+    }
 }
 
 /// A network this controller owns, as an inspect shows it.
@@ -239,6 +254,25 @@ pub struct NetworkSpec {
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
     pub labels: Labels,
+}
+
+/// An image this controller made, as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub id: String,
+    /// `repo:tag` names.
+    pub tags: Vec<String>,
+    pub labels: Labels,
+}
+
+/// An image made from a container's filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitSpec {
+    pub repo: String,
+    pub tag: String,
+    pub labels: Labels,
+    /// Dockerfile instructions applied to the image (`USER ...`, `WORKDIR ...`).
+    pub changes: Vec<String>,
 }
 
 /// An image imported from a root filesystem tar.
@@ -275,8 +309,11 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn output(&self, id: &str, opts: OutputOptions) -> BoxStream<'static, Result<OutputChunk>>;
     /// The last `n` lines the container printed, stdout and stderr interleaved.
     async fn tail(&self, id: &str, n: usize) -> Vec<String>;
-    /// Resource use now; `None` when the runtime cannot say.
-    async fn usage(&self, id: &str) -> Option<Usage>;
+    /// The container's counters now, read once (no waiting for a second reading); `None` when
+    /// the container is gone or the runtime cannot say.
+    async fn sample(&self, id: &str) -> Option<Sample>;
+    /// Bytes the container wrote to its own filesystem layer (costly: the runtime walks it).
+    async fn disk_usage(&self, id: &str) -> Option<u64>;
     /// One item whenever one of this controller's containers starts, dies, is OOM-killed or is
     /// destroyed. Ends (or errs) when the connection to the runtime breaks.
     fn events(&self) -> BoxStream<'static, Result<()>>;
@@ -291,6 +328,13 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// (see [`firewall`]).
     async fn isolate(&self, network: &str, access: HostAccess) -> Result<()>;
     async fn image_exists(&self, image: &str) -> Result<bool>;
+    /// Makes an image of a (stopped) container's filesystem: its image plus one layer of what
+    /// was written into it.
+    async fn commit(&self, container: &str, spec: &CommitSpec) -> Result<()>;
+    /// Images labelled with this controller's id.
+    async fn list_images(&self) -> Result<Vec<ImageInfo>>;
+    /// Removes an image by name or id, and its layers no other image uses; gone is fine.
+    async fn remove_image(&self, image: &str) -> Result<()>;
     /// Imports a root filesystem tar as an image.
     async fn import_image(&self, rootfs: &Path, spec: &ImportSpec) -> Result<()>;
 }

@@ -58,6 +58,7 @@ pub struct StagingSettings {
 pub struct Stager {
     runtime: Arc<dyn ContainerRuntime>,
     blobs: BlobStore,
+    images: Arc<crate::images::Images>,
     logs: Arc<LogBroker>,
     buildpacks: Arc<Buildpacks>,
     settings: StagingSettings,
@@ -103,6 +104,7 @@ impl Stager {
     pub fn new(
         runtime: Arc<dyn ContainerRuntime>,
         blobs: BlobStore,
+        images: Arc<crate::images::Images>,
         logs: Arc<LogBroker>,
         buildpacks: Arc<Buildpacks>,
         settings: StagingSettings,
@@ -110,6 +112,7 @@ impl Stager {
         Stager {
             runtime,
             blobs,
+            images,
             logs,
             buildpacks,
             settings,
@@ -215,6 +218,27 @@ impl Stager {
         };
         let (pending, buildpack, process_types) = run.run(app, &resolved, &input).await?;
         let sha = self.blobs.commit(pending)?;
+        // The app's image now, so the first start does not wait for it.
+        out.line(
+            LogStream::Out,
+            "-----> Making the app image",
+            OffsetDateTime::now_utc(),
+        )
+        .await;
+        let key = crate::images::ImageKey {
+            app_name: app.name.to_string(),
+            app_guid: app.guid.clone(),
+            droplet: sha.clone(),
+            stack: self.images.default_stack().to_string(),
+        };
+        if let Err(e) = self.images.ensure(&key).await {
+            // A droplet that cannot be an image is no droplet: nothing of it is kept, unless an
+            // app already uses the very same bytes.
+            if app.droplet.as_ref().is_none_or(|d| d.sha256 != sha) {
+                let _ = self.blobs.delete(&sha);
+            }
+            return Err(e);
+        }
         Ok(DropletInfo {
             sha256: sha,
             buildpack,

@@ -377,6 +377,48 @@ fn dir_header() -> tar::Header {
     h
 }
 
+/// Checks a droplet (a gzipped tar a staging made, extracted into `/home/vcap` of an app image)
+/// before it becomes an image layer: every entry path stays inside (no `..`, nothing absolute),
+/// hardlinks name an entry path that does, and there are no device files or FIFOs. Symlink
+/// targets are not checked: inside the image a link resolves in the container's own filesystem.
+pub fn check_droplet(path: &Path) -> Result<()> {
+    let refuse_droplet = |m: String| {
+        Error::api(
+            ErrorCode::StagingFailed,
+            format!("the droplet cannot become an image: {m}"),
+        )
+    };
+    let f = std::fs::File::open(path)?;
+    let mut archive = tar::Archive::new(GzDecoder::new(std::io::BufReader::new(f)));
+    let entries = archive
+        .entries()
+        .map_err(|e| refuse_droplet(format!("it is not a gzipped tar ({e})")))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| refuse_droplet(format!("it is not a valid tar ({e})")))?;
+        let raw = entry
+            .path()
+            .map_err(|e| refuse_droplet(format!("an entry has an unreadable path ({e})")))?
+            .into_owned();
+        clean_path(&raw).map_err(|e| refuse_droplet(e.to_api().message))?;
+        match entry.header().entry_type() {
+            tar::EntryType::Link => {
+                let target = entry.link_name().ok().flatten().ok_or_else(|| {
+                    refuse_droplet(format!("hardlink {:?} has no target", raw.display()))
+                })?;
+                clean_path(&target).map_err(|e| refuse_droplet(e.to_api().message))?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                return Err(refuse_droplet(format!(
+                    "{:?} is a device file or FIFO",
+                    raw.display()
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Validates a package file on disk.
 pub fn validate_file(path: &Path, limits: Limits) -> Result<PackageSummary> {
     let f = std::fs::File::open(path)?;

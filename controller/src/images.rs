@@ -1,0 +1,263 @@
+//! App images: one local Docker image per (app, droplet, stack), the stack image plus the droplet
+//! as one layer, which the app's instances run as they are (no copy per instance).
+//!
+//! ```text
+//!  droplet blob (the source of truth) ──check entries──▶ throwaway container of the stack image
+//!        ──upload into /home/vcap──▶ commit ──▶ pier-<controller>/<app>:<guid8>-<droplet16>-<stack8>
+//! ```
+//! Invariants:
+//! - An image is made only from a droplet whose entries all stay inside `/home/vcap` (checked
+//!   first, so a hostile buildpack's droplet fails its build with a clear message and leaves no
+//!   image); the throwaway container is removed on every path.
+//! - The name says what the image is made of, so finding it is enough to reuse it: a re-push of
+//!   unchanged source, a restarted controller and every instance of a revision use the same image.
+//! - Images go exactly when nothing refers to them any more: [`Images::collect`] removes every
+//!   image labelled with this controller that no app's current droplet or kept revision names,
+//!   which covers revision pruning, app deletes and failed stagings. An image removed behind the
+//!   controller's back is made again from the droplet before the next start ([`Images::ensure`]).
+//!
+//! Uses: `runtime/`, `store/` (blobs), `staging/package` (the entry checks).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use pier_api::ErrorCode;
+
+use crate::error::{Error, Result};
+use crate::runtime::labels::keys;
+use crate::runtime::{CommitSpec, ContainerRuntime, ContainerSpec, Kind, Labels, Networking};
+use crate::store::BlobStore;
+
+/// Label naming the stack image an app image was made from.
+const STACK_LABEL: &str = "pier.stack";
+
+/// What one app image is made of.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ImageKey {
+    pub app_name: String,
+    pub app_guid: String,
+    pub droplet: String,
+    pub stack: String,
+}
+
+impl ImageKey {
+    /// `pier-<controller>/<app>:<guid8>-<droplet16>-<stack8>`: lowercase, as Docker wants.
+    pub fn name(&self, controller_id: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let stack = hex::encode(&Sha256::digest(self.stack.as_bytes())[..4]);
+        format!(
+            "pier-{}/{}:{}-{}-{stack}",
+            controller_id.to_ascii_lowercase(),
+            self.app_name,
+            &self.app_guid.get(..8).unwrap_or(&self.app_guid),
+            &self.droplet.get(..16).unwrap_or(&self.droplet),
+        )
+    }
+}
+
+pub struct Images {
+    runtime: Arc<dyn ContainerRuntime>,
+    blobs: BlobStore,
+    controller_id: String,
+    /// The stack new images are made from when the one recorded is gone.
+    default_stack: String,
+    /// One build at a time per image (two slots starting at once build it once).
+    building: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Apps (by guid) with an image build under way, counted: their build containers are not
+    /// leftovers for the reconciler to remove.
+    active: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+/// Marks an app's image build as under way while it lives.
+struct Active<'a> {
+    images: &'a Images,
+    app_guid: String,
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        let mut active = self.images.active.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = active.get_mut(&self.app_guid) {
+            *n -= 1;
+            if *n == 0 {
+                active.remove(&self.app_guid);
+            }
+        }
+    }
+}
+
+impl Images {
+    pub fn new(
+        runtime: Arc<dyn ContainerRuntime>,
+        blobs: BlobStore,
+        controller_id: &str,
+        default_stack: &str,
+    ) -> Images {
+        Images {
+            runtime,
+            blobs,
+            controller_id: controller_id.to_string(),
+            default_stack: default_stack.to_string(),
+            building: Default::default(),
+            active: Default::default(),
+        }
+    }
+
+    pub fn default_stack(&self) -> &str {
+        &self.default_stack
+    }
+
+    pub fn name(&self, key: &ImageKey) -> String {
+        key.name(&self.controller_id)
+    }
+
+    /// The image for `key`, made from its droplet if it is not there; returns its name.
+    pub async fn ensure(&self, key: &ImageKey) -> Result<String> {
+        let name = self.name(key);
+        if self.runtime.image_exists(&name).await? {
+            return Ok(name);
+        }
+        let lock = self
+            .building
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.clone())
+            .or_default()
+            .clone();
+        let _one = lock.lock().await;
+        if !self.runtime.image_exists(&name).await? {
+            self.build(key, &name).await?;
+        }
+        self.building
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&name);
+        Ok(name)
+    }
+
+    /// True while an image of the app is being made (its build container is in use).
+    pub fn is_building(&self, app_guid: &str) -> bool {
+        self.active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(app_guid)
+    }
+
+    /// Makes the image: the droplet, checked, uploaded into a throwaway container of the stack
+    /// image, committed.
+    async fn build(&self, key: &ImageKey, name: &str) -> Result<()> {
+        *self
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.app_guid.clone())
+            .or_default() += 1;
+        let _active = Active {
+            images: self,
+            app_guid: key.app_guid.clone(),
+        };
+        let droplet = self.blobs.path(&key.droplet)?;
+        let d = droplet.clone();
+        tokio::task::spawn_blocking(move || crate::staging::package::check_droplet(&d))
+            .await
+            .map_err(|e| Error::Other(format!("droplet check failed: {e}")))??;
+        let mut stack = key.stack.clone();
+        if stack.is_empty() || !self.runtime.image_exists(&stack).await? {
+            tracing::warn!(app = %key.app_name, wanted = %key.stack, using = %self.default_stack,
+                "the revision's stack image is gone; making its image from the current stack");
+            stack = self.default_stack.clone();
+        }
+        let labels = Labels::new(&self.controller_id, Kind::AppImage)
+            .with(keys::APP, &key.app_name)
+            .with(keys::APP_GUID, &key.app_guid)
+            .with(keys::DROPLET, &key.droplet)
+            .with(STACK_LABEL, &key.stack);
+        let spec = ContainerSpec {
+            name: format!(
+                "pier-image-{}-{}",
+                key.app_name,
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+            image: stack,
+            cmd: vec!["true".into()],
+            env: vec![],
+            user: "vcap".into(),
+            working_dir: "/home/vcap".into(),
+            labels: labels.clone(),
+            memory_mb: 64,
+            pids_limit: 16,
+            networking: Networking::Disabled,
+            mounts: vec![],
+            publish_8080: false,
+            init: false,
+            stop_timeout: None,
+            cpu_shares: None,
+            nano_cpus: None,
+        };
+        let id = self.runtime.create(&spec).await?;
+        let (repo, tag) = name.rsplit_once(':').unwrap_or((name, "latest"));
+        let made = async {
+            self.runtime.upload(&id, "/home/vcap", &droplet).await?;
+            self.runtime
+                .commit(
+                    &id,
+                    &CommitSpec {
+                        repo: repo.to_string(),
+                        tag: tag.to_string(),
+                        labels,
+                        changes: vec!["USER vcap".into(), "WORKDIR /home/vcap/app".into()],
+                    },
+                )
+                .await
+        }
+        .await;
+        if let Err(e) = self.runtime.remove(&id).await {
+            tracing::warn!(container = %id, error = %e, "could not remove the image's build container");
+        }
+        match made {
+            Ok(()) => {
+                tracing::info!(image = %name, "app image made");
+                Ok(())
+            }
+            Err(e) => {
+                // A failed commit may still have left the image.
+                let _ = self.runtime.remove_image(name).await;
+                Err(Error::api(
+                    ErrorCode::StagingFailed,
+                    format!("the droplet could not become an image: {e}"),
+                ))
+            }
+        }
+    }
+
+    /// Removes every image of this controller that `keep` does not name, except those of apps in
+    /// `busy` (being staged) and those being made. Returns how many went.
+    pub async fn collect(&self, keep: &HashSet<ImageKey>, busy: &HashSet<String>) -> Result<usize> {
+        let wanted: HashSet<String> = keep.iter().map(|k| self.name(k)).collect();
+        let mut gone = 0;
+        for image in self.runtime.list_images().await? {
+            if image.labels.kind() != Some(Kind::AppImage) {
+                continue;
+            }
+            if image.tags.iter().any(|t| wanted.contains(t)) {
+                continue;
+            }
+            let guid = image.labels.app_guid();
+            if guid.is_some_and(|g| busy.contains(g) || self.is_building(g)) {
+                continue;
+            }
+            // By id: removes every tag of it, and its layer, leaving nothing dangling.
+            match self.runtime.remove_image(&image.id).await {
+                Ok(()) => {
+                    tracing::info!(image = %image.id, tags = ?image.tags, "app image nothing refers to removed");
+                    gone += 1;
+                }
+                // In use by a container still stopping: the next pass.
+                Err(e) => {
+                    tracing::debug!(image = %image.id, error = %e, "app image not removed yet")
+                }
+            }
+        }
+        Ok(gone)
+    }
+}
