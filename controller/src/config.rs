@@ -353,6 +353,13 @@ impl Config {
         }
     }
 
+    pub fn api_limits(&self) -> crate::http::Limits {
+        crate::http::Limits {
+            max_package_bytes: self.max_package_bytes,
+            package_limits: self.package_limits(),
+        }
+    }
+
     pub fn package_limits(&self) -> crate::staging::package::Limits {
         crate::staging::package::Limits {
             max_extracted_bytes: self.max_extracted_bytes,

@@ -16,7 +16,7 @@ use crate::apps::{AppDeps, AppService};
 use crate::config::Config;
 use crate::deployments::{RequestStats, Watcher};
 use crate::events::{Actor, Events};
-use crate::http::{ApiState, Limits};
+use crate::http::ApiState;
 use crate::instances::health::{HealthProbe, NetworkProbe};
 use crate::instances::{Drain, InstanceDeps, Instances, Routing};
 use crate::locks::AppLocks;
@@ -347,29 +347,10 @@ impl Parts {
         } = w;
         let routing = Arc::new(Routing::new());
         let addresses = open_addresses(&config, &store, &network, &routing)?;
-        let drain = drain.unwrap_or_else(|| {
-            Arc::new(crate::drain::RouterDrain {
-                builtin: builtin_router.clone(),
-                addresses: addresses.clone(),
-            })
-        });
+        let drain = drain.unwrap_or_else(|| router_drain(builtin_router.clone(), &addresses));
         let logs = open_logs(&config, &store)?;
         let events = Events::new(store.clone(), logs.clone());
-        let buildpacks = Arc::new(Buildpacks::install(&config.data_dir)?);
-        let images = Arc::new(crate::images::Images::new(
-            runtime.clone(),
-            blobs.clone(),
-            &controller_id,
-            &config.stack_image,
-        ));
-        let stager = Arc::new(Stager::new(
-            runtime.clone(),
-            blobs.clone(),
-            images.clone(),
-            logs.clone(),
-            buildpacks.clone(),
-            config.staging_settings(&controller_id),
-        ));
+        let (packs, images, stager) = staging(&config, &controller_id, &runtime, &blobs, &logs)?;
         let instances = Instances::new(InstanceDeps {
             runtime: runtime.clone(),
             store: store.clone(),
@@ -421,14 +402,11 @@ impl Parts {
             logs: logs.clone(),
             routing: routing.clone(),
             addresses,
-            buildpacks,
+            buildpacks: packs,
             blobs,
             stats: stats.clone(),
             tokens,
-            limits: Limits {
-                max_package_bytes: config.max_package_bytes,
-                package_limits: config.package_limits(),
-            },
+            limits: config.api_limits(),
             stack_image: config.stack_image.clone(),
             shutdown: shutdown.clone(),
         };
@@ -447,6 +425,44 @@ impl Parts {
             shutdown,
         })
     }
+}
+
+/// The buildpacks, the image builder and the stager, which uses both.
+fn staging(
+    config: &Config,
+    controller_id: &str,
+    runtime: &Arc<dyn ContainerRuntime>,
+    blobs: &BlobStore,
+    logs: &Arc<LogBroker>,
+) -> anyhow::Result<(Arc<Buildpacks>, Arc<crate::images::Images>, Arc<Stager>)> {
+    let buildpacks = Arc::new(Buildpacks::install(&config.data_dir)?);
+    let images = Arc::new(crate::images::Images::new(
+        runtime.clone(),
+        blobs.clone(),
+        controller_id,
+        &config.stack_image,
+    ));
+    let stager = Arc::new(Stager::new(
+        runtime.clone(),
+        blobs.clone(),
+        images.clone(),
+        logs.clone(),
+        buildpacks.clone(),
+        config.staging_settings(controller_id),
+    ));
+    Ok((buildpacks, images, stager))
+}
+
+/// How a removed instance is drained when the caller gave no other way: on the built-in router's
+/// in-flight counts and the standalone routers' acknowledgements.
+fn router_drain(
+    builtin: Option<pier_router::InFlight>,
+    addresses: &Arc<AddressPool>,
+) -> Arc<dyn Drain> {
+    Arc::new(crate::drain::RouterDrain {
+        builtin,
+        addresses: addresses.clone(),
+    })
 }
 
 /// The built-in router's access log: each request becomes an `RTR/0` line in its app's log,
