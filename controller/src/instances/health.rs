@@ -8,8 +8,9 @@ use async_trait::async_trait;
 use pier_api::{HealthCheck, HealthCheckType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// How often a starting instance's health check is tried.
-pub const STARTUP_POLL: Duration = Duration::from_millis(100);
+/// How often a starting instance's health check is tried: often, since a check of a port nothing
+/// listens on yet is one refused connect, and every poll of delay is delay before traffic.
+pub const STARTUP_POLL: Duration = Duration::from_millis(20);
 /// Health checks of a running instance: how often, and how many failures in a row replace it.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 pub const HEALTH_FAILURES: u32 = 3;
