@@ -4,6 +4,8 @@
 #   bench/scale.sh             # writes the "Scale" section of BENCHMARKS.md
 #   ROUNDS=5 RESTART_ROUNDS=5 RESTART_INSTANCES=50 RESTART_SIGNAL=KILL bench/scale.sh
 #   BENCH_NO_BUILD=1 / BENCH_NO_WRITE=1 as for bench/push.sh
+#   STANDBY=9 bench/scale.sh   # the same with `--standby-instances 9` (its own section): each
+#                              # round waits for the 9 standby instances before scaling
 #
 # Part 1, ROUNDS interleaved rounds of:
 #   floor   10 parallel `docker run -d --user vcap --cap-drop ALL -p 127.0.0.1:PORT:8080 STACK
@@ -24,6 +26,9 @@ ROUNDS=${ROUNDS:-5}
 RESTART_ROUNDS=${RESTART_ROUNDS:-5}
 RESTART_INSTANCES=${RESTART_INSTANCES:-50}
 RESTART_SIGNAL=${RESTART_SIGNAL:-KILL}
+STANDBY=${STANDBY:-0}
+CMDLINE=bench/scale.sh
+if [[ $STANDBY -gt 0 ]]; then CONTROLLER_ARGS="--standby-instances $STANDBY" CMDLINE="STANDBY=$STANDBY bench/scale.sh"; fi
 APP_DIR=$ROOT/examples/python-app
 bench_setup
 start_controller
@@ -34,9 +39,12 @@ APP=
 containers() { docker ps -aq --no-trunc --filter "label=pier.controller=$BENCH_ID" --filter "label=pier.app=$APP" --filter "label=pier.kind=instance"; }
 running() { api GET "/v1/apps/$APP" | jq '[.instances[] | select(.state == "RUNNING")] | length'; }
 
+standby_ready() { api GET "/v1/apps/$APP" | jq '.standby_ready // 0'; }
+
 wait_instances() { # wait_instances N [TIMEOUT]: API lists N RUNNING and exactly N containers exist
+  # (N + STANDBY with standby instances, which must be ready too)
   local n=$1 deadline=$((SECONDS + ${2:-300}))
-  until [[ $(running) == "$n" && $(containers | wc -l) == "$n" ]]; do
+  until [[ $(running) == "$n" && $(containers | wc -l) == "$((n + STANDBY))" && $(standby_ready) == "$STANDBY" ]]; do
     if [[ $SECONDS -ge $deadline ]]; then
       echo "$APP never reached $n RUNNING instances with $n containers; the API says:" >&2
       api GET "/v1/apps/$APP" | jq -c '.instances[] | {index, state, reason, container_id}' >&2
@@ -135,7 +143,7 @@ sleep 2
 for r in $(seq 1 "$RESTART_ROUNDS"); do
   quiet_gate "restart-$r"
   before=$(snapshot)
-  [[ $(wc -l <<<"$before") == "$RESTART_INSTANCES" ]] || { echo "expected $RESTART_INSTANCES containers" >&2; exit 1; }
+  [[ $(wc -l <<<"$before") == "$((RESTART_INSTANCES + STANDBY))" ]] || { echo "expected $((RESTART_INSTANCES + STANDBY)) containers" >&2; exit 1; }
   log "restart round $r/$RESTART_ROUNDS: kill -$RESTART_SIGNAL the controller, start it again"
   kill "-$RESTART_SIGNAL" "$CONTROLLER_PID"
   while kill -0 "$CONTROLLER_PID" 2>/dev/null; do sleep 0.02; done
@@ -177,7 +185,7 @@ NON200=$(col scale10 8 | grep -v '^-$' | paste -sd' ' || true)
 DOWN=$(col scale10 9 | paste -sd' ')
 
 section=$(cat <<EOF
-Command: \`bench/scale.sh\` (ROUNDS=$ROUNDS, RESTART_ROUNDS=$RESTART_ROUNDS, RESTART_INSTANCES=$RESTART_INSTANCES,
+Command: \`$CMDLINE\` (ROUNDS=$ROUNDS, RESTART_ROUNDS=$RESTART_ROUNDS, RESTART_INSTANCES=$RESTART_INSTANCES,
 RESTART_SIGNAL=$RESTART_SIGNAL; $(date -u +%Y-%m-%d), rev $GIT_REV, $(nproc) cores, Docker $(docker version -f '{{.Server.Version}}'),
 storage driver $(docker info -f '{{.Driver}}')). Release builds; a throwaway controller (temp data dir, free ports, built-in
 router, \`--controller-id bench-…\`). examples/python-app, 256 MiB per instance. Medians, (min–max). The machine is shared with other
@@ -227,7 +235,12 @@ EOF
 if [[ -n ${BENCH_NO_WRITE:-} ]]; then
   echo "$section"
 else
-  $TOOL section --file "$ROOT/BENCHMARKS.md" --key scale --title Scale <<<"$section"
+  if [[ $STANDBY -gt 0 ]]; then
+    $TOOL section --file "$ROOT/BENCHMARKS.md" --key scale-standby \
+      --title "Scale with standby instances (--standby-instances $STANDBY)" <<<"$section"
+  else
+    $TOOL section --file "$ROOT/BENCHMARKS.md" --key scale --title Scale <<<"$section"
+  fi
   log "wrote the Scale section of BENCHMARKS.md"
   echo "$section"
 fi

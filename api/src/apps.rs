@@ -239,6 +239,10 @@ pub struct AppResponse {
     /// `?wait_after=` this value answers as soon as something changed since (instead of polling).
     #[serde(default)]
     pub state_version: u64,
+    /// Standby instances (`pier-controller --standby-instances`) running and healthy, ready for
+    /// a scale-up; not in `instances`.
+    #[serde(default)]
+    pub standby_ready: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -87,7 +87,7 @@ bench_setup() {
 controller_cmd() {
   echo "$BIN/pier-controller" --data-dir "$WORK/data" --listen "127.0.0.1:$API_PORT" \
     --router-listen "127.0.0.1:$ROUTER_PORT" --controller-id "$BENCH_ID" \
-    --stack-image "$STACK_IMAGE" --build-stack false --log-buffer-lines 50000
+    --stack-image "$STACK_IMAGE" --build-stack false --log-buffer-lines 50000 ${CONTROLLER_ARGS:-}
   # (a big log buffer: the router pollers make the app log a line per request, and the benchmarks
   # read the controller's CELL/STG lines back from GET /v1/apps/NAME/logs)
 }

@@ -178,6 +178,14 @@ pub struct Config {
     )]
     pub instance_host_access: crate::runtime::HostAccess,
 
+    /// Standby instances per app: each started app's web process keeps this many more instances
+    /// started and healthy, unrouted and unlisted, for the indexes a scale-up uses next, so
+    /// scaling up routes them at once. Each costs what an instance costs (its memory limit, the
+    /// app's resident memory, a container). 0 (the default) for none; at most 100.
+    #[arg(long, env = "PIER_STANDBY_INSTANCES", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub standby_instances: u32,
+
     /// A hard CPU cap per instance, in CPUs (e.g. 0.5); 0 for none. Instances always get CPU
     /// shares in proportion to their memory.
     #[arg(long, env = "PIER_INSTANCE_MAX_CPUS", default_value_t = 0.0)]
@@ -242,6 +250,7 @@ impl Config {
             drain_timeout_secs: 30,
             stats_interval_ms: 2000,
             log_rate_limit: 0,
+            standby_instances: 0,
             instance_subnet: None,
             instance_host_access: crate::runtime::HostAccess::Block,
             instance_max_cpus: 0.0,
@@ -334,6 +343,7 @@ impl Config {
             crash_backoff_base: Duration::from_millis(self.crash_backoff_base_ms),
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
             max_cpus: self.instance_max_cpus,
+            standby: self.standby_instances,
         }
     }
 

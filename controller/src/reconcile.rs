@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
 use crate::events::{Actor, Events};
-use crate::instances::{desired_slots, Instances};
+use crate::instances::Instances;
 use crate::network::addresses::AddressPool;
 use crate::runtime::{ContainerRuntime, Kind, Managed};
 use crate::staging::Stager;
@@ -171,7 +171,7 @@ impl Reconciler {
         let containers = self.runtime.list().await?;
         self.sweep_addresses(&containers);
         let apps = self.store.list_apps()?;
-        let desired = desired_slots(&apps);
+        let desired = self.instances.desired(&apps);
         let leftovers = self.instances.sync(&desired, &containers, &self.shutdown);
         for c in containers.iter().filter(|c| self.unwanted_other(c)) {
             tracing::info!(container = %c.id, app = ?c.labels.get(crate::runtime::labels::keys::APP), "removing orphan container");

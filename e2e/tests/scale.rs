@@ -383,3 +383,63 @@ fn killing_every_app_container_converges_back() {
     });
     assert_eq!(seen(&p, "phoenix.localhost", 30), BTreeSet::from([0, 1, 2]));
 }
+
+#[test]
+fn standby_instances_are_routed_at_once_by_a_scale_up() {
+    let p = Platform::start_with(Options {
+        controller_args: vec!["--standby-instances".into(), "2".into()],
+        ..Default::default()
+    });
+    let app = example("python-app");
+    p.pier_ok(&["push", "warm", "-i", "1"], app.path());
+    // One listed instance; two standby instances started behind it, healthy, unlisted, unrouted.
+    eventually(
+        Duration::from_secs(60),
+        "two standby instances ready",
+        || (p.app("warm")?.standby_ready == 2 && p.instance_ids("warm").len() == 3).then_some(()),
+    );
+    assert_eq!(p.app("warm").unwrap().instances.len(), 1);
+    assert_eq!(seen(&p, "warm.localhost", 30), BTreeSet::from([0]));
+    let out = p.pier_ok(&["app", "warm"], app.path());
+    assert!(
+        out.contains("standby:") && out.contains("2 instances"),
+        "{out}"
+    );
+    let warm: BTreeSet<String> = p.instance_ids("warm").into_iter().collect();
+
+    // Scaling to 3 lists and routes the standby containers themselves: nothing new is started
+    // for indexes 1 and 2.
+    let t = Instant::now();
+    p.pier_ok(&["scale", "warm", "-i", "3"], app.path());
+    let took = t.elapsed();
+    let a = p.app("warm").unwrap();
+    assert_eq!(a.instances.len(), 3, "{:?}", a.instances);
+    for i in &a.instances {
+        assert_eq!(i.state, InstanceState::Running, "{i:?}");
+        let c = i.container_id.clone().unwrap();
+        assert!(
+            warm.contains(&c),
+            "index {} runs {c}, not a standby container",
+            i.index
+        );
+    }
+    assert!(took < Duration::from_secs(5), "scale took {took:?}");
+    let want = BTreeSet::from([0, 1, 2]);
+    let ok = (0..50).any(|_| {
+        seen(&p, "warm.localhost", 40) == want || {
+            std::thread::sleep(Duration::from_millis(100));
+            false
+        }
+    });
+    assert!(ok, "traffic never reached all of {want:?}");
+    // New standbys (indexes 3 and 4) are started behind the three.
+    eventually(Duration::from_secs(60), "standby refilled", || {
+        (p.app("warm")?.standby_ready == 2 && p.instance_ids("warm").len() == 5).then_some(())
+    });
+
+    // A delete takes the standby instances too.
+    p.pier_ok(&["delete", "warm", "-f"], app.path());
+    eventually(Duration::from_secs(60), "all containers gone", || {
+        p.instance_ids("warm").is_empty().then_some(())
+    });
+}

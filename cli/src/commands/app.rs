@@ -66,6 +66,15 @@ pub fn print_details(app: &AppResponse) {
     if let Some(age) = sample_age(app) {
         rows.push(("stats", format!("sampled {age} ago")));
     }
+    if app.standby_ready > 0 {
+        rows.push((
+            "standby",
+            format!(
+                "{} instances started ahead of a scale-up",
+                app.standby_ready
+            ),
+        ));
+    }
     for (key, value) in rows {
         println!("{:<14}{value}", format!("{key}:"));
     }

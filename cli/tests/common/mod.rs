@@ -209,6 +209,7 @@ fn new_app(name: AppName, instances: u32) -> AppResponse {
         created_at: now(),
         updated_at: now(),
         state_version: 0,
+        standby_ready: 0,
     }
 }
 

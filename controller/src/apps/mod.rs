@@ -143,6 +143,11 @@ impl AppService {
             // Unknown here (the record may be older than the counter): a waiter given 0 asks
             // again at once.
             state_version: 0,
+            standby_ready: if app.state == AppState::Started {
+                self.d.instances.standby_ready(&app.guid)
+            } else {
+                0
+            },
         }
     }
 

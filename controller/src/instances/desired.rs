@@ -63,6 +63,11 @@ pub struct InstanceSpec {
     /// Share of the route's traffic, relative to the other instances (canary steps).
     #[serde(skip)]
     pub weight: u32,
+    /// A standby instance (`--standby-instances`): started and health-checked ahead of a
+    /// scale-up, but not routed, not listed and not counted. Not part of the hash: a scale-up
+    /// turns a standby slot into a serving one without replacing its container.
+    #[serde(skip)]
+    pub standby: bool,
 }
 
 impl InstanceSpec {
@@ -124,6 +129,7 @@ pub fn desired_slots(apps: &[AppRecord]) -> BTreeMap<SlotKey, InstanceSpec> {
                     recreate: strategy == DeploymentStrategy::Recreate,
                     max_in_flight,
                     weight,
+                    standby: false,
                 })
             };
         for (process, p) in &app.processes {
@@ -155,6 +161,50 @@ pub fn desired_slots(apps: &[AppRecord]) -> BTreeMap<SlotKey, InstanceSpec> {
             }
         }
     }
+    out
+}
+
+/// [`desired_slots`] plus `standby` standby slots after each started app's web instances: the
+/// indexes a scale-up would use next, started ahead of need. None while a deployment is active
+/// (its slots are in motion), for an app scaled to 0, or for other process types.
+pub fn desired_slots_with_standby(
+    apps: &[AppRecord],
+    standby: u32,
+) -> BTreeMap<SlotKey, InstanceSpec> {
+    let mut out = desired_slots(apps);
+    if standby == 0 {
+        return out;
+    }
+    let mut extra = Vec::new();
+    for app in apps {
+        let web = app.processes.iter().find(|(p, _)| p.is_web());
+        let Some((process, p)) = web else { continue };
+        if app.active_deployment().is_some() || p.instances == 0 {
+            continue;
+        }
+        let last = SlotKey {
+            app_guid: app.guid.clone(),
+            process: process.clone(),
+            index: p.instances - 1,
+        };
+        // The last serving slot's spec is what a new index would run (a stopped app has none).
+        let Some(base) = out.get(&last) else { continue };
+        for index in p.instances..p.instances.saturating_add(standby) {
+            let key = SlotKey {
+                index,
+                ..last.clone()
+            };
+            extra.push((
+                key,
+                InstanceSpec {
+                    index,
+                    standby: true,
+                    ..base.clone()
+                },
+            ));
+        }
+    }
+    out.extend(extra);
     out
 }
 

@@ -239,7 +239,7 @@ impl Launch<'_> {
             init: true,
             stop_timeout: Some(s.stop_grace),
             cpu_shares: Some(cpu_shares(spec.memory_mb)),
-            nano_cpus: (s.max_cpus > 0.0).then(|| (s.max_cpus * 1e9) as i64),
+            nano_cpus: (s.max_cpus > 0.0).then_some((s.max_cpus * 1e9) as i64),
         }
     }
 

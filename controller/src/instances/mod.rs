@@ -91,6 +91,8 @@ pub struct InstanceSettings {
     pub drain_timeout: Duration,
     /// A hard CPU cap per instance, in CPUs; 0 for none.
     pub max_cpus: f64,
+    /// Standby instances kept started per web process, ahead of a scale-up.
+    pub standby: u32,
 }
 
 /// What [`Instances`] is made from.
@@ -164,6 +166,16 @@ impl Instances {
         self.deps.routing.current().map_or(0, |t| t.version)
     }
 
+    /// What should run for `apps`: their slots and the standby slots after them.
+    pub fn desired(&self, apps: &[crate::store::AppRecord]) -> BTreeMap<SlotKey, InstanceSpec> {
+        desired::desired_slots_with_standby(apps, self.deps.settings.standby)
+    }
+
+    /// How many of an app's standby instances are ready for a scale-up.
+    pub fn standby_ready(&self, app_guid: &str) -> u32 {
+        self.registry.standby_ready(app_guid)
+    }
+
     /// Rebuilds the route table from the store and the healthy instances, and publishes it.
     /// Returns the version published; a store that cannot be read leaves the table as it is.
     pub fn publish_routes(&self) -> u64 {
@@ -174,7 +186,7 @@ impl Instances {
                 return self.deps.routing.current().map_or(0, |t| t.version);
             }
         };
-        let desired = desired_slots(&apps);
+        let desired = self.desired(&apps);
         let mut entries = Vec::new();
         for app in &apps {
             let backends = if app.state == AppState::Started {
@@ -225,6 +237,15 @@ impl Instances {
                 out.orphans.push(c.clone());
             }
         }
+        // Before any spec reaches a supervisor: a standby promoted by a scale-up is listed (and,
+        // once the caller publishes routes, routed) with the container it already has.
+        self.registry.set_standby(
+            desired
+                .iter()
+                .filter(|(_, s)| s.standby)
+                .map(|(k, _)| k.clone())
+                .collect(),
+        );
         // Slots no longer desired: their supervisors drain and stop their containers.
         slots.retain(|key, h| {
             let keep = desired.contains_key(key);

@@ -51,15 +51,19 @@ pub struct Registry {
     pub(super) replace_permits: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     /// Bumped whenever a view changes (shared with the store's writes).
     pub(super) changes: crate::changes::Changes,
+    /// Standby slots (`--standby-instances`): supervised like any other, but not routed, listed
+    /// or counted until a scale-up makes them serving slots.
+    pub(super) standby: RwLock<HashSet<SlotKey>>,
 }
 
 impl Registry {
     /// Statuses of an app's instances, ordered by process and index.
     pub fn statuses(&self, app_guid: &str) -> Vec<InstanceStatus> {
         let views = self.views.read().unwrap_or_else(|e| e.into_inner());
+        let standby = self.standby.read().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<_> = views
             .iter()
-            .filter(|(k, _)| k.app_guid == app_guid)
+            .filter(|(k, _)| k.app_guid == app_guid && !standby.contains(*k))
             .filter_map(|(_, v)| {
                 v.pending
                     .as_ref()
@@ -74,9 +78,10 @@ impl Registry {
     /// Every slot of an app the supervisors know, with what runs and what is being started.
     pub fn report(&self, app_guid: &str) -> Vec<SlotReport> {
         let views = self.views.read().unwrap_or_else(|e| e.into_inner());
+        let standby = self.standby.read().unwrap_or_else(|e| e.into_inner());
         views
             .iter()
-            .filter(|(k, _)| k.app_guid == app_guid)
+            .filter(|(k, _)| k.app_guid == app_guid && !standby.contains(*k))
             .map(|(k, v)| SlotReport {
                 key: k.clone(),
                 instance_id: v
@@ -100,6 +105,7 @@ impl Registry {
         views
             .iter()
             .filter(|(k, _)| k.app_guid == app_guid && k.process.is_web())
+            .filter(|(k, _)| desired.get(*k).is_none_or(|s| !s.standby))
             .filter_map(|(k, v)| {
                 let live = v.current.as_ref()?;
                 if live.status.state != InstanceState::Running {
@@ -113,6 +119,32 @@ impl Registry {
                 })
             })
             .collect()
+    }
+
+    /// How many of an app's standby instances are running and healthy, ready for a scale-up.
+    pub fn standby_ready(&self, app_guid: &str) -> u32 {
+        let views = self.views.read().unwrap_or_else(|e| e.into_inner());
+        let standby = self.standby.read().unwrap_or_else(|e| e.into_inner());
+        let ready = standby
+            .iter()
+            .filter(|k| k.app_guid == app_guid)
+            .filter(|k| {
+                views
+                    .get(*k)
+                    .and_then(|v| v.current.as_ref())
+                    .is_some_and(|l| l.status.state == InstanceState::Running)
+            });
+        ready.count() as u32
+    }
+
+    /// Which slots are standby now; a change counts as a change of the views (a promoted
+    /// standby is listed at once).
+    pub(super) fn set_standby(&self, keys: HashSet<SlotKey>) {
+        let mut standby = self.standby.write().unwrap_or_else(|e| e.into_inner());
+        if *standby != keys {
+            *standby = keys;
+            self.changes.bump();
+        }
     }
 
     /// Container ids of every instance running now (serving or being started beside one).

@@ -75,6 +75,10 @@ fn app(droplet: &str, instances: u32, hc: HealthCheckType) -> AppRecord {
 
 impl Rig {
     fn new() -> Rig {
+        Rig::with_standby(0)
+    }
+
+    fn with_standby(standby: u32) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
         let blobs = BlobStore::open(dir.path()).unwrap();
@@ -121,6 +125,7 @@ impl Rig {
                 crash_backoff_base: BASE,
                 drain_timeout: Duration::from_secs(30),
                 max_cpus: 0.0,
+                standby,
             },
         });
         Rig {
@@ -140,8 +145,23 @@ impl Rig {
         let containers = crate::runtime::ContainerRuntime::list(self.fake.as_ref())
             .await
             .unwrap();
-        let desired = desired_slots(std::slice::from_ref(a));
+        let desired = self.instances.desired(std::slice::from_ref(a));
         self.instances.sync(&desired, &containers, &self.shutdown);
+        self.instances.publish_routes();
+    }
+
+    /// Instance ids of the backends the route table would get for `a`.
+    fn routed(&self, a: &AppRecord) -> Vec<String> {
+        let desired = self.instances.desired(std::slice::from_ref(a));
+        let mut ids: Vec<String> = self
+            .instances
+            .registry
+            .backends(&a.guid, &desired)
+            .into_iter()
+            .map(|b| b.instance_id)
+            .collect();
+        ids.sort();
+        ids
     }
 
     fn running(&self) -> Vec<String> {
@@ -374,4 +394,73 @@ async fn out_of_restarts_it_waits_for_a_new_spec() {
     a.restart_gen += 1;
     rig.apply(&a).await;
     rig.until_running(1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn standby_instances_start_ahead_and_a_scale_up_routes_them_without_new_containers() {
+    let rig = Rig::with_standby(2);
+    let guid = crate::store::tests::app("web").guid;
+    let mut a = app(&rig.droplet, 1, HealthCheckType::Port);
+    rig.apply(&a).await;
+    // One listed instance, two standby containers running beside it, healthy but not routed.
+    for _ in 0..100_000 {
+        if rig.running().len() == 3 && rig.instances.standby_ready(&guid) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rig.running().len(), 3, "1 instance + 2 standby");
+    assert_eq!(rig.instances.standby_ready(&guid), 2);
+    let listed = rig.instances.statuses(&guid);
+    assert_eq!(
+        listed.len(),
+        1,
+        "standby instances are not listed: {listed:?}"
+    );
+    assert_eq!(listed[0].index, 0);
+    assert_eq!(rig.routed(&a).len(), 1, "standby instances get no traffic");
+    let warm: Vec<String> = rig.running();
+
+    // Scale to 3: indexes 1 and 2 are the standbys, promoted with the containers they have.
+    a.processes.get_mut(&ProcessType::web()).unwrap().instances = 3;
+    rig.apply(&a).await;
+    let listed = rig.instances.statuses(&guid);
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    for s in &listed {
+        assert_eq!(s.state, InstanceState::Running, "{s:?}");
+        let c = s.container_id.clone().unwrap();
+        assert!(
+            warm.contains(&c),
+            "index {} runs a container made ahead of time",
+            s.index
+        );
+    }
+    assert_eq!(rig.routed(&a).len(), 3, "all three are routed at once");
+    // Two new standbys (indexes 3 and 4) are started behind them.
+    for _ in 0..100_000 {
+        if rig.running().len() == 5 && rig.instances.standby_ready(&guid) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rig.running().len(), 5);
+    assert_eq!(rig.instances.statuses(&guid).len(), 3);
+
+    // Scale back to 1: indexes 1 and 2 become standby again (kept running, unrouted), 3 and 4 go.
+    a.processes.get_mut(&ProcessType::web()).unwrap().instances = 1;
+    rig.apply(&a).await;
+    for _ in 0..100_000 {
+        if rig.running().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        rig.running().len(),
+        3,
+        "the slots past the standby ones stopped"
+    );
+    assert_eq!(rig.instances.statuses(&guid).len(), 1);
+    assert_eq!(rig.routed(&a).len(), 1);
+    assert_eq!(rig.instances.standby_ready(&guid), 2);
 }
