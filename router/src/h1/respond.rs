@@ -96,7 +96,12 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Relay<'_, R, W> {
             let e = invalid("101 to a request without Upgrade".into());
             return self.failed(x, &e).await;
         }
+        // Both framings (RFC 9112 §6.3): Transfer-Encoding wins, and since the message may be
+        // a smuggling attempt, the instance's connection is not used again after it.
+        let both_framings = resp.fields.first(b"transfer-encoding").is_some()
+            && resp.fields.first(b"content-length").is_some();
         let upstream_keep_alive = !switching
+            && !both_framings
             && if resp.http11 {
                 !resp.fields.has_token(b"connection", b"close")
             } else {
@@ -242,6 +247,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Relay<'_, R, W> {
             buf: &mut *self.up_buf,
             to: &mut *self.client,
             deadline: x.deadline,
+            // A response may pause for as long as the app likes (long polls, event streams),
+            // up to the maximum request time.
+            idle: None,
             timer: &mut *self.timer,
             count: |n| self.log.bytes_sent += n,
             eof: INSTANCE_EOF,
