@@ -43,7 +43,9 @@ impl UpstreamLimit {
         match tokio::time::timeout(self.wait, wait).await {
             Ok(Ok(p)) => Some(p),
             _ => {
-                tracing::warn!(
+                // Counted in the metrics as `upstream_limit`; a log line per request would
+                // flood the log exactly when the router is overloaded.
+                tracing::debug!(
                     limit = "max_upstream_connections",
                     "no connection to an instance free in time; answering 503"
                 );

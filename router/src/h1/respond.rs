@@ -98,7 +98,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Relay<'_, R, W> {
         }
         // Both framings (RFC 9112 §6.3): Transfer-Encoding wins, and since the message may be
         // a smuggling attempt, the instance's connection is not used again after it.
-        let both_framings = resp.fields.first(b"transfer-encoding").is_some()
+        // (Only a coded body can have both: a length-framed one has no Transfer-Encoding.)
+        let both_framings = matches!(body, Framing::Chunked | Framing::Close)
+            && resp.fields.first(b"transfer-encoding").is_some()
             && resp.fields.first(b"content-length").is_some();
         let upstream_keep_alive = !switching
             && !both_framings
