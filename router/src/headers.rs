@@ -12,8 +12,14 @@
 //!   address appended), `X-Vcap-Request-Id` (the client's kept only when sane, see
 //!   [`request_id_from`]), `X-CF-ApplicationID`, and per attempt `X-CF-InstanceIndex` and
 //!   `X-CF-InstanceID` ([`Set`]);
-//! - set by the router only when the client sent none: `Host`, `X-Forwarded-Proto`,
-//!   `X-Forwarded-Host`, `X-Request-Start`, `traceparent`;
+//! - set by the router, always: `Host`, to the host the request is routed by (an absolute-form
+//!   target's authority wins over the client's `Host`, RFC 9112 §3.2.2), so the app sees the
+//!   host it was routed by;
+//! - set by the router, replacing the client's unless the client's address is in a trusted
+//!   proxy range ([`crate::ProxyOptions::trusted_proxies`]): `X-Forwarded-Proto` and
+//!   `X-Forwarded-Host`; a client's RFC 7239 `Forwarded` is left out unless it is trusted (the
+//!   router sets none), since frameworks read host and scheme from it too;
+//! - set by the router only when the client sent none: `X-Request-Start`, `traceparent`;
 //! - for an upgrade, `Connection: upgrade` and the client's `Upgrade` again.
 //!
 //! A response, as the client gets it: the hop-by-hop fields and those `Connection` names left
@@ -44,6 +50,9 @@ pub(crate) const HOP_BY_HOP: [&str; 9] = [
 
 /// The request field a forwarded request never carries although it is not hop-by-hop.
 const EXPECT: &str = "expect";
+
+/// RFC 7239 `Forwarded`: kept only from a trusted proxy.
+const FORWARDED: &str = "forwarded";
 
 /// The request id field, set by the router on requests and responses alike.
 pub const X_VCAP_REQUEST_ID: HeaderName = HeaderName::from_static("x-vcap-request-id");
@@ -108,18 +117,18 @@ impl Set {
         }
     }
 
-    /// Whether a value the client sent is passed on instead of the router's. The others are
-    /// the router's to say: who the client is, which request this is, which app and instance
-    /// it was meant for (an app may check these, so a client must not be able to forge them).
-    pub(crate) const fn client_may_set(self) -> bool {
-        matches!(
-            self,
-            Set::Host
-                | Set::ForwardedProto
-                | Set::ForwardedHost
-                | Set::RequestStart
-                | Set::Traceparent
-        )
+    /// Whether a value the client sent is passed on instead of the router's (`trusted`: the
+    /// client is a proxy in a trusted range, whose word on the original host and scheme is
+    /// kept). The others are the router's to say: which host the request was routed by, who
+    /// the client is, which request this is, which app and instance it was meant for (an app
+    /// may check these, so a client must not be able to forge them).
+    #[inline]
+    pub(crate) const fn client_may_set(self, trusted: bool) -> bool {
+        match self {
+            Set::RequestStart | Set::Traceparent => true,
+            Set::ForwardedProto | Set::ForwardedHost => trusted,
+            _ => false,
+        }
     }
 
     /// Whether the value depends on the instance an attempt goes to.
@@ -138,23 +147,31 @@ impl Set {
 /// What a forwarded request does with one of the client's fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RequestField {
-    /// Left out (hop-by-hop, `Expect`, or one the router replaces).
+    /// Left out (hop-by-hop, `Expect`, an untrusted `Forwarded`, or one the router replaces).
     Drop,
     /// Passed on, and the router then does not set its own ([`Set::client_may_set`]).
     Settles(Set),
     /// Passed on as it is.
     Keep,
+    /// `Host`: passed on only when it names the host the request is routed by (then it is
+    /// [`RequestField::Settles`]), else left out and the router's written instead.
+    Host,
 }
 
-/// The policy for one field of the client's request. A field that `Connection` names is left
-/// out too; that list is the request's own, so the caller checks it.
+/// The policy for one field of the client's request (`trusted`: the client's address is in a
+/// trusted proxy range). A field that `Connection` names is left out too; that list is the
+/// request's own, so the caller checks it.
 #[inline]
-pub(crate) fn request_field(name: &[u8]) -> RequestField {
+pub(crate) fn request_field(name: &[u8], trusted: bool) -> RequestField {
     if is_hop_by_hop(name) || name.eq_ignore_ascii_case(EXPECT.as_bytes()) {
         return RequestField::Drop;
     }
+    if !trusted && name.eq_ignore_ascii_case(FORWARDED.as_bytes()) {
+        return RequestField::Drop;
+    }
     match Set::of(name) {
-        Some(s) if s.client_may_set() => RequestField::Settles(s),
+        Some(Set::Host) => RequestField::Host,
+        Some(s) if s.client_may_set(trusted) => RequestField::Settles(s),
         Some(_) => RequestField::Drop,
         None => RequestField::Keep,
     }
@@ -178,8 +195,12 @@ impl Sent {
 
 /// What the router says about one request in the fields it sets, whatever the protocol.
 pub(crate) struct Forwarded<'a> {
-    /// The host the client asked for (Host, or the target's authority).
+    /// The host the request is routed by (an absolute-form target's authority, else Host; for
+    /// HTTP/2 Host, else `:authority`): sent as `Host`, and as `X-Forwarded-Host` unless a
+    /// trusted proxy sent one.
     pub(crate) host: &'a str,
+    /// Whether the client's address is in a trusted proxy range.
+    pub(crate) trusted: bool,
     /// See [`forwarded_for_from`].
     pub(crate) xff: &'a str,
     pub(crate) https: bool,
@@ -198,7 +219,8 @@ impl Forwarded<'_> {
             set("upgrade", protocol);
         }
         for s in Set::ALL {
-            if s.per_instance() || (s.client_may_set() && sent.has(s)) {
+            // `sent` only has the fields the engine kept, by [`request_field`]'s policy.
+            if s.per_instance() || sent.has(s) {
                 continue;
             }
             let name = s.name();
@@ -389,6 +411,7 @@ mod tests {
             Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\nExpect: 100-continue\r\n\
             X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-For: 5.6.7.8\r\nX-Forwarded-Proto: https\r\n\
             X-Forwarded-Host: outer.example\r\nX-Request-Start: 1\r\nX-Vcap-Request-Id: forged\r\n\
+            Forwarded: for=192.0.2.1;host=outer.example;proto=https\r\n\
             Traceparent: 00-client-span-01\r\nX-CF-ApplicationID: forged\r\n\
             X-CF-InstanceIndex: 9\r\nX-CF-InstanceID: forged\r\nContent-Length: 3\r\n\
             Cookie: a=1\r\nCookie: __VCAP_ID__=inst-7\r\nX-App: kept\r\n\r\n";
@@ -400,13 +423,15 @@ mod tests {
             HeaderValue::from_static("guid"),
             HeaderValue::from_static("inst-2"),
         );
-        for (raw, upgrade) in [
+        let cases = [
             (everything, None),
             (nothing, None),
             (upgrade, Some(&b"websocket"[..])),
-        ] {
+        ];
+        for ((raw, upgrade), trusted) in cases.into_iter().flat_map(|c| [(c, false), (c, true)]) {
             let fwd = Forwarded {
                 host: "a.localhost",
+                trusted,
                 xff: "1.2.3.4, 5.6.7.8, 10.0.0.9",
                 https: false,
                 request_id: &rid,
@@ -424,6 +449,18 @@ mod tests {
                     "{set:?}: {h1:?}"
                 );
             }
+            let value = |n: &str| h1.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+            // The host routed by, whatever else the client says; its host and scheme only
+            // from a trusted proxy.
+            assert_eq!(value("host"), Some("a.localhost"), "{h1:?}");
+            let proxy_said = trusted && raw == everything;
+            let (proto, host) = match proxy_said {
+                true => ("https", "outer.example"),
+                false => ("http", "a.localhost"),
+            };
+            assert_eq!(value("x-forwarded-proto"), Some(proto), "{h1:?}");
+            assert_eq!(value("x-forwarded-host"), Some(host), "{h1:?}");
+            assert_eq!(value("forwarded").is_some(), proxy_said, "{h1:?}");
             for gone in [
                 "x-hop",
                 "keep-alive",

@@ -8,8 +8,52 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The limit on open connections to instances ([`crate::ProxyOptions::max_upstream_connections`]),
+/// shared by every thread and both pools: a connection holds its permit until it closes,
+/// idle in a pool or not.
+#[derive(Clone)]
+pub(crate) struct UpstreamLimit {
+    pub(crate) permits: Arc<Semaphore>,
+    /// How long a request may wait for a permit (the connect timeout).
+    pub(crate) wait: Duration,
+}
+
+impl UpstreamLimit {
+    /// A permit for a new connection. At the limit, `drop_idle` closes one of the caller's
+    /// idle connections (it says whether it found one) and the request waits for a permit,
+    /// as Envoy queues a pending request at its circuit breaker; `None` when none came in time.
+    pub(crate) async fn acquire(
+        &self,
+        drop_idle: impl FnOnce() -> bool,
+    ) -> Option<OwnedSemaphorePermit> {
+        if let Ok(p) = Arc::clone(&self.permits).try_acquire_owned() {
+            return Some(p);
+        }
+        if drop_idle() {
+            if let Ok(p) = Arc::clone(&self.permits).try_acquire_owned() {
+                return Some(p);
+            }
+        }
+        let wait = Arc::clone(&self.permits).acquire_owned();
+        match tokio::time::timeout(self.wait, wait).await {
+            Ok(Ok(p)) => Some(p),
+            _ => {
+                // Counted in the metrics as `upstream_limit`; a log line per request would
+                // flood the log exactly when the router is overloaded.
+                tracing::debug!(
+                    limit = "max_upstream_connections",
+                    "no connection to an instance free in time; answering 503"
+                );
+                None
+            }
+        }
+    }
+}
 
 pub(crate) struct IdlePool<T> {
     idle: Mutex<HashMap<SocketAddr, Vec<(T, Instant)>>>,
@@ -39,6 +83,27 @@ impl<T> IdlePool<T> {
             }
         }
         None
+    }
+
+    /// Drops the connection that has been idle longest, of any address; whether there was one.
+    pub(crate) fn drop_oldest(&self) -> bool {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let oldest = idle
+            .iter()
+            .filter_map(|(addr, l)| l.first().map(|(_, since)| (*since, *addr)))
+            .min();
+        let Some((_, addr)) = oldest else {
+            return false;
+        };
+        if let Some(l) = idle.get_mut(&addr) {
+            if !l.is_empty() {
+                drop(l.remove(0));
+            }
+            if l.is_empty() {
+                idle.remove(&addr);
+            }
+        }
+        true
     }
 
     /// Keeps `conn` for the next request to `addr`.

@@ -68,7 +68,11 @@
 //!   start (default), or least-connections (fewest requests in flight through this router).
 //! - Errors the router makes carry `x-pier-router-error`: 404 `unknown_route`, 503
 //!   `no_instances`, 503 `table_loading` (never 404 before the first table), 502 `backend_error`,
-//!   504 `upstream_timeout`, 400 `bad_request`.
+//!   504 `upstream_timeout`, 400 `bad_request`, 408 `body_timeout` (the request body stalled),
+//!   503 `upstream_limit` (too many connections to instances open).
+//! - The host routed by is an absolute-form target's authority, else Host (HTTP/2: Host, else
+//!   `:authority`); the app gets it as Host, and X-Forwarded-Host/-Proto are the
+//!   router's unless the client is in [`ProxyOptions::trusted_proxies`].
 //! - Retries: only connect failures with the request body untouched, at most 3 attempts and never
 //!   more than the route has instances; an instance that refused is skipped for 30 s.
 //! - Sticky sessions: `JSESSIONID` from the app → `__VCAP_ID__` cookie naming the instance.
@@ -104,3 +108,13 @@ pub use proxy::{cause, AccessLog, AccessLogEntry, ProxyOptions, TableReceiver};
 pub use server::{bind_reuseport, load_tls, serve, serve_admin, serve_threads, serve_tls};
 pub use sync::{follow_controller, SyncOptions};
 pub use table::{Balancing, Table};
+
+/// Raises this process's open-file soft limit (`RLIMIT_NOFILE`) to its hard limit, as nginx's
+/// `worker_rlimit_nofile` would: every client and instance connection is a file, and the usual
+/// soft limit of 1024 is far below `--max-connections`. Returns the soft limit before and
+/// after; call it once at start and log the result.
+pub fn raise_open_file_limit() -> std::io::Result<(u64, u64)> {
+    let (before, _hard) = rlimit::Resource::NOFILE.get()?;
+    let after = rlimit::increase_nofile_limit(u64::MAX)?;
+    Ok((before, after))
+}

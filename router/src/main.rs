@@ -83,6 +83,31 @@ struct Config {
     /// Client connections served at once.
     #[arg(long, env = "PIER_ROUTER_MAX_CONNECTIONS", default_value_t = 10000)]
     max_connections: usize,
+    /// Longest a request body may go without a byte from the client; then the exchange is
+    /// aborted (408 if the app has not answered yet).
+    #[arg(long, env = "PIER_ROUTER_BODY_READ_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    body_read_timeout: Duration,
+    /// Connections to instances open at once (idle pooled ones included); at the limit a
+    /// request waits up to --connect-timeout for one, then gets 503 `upstream_limit`.
+    #[arg(
+        long,
+        env = "PIER_ROUTER_MAX_UPSTREAM_CONNECTIONS",
+        default_value_t = 10000
+    )]
+    max_upstream_connections: usize,
+    /// Connections to instances one client connection may use at once: the HTTP/2 concurrent
+    /// stream limit (an HTTP/1 client uses one at a time).
+    #[arg(
+        long,
+        env = "PIER_ROUTER_MAX_UPSTREAM_PER_CLIENT",
+        default_value_t = 128
+    )]
+    max_upstream_per_client: usize,
+    /// Comma-separated CIDR ranges of proxies in front of the router whose X-Forwarded-Host,
+    /// X-Forwarded-Proto and Forwarded headers are passed on (e.g. `10.0.0.0/8,192.0.2.7/32`);
+    /// empty: trust no client, the router sets them itself.
+    #[arg(long, env = "PIER_ROUTER_TRUSTED_PROXIES", default_value = "", value_parser = parse_cidrs)]
+    trusted_proxies: Cidrs,
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[arg(long, env = "PIER_ROUTER_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -93,6 +118,24 @@ struct Config {
     /// Log filter (tracing-subscriber syntax).
     #[arg(long, env = "PIER_ROUTER_LOG", default_value = "info")]
     log: String,
+}
+
+/// A list of CIDR ranges (clap needs one type for the whole flag).
+#[derive(Debug, Clone)]
+struct Cidrs(Vec<ipnet::IpNet>);
+
+fn parse_cidrs(s: &str) -> Result<Cidrs, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            // A bare address is a range of one.
+            c.parse::<ipnet::IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("{c:?} is not a CIDR range: use e.g. 10.0.0.0/8 or 192.0.2.7"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Cidrs)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -190,6 +233,10 @@ impl Config {
             header_read_timeout: self.header_read_timeout,
             max_header_bytes: self.max_header_bytes,
             max_connections: self.max_connections,
+            body_read_timeout: self.body_read_timeout,
+            max_upstream_connections: self.max_upstream_connections,
+            max_upstream_per_client: self.max_upstream_per_client,
+            trusted_proxies: self.trusted_proxies.0.clone(),
             drain_timeout: self.drain_timeout,
             access_log,
             ..ProxyOptions::default()
@@ -267,6 +314,10 @@ async fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    match pier_router::raise_open_file_limit() {
+        Ok((before, after)) => tracing::info!(before, after, "open-file limit (RLIMIT_NOFILE)"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let checked = config.check()?;
 
     let shutdown = CancellationToken::new();

@@ -44,7 +44,7 @@ pub async fn serve(
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let proxy = Arc::new(Proxy::with_shared(
-        Shared::new(table, opts.in_flight.clone()),
+        Shared::new(table, opts.in_flight.clone(), opts.max_upstream_connections),
         opts,
     ));
     serve_with(listener, None, proxy, permits, shutdown).await
@@ -61,7 +61,7 @@ pub async fn serve_tls(
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let proxy = Arc::new(Proxy::with_shared(
-        Shared::new(table, opts.in_flight.clone()),
+        Shared::new(table, opts.in_flight.clone(), opts.max_upstream_connections),
         opts,
     ));
     serve_with(
@@ -152,7 +152,7 @@ pub fn serve_threads(
     opts: ProxyOptions,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let shared = Shared::new(table, opts.in_flight.clone());
+    let shared = Shared::new(table, opts.in_flight.clone(), opts.max_upstream_connections);
     let permits = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let mut threads = Vec::with_capacity(listeners.len());
     let (mut tls_listeners, acceptor) = match tls {
@@ -225,9 +225,14 @@ async fn serve_with(
     let opts = proxy.options().clone();
     let metrics = Arc::clone(&opts.metrics);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
+    // Each stream uses its own connection to an instance, so the stream limit is the limit on
+    // instance connections per client connection. Pings find dead peers with streams open;
+    // an idle connection is closed by `serve_h2`'s own timer (a live client answers pings).
     h2.timer(TokioTimer::new())
         .max_header_list_size(opts.max_header_bytes.min(u32::MAX as usize) as u32)
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(opts.max_upstream_per_client.clamp(1, u32::MAX as usize) as u32)
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     let h2 = Arc::new(h2);
     let tasks = TaskTracker::new();
     let addr = listener.local_addr()?;
@@ -337,8 +342,15 @@ async fn serve_client(
     }
 }
 
+/// How often an HTTP/2 client connection that sent nothing is pinged.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a ping may go unanswered before the connection is closed.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// An HTTP/2 client connection through hyper and [`crate::h2::handle`]; on shutdown it is told to
-/// go away (GOAWAY), and the streams in flight finish.
+/// go away (GOAWAY), and the streams in flight finish. With no stream open for the header read
+/// timeout (from the preface on, so also before the first request) it is told to go away too,
+/// and closed if it has not gone within that time again.
 async fn serve_h2(
     builder: &http2::Builder<TokioExecutor>,
     io: Prefixed<ClientIo>,
@@ -347,9 +359,25 @@ async fn serve_h2(
     https: bool,
     shutdown: &CancellationToken,
 ) {
-    let svc = service_fn(move |req: Request<Incoming>| {
-        crate::h2::handle(Arc::clone(&proxy), req, peer, https)
-    });
+    let idle_after = proxy.options().header_read_timeout;
+    let streams = Arc::new(Streams::default());
+    let svc = {
+        let streams = Arc::clone(&streams);
+        service_fn(move |req: Request<Incoming>| {
+            let open = Streams::open(&streams);
+            let resp = crate::h2::handle(Arc::clone(&proxy), req, peer, https);
+            async move {
+                let resp = resp.await?;
+                Ok::<_, Infallible>(resp.map(|body| {
+                    StreamBody {
+                        inner: body,
+                        _open: open,
+                    }
+                    .boxed_unsync()
+                }))
+            }
+        })
+    };
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let result = tokio::select! {
@@ -358,9 +386,101 @@ async fn serve_h2(
             conn.as_mut().graceful_shutdown();
             conn.await
         }
+        _ = streams.idle_for(idle_after) => {
+            tracing::debug!(%peer, "HTTP/2 client connection idle; closing it");
+            conn.as_mut().graceful_shutdown();
+            // A client that never answers the GOAWAY's ping keeps hyper waiting: bounded too.
+            match tokio::time::timeout(idle_after, conn).await {
+                Ok(r) => r,
+                Err(_) => Ok(()),
+            }
+        }
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "HTTP/2 client connection ended with an error");
+    }
+}
+
+/// The streams open on one HTTP/2 client connection: from the request reaching the service
+/// until its response body is done or dropped.
+#[derive(Default)]
+struct Streams {
+    open: std::sync::atomic::AtomicUsize,
+    /// Bumped whenever a stream opens, so a timer can tell the connection was used.
+    opened: std::sync::atomic::AtomicU64,
+    closed: tokio::sync::Notify,
+}
+
+/// One open stream; closes it when dropped.
+struct OpenStream(Arc<Streams>);
+
+impl Streams {
+    fn open(this: &Arc<Self>) -> OpenStream {
+        use std::sync::atomic::Ordering::SeqCst;
+        this.open.fetch_add(1, SeqCst);
+        this.opened.fetch_add(1, SeqCst);
+        OpenStream(Arc::clone(this))
+    }
+
+    /// Returns once no stream has been open for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        use std::sync::atomic::Ordering::SeqCst;
+        loop {
+            let closed = self.closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if self.open.load(SeqCst) > 0 {
+                closed.await;
+                continue;
+            }
+            let opened = self.opened.load(SeqCst);
+            tokio::time::sleep(idle).await;
+            if self.open.load(SeqCst) == 0 && self.opened.load(SeqCst) == opened {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        if self
+            .0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.closed.notify_waiters();
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its stream counted open until it is done or dropped.
+    struct StreamBody {
+        #[pin]
+        inner: ProxyBody,
+        _open: OpenStream,
+    }
+}
+
+impl hyper::body::Body for StreamBody {
+    type Data = Bytes;
+    type Error = crate::proxy::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -184,7 +184,16 @@ async fn forwarded_headers_are_set_and_hop_by_hop_removed() {
     let id = h["x-vcap-request-id"].as_str().expect("request id");
     assert_eq!(ans.header("x-vcap-request-id").as_deref(), Some(id));
 
-    // An incoming request id and proto are kept.
+    // An incoming request id is kept, and the proto a trusted proxy sends (from anyone else
+    // it is the router's: tests/forwarding.rs).
+    let r = start_router(
+        Some(vec![route("h.localhost", "", "app", &[a.addr])]),
+        ProxyOptions {
+            trusted_proxies: vec!["127.0.0.1/32".parse().expect("cidr")],
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
     let ans = send(
         Request::get(r.url("/"))
             .header("host", "h.localhost")

@@ -38,6 +38,9 @@ pub(super) fn skip_buffered_body(rd: &mut BytesMut, framing: Framing) -> BodySta
 }
 
 pub(super) const CLIENT_EOF: &str = "the client closed the connection in the middle of the body";
+/// The error of a request body read that waited longer than the body read timeout.
+pub(super) const BODY_IDLE: &str =
+    "the client sent no byte of the body within the body read timeout";
 pub(super) const INSTANCE_EOF: &str =
     "the instance closed the connection in the middle of the body";
 
@@ -48,6 +51,8 @@ pub(super) struct BodyCopy<'a, R, W, F> {
     pub(super) buf: &'a mut BytesMut,
     pub(super) to: &'a mut W,
     pub(super) deadline: Deadline,
+    /// Longest one read may wait (the request body read timeout), within `deadline`.
+    pub(super) idle: Option<std::time::Duration>,
     pub(super) timer: &'a mut Timer,
     /// Told how many body bytes went, for the access log.
     pub(super) count: F,
@@ -141,7 +146,19 @@ where
     }
 
     async fn read_more(&mut self) -> io::Result<usize> {
-        read_more(self.from, self.buf, self.deadline, self.timer).await
+        let Some(idle) = self.idle else {
+            return read_more(self.from, self.buf, self.deadline, self.timer).await;
+        };
+        let stall = Deadline::now() + idle;
+        if stall >= self.deadline {
+            return read_more(self.from, self.buf, self.deadline, self.timer).await;
+        }
+        match read_more(self.from, self.buf, stall, self.timer).await {
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                Err(io::Error::new(io::ErrorKind::TimedOut, BODY_IDLE))
+            }
+            r => r,
+        }
     }
 
     fn closed_early(&self) -> io::Error {

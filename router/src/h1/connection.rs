@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant as Deadline;
 use tokio_util::sync::CancellationToken;
 
-use super::body::{skip_buffered_body, BodyCopy, BodyState, CLIENT_EOF};
+use super::body::{skip_buffered_body, BodyCopy, BodyState, BODY_IDLE, CLIENT_EOF};
 use super::fields::{error_bytes, Fields};
 use super::forward::Sent;
 use super::head::{parse_request, request_framing, Framing, HeadError, RequestHead};
@@ -51,6 +51,8 @@ pub(super) struct Connection<'a, C> {
     pub(super) rd: BytesMut,
     pub(super) peer: SocketAddr,
     pub(super) https: bool,
+    /// Whether the client's address is in a trusted proxy range (its forwarded headers kept).
+    pub(super) trusted: bool,
     pub(super) shutdown: &'a CancellationToken,
     /// Bounds the reads of request heads and of responses (one timer per connection).
     pub(super) timer: Timer,
@@ -139,6 +141,7 @@ where
         rd,
         peer,
         https,
+        trusted: opts.is_trusted(peer.ip()),
         shutdown,
         timer: Timer::new(Deadline::now() + opts.header_read_timeout),
         sniffing: opts.http2,
@@ -353,7 +356,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Connection<'_, C> {
         if left > 0 || req.framing == Framing::Chunked {
             return self.relay_with_body(&x, req, conn, left).await;
         }
-        let UpConn { stream, buf } = &mut conn;
+        let UpConn { stream, buf, .. } = &mut conn;
         let mut relay = Relay {
             up: stream,
             up_buf: buf,
@@ -415,7 +418,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Connection<'_, C> {
                 client, rd, timer, ..
             } = self;
             let (mut client_r, mut client_w) = tokio::io::split(&mut **client);
-            let UpConn { stream, buf } = &mut conn;
+            let UpConn { stream, buf, .. } = &mut conn;
             let (mut up_r, mut up_w) = stream.split();
             let mut body_timer = Timer::new(x.deadline);
             let received = &req.received;
@@ -424,6 +427,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Connection<'_, C> {
                 buf: rd,
                 to: &mut up_w,
                 deadline: x.deadline,
+                idle: Some(self.proxy.opts.body_read_timeout),
                 timer: &mut body_timer,
                 count: |n| {
                     received.fetch_add(n, Ordering::Relaxed);
@@ -495,6 +499,16 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Connection<'_, C> {
                 // connection, with its half-sent request, is dropped).
                 if e.kind() == io::ErrorKind::InvalidData && req.log.status == 0 {
                     let refusal = Refusal::bad_request(&e.to_string());
+                    let _ = answer(self.client, &mut req.log, &refusal, true).await;
+                }
+                // A body that stalled before the instance answered: 408, as nginx answers
+                // past its client_body_timeout. Past the maximum request time the connection
+                // just closes, as before.
+                if e.kind() == io::ErrorKind::TimedOut
+                    && e.to_string() == BODY_IDLE
+                    && req.log.status == 0
+                {
+                    let refusal = Refusal::body_timeout();
                     let _ = answer(self.client, &mut req.log, &refusal, true).await;
                 }
                 Ok(false)

@@ -91,10 +91,14 @@ pub(super) fn put_request_fields(
         if named.iter().any(|h| name.eq_ignore_ascii_case(h)) {
             continue;
         }
-        match headers::request_field(name) {
+        match headers::request_field(name, fwd.trusted) {
             RequestField::Drop => continue,
             RequestField::Settles(s) => sent.mark(s),
             RequestField::Keep => {}
+            RequestField::Host if value.eq_ignore_ascii_case(fwd.host.as_bytes()) => {
+                sent.mark(headers::Set::Host)
+            }
+            RequestField::Host => continue,
         }
         put_field(out, name, value);
     }
@@ -123,6 +127,10 @@ pub(super) fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
 
 /// Writes the fields of `head` that reach the client by the policy in [`crate::headers`]
 /// (`switching`: a 101, which keeps the hop-by-hop ones). The router's own fields follow.
+///
+/// A head with `Transfer-Encoding` loses its `Content-Length` too (RFC 9112 §6.3: the transfer
+/// coding frames the body, and an intermediary removes the length before forwarding): the
+/// client gets only the framing the router writes.
 pub(super) fn put_response_fields(out: &mut BytesMut, head: &ResponseHead, switching: bool) {
     let named: Vec<&[u8]> = if switching {
         Vec::new()
@@ -130,7 +138,11 @@ pub(super) fn put_response_fields(out: &mut BytesMut, head: &ResponseHead, switc
         list_items(head.values(b"connection")).collect()
     };
     let named_by_connection = |name: &[u8]| named.iter().any(|h| name.eq_ignore_ascii_case(h));
+    let coded = head.values(b"transfer-encoding").next().is_some();
     for (name, value) in head.fields.iter() {
+        if coded && name.eq_ignore_ascii_case(b"content-length") {
+            continue;
+        }
         if headers::response_field_passes(name, switching, named_by_connection) {
             put_field(out, name, value);
         }
@@ -271,6 +283,7 @@ mod tests {
             &h.fields,
             &Forwarded {
                 host: "a.localhost",
+                trusted: false,
                 xff: "1.2.3.4, 127.0.0.1",
                 https: false,
                 request_id: &id,

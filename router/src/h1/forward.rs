@@ -17,9 +17,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::connection::{answer, Connection, Request, Step};
 use super::fields::{put_field, put_request_fields};
 use super::head::Framing;
-use super::upstream::{connect, UpConn};
+use super::upstream::{ConnectError, UpConn};
 use crate::headers::{forwarded_for_from, instance_fields, Forwarded};
-use crate::proxy::Attempts;
+use crate::proxy::{Attempts, Refusal};
 use crate::table::Route;
 
 /// A request whose head (and what had arrived of its body) is with an instance.
@@ -37,6 +37,9 @@ enum SendError {
     Connect(io::Error),
     /// Writing failed: part of the request may have reached the instance.
     Write(io::Error),
+    /// At the limit on connections to instances: nothing was written, and no other instance
+    /// is tried (the limit is the router's, not the instance's).
+    Limit,
 }
 
 impl<C: AsyncRead + AsyncWrite + Unpin> Connection<'_, C> {
@@ -47,7 +50,7 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Connection<'_, C> {
         req: &mut Request,
         route: &Arc<Route>,
     ) -> io::Result<Step<Sent>> {
-        let head = head_for_instances(req, route, self.peer, self.https);
+        let head = head_for_instances(req, route, self.peer, self.https, self.trusted);
         let mut attempts = Attempts::new(self.proxy, route, req.sticky.take());
         while let Some(i) = attempts.next(&mut req.log) {
             let backend = &route.backends[i];
@@ -68,6 +71,13 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Connection<'_, C> {
                 Err(SendError::Connect(e)) => {
                     attempts.connect_failed(i, &e, &mut req.log);
                     continue;
+                }
+                Err(SendError::Limit) => {
+                    req.log.in_flight = None;
+                    return self
+                        .refuse(req, &Refusal::upstream_limit())
+                        .await
+                        .map(Step::Done);
                 }
                 Err(SendError::Write(e)) => {
                     let refusal = self.proxy.instance_failed(route, backend, &e, &req.log);
@@ -99,9 +109,12 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Connection<'_, C> {
                 return Ok(conn);
             }
         }
-        let mut conn = connect(addr, self.proxy.opts.connect_timeout)
-            .await
-            .map_err(SendError::Connect)?;
+        let pool = &self.proxy.h1_pool;
+        let mut conn = match pool.connect(addr, self.proxy.opts.connect_timeout).await {
+            Ok(conn) => conn,
+            Err(ConnectError::Limit) => return Err(SendError::Limit),
+            Err(ConnectError::Io(e)) => return Err(SendError::Connect(e)),
+        };
         conn.stream.write_all(out).await.map_err(SendError::Write)?;
         Ok(conn)
     }
@@ -109,7 +122,13 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Connection<'_, C> {
 
 /// The request head as every instance gets it, but for the per-instance fields and the empty
 /// line that ends it.
-fn head_for_instances(req: &mut Request, route: &Route, peer: SocketAddr, https: bool) -> BytesMut {
+fn head_for_instances(
+    req: &mut Request,
+    route: &Route,
+    peer: SocketAddr,
+    https: bool,
+    trusted: bool,
+) -> BytesMut {
     let xff = forwarded_for_from(req.fields.values(b"x-forwarded-for"), peer);
     req.log.set_xff(&xff);
     let mut out = BytesMut::with_capacity(req.fields.head.len() + 512);
@@ -119,6 +138,7 @@ fn head_for_instances(req: &mut Request, route: &Route, peer: SocketAddr, https:
     out.put_slice(b" HTTP/1.1\r\n");
     let fwd = Forwarded {
         host: req.host.as_deref().unwrap_or_default(),
+        trusted,
         xff: &xff,
         https,
         request_id: &req.log.request_id,

@@ -96,7 +96,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Relay<'_, R, W> {
             let e = invalid("101 to a request without Upgrade".into());
             return self.failed(x, &e).await;
         }
+        // Both framings (RFC 9112 §6.3): Transfer-Encoding wins, and since the message may be
+        // a smuggling attempt, the instance's connection is not used again after it.
+        // (Only a coded body can have both: a length-framed one has no Transfer-Encoding.)
+        let both_framings = matches!(body, Framing::Chunked | Framing::Close)
+            && resp.fields.first(b"transfer-encoding").is_some()
+            && resp.fields.first(b"content-length").is_some();
         let upstream_keep_alive = !switching
+            && !both_framings
             && if resp.http11 {
                 !resp.fields.has_token(b"connection", b"close")
             } else {
@@ -242,6 +249,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Relay<'_, R, W> {
             buf: &mut *self.up_buf,
             to: &mut *self.client,
             deadline: x.deadline,
+            // A response may pause for as long as the app likes (long polls, event streams),
+            // up to the maximum request time.
+            idle: None,
             timer: &mut *self.timer,
             count: |n| self.log.bytes_sent += n,
             eof: INSTANCE_EOF,

@@ -4,9 +4,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -117,13 +118,19 @@ pub(super) struct BodySlot {
     slot: Arc<Mutex<Option<Incoming>>>,
     /// Request body bytes read from the client, for the access log.
     pub(super) received: Arc<AtomicU64>,
+    /// Longest the body may go without a frame.
+    idle: Duration,
+    /// Set when the body stalled past `idle` (the exchange is then aborted).
+    timed_out: Arc<AtomicBool>,
 }
 
 impl BodySlot {
-    pub(super) fn new(body: Incoming) -> Self {
+    pub(super) fn new(body: Incoming, idle: Duration) -> Self {
         BodySlot {
             slot: Arc::new(Mutex::new(Some(body))),
             received: Arc::new(AtomicU64::new(0)),
+            idle,
+            timed_out: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -132,7 +139,16 @@ impl BodySlot {
         SlotBody {
             state: SlotState::Waiting(Arc::clone(&self.slot)),
             received: Arc::clone(&self.received),
+            idle: self.idle,
+            timer: None,
+            moved: false,
+            timed_out: Arc::clone(&self.timed_out),
         }
+    }
+
+    /// Whether the client stopped sending the body for longer than the body read timeout.
+    pub(super) fn timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::Relaxed)
     }
 
     /// Whether an attempt has started reading the body (so bytes may have reached an instance).
@@ -148,9 +164,16 @@ enum SlotState {
 }
 
 /// The upstream request body: the client's [`Incoming`], taken from the slot on first poll.
+/// It fails once the client has sent nothing for `idle` (hyper then aborts the request).
 pub(crate) struct SlotBody {
     state: SlotState,
     received: Arc<AtomicU64>,
+    idle: Duration,
+    // Armed when the body first has to wait; moved on only when it waits again after a frame
+    // (`moved`), so a body that streams steadily resets it once per wait, not per frame.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    moved: bool,
+    timed_out: Arc<AtomicBool>,
 }
 
 impl SlotBody {
@@ -181,17 +204,35 @@ impl Body for SlotBody {
                 None => SlotState::Gone,
             };
         }
-        match &mut self.state {
+        let this = &mut *self;
+        match &mut this.state {
             SlotState::Taken(b) => match Pin::new(b).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(d) = frame.data_ref() {
-                        self.received.fetch_add(d.len() as u64, Ordering::Relaxed);
+                        this.received.fetch_add(d.len() as u64, Ordering::Relaxed);
                     }
+                    this.moved = true;
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
                 Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => {
+                    let at = tokio::time::Instant::now() + this.idle;
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                    if std::mem::take(&mut this.moved) {
+                        timer.as_mut().reset(at);
+                    }
+                    if timer.as_mut().poll(cx).is_ready() {
+                        this.timed_out.store(true, Ordering::Relaxed);
+                        this.state = SlotState::Gone;
+                        return Poll::Ready(Some(Err(
+                            "the client stopped sending the request body".into(),
+                        )));
+                    }
+                    Poll::Pending
+                }
             },
             _ => Poll::Ready(Some(Err(
                 "request body was already sent to another instance".into(),

@@ -90,6 +90,7 @@ pub(crate) async fn handle(
     let mut headers = parts.headers;
     let fwd = Forwarded {
         host: host.as_deref().unwrap_or_default(),
+        trusted: proxy.opts.is_trusted(client_addr.ip()),
         xff: &xff,
         https,
         request_id: &request_id,
@@ -105,7 +106,7 @@ pub(crate) async fn handle(
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
         headers,
-        body: BodySlot::new(body),
+        body: BodySlot::new(body, proxy.opts.body_read_timeout),
         upgrade,
         deadline,
     };
@@ -171,6 +172,13 @@ async fn forward(
             Ok(Err(e)) if e.is_connect() && !out.body.started() => {
                 attempts.connect_failed(i, &error_chain(&e), &mut log);
             }
+            Ok(Err(upstream::Error::Limit { .. })) => {
+                log.in_flight = None;
+                return router_error(log, Refusal::upstream_limit());
+            }
+            Ok(Err(_)) if out.body.timed_out() && log.status == 0 => {
+                return router_error(log, Refusal::body_timeout());
+            }
             Ok(Err(e)) => {
                 let refusal = proxy.instance_failed(route, backend, &error_chain(&e), &log);
                 return router_error(log, refusal);
@@ -193,9 +201,17 @@ fn respond(
     mut log: RequestLog,
 ) -> Response<ProxyBody> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    // Both framings (RFC 9112 §6.3): hyper decoded the transfer coding, so the length goes,
+    // and the instance's connection is not used again (the message may be a smuggling
+    // attempt).
+    let both_framings = resp.headers().contains_key(header::TRANSFER_ENCODING)
+        && resp.headers().contains_key(header::CONTENT_LENGTH);
+    if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+    }
     // An upgraded connection belongs to the tunnel now; otherwise it is reusable once the
     // body has ended.
-    let mut lease = (!switching).then_some(lease);
+    let mut lease = (!switching && !both_framings).then_some(lease);
     if resp.body().is_end_stream() {
         if let Some(l) = lease.take() {
             l.release();
@@ -244,7 +260,9 @@ fn router_error(mut log: RequestLog, refusal: Refusal) -> Response<ProxyBody> {
     Response::from_parts(parts, LoggedBody::new(body, log, None, None).boxed_unsync())
 }
 
-/// The host the client asked for: the Host header, else the URI's authority (HTTP/2).
+/// The host the client asked for: the Host header, else `:authority`. (A client may not send
+/// a Host that differs from `:authority`, RFC 9113 §8.3.1; one that does is routed by its
+/// Host, and the app is sent that host as Host, so it always sees the host it was routed by.)
 fn request_host<B>(req: &Request<B>) -> Option<String> {
     req.headers()
         .get(header::HOST)
@@ -299,10 +317,21 @@ fn upstream_headers(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
     let mut sent = Sent::default();
     let mut dropped = Vec::new();
     for name in headers.keys() {
-        match headers::request_field(name.as_str().as_bytes()) {
+        match headers::request_field(name.as_str().as_bytes(), fwd.trusted) {
             RequestField::Drop => dropped.push(name.clone()),
             RequestField::Settles(s) => sent.mark(s),
             RequestField::Keep => {}
+            RequestField::Host => {
+                let mut values = headers.get_all(name).iter();
+                let routed = values
+                    .next()
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(fwd.host.as_bytes()));
+                if routed && values.next().is_none() {
+                    sent.mark(headers::Set::Host);
+                } else {
+                    dropped.push(name.clone());
+                }
+            }
         }
     }
     for name in dropped {

@@ -28,7 +28,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::body::SlotBody;
-use crate::idle::IdlePool;
+use crate::idle::{IdlePool, UpstreamLimit};
 
 /// Why a request did not get a response.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,9 @@ pub(crate) enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// At the limit on connections to instances, and none came free in time: nothing was sent.
+    #[error("no connection to {addr}: the limit on connections to instances is reached")]
+    Limit { addr: SocketAddr },
     /// The request may have reached the instance.
     #[error("request to {addr}: {source}")]
     Request {
@@ -57,6 +60,7 @@ impl Error {
 pub(crate) struct Pool {
     idle: IdlePool<SendRequest<SlotBody>>,
     connect_timeout: Duration,
+    limit: UpstreamLimit,
 }
 
 /// A connection in use by one request; [`Lease::release`] once its response body has ended.
@@ -78,10 +82,12 @@ impl Pool {
         connect_timeout: Duration,
         idle_timeout: Duration,
         max_idle_per_addr: usize,
+        limit: UpstreamLimit,
     ) -> Arc<Self> {
         Arc::new(Pool {
             idle: IdlePool::new(idle_timeout, max_idle_per_addr),
             connect_timeout,
+            limit,
         })
     }
 
@@ -136,6 +142,13 @@ impl Pool {
 
     async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<SlotBody>, Error> {
         let connect_err = |source| Error::Connect { addr, source };
+        // An idle connection dropped here closes when its task notices, giving its permit
+        // back to the waiting request.
+        let permit = self
+            .limit
+            .acquire(|| self.idle.drop_oldest())
+            .await
+            .ok_or(Error::Limit { addr })?;
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| {
@@ -154,6 +167,7 @@ impl Pool {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "connection to instance ended with an error");
             }
+            drop(permit);
         });
         Ok(sender)
     }

@@ -35,9 +35,10 @@ use http::{Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use pier_api::{RouteTable, ROUTER_ERROR_HEADER};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::h2::upstream::Pool;
+use crate::idle::UpstreamLimit;
 use crate::in_flight::InFlight;
 use crate::table::{Route, Table};
 
@@ -67,6 +68,10 @@ pub mod cause {
     /// and metrics only).
     pub const REQUEST_TIMEOUT: &str = "request_timeout";
     pub const BAD_REQUEST: &str = "bad_request";
+    /// 408: the request body stalled past the body read timeout.
+    pub const BODY_TIMEOUT: &str = "body_timeout";
+    /// 503: the router's limit on connections to instances is reached.
+    pub const UPSTREAM_LIMIT: &str = "upstream_limit";
 }
 
 /// Builds a [`Table`] once per published [`RouteTable`], on the first request that sees it, so
@@ -107,10 +112,16 @@ pub(crate) struct Shared {
     /// Instances that refused a connection, by address, with the instance id and when.
     failed: Mutex<HashMap<SocketAddr, (String, Instant)>>,
     failed_count: AtomicU64,
+    /// One permit per open connection to an instance ([`ProxyOptions::max_upstream_connections`]).
+    upstream: Arc<Semaphore>,
 }
 
 impl Shared {
-    pub(crate) fn new(tables: TableReceiver, in_flight: InFlight) -> Arc<Self> {
+    pub(crate) fn new(
+        tables: TableReceiver,
+        in_flight: InFlight,
+        max_upstream_connections: usize,
+    ) -> Arc<Self> {
         Arc::new(Shared {
             tables: TableCache {
                 rx: tables,
@@ -119,6 +130,7 @@ impl Shared {
             },
             failed: Mutex::new(HashMap::new()),
             failed_count: AtomicU64::new(0),
+            upstream: Arc::new(Semaphore::new(max_upstream_connections.max(1))),
         })
     }
 }
@@ -143,6 +155,24 @@ pub(crate) struct Refusal {
 }
 
 impl Refusal {
+    /// 503 `upstream_limit`: no connection to an instance could be had in time.
+    pub(crate) fn upstream_limit() -> Self {
+        Refusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            cause: cause::UPSTREAM_LIMIT,
+            message: "The router has too many connections to app instances open; try again.".into(),
+        }
+    }
+
+    /// 408 `body_timeout`: the client stopped sending its request body.
+    pub(crate) fn body_timeout() -> Self {
+        Refusal {
+            status: StatusCode::REQUEST_TIMEOUT,
+            cause: cause::BODY_TIMEOUT,
+            message: "The request body stopped arriving.".into(),
+        }
+    }
+
     /// 400 `bad_request`, saying why.
     pub(crate) fn bad_request(why: &str) -> Self {
         Refusal {
@@ -228,12 +258,18 @@ impl<'a> Attempts<'a> {
 
 impl Proxy {
     pub(crate) fn with_shared(shared: Arc<Shared>, opts: ProxyOptions) -> Self {
+        let limit = UpstreamLimit {
+            permits: Arc::clone(&shared.upstream),
+            wait: opts.connect_timeout,
+        };
         let pool = Pool::new(
             opts.connect_timeout,
             opts.pool_idle_timeout,
             opts.pool_max_idle_per_host,
+            limit.clone(),
         );
-        let h1_pool = crate::h1::Pool::new(opts.pool_idle_timeout, opts.pool_max_idle_per_host);
+        let h1_pool =
+            crate::h1::Pool::new(opts.pool_idle_timeout, opts.pool_max_idle_per_host, limit);
         Proxy {
             pool,
             h1_pool,
