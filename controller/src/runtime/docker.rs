@@ -144,12 +144,7 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         working_dir: Some(spec.working_dir.clone()),
         cmd: Some(spec.cmd.clone()),
         env: Some(spec.env.clone()),
-        labels: Some(
-            spec.labels
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        ),
+        labels: Some(spec.labels.to_map()),
         exposed_ports: spec.publish_8080.then(|| vec!["8080/tcp".into()]),
         stop_timeout: spec
             .stop_timeout
@@ -455,7 +450,7 @@ impl ContainerRuntime for DockerRuntime {
         self.docker
             .create_volume(bollard::models::VolumeCreateRequest {
                 name: Some(name.to_string()),
-                labels: Some(labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+                labels: Some(labels.to_map()),
                 ..Default::default()
             })
             .await?;
@@ -521,12 +516,7 @@ impl ContainerRuntime for DockerRuntime {
                 }]),
                 options: None,
             }),
-            labels: Some(
-                spec.labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            ),
+            labels: Some(spec.labels.to_map()),
             ..Default::default()
         };
         self.docker.create_network(req).await?;
@@ -571,12 +561,7 @@ impl ContainerRuntime for DockerRuntime {
             .changes(&spec.changes.join("\n"))
             .build();
         let config = bollard::models::ContainerConfig {
-            labels: Some(
-                spec.labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            ),
+            labels: Some(spec.labels.to_map()),
             ..Default::default()
         };
         self.docker.commit_container(opts, config).await?;

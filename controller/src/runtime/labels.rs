@@ -103,6 +103,11 @@ impl Labels {
         self.0.iter()
     }
 
+    /// As Docker's API takes them (containers, images, networks, volumes).
+    pub fn to_map<M: FromIterator<(String, String)>>(&self) -> M {
+        self.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
     /// As the `label=k=v` filter a listing by controller uses.
     pub fn controller_filter(controller: &str) -> String {
         format!("{}={controller}", keys::CONTROLLER)
