@@ -179,7 +179,7 @@ fn open_addresses(
 fn open_logs(config: &Config, store: &Store) -> anyhow::Result<Arc<LogBroker>> {
     let logs = LogBroker::new(config.log_buffer_lines)
         .with_dir(config.data_dir.join("logs"))
-        .with_rate_limit(config.log_rate_limit);
+        .with_rate_limit(config.log_rate_limit, config.log_rate_burst);
     let app_guids = store.list_apps()?.into_iter().map(|a| a.guid).collect();
     logs.restore(&app_guids)
         .context("cannot read the saved log buffers")?;
