@@ -237,10 +237,8 @@ impl LogBroker {
         let rate = &mut ring.rate;
         rate.tokens = match rate.refilled {
             None => burst,
-            Some(t) => {
-                (rate.tokens + now.duration_since(t).as_secs_f64() * self.rate_limit as f64)
-                    .min(burst)
-            }
+            Some(t) => (rate.tokens + now.duration_since(t).as_secs_f64() * self.rate_limit as f64)
+                .min(burst),
         };
         rate.refilled = Some(now);
         if rate.tokens >= 1.0 {
@@ -690,6 +688,9 @@ mod tests {
         }
         b.publish_app_lines(&app, (0..500).map(|_| (&web, LogStream::Out, "x", t)));
         let n = app_lines();
-        assert!((1050..=1052).contains(&n), "half a second refilled 50 lines: {n}");
+        assert!(
+            (1050..=1052).contains(&n),
+            "half a second refilled 50 lines: {n}"
+        );
     }
 }
