@@ -210,9 +210,9 @@ pub struct Config {
 pub const DEFAULT_REVISIONS_KEPT: usize = 10;
 /// Sustained app log lines per second per app: far above what an app logs on purpose, far below
 /// what one printing in a loop writes (millions a second), which would take the controller's CPU.
-pub const DEFAULT_LOG_RATE_LIMIT: u64 = 10_000;
+pub const DEFAULT_LOG_RATE_LIMIT: u64 = 5_000;
 /// A burst this long passes whole (a stack trace storm, a start-up dump).
-pub const DEFAULT_LOG_RATE_BURST: u64 = 200_000;
+pub const DEFAULT_LOG_RATE_BURST: u64 = 120_000;
 pub const DEFAULT_ADDRESS_QUARANTINE_SECS: u64 = 300;
 pub const DEFAULT_ROUTER_ACK_WINDOW_SECS: u64 = 600;
 /// A healthy router polls at least every ~45 s (its poll timeout); a shorter window would drop it.

@@ -664,8 +664,16 @@ fn log_flood_is_rate_limited_with_notices_and_other_apps_logs_flow() {
 
     let (status, _) = p.get_via_router("noisy.localhost", "/flood");
     assert_eq!(status, 200);
-    // Past the burst allowance, into the sustained flood.
-    std::thread::sleep(Duration::from_secs(3));
+    // Past the burst allowance, into the sustained flood: until the first notice (without a
+    // rate limit, there is none: the wait ends after 45 s and the test fails below).
+    let flood_started = Instant::now();
+    while counts.lock().unwrap().1 == 0 && flood_started.elapsed() < Duration::from_secs(45) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "FAULT flood: the burst allowance lasted {:?}",
+        flood_started.elapsed()
+    );
     let cpu0 = cpu_seconds(pid);
     let c0 = *counts.lock().unwrap();
     let t0 = Instant::now();
@@ -708,8 +716,8 @@ fn log_flood_is_rate_limited_with_notices_and_other_apps_logs_flow() {
     );
     let rate = flood as f64 / window;
     assert!(
-        rate < 1.2 * 10_000.0,
-        "the follower got {rate:.0} flood lines/s: the limit is 10 000/s"
+        rate < 1.2 * 5_000.0,
+        "the follower got {rate:.0} flood lines/s: the limit is 5 000/s"
     );
     assert!(
         cores < FLOOD_MAX_CONTROLLER_CORES,
