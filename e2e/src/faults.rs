@@ -190,7 +190,7 @@ impl PrivateDockerd {
             // No NAT needed: the controller and its router reach instances on the bridge
             // directly, and the host's iptables chains stay the host dockerd's.
             .args(["--iptables=false", "--ip-masq=false"])
-            .args(["--storage-driver", "fuse-overlayfs"])
+            .args(["--storage-driver", &host_storage_driver()])
             .args(["--log-driver", "json-file"])
             .args(["--log-opt", "max-size=10m", "--log-opt", "max-file=3"])
             .args(["--containerd-namespace", &format!("pf-{}", self.id)])
@@ -380,6 +380,16 @@ impl Drop for PrivateDockerd {
             }
         }
     }
+}
+
+/// The host daemon's storage driver (what works on this machine: overlay2, or fuse-overlayfs
+/// where the data root's filesystem cannot hold overlay mounts).
+fn host_storage_driver() -> String {
+    run("docker", &["info", "--format", "{{.Driver}}"])
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "overlay2".into())
 }
 
 /// CPU time (user + system) a process has used so far, in seconds.
