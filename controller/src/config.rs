@@ -162,10 +162,15 @@ pub struct Config {
     #[arg(long, env = "PIER_DRAIN_TIMEOUT", default_value_t = 30)]
     pub drain_timeout_secs: u64,
 
-    /// Most lines of app output (`APP/...`) one app may log per second; past it lines are
-    /// dropped and an `LGR` line says how many. 0 means no limit.
-    #[arg(long, env = "PIER_LOG_RATE_LIMIT", default_value_t = 0)]
+    /// Most lines of app output (`APP/...`) one app may log per second, sustained; past it lines
+    /// are dropped and an `LGR` line each second says how many. 0 means no limit.
+    #[arg(long, env = "PIER_LOG_RATE_LIMIT", default_value_t = DEFAULT_LOG_RATE_LIMIT)]
     pub log_rate_limit: u64,
+
+    /// Lines of app output one app may log at once above `--log-rate-limit` (a burst this long
+    /// passes whole; the allowance refills at the rate limit).
+    #[arg(long, env = "PIER_LOG_RATE_BURST", default_value_t = DEFAULT_LOG_RATE_BURST)]
+    pub log_rate_burst: u64,
 
     /// Whether instances may reach the host's own addresses (the API, the routers, anything the
     /// host serves) and link-local addresses (cloud metadata): `block` (iptables rules on the
@@ -211,6 +216,11 @@ pub struct Config {
 
 /// Defaults of the deployment settings, shared by the clap defaults and `Config::for_tests`.
 pub const DEFAULT_REVISIONS_KEPT: usize = 10;
+/// Sustained app log lines per second per app: far above what an app logs on purpose, far below
+/// what one printing in a loop writes (millions a second), which would take the controller's CPU.
+pub const DEFAULT_LOG_RATE_LIMIT: u64 = 5_000;
+/// A burst this long passes whole (a stack trace storm, a start-up dump).
+pub const DEFAULT_LOG_RATE_BURST: u64 = 120_000;
 pub const DEFAULT_ADDRESS_QUARANTINE_SECS: u64 = 300;
 pub const DEFAULT_ROUTER_ACK_WINDOW_SECS: u64 = 600;
 /// A healthy router polls at least every ~45 s (its poll timeout); a shorter window would drop it.
@@ -249,7 +259,8 @@ impl Config {
             canary_max_p99_increase_ms: 250.0,
             drain_timeout_secs: 30,
             stats_interval_ms: 2000,
-            log_rate_limit: 0,
+            log_rate_limit: DEFAULT_LOG_RATE_LIMIT,
+            log_rate_burst: DEFAULT_LOG_RATE_BURST,
             standby_instances: 0,
             instance_subnet: None,
             instance_host_access: crate::runtime::HostAccess::Block,

@@ -34,10 +34,16 @@ impl Error {
         Error::api(ErrorCode::InvalidRequest, message)
     }
 
-    /// What the user sees: refusals as they are, internal failures without internals.
+    /// What the user sees: refusals as they are, internal failures without internals, except
+    /// that a full disk says so (the user can act on it; "internal error" would hide it).
     pub fn to_api(&self) -> ApiError {
         match self {
             Error::Api(e) => e.clone(),
+            other if other.is_no_space() => ApiError::new(
+                ErrorCode::Unavailable,
+                "the controller's data dir has no space left on its disk: nothing was stored; \
+                 free some space there (or grow the disk) and try again",
+            ),
             other => ApiError::new(
                 ErrorCode::Internal,
                 format!(
@@ -45,6 +51,22 @@ impl Error {
                     other.kind()
                 ),
             ),
+        }
+    }
+
+    /// ENOSPC (or a quota's EDQUOT) anywhere in the error.
+    pub fn is_no_space(&self) -> bool {
+        fn io(e: &std::io::Error) -> bool {
+            matches!(e.raw_os_error(), Some(28 | 122))
+                || e.kind() == std::io::ErrorKind::StorageFull
+                || e.to_string().contains("No space left on device")
+        }
+        match self {
+            Error::Io(e) => io(e),
+            Error::Store(sled::Error::Io(e)) => io(e),
+            Error::Runtime(e) => e.to_string().contains("No space left on device"),
+            Error::Other(s) => s.contains("No space left on device"),
+            _ => false,
         }
     }
 

@@ -62,11 +62,17 @@ fn open_data(config: &mut Config) -> anyhow::Result<(Store, BlobStore)> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
     config.data_dir = config.data_dir.canonicalize()?;
-    let store = Store::open(&config.data_dir.join("db")).with_context(|| {
-        format!(
-            "cannot open the store in {} (is another pier-controller using it?)",
+    let store = Store::open(&config.data_dir.join("db")).map_err(|e| {
+        // The store writes as it opens: on a full disk it cannot, and says so.
+        let why = if e.is_no_space() {
+            "its disk has no space left: free some and start again"
+        } else {
+            "is another pier-controller using it?"
+        };
+        anyhow::Error::new(e).context(format!(
+            "cannot open the store in {} ({why})",
             config.data_dir.display()
-        )
+        ))
     })?;
     let blobs = BlobStore::open(&config.data_dir)?;
     private(&config.data_dir)?;
@@ -179,7 +185,7 @@ fn open_addresses(
 fn open_logs(config: &Config, store: &Store) -> anyhow::Result<Arc<LogBroker>> {
     let logs = LogBroker::new(config.log_buffer_lines)
         .with_dir(config.data_dir.join("logs"))
-        .with_rate_limit(config.log_rate_limit);
+        .with_rate_limit(config.log_rate_limit, config.log_rate_burst);
     let app_guids = store.list_apps()?.into_iter().map(|a| a.guid).collect();
     logs.restore(&app_guids)
         .context("cannot read the saved log buffers")?;

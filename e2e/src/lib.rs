@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 pub use pier_api;
 pub use pier_client;
 
+pub mod faults;
+
 use pier_api::{
     AppEvent, AppName, AppResponse, DeploymentResponse, ErrorCode, LogLine, PackageResponse,
 };
@@ -416,6 +418,10 @@ pub struct Options {
     /// Give the controller an instance network on a subnet of this prefix length that no other
     /// test has (see [`reserve_instance_subnet`]); without it the controller picks a /24.
     pub instance_subnet_prefix: Option<u8>,
+    /// More environment for `pier-controller` (e.g. `DOCKER_HOST` for a private dockerd).
+    pub controller_env: Vec<(String, String)>,
+    /// Mount a tmpfs of this many bytes as the data dir (needs root; unmounted on drop).
+    pub data_tmpfs_bytes: Option<u64>,
 }
 
 /// A controller (and router) started for one test, with its own data dir and Docker label.
@@ -431,6 +437,8 @@ pub struct Platform {
     pub router_proc: Option<Proc>,
     /// The subnet reserved for the instance network, when the options asked for one.
     pub instance_subnet: Option<String>,
+    /// The tmpfs the data dir is on, when the options asked for one.
+    pub data_mount: Option<faults::Tmpfs>,
     /// Runs the typed client's calls (and their connections) for the synchronous tests.
     rt: tokio::runtime::Runtime,
     api_port: u16,
@@ -467,6 +475,7 @@ impl Platform {
             controller: None,
             router_proc: None,
             instance_subnet: None,
+            data_mount: None,
             rt: tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
@@ -480,6 +489,9 @@ impl Platform {
         // `p` exists first, so that its drop removes the network if anything below fails.
         if let Some(prefix) = p.opts.instance_subnet_prefix {
             p.instance_subnet = Some(reserve_instance_subnet(&p.controller_id, prefix));
+        }
+        if let Some(bytes) = p.opts.data_tmpfs_bytes {
+            p.data_mount = Some(faults::Tmpfs::mount(p.data.path(), bytes));
         }
         p.start_controller();
         p.token = std::fs::read_to_string(p.data.path().join("admin-token"))
@@ -521,6 +533,7 @@ impl Platform {
             cmd.arg("--instance-subnet").arg(s);
         }
         cmd.args(&self.opts.controller_args);
+        cmd.envs(self.opts.controller_env.iter().map(|(k, v)| (k, v)));
         let mut proc = Proc::spawn(cmd);
         let line = proc.wait_for_line("pier-controller listening on", Duration::from_secs(60));
         self.api_port = port_of(&line);
@@ -733,6 +746,7 @@ impl Drop for Platform {
         self.router_proc.take();
         self.controller.take();
         cleanup_docker(&self.controller_id);
+        self.data_mount.take();
     }
 }
 

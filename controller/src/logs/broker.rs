@@ -27,10 +27,15 @@ pub(super) struct Ring {
     pub(super) rate: RateWindow,
 }
 
+/// One app's rate limit: a token bucket (`rate_limit` tokens a second, at most `rate_burst`
+/// held; it starts full), so a short burst passes whole and a flood is cut to the rate. Drops are
+/// counted per source and reported once a second (`started` is the notice's second).
 #[derive(Default)]
 pub(super) struct RateWindow {
     started: Option<Instant>,
-    accepted: u64,
+    /// Tokens left, and when they were last topped up (None: the bucket is full).
+    tokens: f64,
+    refilled: Option<Instant>,
     dropped: BTreeMap<LogSource, u64>,
 }
 
@@ -64,8 +69,10 @@ pub struct LogBroker {
     pub(super) capacity: usize,
     /// Lines kept for following readers (≥ capacity).
     pub(super) window: usize,
-    /// App output lines per second per app; 0 is no limit.
+    /// App output lines per second per app (sustained); 0 is no limit.
     pub(super) rate_limit: u64,
+    /// Lines an app may log at once above the sustained rate (the bucket's size).
+    pub(super) rate_burst: u64,
     pub(super) dir: Option<PathBuf>,
     pub(super) apps: Mutex<HashMap<String, Arc<AppLog>>>,
 }
@@ -86,6 +93,7 @@ impl LogBroker {
             capacity,
             window: capacity.max(READER_WINDOW),
             rate_limit: 0,
+            rate_burst: 0,
             dir: None,
             apps: Mutex::new(HashMap::new()),
         }
@@ -97,9 +105,11 @@ impl LogBroker {
         self
     }
 
-    /// Drops app output over `lines_per_sec` per app, with a notice; 0 turns the limit off.
-    pub fn with_rate_limit(mut self, lines_per_sec: u64) -> LogBroker {
+    /// Drops app output over `lines_per_sec` per app, with a notice; 0 turns the limit off. Bursts
+    /// of up to `burst` lines (at least `lines_per_sec`) pass whole.
+    pub fn with_rate_limit(mut self, lines_per_sec: u64, burst: u64) -> LogBroker {
         self.rate_limit = lines_per_sec;
+        self.rate_burst = burst.max(lines_per_sec);
         self
     }
 
@@ -222,13 +232,20 @@ impl LogBroker {
         {
             self.flush_rate_notice(ring);
             ring.rate.started = Some(now);
-            ring.rate.accepted = 0;
         }
-        if ring.rate.accepted < self.rate_limit {
-            ring.rate.accepted += 1;
+        let burst = self.rate_burst as f64;
+        let rate = &mut ring.rate;
+        rate.tokens = match rate.refilled {
+            None => burst,
+            Some(t) => (rate.tokens + now.duration_since(t).as_secs_f64() * self.rate_limit as f64)
+                .min(burst),
+        };
+        rate.refilled = Some(now);
+        if rate.tokens >= 1.0 {
+            rate.tokens -= 1.0;
             false
         } else {
-            *ring.rate.dropped.entry(source.clone()).or_default() += 1;
+            *rate.dropped.entry(source.clone()).or_default() += 1;
             true
         }
     }
@@ -244,8 +261,9 @@ impl LogBroker {
             .map(|(s, n)| format!("{n} from {s}"))
             .collect();
         let text = format!(
-            "{total} lines dropped: the app logged more than its limit of {} lines/s ({})",
+            "{total} lines dropped: the app logged more than its limit of {} lines/s (bursts of {}) ({})",
             self.rate_limit,
+            self.rate_burst,
             by_source.join(", ")
         );
         self.push(
@@ -629,7 +647,7 @@ mod tests {
 
     #[test]
     fn rate_limit_drops_app_output_with_a_notice_but_never_platform_lines() {
-        let b = LogBroker::new(1000).with_rate_limit(5);
+        let b = LogBroker::new(1000).with_rate_limit(5, 5);
         let app = b.app("a");
         let t = now();
         let web = web0();
@@ -648,6 +666,31 @@ mod tests {
             notice.text.starts_with("15 lines dropped") && notice.text.contains("APP/PROC/WEB/0"),
             "{}",
             notice.text
+        );
+    }
+
+    #[test]
+    fn rate_limit_lets_a_burst_through_whole_and_cuts_a_flood_to_the_rate() {
+        let b = LogBroker::new(10).with_rate_limit(100, 1000);
+        let app = b.app("a");
+        let t = now();
+        let web = web0();
+        let app_lines = || app.lock().next_seq - 1;
+        // A burst of the bucket's size passes whole.
+        b.publish_app_lines(&app, (0..1000).map(|_| (&web, LogStream::Out, "x", t)));
+        assert_eq!(app_lines(), 1000);
+        // Then the bucket is empty: a flood gets only what refilled (100/s).
+        b.publish_app_lines(&app, (0..500).map(|_| (&web, LogStream::Out, "x", t)));
+        assert!(app_lines() <= 1001, "{}", app_lines());
+        {
+            let mut r = app.lock();
+            r.rate.refilled = r.rate.refilled.map(|i| i - Duration::from_millis(500));
+        }
+        b.publish_app_lines(&app, (0..500).map(|_| (&web, LogStream::Out, "x", t)));
+        let n = app_lines();
+        assert!(
+            (1050..=1052).contains(&n),
+            "half a second refilled 50 lines: {n}"
         );
     }
 }

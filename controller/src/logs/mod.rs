@@ -22,8 +22,9 @@
 //! - Resuming is starting a cursor at `after=SEQ`: no duplicates, and no gap while the ring still
 //!   holds `SEQ + 1`.
 //! - Lines longer than [`MAX_LINE_BYTES`] are split; bytes that are not UTF-8 become U+FFFD.
-//! - The optional per-app rate limit drops app output (never platform lines) over N lines/s and
-//!   publishes an `LGR` line saying how many were dropped, from which sources.
+//! - The per-app rate limit (a token bucket: N lines/s sustained, bursts of B pass whole; on by
+//!   default) drops app output (never platform lines) past it and publishes an `LGR` line saying
+//!   how many were dropped, from which sources.
 //! - Persistence: a line published more than ~100 ms before the controller is killed (even with
 //!   `kill -9`) is in the file; one published more than ~1 s before a machine crash is on disk.
 //!   Files are bounded (at most three buffers' worth of lines) and removed with their app.
