@@ -59,10 +59,9 @@ fn reach_host(args: Vec<String>) -> bool {
     let gw = gateway(&p);
     // The check itself must work: the instance reaches the outside of its own container, here
     // another instance's address on its network.
-    let ok = eventually(Duration::from_secs(10), "the app answers", || {
+    eventually(Duration::from_secs(10), "the app answers", || {
         (p.get_via_router("probe.localhost", "/").0 == 200).then_some(())
     });
-    let _ = ok;
     connects_from(&id, &gw, port)
 }
 
