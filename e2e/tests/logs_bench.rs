@@ -68,7 +68,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[test]
 #[ignore = "benchmark: run bench/logs.sh"]
 fn bench_logs_latency_and_zero_loss_rate() {
-    let p = Platform::start();
+    // The pipeline itself, without the per-app rate limit (which would cap the rate it finds).
+    let p = Platform::start_with(Options {
+        controller_args: vec!["--log-rate-limit".into(), "0".into()],
+        ..Default::default()
+    });
     let app = copy_dir(&repo_root().join("e2e/fixtures/logger"));
     p.pier_ok(&["push", "logger", "-i", "1"], app.path());
     let (mut child, rx) = follow(&p);
