@@ -20,10 +20,10 @@ pub async fn run(args: LoginArgs) -> Result<()> {
     let settings = Settings::from_env();
     let path = settings.config_path()?;
     // The flag, else PIER_CA_CERT; saved absolute, so it holds from any folder.
-    let ca_cert = match args.ca_cert.or(settings.ca_cert) {
-        Some(file) => Some(std::path::absolute(&file).unwrap_or(file)),
-        None => None,
-    };
+    let ca_cert = args
+        .ca_cert
+        .or(settings.ca_cert)
+        .map(|file| std::path::absolute(&file).unwrap_or(file));
     let mut target = Target {
         api: api.clone(),
         token: None,
