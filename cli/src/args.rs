@@ -81,6 +81,15 @@ pub struct LoginArgs {
     /// The admin token pier-controller printed on its first start.
     #[arg(long, value_name = "TOKEN")]
     pub token: String,
+    /// For an https:// API: a PEM file of CA certificates to trust besides the system's (the
+    /// controller's own certificate, if it is self-signed). Saved with the login. Default:
+    /// PIER_CA_CERT.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// Accept any certificate from an https:// API, saved with the login. Anyone between you and
+    /// the controller can then read the token: only for trying things out.
+    #[arg(long)]
+    pub skip_ssl_validation: bool,
 }
 
 #[derive(Debug, Args)]

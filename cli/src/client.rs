@@ -1,16 +1,49 @@
 //! The CLI's side of [`pier_client`]: a client for the configured controller, and how the
 //! client's errors read to someone at a terminal (which command to run next).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use pier_api::ErrorCode;
 use pier_client::StatusCode;
 pub use pier_client::{Client, ClientError};
 
-/// A client that introduces itself as this `pier`.
-pub fn connect(api: &str, token: Option<String>) -> Result<Client, ClientError> {
-    Client::builder(api)
-        .token(token)
+use crate::config::Target;
+
+/// A client that introduces itself as this `pier`, for `target`'s controller, with its CA
+/// certificate. Warns (once per command, on stderr) before a token goes in clear text to a host
+/// other than this one, and when certificates are not checked.
+pub fn connect(target: &Target) -> Result<Client, ClientError> {
+    static CLEARTEXT_WARNED: AtomicBool = AtomicBool::new(false);
+    static SKIP_WARNED: AtomicBool = AtomicBool::new(false);
+    if let Some(warning) = cleartext_warning(target) {
+        if !CLEARTEXT_WARNED.swap(true, Ordering::Relaxed) {
+            eprintln!("{warning}");
+        }
+    }
+    if target.skip_ssl_validation && !SKIP_WARNED.swap(true, Ordering::Relaxed) {
+        eprintln!(
+            "warning: not checking the certificate of {} (logged in with --skip-ssl-validation); \
+             anyone in between can read the token",
+            target.api
+        );
+    }
+    Client::builder(&target.api)
+        .token(target.token.clone())
+        .ca_cert_file(target.ca_cert.clone())
+        .danger_skip_tls_verify(target.skip_ssl_validation)
         .user_agent(concat!("pier/", env!("CARGO_PKG_VERSION")))
         .build()
+}
+
+/// The warning due before `target`'s token is sent, if it would cross a network unencrypted.
+pub fn cleartext_warning(target: &Target) -> Option<String> {
+    (target.token.is_some() && pier_client::is_cleartext_remote(&target.api)).then(|| {
+        format!(
+            "warning: sending the token in clear text to {}; use https (pier-controller \
+             --tls-cert/--tls-key)",
+            target.api
+        )
+    })
 }
 
 /// The message `pier` prints instead of the client's own, where it has a better one.
@@ -24,6 +57,9 @@ pub fn message(e: &ClientError) -> Option<String> {
         ClientError::Decode { what, detail } => Some(format!(
             "the controller sent an answer pier cannot read ({what}): {detail}"
         )),
+        ClientError::Tls { url, reason, .. } => Some(format!(
+            "cannot connect securely to the controller at {url}: {reason}"
+        )),
         _ => None,
     }
 }
@@ -34,6 +70,18 @@ pub fn hint(e: &ClientError) -> Option<String> {
         return Some(
             "start it, or point pier at the right address with `pier login --api URL --token \
              TOKEN` or PIER_API"
+                .to_string(),
+        );
+    }
+    if let ClientError::Tls {
+        untrusted: true, ..
+    }
+    | ClientError::CaCert { .. } = e
+    {
+        return Some(
+            "log in again with `pier login --api URL --token TOKEN --ca-cert FILE`, FILE being \
+             the CA certificate (or the self-signed certificate) pier-controller serves, or set \
+             PIER_CA_CERT"
                 .to_string(),
         );
     }
@@ -57,5 +105,35 @@ mod tests {
              with the token pier-controller printed"
         );
         assert_eq!(hint(&e), None);
+    }
+
+    #[test]
+    fn only_a_token_in_clear_text_to_another_host_warns() {
+        let target = |api: &str, token: Option<&str>| Target {
+            api: api.into(),
+            token: token.map(Into::into),
+            ..Target::default()
+        };
+        assert_eq!(
+            cleartext_warning(&target("http://10.0.0.5:9000", Some("t"))).unwrap(),
+            "warning: sending the token in clear text to http://10.0.0.5:9000; use https \
+             (pier-controller --tls-cert/--tls-key)"
+        );
+        assert_eq!(
+            cleartext_warning(&target("http://10.0.0.5:9000", None)),
+            None
+        );
+        assert_eq!(
+            cleartext_warning(&target("https://10.0.0.5:9000", Some("t"))),
+            None
+        );
+        assert_eq!(
+            cleartext_warning(&target("http://127.0.0.1:9000", Some("t"))),
+            None
+        );
+        assert_eq!(
+            cleartext_warning(&target("http://localhost:9000", Some("t"))),
+            None
+        );
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Precedence, highest first, for every setting the CLI resolves:
 //!   1. flags (`pier login --api --token`; `pier push -i -m ...` for app settings)
-//!   2. the environment: `PIER_API`, `PIER_TOKEN`
+//!   2. the environment: `PIER_API`, `PIER_TOKEN`, `PIER_CA_CERT`
 //!   3. `manifest.yml` (app settings only; it never names a controller)
 //!   4. the config file, `$PIER_HOME/config.json` (default `~/.pier/config.json`), written by `pier login`
 //!
@@ -28,6 +28,12 @@ pub struct ConfigFile {
     pub api: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// A PEM file of CA certificates to trust for an `https://` API, besides the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
+    /// `pier login --skip-ssl-validation`: accept any certificate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_ssl_validation: bool,
 }
 
 /// The environment variables the CLI reads, captured once.
@@ -37,13 +43,16 @@ pub struct Settings {
     pub home: Option<OsString>,
     pub api: Option<String>,
     pub token: Option<String>,
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// The controller to talk to, resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Target {
     pub api: String,
     pub token: Option<String>,
+    pub ca_cert: Option<PathBuf>,
+    pub skip_ssl_validation: bool,
 }
 
 impl Settings {
@@ -54,6 +63,7 @@ impl Settings {
             home: std::env::var_os("HOME").filter(|v| !v.is_empty()),
             api: non_empty("PIER_API"),
             token: non_empty("PIER_TOKEN"),
+            ca_cert: non_empty("PIER_CA_CERT").map(PathBuf::from),
         }
     }
 
@@ -86,6 +96,8 @@ impl Settings {
         Ok(Target {
             api: normalize_api(&api)?,
             token: self.token.clone().or(file.token),
+            ca_cert: self.ca_cert.clone().or(file.ca_cert),
+            skip_ssl_validation: file.skip_ssl_validation,
         })
     }
 }
@@ -164,6 +176,7 @@ mod tests {
             home: None,
             api: None,
             token: None,
+            ca_cert: None,
         }
     }
 
@@ -175,6 +188,7 @@ mod tests {
         let config = ConfigFile {
             api: Some("http://127.0.0.1:9000".into()),
             token: Some("secret".into()),
+            ..ConfigFile::default()
         };
         save(&path, &config).unwrap();
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -203,6 +217,8 @@ mod tests {
             &ConfigFile {
                 api: Some("http://file:9000/".into()),
                 token: Some("file-token".into()),
+                ca_cert: Some("/file/ca.pem".into()),
+                skip_ssl_validation: false,
             },
         )
         .unwrap();
@@ -210,8 +226,15 @@ mod tests {
             s.target().unwrap(),
             Target {
                 api: "http://file:9000".into(),
-                token: Some("file-token".into())
+                token: Some("file-token".into()),
+                ca_cert: Some("/file/ca.pem".into()),
+                skip_ssl_validation: false,
             }
+        );
+        s.ca_cert = Some("/env/ca.pem".into());
+        assert_eq!(
+            s.target().unwrap().ca_cert.as_deref(),
+            Some(Path::new("/env/ca.pem"))
         );
         s.token = Some("env-token".into());
         assert_eq!(s.target().unwrap().token.as_deref(), Some("env-token"));

@@ -29,12 +29,16 @@
 //! is where to resume with [`LogStart::After`] once it ends (the reconnect policy, and what to
 //! say meanwhile, belongs to the caller).
 //!
-//! **Transport.** reqwest without default features: HTTP/1.1 over plain TCP today. The base URL
-//! is whatever the caller gives (`http://` or `https://`); TLS is a transport feature away.
+//! **Transport.** reqwest without default features: HTTP/1.1 over plain TCP for `http://`, over
+//! rustls (ring) for `https://`. A controller's certificate is checked against webpki's roots
+//! and the system's store, plus the PEM CA certificates [`ClientBuilder::ca_cert_file`] adds
+//! (a private CA, or a self-signed certificate itself). A certificate the client cannot trust,
+//! or a controller that does not speak TLS, is [`ClientError::Tls`], never "unreachable".
 
 mod error;
 mod stream;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -48,7 +52,7 @@ use pier_api::{
 use reqwest::{header, Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 
-pub use error::{check_base_url, BaseUrlError, ClientError, Result};
+pub use error::{check_base_url, is_cleartext_remote, BaseUrlError, ClientError, Result};
 pub use reqwest::StatusCode;
 pub use stream::{BuildEvents, LogEvents, LogStart};
 
@@ -82,9 +86,24 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     timeout: Option<Duration>,
     user_agent: String,
+    ca_cert: Option<PathBuf>,
+    skip_tls_verify: bool,
 }
 
 impl ClientBuilder {
+    /// Also trust the CA certificates (PEM, one or more) in this file for `https://`.
+    pub fn ca_cert_file(mut self, file: Option<PathBuf>) -> Self {
+        self.ca_cert = file;
+        self
+    }
+
+    /// Accept any certificate, for any name: the connection is encrypted but anyone in the way
+    /// can read it. Only for trying things out.
+    pub fn danger_skip_tls_verify(mut self, skip: bool) -> Self {
+        self.skip_tls_verify = skip;
+        self
+    }
+
     /// The bearer token sent with every call; an empty one sends none.
     pub fn token(mut self, token: Option<String>) -> Self {
         self.token = token.filter(|t| !t.is_empty());
@@ -113,15 +132,21 @@ impl ClientBuilder {
             url: self.base.clone(),
             reason,
         })?;
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
+            .use_rustls_tls()
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .user_agent(self.user_agent)
-            .build()
-            .map_err(|source| ClientError::Transport {
-                url: base.clone(),
-                source,
-            })?;
+            .danger_accept_invalid_certs(self.skip_tls_verify);
+        if let Some(file) = &self.ca_cert {
+            for cert in read_ca_certs(file)? {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http.build().map_err(|source| ClientError::Transport {
+            url: base.clone(),
+            source,
+        })?;
         Ok(Client {
             base,
             token: self.token,
@@ -129,6 +154,23 @@ impl ClientBuilder {
             timeout: self.timeout,
         })
     }
+}
+
+/// The CA certificates in a PEM file; refused when there are none.
+fn read_ca_certs(file: &Path) -> Result<Vec<reqwest::Certificate>> {
+    let bad = |reason: String| ClientError::CaCert {
+        file: file.to_path_buf(),
+        reason,
+    };
+    let pem = std::fs::read(file).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| bad(format!("it is not PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad(
+            "no certificate in it (expected PEM `BEGIN CERTIFICATE` blocks)".into(),
+        ));
+    }
+    Ok(certs)
 }
 
 /// What `GET /v1/routes` is asked: a table newer than (`epoch`, `version`). The controller answers
@@ -170,6 +212,8 @@ impl Client {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             timeout: Some(DEFAULT_TIMEOUT),
             user_agent: concat!("pier-client/", env!("CARGO_PKG_VERSION")).to_string(),
+            ca_cert: None,
+            skip_tls_verify: false,
         }
     }
 
@@ -249,7 +293,13 @@ impl Client {
 
     fn transport(&self, e: reqwest::Error) -> ClientError {
         let url = self.base.clone();
-        if e.is_connect() {
+        if let Some((reason, untrusted)) = error::tls_failure(&e) {
+            ClientError::Tls {
+                url,
+                reason,
+                untrusted,
+            }
+        } else if e.is_connect() {
             let reason =
                 std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
             ClientError::Unreachable { url, reason }

@@ -50,6 +50,14 @@ pub struct Config {
     #[arg(long, env = "PIER_API_MAX_CONNECTIONS", default_value_t = 1024)]
     pub api_max_connections: usize,
 
+    /// PEM certificate chain of the API: given with --tls-key, the API speaks only HTTPS.
+    #[arg(long, env = "PIER_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "PIER_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+
     /// Where the store, blobs and the admin token live.
     #[arg(long, env = "PIER_DATA_DIR", default_value = ".pier-data")]
     pub data_dir: PathBuf,
@@ -234,6 +242,8 @@ impl Config {
             api_header_timeout_secs: 10,
             api_idle_timeout_secs: 60,
             api_max_connections: 1024,
+            tls_cert: None,
+            tls_key: None,
             data_dir,
             domain: "localhost".into(),
             router_listen: "127.0.0.1:0".into(),
@@ -314,7 +324,32 @@ impl Config {
                  connected router polls about every 25 s and may take 45 s"
             );
         }
+        // Reads the files, so a bad certificate stops the start before anything is touched.
+        self.api_tls()?;
         Ok(())
+    }
+
+    /// The API's TLS configuration, when --tls-cert and --tls-key are given.
+    pub fn api_tls(&self) -> anyhow::Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(crate::http::serve::load_tls(cert, key)?)),
+            (Some(_), None) => anyhow::bail!(
+                "--tls-cert needs --tls-key (PIER_TLS_KEY): the private key of the certificate"
+            ),
+            (None, Some(_)) => anyhow::bail!(
+                "--tls-key needs --tls-cert (PIER_TLS_CERT): the certificate chain of the key"
+            ),
+        }
+    }
+
+    /// `https` when the API serves TLS, else `http`.
+    pub fn api_scheme(&self) -> &'static str {
+        if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     pub fn staging_timeout(&self) -> Duration {
@@ -388,12 +423,13 @@ impl Config {
         }
     }
 
-    pub fn serve_options(&self) -> crate::http::serve::ServeOptions {
-        crate::http::serve::ServeOptions {
+    pub fn serve_options(&self) -> anyhow::Result<crate::http::serve::ServeOptions> {
+        Ok(crate::http::serve::ServeOptions {
             header_timeout: Duration::from_secs(self.api_header_timeout_secs.max(1)),
             idle_timeout: Duration::from_secs(self.api_idle_timeout_secs.max(1)),
             max_connections: self.api_max_connections.max(1),
-        }
+            tls: self.api_tls()?.map(tokio_rustls::TlsAcceptor::from),
+        })
     }
 
     pub fn address_quarantine(&self) -> crate::network::addresses::Quarantine {

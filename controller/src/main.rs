@@ -39,8 +39,9 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(config: pier_controller::Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
+    let scheme = config.api_scheme();
     let controller = Controller::start(config, shutdown.clone()).await?;
-    let api = format!("http://{}", controller.api_addr);
+    let api = format!("{scheme}://{}", controller.api_addr);
     println!("pier-controller listening on {api}");
     if let Some(r) = controller.router_addr {
         println!("pier-router (built in) listening on http://{r}");

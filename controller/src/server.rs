@@ -418,7 +418,7 @@ impl Parts {
         };
         Ok(Parts {
             builtin_router,
-            serve: config.serve_options(),
+            serve: config.serve_options()?,
             api,
             store,
             logs,

@@ -36,10 +36,12 @@ fn count(dropped: &Dropped, app_guid: &str, n: u64) {
 pub(crate) fn start(
     controller: &str,
     token: &str,
+    ca_cert: Option<std::path::PathBuf>,
     shutdown: CancellationToken,
 ) -> Result<Arc<dyn AccessLog>, ClientError> {
     let client = Client::builder(controller)
         .token(Some(token.to_string()))
+        .ca_cert_file(ca_cert)
         .timeout(Some(TIMEOUT))
         .connect_timeout(TIMEOUT)
         .user_agent(concat!("pier-router/", env!("CARGO_PKG_VERSION")))

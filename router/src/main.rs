@@ -46,6 +46,10 @@ struct Config {
         default_value = "http://127.0.0.1:9000"
     )]
     controller: String,
+    /// For an https:// --controller: a PEM file of CA certificates to trust besides the
+    /// system's (the controller's own certificate, if it is self-signed).
+    #[arg(long, env = "PIER_ROUTER_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
     /// Bearer token for the controller's API.
     #[arg(
         long,
@@ -217,6 +221,19 @@ impl Config {
         };
         pier_client::check_base_url(&self.controller)
             .with_context(|| format!("--controller {:?} is not a URL", self.controller))?;
+        if static_table.is_none() {
+            // Reads --ca-cert now: a bad file stops the router before it binds anything.
+            pier_client::Client::builder(&self.controller)
+                .ca_cert_file(self.ca_cert.clone())
+                .build()
+                .context("--ca-cert")?;
+            if pier_client::is_cleartext_remote(&self.controller) {
+                tracing::warn!(
+                    controller = %self.controller,
+                    "sending the router token in clear text; use an https:// controller"
+                );
+            }
+        }
         Ok(Checked {
             static_table,
             token,
@@ -326,6 +343,7 @@ async fn main() -> Result<()> {
         None => Some(access_forward::start(
             &config.controller,
             &checked.token,
+            config.ca_cert.clone(),
             shutdown.clone(),
         )?),
         Some(_) => None,
@@ -383,6 +401,7 @@ fn publish_routes(
                 controller: config.controller.clone(),
                 token,
                 in_flight,
+                ca_cert: config.ca_cert.clone(),
                 ..SyncOptions::default()
             },
             tx,

@@ -44,6 +44,9 @@ pub struct SyncOptions {
     /// table but still have requests in flight are named in every poll, so the controller drains
     /// them before stopping them.
     pub in_flight: crate::InFlight,
+    /// For an `https://` controller: a PEM file of CA certificates to trust besides the
+    /// system's.
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl Default for SyncOptions {
@@ -55,6 +58,7 @@ impl Default for SyncOptions {
             max_backoff: Duration::from_secs(2),
             max_table_bytes: 64 * 1024 * 1024,
             in_flight: crate::InFlight::default(),
+            ca_cert: None,
         }
     }
 }
@@ -212,6 +216,7 @@ impl Poller {
     pub fn new(opts: SyncOptions) -> Result<Self, ClientError> {
         let client = Client::builder(&opts.controller)
             .token(Some(opts.token))
+            .ca_cert_file(opts.ca_cert)
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(Some(opts.request_timeout))
             .user_agent(concat!("pier-router/", env!("CARGO_PKG_VERSION")))

@@ -4,7 +4,7 @@ use crate::args::LoginArgs;
 use pier_client::StatusCode;
 
 use crate::client;
-use crate::config::{self, ConfigFile, Settings};
+use crate::config::{self, ConfigFile, Settings, Target};
 use crate::output::Failure;
 
 /// Checks the controller answers (`/v1/info`) and accepts the token (`/v1/apps`) before saving
@@ -17,10 +17,23 @@ pub async fn run(args: LoginArgs) -> Result<()> {
             .hint("pass the token pier-controller printed on its first start")
             .into());
     }
-    let path = Settings::from_env().config_path()?;
+    let settings = Settings::from_env();
+    let path = settings.config_path()?;
+    // The flag, else PIER_CA_CERT; saved absolute, so it holds from any folder.
+    let ca_cert = args
+        .ca_cert
+        .or(settings.ca_cert)
+        .map(|file| std::path::absolute(&file).unwrap_or(file));
+    let mut target = Target {
+        api: api.clone(),
+        token: None,
+        ca_cert,
+        skip_ssl_validation: args.skip_ssl_validation,
+    };
 
-    let info = client::connect(&api, None)?.info().await?;
-    let client = client::connect(&api, Some(token.clone()))?;
+    let info = client::connect(&target)?.info().await?;
+    target.token = Some(token.clone());
+    let client = client::connect(&target)?;
     match client.apps().await {
         Ok(_) => {}
         Err(e) if e.status() == Some(StatusCode::UNAUTHORIZED) => return Err(Failure::new(
@@ -39,6 +52,8 @@ pub async fn run(args: LoginArgs) -> Result<()> {
         &ConfigFile {
             api: Some(api.clone()),
             token: Some(token),
+            ca_cert: target.ca_cert,
+            skip_ssl_validation: target.skip_ssl_validation,
         },
     )?;
     println!("Logged in to {api} ({} {}).", info.name, info.version);

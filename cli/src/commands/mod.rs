@@ -68,5 +68,5 @@ pub async fn run(cli: Cli) -> Result<()> {
 /// A client for the controller the environment and config file name.
 pub fn connect() -> Result<Client> {
     let target = Settings::from_env().target()?;
-    Ok(crate::client::connect(&target.api, target.token)?)
+    Ok(crate::client::connect(&target)?)
 }

@@ -51,10 +51,35 @@ pub struct FakeState {
 pub struct Fake {
     pub addr: SocketAddr,
     pub state: Arc<FakeState>,
+    /// `https` when served over TLS.
+    pub scheme: &'static str,
+}
+
+/// A self-signed certificate for `127.0.0.1` and `localhost`, made now, written as `NAME.pem`
+/// and `NAME-key.pem` in `dir`: (certificate file, key file).
+pub fn test_cert(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (c, k) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}-key.pem")),
+    );
+    std::fs::write(&c, cert.cert.pem()).unwrap();
+    std::fs::write(&k, cert.key_pair.serialize_pem()).unwrap();
+    (c, k)
 }
 
 impl Fake {
     pub async fn start() -> Fake {
+        Self::start_on("127.0.0.1:0", None).await
+    }
+
+    /// The fake served over TLS with this certificate, by the controller's own accept loop.
+    pub async fn start_tls(cert: &Path, key: &Path) -> Fake {
+        Self::start_on("127.0.0.1:0", Some((cert, key))).await
+    }
+
+    pub async fn start_on(bind: &str, tls: Option<(&Path, &Path)>) -> Fake {
         let state = Arc::new(FakeState {
             requests: Mutex::new(Vec::new()),
             app: Mutex::new(None),
@@ -78,14 +103,36 @@ impl Fake {
             .route("/v1/apps/{name}/deployments", get(deployments).post(deploy))
             .layer(axum::middleware::from_fn_with_state(state.clone(), record))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-        Fake { addr, state }
+        let Some((cert, key)) = tls else {
+            tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+            return Fake {
+                addr,
+                state,
+                scheme: "http",
+            };
+        };
+        let tls = pier_controller::http::serve::load_tls(cert, key).unwrap();
+        let opts = pier_controller::http::serve::ServeOptions {
+            header_timeout: std::time::Duration::from_secs(10),
+            idle_timeout: std::time::Duration::from_secs(60),
+            max_connections: 64,
+            tls: Some(tls.into()),
+        };
+        let never = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(pier_controller::http::serve::serve(
+            listener, router, opts, never,
+        ));
+        Fake {
+            addr,
+            state,
+            scheme: "https",
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     pub fn requests(&self) -> Vec<String> {

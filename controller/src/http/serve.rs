@@ -9,7 +9,11 @@
 //!   is closed. A response still streaming (a build's output, a log stream, a long-poll being
 //!   held) counts as in progress, however quiet it is.
 //! - On shutdown, connections finish what they are doing, up to [`DRAIN`].
+//! - With TLS (`--tls-cert`/`--tls-key`), the handshake must finish within `header_timeout` too,
+//!   or the connection is closed: a client that opens TCP and stalls the handshake is not held
+//!   open either. The handshake holds a connection slot like any other connection.
 
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,12 +33,77 @@ use tokio_util::task::TaskTracker;
 /// How long connections may finish their requests after shutdown.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// The API's connection limits.
-#[derive(Debug, Clone, Copy)]
+/// The API's connection limits, and its TLS when it has a certificate.
+#[derive(Clone)]
 pub struct ServeOptions {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Serve HTTPS only (None: plain HTTP).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("header_timeout", &self.header_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// A TLS server configuration from a PEM certificate chain and its PEM private key (PKCS#8,
+/// PKCS#1 or SEC1). Every error names the file at fault.
+pub fn load_tls(cert_file: &Path, key_file: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use anyhow::Context as _;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let certs = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| pem_error(e, cert_file, "certificate"))?;
+    if certs.is_empty() {
+        anyhow::bail!(
+            "--tls-cert {}: no certificate in it (expected PEM `BEGIN CERTIFICATE` blocks)",
+            cert_file.display()
+        );
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| pem_error(e, key_file, "key"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("the TLS provider offers no protocol version")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "--tls-key {} does not fit --tls-cert {} or is unusable: {e}",
+                key_file.display(),
+                cert_file.display()
+            )
+        })?;
+    // HTTP/1.1 only: the head and idle timeouts above are HTTP/1's.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn pem_error(e: rustls::pki_types::pem::Error, file: &Path, what: &str) -> anyhow::Error {
+    use rustls::pki_types::pem::Error;
+    let flag = if what == "key" {
+        "--tls-key"
+    } else {
+        "--tls-cert"
+    };
+    let why = match e {
+        Error::Io(e) => format!("cannot read it: {e}"),
+        Error::NoItemsFound => "no PEM private key in it (expected `BEGIN PRIVATE KEY`, \
+                                 `BEGIN RSA PRIVATE KEY` or `BEGIN EC PRIVATE KEY`)"
+            .to_string(),
+        e => format!("not a PEM {what} file: {e}"),
+    };
+    anyhow::anyhow!("{flag} {}: {why}", file.display())
 }
 
 /// Serves `app` on `listener` until `shutdown`.
@@ -66,9 +135,9 @@ pub async fn serve(
                 }
             },
         };
-        let (app, shutdown) = (app.clone(), shutdown.clone());
+        let (app, opts, shutdown) = (app.clone(), opts.clone(), shutdown.clone());
         tasks.spawn(async move {
-            connection(stream, app, opts, shutdown).await;
+            accepted(stream, app, opts, shutdown).await;
             drop(permit);
         });
     }
@@ -104,7 +173,8 @@ impl Activity {
     }
 }
 
-async fn connection(
+/// One accepted connection: the TLS handshake if there is TLS, then HTTP.
+async fn accepted(
     stream: TcpStream,
     app: axum::Router,
     opts: ServeOptions,
@@ -116,10 +186,36 @@ async fn connection(
         last_ms: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
     });
-    let io = TokioIo::new(Tracked {
+    let tracked = Tracked {
         inner: stream,
         activity: activity.clone(),
-    });
+    };
+    match opts.tls.clone() {
+        None => connection(tracked, activity, app, opts, shutdown).await,
+        Some(acceptor) => {
+            let handshake = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = tokio::time::timeout(opts.header_timeout, acceptor.accept(tracked)) => r,
+            };
+            match handshake {
+                Ok(Ok(tls)) => connection(tls, activity, app, opts, shutdown).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "API TLS handshake failed"),
+                Err(_) => tracing::debug!("API TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn connection<I>(
+    io: I,
+    activity: Arc<Activity>,
+    app: axum::Router,
+    opts: ServeOptions,
+    shutdown: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
     let a = activity.clone();
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         use tower::ServiceExt as _;
@@ -298,6 +394,7 @@ mod tests {
         header_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(1),
         max_connections: 64,
+        tls: None,
     };
 
     #[tokio::test]
@@ -361,12 +458,188 @@ mod tests {
         assert!(String::from_utf8_lossy(&got).contains("late"));
     }
 
+    /// A self-signed certificate for 127.0.0.1, written to `dir`: (cert file, key file, cert PEM).
+    fn test_cert(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, String) {
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&c, cert.cert.pem()).unwrap();
+        std::fs::write(&k, cert.key_pair.serialize_pem()).unwrap();
+        (c, k, cert.cert.pem())
+    }
+
+    async fn tls_client(
+        addr: std::net::SocketAddr,
+        ca_pem: &str,
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        connector.connect(name, tcp).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn tls_serves_https_and_keeps_every_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, pem) = test_cert(dir.path());
+        let opts = ServeOptions {
+            tls: Some(load_tls(&cert, &key).unwrap().into()),
+            ..OPTS
+        };
+        let (addr, _sd) = start(opts).await;
+
+        // A request over TLS is served; the idle connection is then closed.
+        let mut s = tls_client(addr, &pem).await;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let deadline = Instant::now() + Duration::from_secs(4);
+        let closed = loop {
+            match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                Err(_) => break false,
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(_)) => continue,
+            }
+        };
+        assert!(closed, "an idle TLS connection is closed");
+
+        // TCP opened, handshake never finished (nothing sent, or half a ClientHello): closed
+        // after the head timeout, not held.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut half = TcpStream::connect(addr).await.unwrap();
+        half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+            .await
+            .unwrap();
+        let started = Instant::now();
+        assert!(closed_within(&mut silent, Duration::from_secs(5)).await);
+        assert!(closed_within(&mut half, Duration::from_secs(5)).await);
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(800) && took < Duration::from_secs(3),
+            "closed after {took:?}, the head timeout is 1 s"
+        );
+
+        // Plain HTTP to the TLS port gets no answer.
+        let mut plain = TcpStream::connect(addr).await.unwrap();
+        plain
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), plain.read_to_end(&mut got)).await;
+        assert!(!String::from_utf8_lossy(&got).contains("200"));
+    }
+
+    #[tokio::test]
+    async fn tls_handshakes_count_against_the_connection_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, pem) = test_cert(dir.path());
+        let opts = ServeOptions {
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 1,
+            tls: Some(load_tls(&cert, &key).unwrap().into()),
+        };
+        let (addr, _sd) = start(opts).await;
+        let stalled = TcpStream::connect(addr).await.unwrap();
+        let pem2 = pem.clone();
+        let mut waiting = tokio::spawn(async move { tls_client(addr, &pem2).await });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut waiting)
+                .await
+                .is_err(),
+            "a stalled handshake holds the only slot"
+        );
+        drop(stalled);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("served once the slot is free")
+            .unwrap();
+    }
+
+    #[test]
+    fn bad_certificate_files_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, _) = test_cert(dir.path());
+        let missing = dir.path().join("missing.pem");
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate\n").unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap();
+        let other_key = dir.path().join("other-key.pem");
+        std::fs::write(&other_key, other.key_pair.serialize_pem()).unwrap();
+
+        let err = |c: &Path, k: &Path| format!("{:#}", load_tls(c, k).unwrap_err());
+        let e = err(&missing, &key);
+        assert!(
+            e.contains("--tls-cert") && e.contains("missing.pem") && e.contains("cannot read"),
+            "{e}"
+        );
+        let e = err(&garbage, &key);
+        assert!(
+            e.contains("--tls-cert") && e.contains("garbage.pem") && e.contains("no certificate"),
+            "{e}"
+        );
+        let e = err(&cert, &missing);
+        assert!(e.contains("--tls-key") && e.contains("missing.pem"), "{e}");
+        let e = err(&cert, &garbage);
+        assert!(
+            e.contains("--tls-key")
+                && e.contains("garbage.pem")
+                && e.contains("no PEM private key"),
+            "{e}"
+        );
+        // The cert file given as the key: it holds no key.
+        let e = err(&cert, &cert);
+        assert!(e.contains("--tls-key") && e.contains("cert.pem"), "{e}");
+        let e = err(&cert, &other_key);
+        assert!(
+            e.contains("does not fit") && e.contains("other-key.pem"),
+            "{e}"
+        );
+        assert!(load_tls(&cert, &key).is_ok());
+    }
+
+    #[test]
+    fn one_tls_flag_without_the_other_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, _) = test_cert(dir.path());
+        let mut config = crate::config::Config::for_tests(dir.path().join("data"));
+        config.tls_cert = Some(cert.clone());
+        let e = config.validate().unwrap_err().to_string();
+        assert!(e.contains("--tls-cert needs --tls-key"), "{e}");
+        config.tls_cert = None;
+        config.tls_key = Some(key.clone());
+        let e = config.validate().unwrap_err().to_string();
+        assert!(e.contains("--tls-key needs --tls-cert"), "{e}");
+        config.tls_cert = Some(dir.path().join("nope.pem"));
+        let e = format!("{:#}", config.validate().unwrap_err());
+        assert!(e.contains("nope.pem"), "{e}");
+        config.tls_cert = Some(cert);
+        config.validate().unwrap();
+        assert_eq!(config.api_scheme(), "https");
+    }
+
     #[tokio::test]
     async fn connections_past_the_limit_wait_for_a_free_one() {
         let opts = ServeOptions {
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(30),
             max_connections: 2,
+            tls: None,
         };
         let (addr, _sd) = start(opts).await;
         let a = TcpStream::connect(addr).await.unwrap();
