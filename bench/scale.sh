@@ -166,7 +166,8 @@ for r in $(seq 1 "$RESTART_ROUNDS"); do
     | map(if type == "number" then (. * 1000 | round / 1000) else . end) | @tsv' <<<"$out" >>"$RES"
 done
 mkdir -p "$BENCH/results"
-cp "$RES" "$BENCH/results/scale.tsv"
+TSV=scale.tsv; [[ $STANDBY -gt 0 ]] && TSV=scale-standby.tsv
+cp "$RES" "$BENCH/results/$TSV"
 
 # ---- report ----------------------------------------------------------------------------------
 col() { awk -F'\t' -v k="$1" -v c="$2" '$1 == k { print $c }' "$RES"; }
@@ -219,7 +220,7 @@ Non-200 answers seen while scaling up: ${NON200:-none}.
 Scale 10 → 1 until 1 RUNNING and 1 container left, per round (s, or \`stuck:N\` = N extra instances
 still there after 30 s): $DOWN. Containers force-removed after a DELETE left them for 60 s: $LEFT_AFTER_DELETE.
 
-<details><summary>Raw rows (bench/results/scale.tsv)</summary>
+<details><summary>Raw rows (bench/results/$TSV)</summary>
 
 \`\`\`
 gate     round cpu_idle waited_s
@@ -227,7 +228,7 @@ floor10  round all_ready first_ready load1
 scale10  round converged all_routed all_running answered load1 non200 scale_down created_first containers_started apps_listening healthy
 disk10   round size_rw droplet_layer
 restart  round converged api_up all_running table_has_all first_200 restarts load1
-(get10 and cli10 rows: round, ms; in bench/results/scale.tsv)
+(get10 and cli10 rows: round, ms; in bench/results/$TSV)
 $(grep -v -E '^(get10|cli10)' "$RES")
 \`\`\`
 </details>
