@@ -56,6 +56,10 @@ impl RequestStats {
     }
 }
 
+/// Fewest requests on each side for their p99 latencies to be compared: the p99 of a handful of
+/// requests is just their slowest one (one slow request against one fast one is not a verdict).
+pub(crate) const MIN_P99_REQUESTS: usize = 10;
+
 /// The canary's verdict: `Ok(figures)` to go on, `Err(figures)` to roll back.
 pub fn judge(
     canary: (usize, f64, f64),
@@ -80,7 +84,8 @@ pub fn judge(
             max_error_rate_increase * 100.0
         ));
     }
-    if baseline.0 > 0 && canary.2 > baseline.2 + max_p99_increase_ms {
+    let comparable = canary.0 >= MIN_P99_REQUESTS && baseline.0 >= MIN_P99_REQUESTS;
+    if comparable && canary.2 > baseline.2 + max_p99_increase_ms {
         return Err(format!(
             "p99 latency {:.0} ms is over the baseline's {:.0} ms by more than {:.0} ms ({figures})",
             canary.2, baseline.2, max_p99_increase_ms

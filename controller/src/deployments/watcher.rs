@@ -423,6 +423,11 @@ mod tests {
         assert!(e.starts_with("p99 latency 400 ms"), "{e}");
         // No baseline traffic: latency is not compared.
         assert!(judge((10, 0.0, 900.0), (0, 0.0, 0.0), 0.01, 250.0).is_ok());
+        // Nor with too few requests for a p99 (seen in e2e at the 100% step: the baseline's one
+        // request was fast, the canary's slowest of 13 was one of the app's deliberate 1 s ones).
+        assert!(judge((13, 0.0, 1048.0), (1, 0.0, 45.0), 0.01, 250.0).is_ok());
+        assert!(judge((9, 0.0, 1048.0), (100, 0.0, 45.0), 0.01, 250.0).is_ok());
+        assert!(judge((10, 0.0, 1048.0), (10, 0.0, 45.0), 0.01, 250.0).is_err());
     }
 
     #[tokio::test(start_paused = true)]
