@@ -2,13 +2,13 @@
 //! as one layer, which the app's instances run as they are (no copy per instance).
 //!
 //! ```text
-//!  droplet blob (the source of truth) ──check entries──▶ throwaway container of the stack image
-//!        ──upload into /home/vcap──▶ commit ──▶ pier-<controller>/<app>:<guid8>-<droplet16>-<stack8>
+//!  droplet blob (the source of truth) ──check entries──▶ layer tar under home/vcap/
+//!        ──docker load (stack's layers + this one)──▶ pier-<controller>/<app>:<guid8>-<droplet16>-<stack8>
 //! ```
 //! Invariants:
 //! - An image is made only from a droplet whose entries all stay inside `/home/vcap` (checked
 //!   first, so a hostile buildpack's droplet fails its build with a clear message and leaves no
-//!   image); the throwaway container is removed on every path.
+//!   image); the layer file is removed on every path.
 //! - The name says what the image is made of, so finding it is enough to reuse it: a re-push of
 //!   unchanged source, a restarted controller and every instance of a revision use the same image.
 //! - Images go exactly when nothing refers to them any more: [`Images::collect`] removes every
@@ -25,7 +25,7 @@ use pier_api::ErrorCode;
 
 use crate::error::{Error, Result};
 use crate::runtime::labels::keys;
-use crate::runtime::{CommitSpec, ContainerRuntime, ContainerSpec, Kind, Labels, Networking};
+use crate::runtime::{ContainerRuntime, Kind, Labels, LayerImageSpec};
 use crate::store::BlobStore;
 
 /// Label naming the stack image an app image was made from.
@@ -143,8 +143,9 @@ impl Images {
             .contains_key(app_guid)
     }
 
-    /// Makes the image: the droplet, checked, uploaded into a throwaway container of the stack
-    /// image, committed.
+    /// Makes the image: the droplet, checked, rewritten as one layer under `/home/vcap` and
+    /// loaded on top of the stack image (no container, and no diff of the stack's files, which
+    /// `docker commit` computes by walking them all on storage drivers without native diffs).
     async fn build(&self, key: &ImageKey, name: &str) -> Result<()> {
         *self
             .active
@@ -157,10 +158,15 @@ impl Images {
             app_guid: key.app_guid.clone(),
         };
         let droplet = self.blobs.path(&key.droplet)?;
-        let d = droplet.clone();
-        tokio::task::spawn_blocking(move || crate::staging::package::check_droplet(&d))
-            .await
-            .map_err(|e| Error::Other(format!("droplet check failed: {e}")))??;
+        let work = tempfile::Builder::new()
+            .prefix("image-")
+            .tempdir_in(self.blobs.tmp_dir())?;
+        let layer = work.path().join("layer.tar");
+        let (d, l) = (droplet.clone(), layer.clone());
+        let diff_id =
+            tokio::task::spawn_blocking(move || crate::staging::package::droplet_layer(&d, &l))
+                .await
+                .map_err(|e| Error::Other(format!("droplet check failed: {e}")))??;
         let mut stack = key.stack.clone();
         if stack.is_empty() || !self.runtime.image_exists(&stack).await? {
             tracing::warn!(app = %key.app_name, wanted = %key.stack, using = %self.default_stack,
@@ -172,55 +178,28 @@ impl Images {
             .with(keys::APP_GUID, &key.app_guid)
             .with(keys::DROPLET, &key.droplet)
             .with(STACK_LABEL, &key.stack);
-        let spec = ContainerSpec {
-            name: format!(
-                "pier-image-{}-{}",
-                key.app_name,
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            ),
-            image: stack,
-            cmd: vec!["true".into()],
-            env: vec![],
-            user: "vcap".into(),
-            working_dir: "/home/vcap".into(),
-            labels: labels.clone(),
-            memory_mb: 64,
-            pids_limit: 16,
-            networking: Networking::Disabled,
-            mounts: vec![],
-            publish_8080: false,
-            init: false,
-            stop_timeout: None,
-            cpu_shares: None,
-            nano_cpus: None,
-        };
-        let id = self.runtime.create(&spec).await?;
         let (repo, tag) = name.rsplit_once(':').unwrap_or((name, "latest"));
-        let made = async {
-            self.runtime.upload(&id, "/home/vcap", &droplet).await?;
-            self.runtime
-                .commit(
-                    &id,
-                    &CommitSpec {
-                        repo: repo.to_string(),
-                        tag: tag.to_string(),
-                        labels,
-                        changes: vec!["USER vcap".into(), "WORKDIR /home/vcap/app".into()],
-                    },
-                )
-                .await
-        }
-        .await;
-        if let Err(e) = self.runtime.remove(&id).await {
-            tracing::warn!(container = %id, error = %e, "could not remove the image's build container");
-        }
+        let made = self
+            .runtime
+            .add_layer(&LayerImageSpec {
+                base: stack,
+                layer,
+                diff_id,
+                repo: repo.to_string(),
+                tag: tag.to_string(),
+                labels,
+                user: "vcap".into(),
+                working_dir: "/home/vcap/app".into(),
+            })
+            .await;
+        drop(work);
         match made {
             Ok(()) => {
                 tracing::info!(image = %name, "app image made");
                 Ok(())
             }
             Err(e) => {
-                // A failed commit may still have left the image.
+                // A failed load may still have left the image.
                 let _ = self.runtime.remove_image(name).await;
                 Err(Error::api(
                     ErrorCode::StagingFailed,

@@ -552,20 +552,31 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
-    async fn commit(&self, container: &str, spec: &super::CommitSpec) -> Result<()> {
-        let opts = bollard::query_parameters::CommitContainerOptionsBuilder::default()
-            .container(container)
-            .repo(&spec.repo)
-            .tag(&spec.tag)
-            .pause(false)
-            .changes(&spec.changes.join("\n"))
-            .build();
-        let config = bollard::models::ContainerConfig {
-            labels: Some(spec.labels.to_map()),
-            ..Default::default()
-        };
-        self.docker.commit_container(opts, config).await?;
-        Ok(())
+    async fn add_layer(&self, spec: &super::LayerImageSpec) -> Result<()> {
+        let base = self.docker.inspect_image(&spec.base).await?;
+        let archive = spec.layer.with_extension("image.tar");
+        let (s, a) = (spec.clone(), archive.clone());
+        tokio::task::spawn_blocking(move || image_archive(&base, &s, &a))
+            .await
+            .map_err(|e| RuntimeError::Api(format!("making the image archive failed: {e}")))??;
+        let loaded = async {
+            let file = tokio::fs::File::open(&archive).await?;
+            let body = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
+            let opts = bollard::query_parameters::ImportImageOptionsBuilder::new()
+                .quiet(true)
+                .build();
+            let mut out = self.docker.import_image_stream(opts, body, None);
+            while let Some(info) = out.next().await {
+                let info = info?;
+                if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                    return Err(RuntimeError::Api(format!("docker load: {e}")));
+                }
+            }
+            Ok(())
+        }
+        .await;
+        let _ = std::fs::remove_file(&archive);
+        loaded
     }
 
     async fn list_images(&self) -> Result<Vec<super::ImageInfo>> {
@@ -622,4 +633,62 @@ fn ipv4_subnets(ipam: Option<&Ipam>) -> Vec<Ipv4Net> {
         .flatten()
         .filter_map(|c| c.subnet.as_deref()?.parse().ok())
         .collect()
+}
+
+/// An image archive as `docker load` reads it (manifest.json, the image config, the layers), of
+/// `base` plus `spec.layer`. The base's layers are named in the manifest but left out: the engine
+/// has them (it looks layers up by chain id before reading them), so only the new one is sent.
+fn image_archive(
+    base: &bollard::models::ImageInspect,
+    spec: &super::LayerImageSpec,
+    out: &std::path::Path,
+) -> Result<()> {
+    use sha2::Digest as _;
+    use std::io::Write as _;
+    let mut config = serde_json::to_value(base.config.clone().unwrap_or_default())
+        .map_err(|e| RuntimeError::Api(format!("the base image's config: {e}")))?;
+    config["Labels"] = serde_json::json!(spec.labels.to_map::<HashMap<String, String>>());
+    config["User"] = serde_json::json!(spec.user);
+    config["WorkingDir"] = serde_json::json!(spec.working_dir);
+    let mut diff_ids = base
+        .root_fs
+        .as_ref()
+        .and_then(|r| r.layers.clone())
+        .unwrap_or_default();
+    let base_layers = diff_ids.len();
+    diff_ids.push(spec.diff_id.clone());
+    let mut history: Vec<serde_json::Value> = (0..base_layers)
+        .map(|_| serde_json::json!({ "created_by": format!("{} (base)", spec.base) }))
+        .collect();
+    history.push(serde_json::json!({ "created_by": "pier: the droplet" }));
+    let image = serde_json::json!({
+        "architecture": base.architecture.clone().unwrap_or_else(|| "amd64".into()),
+        "os": base.os.clone().unwrap_or_else(|| "linux".into()),
+        "config": config,
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+        "history": history,
+    });
+    let image = serde_json::to_vec(&image)
+        .map_err(|e| RuntimeError::Api(format!("the image config: {e}")))?;
+    let config_name = format!("{}.json", hex::encode(sha2::Sha256::digest(&image)));
+    let mut layers: Vec<String> = (0..base_layers)
+        .map(|i| format!("base-{i}/layer.tar"))
+        .collect();
+    layers.push("droplet/layer.tar".into());
+    let manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": config_name,
+        "RepoTags": [format!("{}:{}", spec.repo, spec.tag)],
+        "Layers": layers,
+    }]))
+    .map_err(|e| RuntimeError::Api(format!("the image manifest: {e}")))?;
+    let mut tar = tar::Builder::new(std::io::BufWriter::new(std::fs::File::create(out)?));
+    for (name, data) in [(config_name.as_str(), &image), ("manifest.json", &manifest)] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        tar.append_data(&mut h, name, &data[..])?;
+    }
+    tar.append_path_with_name(&spec.layer, "droplet/layer.tar")?;
+    tar.into_inner()?.flush()?;
+    Ok(())
 }

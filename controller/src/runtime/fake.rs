@@ -601,10 +601,16 @@ impl ContainerRuntime for FakeRuntime {
         Ok(self.lock().images.iter().any(|i| i == image))
     }
 
-    async fn commit(&self, container: &str, spec: &super::CommitSpec) -> Result<()> {
+    async fn add_layer(&self, spec: &super::LayerImageSpec) -> Result<()> {
         let mut s = self.lock();
-        if !s.containers.contains_key(container) {
-            return Err(not_found(container));
+        if !s.images.contains(&spec.base) {
+            return Err(not_found(&spec.base));
+        }
+        if !spec.layer.is_file() {
+            return Err(RuntimeError::Api(format!(
+                "no layer at {}",
+                spec.layer.display()
+            )));
         }
         let name = format!("{}:{}", spec.repo, spec.tag);
         s.images.push(name.clone());

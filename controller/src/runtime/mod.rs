@@ -265,14 +265,21 @@ pub struct ImageInfo {
     pub labels: Labels,
 }
 
-/// An image made from a container's filesystem.
+/// An image made of a local base image plus one layer given as a tar (its paths relative to `/`),
+/// with no container and no diff: the layer is handed to the engine as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommitSpec {
+pub struct LayerImageSpec {
+    /// The local image it extends (nothing is pulled).
+    pub base: String,
+    /// The layer: an uncompressed tar.
+    pub layer: std::path::PathBuf,
+    /// `sha256:<hex>` of the layer file.
+    pub diff_id: String,
     pub repo: String,
     pub tag: String,
     pub labels: Labels,
-    /// Dockerfile instructions applied to the image (`USER ...`, `WORKDIR ...`).
-    pub changes: Vec<String>,
+    pub user: String,
+    pub working_dir: String,
 }
 
 /// An image imported from a root filesystem tar.
@@ -328,9 +335,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// (see [`firewall`]).
     async fn isolate(&self, network: &str, access: HostAccess) -> Result<()>;
     async fn image_exists(&self, image: &str) -> Result<bool>;
-    /// Makes an image of a (stopped) container's filesystem: its image plus one layer of what
-    /// was written into it.
-    async fn commit(&self, container: &str, spec: &CommitSpec) -> Result<()>;
+    /// Makes `repo:tag` from a local base image plus one layer (`docker load` of an image whose
+    /// base layers the engine already has).
+    async fn add_layer(&self, spec: &LayerImageSpec) -> Result<()>;
     /// Images labelled with this controller's id.
     async fn list_images(&self) -> Result<Vec<ImageInfo>>;
     /// Removes an image by name or id, and its layers no other image uses; gone is fine.

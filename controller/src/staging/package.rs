@@ -419,6 +419,65 @@ pub fn check_droplet(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes the droplet (checked with [`check_droplet`] first) as an image layer at `out`: an
+/// uncompressed tar of the same entries under `home/vcap/`, hard links' targets too (symlinks'
+/// targets are the droplet's own: resolved inside the container). Returns the layer's
+/// `sha256:<hex>` (its diff id).
+pub fn droplet_layer(droplet: &Path, out: &Path) -> Result<String> {
+    use sha2::Digest as _;
+    use std::io::Write as _;
+
+    /// Hashes what it writes.
+    struct Hashing<W> {
+        inner: W,
+        hash: sha2::Sha256,
+    }
+    impl<W: std::io::Write> std::io::Write for Hashing<W> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = self.inner.write(buf)?;
+            self.hash.update(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.inner.flush()
+        }
+    }
+
+    check_droplet(droplet)?;
+    let f = std::fs::File::open(droplet)?;
+    let mut archive = tar::Archive::new(GzDecoder::new(std::io::BufReader::new(f)));
+    let sink = Hashing {
+        inner: std::io::BufWriter::new(std::fs::File::create(out)?),
+        hash: sha2::Sha256::new(),
+    };
+    let mut layer = tar::Builder::new(sink);
+    let under = Path::new("home/vcap");
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        // The droplet's root entry is /home/vcap itself, which the stack has.
+        let Some(rel) = clean_path(&entry.path()?)? else {
+            continue;
+        };
+        let path = under.join(rel);
+        let mut header = entry.header().clone();
+        match header.entry_type() {
+            tar::EntryType::Link => {
+                let target = entry.link_name()?.unwrap_or_default();
+                let target = clean_path(&target)?.unwrap_or_default();
+                layer.append_link(&mut header, &path, under.join(target))?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry.link_name()?.unwrap_or_default().into_owned();
+                layer.append_link(&mut header, &path, target)?;
+            }
+            _ => layer.append_data(&mut header, &path, &mut entry)?,
+        }
+    }
+    let mut sink = layer.into_inner()?;
+    sink.flush()?;
+    Ok(format!("sha256:{}", hex::encode(sink.hash.finalize())))
+}
+
 /// Validates a package file on disk.
 pub fn validate_file(path: &Path, limits: Limits) -> Result<PackageSummary> {
     let f = std::fs::File::open(path)?;
@@ -682,5 +741,60 @@ pub(crate) mod tests {
             })
             .collect();
         assert_eq!(names, vec!["app", "app/bin", "app/bin/run"]);
+    }
+
+    #[test]
+    fn a_droplet_becomes_a_layer_under_home_vcap_and_a_hostile_one_none() {
+        use sha2::Digest as _;
+        let dir = tempfile::tempdir().unwrap();
+        let droplet = dir.path().join("droplet.tgz");
+        std::fs::write(
+            &droplet,
+            raw_tar(&[
+                ("./", T::Directory, b"", None),
+                ("app/", T::Directory, b"", None),
+                ("app/app.py", T::Regular, b"print(1)", None),
+                ("app/same.py", T::Link, b"", Some("app/app.py")),
+                ("app/up", T::Symlink, b"", Some("../deps")),
+            ]),
+        )
+        .unwrap();
+        let layer = dir.path().join("layer.tar");
+        let diff_id = droplet_layer(&droplet, &layer).unwrap();
+        let bytes = std::fs::read(&layer).unwrap();
+        assert_eq!(
+            diff_id,
+            format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)))
+        );
+        let mut seen = Vec::new();
+        for e in tar::Archive::new(&bytes[..]).entries().unwrap() {
+            let e = e.unwrap();
+            let link = e.link_name().unwrap().map(|l| l.display().to_string());
+            seen.push((e.path().unwrap().display().to_string(), link));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                ("home/vcap/app".to_string(), None),
+                ("home/vcap/app/app.py".to_string(), None),
+                (
+                    "home/vcap/app/same.py".to_string(),
+                    Some("home/vcap/app/app.py".to_string())
+                ),
+                ("home/vcap/app/up".to_string(), Some("../deps".to_string())),
+            ]
+        );
+        // An entry that would leave /home/vcap makes no layer.
+        std::fs::write(
+            &droplet,
+            raw_tar(&[("../../etc/cron.d/evil", T::Regular, b"x", None)]),
+        )
+        .unwrap();
+        let err = droplet_layer(&droplet, &dir.path().join("evil.tar")).unwrap_err();
+        assert!(
+            err.to_api().message.contains("cannot become an image"),
+            "{err:?}"
+        );
+        assert!(!dir.path().join("evil.tar").exists(), "nothing written");
     }
 }
