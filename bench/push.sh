@@ -227,7 +227,7 @@ the new version (changed)):
 The same curl pushes from the controller's side, from its own log lines (\`GET /v1/apps/NAME/logs\`:
 API, STG, CELL and the app's "listening on port" line):
 
-| curl replay | staging container up (→ first STG line) | buildpack (→ "Packing the droplet") | droplet stored (→ "staged") | instance container create+copy+start (CELL) | app boot (→ app's "listening" line) | → 200 after "listening" |
+| curl replay | staging container up (→ first STG line) | buildpack (→ "Packing the droplet") | droplet stored and imaged (→ "staged") | instance container create+start (CELL) | app boot (→ app's "listening" line) | → 200 after "listening" |
 |---|---|---|---|---|---|---|
 | cold | $(fmt curl-cold 10) | $(fmt curl-cold 11) | $(fmt curl-cold 12) | $(fmt curl-cold 13) | $(fmt curl-cold 14) | $(fmt curl-cold 15) |
 | changed | $(fmt curl-changed 10) | $(fmt curl-changed 11) | $(fmt curl-changed 12) | $(fmt curl-changed 13) | $(fmt curl-changed 14) | $(fmt curl-changed 15) |
