@@ -48,14 +48,14 @@ pub struct AccessLogEntry {
 impl AccessLogEntry {
     /// A gorouter-style access log line, as Cloud Foundry shows under the `RTR` source.
     pub fn to_rtr_line(&self) -> String {
-        let q = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
+        let q = |s: &Option<String>| s.as_deref().map_or_else(|| "-".into(), quoted);
         format!(
             "{host} - \"{method} {path}\" {status} {recv} {sent} \"{referer}\" \"{ua}\" \"{client}\" \"{backend}\" \
              x_forwarded_for:\"{xff}\" vcap_request_id:\"{rid}\" response_time:{secs:.6} app_id:\"{app}\" \
              app_index:\"{index}\"{err}",
-            host = self.host,
-            method = self.method,
-            path = self.path,
+            host = quoted(&self.host),
+            method = quoted(&self.method),
+            path = quoted(&self.path),
             status = self.status,
             recv = self.bytes_received,
             sent = self.bytes_sent,
@@ -66,8 +66,8 @@ impl AccessLogEntry {
                 .backend_addr
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "-".into()),
-            xff = self.x_forwarded_for,
-            rid = self.request_id,
+            xff = quoted(&self.x_forwarded_for),
+            rid = quoted(&self.request_id),
             secs = self.duration.as_secs_f64(),
             app = q(&self.app_guid),
             index = self
@@ -80,6 +80,24 @@ impl AccessLogEntry {
                 .unwrap_or_default(),
         )
     }
+}
+
+/// A client-chosen value as it goes into an RTR line: `"` and `\\` escaped with a backslash (so
+/// no value can close its quotes and forge the fields after it), control characters (C0, DEL,
+/// C1) as `\\u{..}`, so the line stays one line and says exactly what was sent.
+fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Receives one call per finished request. Calls happen on the proxy's tasks: return quickly
@@ -238,5 +256,51 @@ impl RequestLog {
             entry.duration = self.started.elapsed();
             sink.log(*entry);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn client_values_cannot_forge_rtr_fields_or_break_the_line() {
+        let e = AccessLogEntry {
+            started_at: SystemTime::UNIX_EPOCH,
+            app: Some("a".into()),
+            app_guid: Some("g".into()),
+            instance_index: Some(0),
+            instance_id: None,
+            backend_addr: None,
+            host: "a.localhost".into(),
+            method: "GET".into(),
+            path: "/x\"y".into(),
+            status: 200,
+            bytes_received: 0,
+            bytes_sent: 2,
+            duration: Duration::from_millis(1),
+            client_addr: "127.0.0.1:5000".parse().unwrap(),
+            x_forwarded_for: "1.2.3.4\", app_id:\"forged".into(),
+            request_id: "r".into(),
+            user_agent: Some("evil\" app_index:\"9\u{9b}31m\nnext\\".into()),
+            referer: None,
+            router_error: None,
+        };
+        let line = e.to_rtr_line();
+        assert!(!line.contains('\n') && !line.contains('\u{9b}'), "{line}");
+        assert!(
+            line.contains(r#""evil\" app_index:\"9\u{9b}31m\u{a}next\\""#),
+            "{line}"
+        );
+        assert!(
+            line.contains(r#"x_forwarded_for:"1.2.3.4\", app_id:\"forged""#),
+            "{line}"
+        );
+        assert!(line.contains(r#""GET /x\"y""#), "{line}");
+        // One unescaped app_id and app_index field each: the real ones.
+        assert_eq!(line.matches("app_id:\"").count(), 1, "{line}");
+        assert_eq!(line.matches("app_index:\"").count(), 1, "{line}");
+        assert!(line.ends_with("app_id:\"g\" app_index:\"0\""), "{line}");
     }
 }
