@@ -34,15 +34,23 @@ bench_cleanup() {
     [[ -n $ids ]] && docker rm -f $ids >/dev/null 2>&1
     ids=$(docker volume ls -q --filter "label=pier.controller=$BENCH_ID")
     [[ -n $ids ]] && docker volume rm -f $ids >/dev/null 2>&1
-    ids=$(docker images -q --filter "label=pier.bench=$BENCH_ID" | sort -u)
+    # The floors' images and the controller's app images (after the containers that ran them).
+    ids=$( (docker images -q --filter "label=pier.bench=$BENCH_ID"; docker images -q --filter "label=pier.controller=$BENCH_ID") | sort -u)
     [[ -n $ids ]] && docker rmi -f $ids >/dev/null 2>&1
-    # The controller's instance network, once its containers are gone.
+    # The controller's instance network, once its containers are gone, and its bridge's firewall
+    # rules (tagged pier:<controller id>).
     ids=$(docker network ls -q --filter "label=pier.controller=$BENCH_ID")
     [[ -n $ids ]] && docker network rm $ids >/dev/null 2>&1
+    local chain rule
+    for chain in INPUT DOCKER-USER FORWARD; do
+      iptables -S "$chain" 2>/dev/null | grep -E -- "pier:${BENCH_ID}\"?( |\$)" | sed 's/^-A //' |
+        while read -r rule; do eval "iptables -D $rule"; done
+    done
     local left
     left=$(( $(docker ps -aq --filter "label=pier.controller=$BENCH_ID" | wc -l) +
-      $(docker network ls -q --filter "label=pier.controller=$BENCH_ID" | wc -l) ))
-    log "cleanup: removed containers, volumes and the network of $BENCH_ID ($left left)"
+      $(docker network ls -q --filter "label=pier.controller=$BENCH_ID" | wc -l) +
+      $(docker images -q --filter "label=pier.controller=$BENCH_ID" | wc -l) ))
+    log "cleanup: removed containers, volumes, images, the network and its rules of $BENCH_ID ($left left)"
   fi
   if [[ -n ${WORK:-} && -d $WORK ]]; then
     if [[ $rc -ne 0 && -f $WORK/controller.log ]]; then

@@ -191,17 +191,23 @@ fn cleanup_pass(controller_id: &str) {
         for net in networks_labelled(&docker, controller_id).await {
             let _ = docker.remove_network(&net).await;
         }
-        // The app images (after the containers that run them).
-        let iopts = bollard::query_parameters::ListImagesOptionsBuilder::default()
-            .filters(&filters)
-            .build();
-        if let Ok(images) = docker.list_images(Some(iopts)).await {
+        // The app images (after the containers that run them). Again a few times: an image load
+        // the killed controller had sent may still finish after the first listing.
+        for round in 0..5 {
+            let iopts = bollard::query_parameters::ListImagesOptionsBuilder::default()
+                .filters(&filters)
+                .build();
+            let images = docker.list_images(Some(iopts)).await.unwrap_or_default();
+            if images.is_empty() && round > 0 {
+                break;
+            }
             for i in images {
                 let opts = bollard::query_parameters::RemoveImageOptionsBuilder::default()
                     .force(true)
                     .build();
                 let _ = docker.remove_image(&i.id, Some(opts), None).await;
             }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         }
     });
     remove_firewall_rules(controller_id);
