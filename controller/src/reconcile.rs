@@ -217,14 +217,14 @@ impl Reconciler {
         }
     }
 
-    /// A container that is no instance (a staging, an image build, or of an unknown kind) and
-    /// that no running staging or image build of this process uses.
+    /// A container that is no instance (a staging, or of an unknown kind, such as an image-build
+    /// container of a Pier from before images were loaded) and that no running staging of this
+    /// process uses.
     fn unwanted_other(&self, c: &Managed) -> bool {
         let guid = c.labels.app_guid();
         match c.labels.kind() {
             Some(Kind::Instance) => false,
             Some(Kind::Staging) => !guid.is_some_and(|g| self.stager.is_active(g)),
-            Some(Kind::AppImage) => !guid.is_some_and(|g| self.images.is_building(g)),
             _ => true,
         }
     }

@@ -377,53 +377,21 @@ fn dir_header() -> tar::Header {
     h
 }
 
-/// Checks a droplet (a gzipped tar a staging made, extracted into `/home/vcap` of an app image)
-/// before it becomes an image layer: every entry path stays inside (no `..`, nothing absolute),
-/// hardlinks name an entry path that does, and there are no device files or FIFOs. Symlink
-/// targets are not checked: inside the image a link resolves in the container's own filesystem.
-pub fn check_droplet(path: &Path) -> Result<()> {
-    let refuse_droplet = |m: String| {
-        Error::api(
-            ErrorCode::StagingFailed,
-            format!("the droplet cannot become an image: {m}"),
-        )
-    };
-    let f = std::fs::File::open(path)?;
-    let mut archive = tar::Archive::new(GzDecoder::new(std::io::BufReader::new(f)));
-    let entries = archive
-        .entries()
-        .map_err(|e| refuse_droplet(format!("it is not a gzipped tar ({e})")))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| refuse_droplet(format!("it is not a valid tar ({e})")))?;
-        let raw = entry
-            .path()
-            .map_err(|e| refuse_droplet(format!("an entry has an unreadable path ({e})")))?
-            .into_owned();
-        clean_path(&raw).map_err(|e| refuse_droplet(e.to_api().message))?;
-        match entry.header().entry_type() {
-            tar::EntryType::Link => {
-                let target = entry.link_name().ok().flatten().ok_or_else(|| {
-                    refuse_droplet(format!("hardlink {:?} has no target", raw.display()))
-                })?;
-                clean_path(&target).map_err(|e| refuse_droplet(e.to_api().message))?;
-            }
-            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                return Err(refuse_droplet(format!(
-                    "{:?} is a device file or FIFO",
-                    raw.display()
-                )))
-            }
-            _ => {}
-        }
+/// Writes a droplet (a gzipped tar a staging made) as an image layer at `out`: an uncompressed
+/// tar of the same entries under `home/vcap/`, hard links' targets too, and returns the layer's
+/// `sha256:<hex>` (its diff id). One pass that checks as it goes: every entry path stays inside
+/// (no `..`, nothing absolute), hardlinks name an entry path that does, and there are no device
+/// files or FIFOs; on a refusal nothing is left at `out`. Symlink targets are not checked: inside
+/// the image a link resolves in the container's own filesystem.
+pub fn droplet_layer(droplet: &Path, out: &Path) -> Result<String> {
+    let written = write_droplet_layer(droplet, out);
+    if written.is_err() {
+        let _ = std::fs::remove_file(out);
     }
-    Ok(())
+    written
 }
 
-/// Writes the droplet (checked with [`check_droplet`] first) as an image layer at `out`: an
-/// uncompressed tar of the same entries under `home/vcap/`, hard links' targets too (symlinks'
-/// targets are the droplet's own: resolved inside the container). Returns the layer's
-/// `sha256:<hex>` (its diff id).
-pub fn droplet_layer(droplet: &Path, out: &Path) -> Result<String> {
+fn write_droplet_layer(droplet: &Path, out: &Path) -> Result<String> {
     use sha2::Digest as _;
     use std::io::Write as _;
 
@@ -443,34 +411,59 @@ pub fn droplet_layer(droplet: &Path, out: &Path) -> Result<String> {
         }
     }
 
-    check_droplet(droplet)?;
+    let refuse_droplet = |m: String| {
+        Error::api(
+            ErrorCode::StagingFailed,
+            format!("the droplet cannot become an image: {m}"),
+        )
+    };
+    let checked = |raw: &Path| clean_path(raw).map_err(|e| refuse_droplet(e.to_api().message));
     let f = std::fs::File::open(droplet)?;
     let mut archive = tar::Archive::new(GzDecoder::new(std::io::BufReader::new(f)));
+    let entries = archive
+        .entries()
+        .map_err(|e| refuse_droplet(format!("it is not a gzipped tar ({e})")))?;
     let sink = Hashing {
         inner: std::io::BufWriter::new(std::fs::File::create(out)?),
         hash: sha2::Sha256::new(),
     };
     let mut layer = tar::Builder::new(sink);
     let under = Path::new("home/vcap");
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        // The droplet's root entry is /home/vcap itself, which the stack has.
-        let Some(rel) = clean_path(&entry.path()?)? else {
-            continue;
-        };
-        let path = under.join(rel);
+    for entry in entries {
+        let mut entry =
+            entry.map_err(|e| refuse_droplet(format!("it is not a valid tar ({e})")))?;
+        let raw = entry
+            .path()
+            .map_err(|e| refuse_droplet(format!("an entry has an unreadable path ({e})")))?
+            .into_owned();
+        let rel = checked(&raw)?;
         let mut header = entry.header().clone();
-        match header.entry_type() {
+        let kind = header.entry_type();
+        if matches!(
+            kind,
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo
+        ) {
+            return Err(refuse_droplet(format!(
+                "{:?} is a device file or FIFO",
+                raw.display()
+            )));
+        }
+        let target = match kind {
             tar::EntryType::Link => {
-                let target = entry.link_name()?.unwrap_or_default();
-                let target = clean_path(&target)?.unwrap_or_default();
-                layer.append_link(&mut header, &path, under.join(target))?;
+                let t = entry.link_name().ok().flatten().ok_or_else(|| {
+                    refuse_droplet(format!("hardlink {:?} has no target", raw.display()))
+                })?;
+                Some(under.join(checked(&t)?.unwrap_or_default()))
             }
-            tar::EntryType::Symlink => {
-                let target = entry.link_name()?.unwrap_or_default().into_owned();
-                layer.append_link(&mut header, &path, target)?;
-            }
-            _ => layer.append_data(&mut header, &path, &mut entry)?,
+            tar::EntryType::Symlink => Some(entry.link_name()?.unwrap_or_default().into_owned()),
+            _ => None,
+        };
+        // The droplet's root entry is /home/vcap itself, which the stack has.
+        let Some(rel) = rel else { continue };
+        let path = under.join(rel);
+        match target {
+            Some(t) => layer.append_link(&mut header, &path, t)?,
+            None => layer.append_data(&mut header, &path, &mut entry)?,
         }
     }
     let mut sink = layer.into_inner()?;
