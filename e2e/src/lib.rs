@@ -578,16 +578,26 @@ impl Platform {
 
     /// Runs the real `pier` binary with this platform's API and token in its environment.
     pub fn pier(&self, args: &[&str], cwd: &Path) -> Output {
-        Command::new(bin("pier"))
-            .args(args)
+        self.pier_command(args)
             .current_dir(cwd)
+            .output()
+            .expect("run pier")
+    }
+
+    /// The real `pier` binary with `args`, logged in to this platform, stdin closed: for
+    /// commands a test runs in the background (`pier logs`) or kills.
+    pub fn pier_command<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        args: impl IntoIterator<Item = S>,
+    ) -> Command {
+        let mut cmd = Command::new(bin("pier"));
+        cmd.args(args)
             .env("PIER_HOME", self.home.path())
             .env("PIER_API", &self.api)
             .env("PIER_TOKEN", &self.token)
             .env_remove("PIER_API_URL")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run pier")
+            .stdin(Stdio::null());
+        cmd
     }
 
     /// Like [`Platform::pier`], but panics with the output unless it succeeds.

@@ -418,13 +418,9 @@ fn random_sigkills_during_pushes_scales_deletes_and_deployments() {
             Op::Delete => vec!["delete".into(), target.clone(), "-f".into()],
             Op::Deploy => vec!["restart".into(), target.clone()],
         };
-        let mut cli = Command::new(bin("pier"))
-            .args(&args)
+        let mut cli = p
+            .pier_command(&args)
             .current_dir(app.path())
-            .env("PIER_HOME", p.home.path())
-            .env("PIER_API", &p.api)
-            .env("PIER_TOKEN", &p.token)
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -627,12 +623,8 @@ fn log_flood_is_rate_limited_with_notices_and_other_apps_logs_flow() {
     p.pier_ok(&["push", "noisy"], noisy.path());
     let pid = p.controller.as_ref().unwrap().child.id();
     // A follower of the flooding app's log (as `pier logs` is), counting what it gets.
-    let mut follower = Command::new(bin("pier"))
-        .args(["logs", "noisy", "--json"])
-        .env("PIER_HOME", p.home.path())
-        .env("PIER_API", &p.api)
-        .env("PIER_TOKEN", &p.token)
-        .stdin(Stdio::null())
+    let mut follower = p
+        .pier_command(["logs", "noisy", "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

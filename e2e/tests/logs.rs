@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)] // a test: panicking is failing
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -24,12 +24,8 @@ struct Follower {
 
 impl Follower {
     fn start(p: &Platform, args: &[&str]) -> Follower {
-        let mut child = Command::new(bin("pier"))
-            .args(args)
-            .env("PIER_HOME", p.home.path())
-            .env("PIER_API", &p.api)
-            .env("PIER_TOKEN", &p.token)
-            .stdin(Stdio::null())
+        let mut child = p
+            .pier_command(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -16,12 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use pier_e2e::*;
 
 fn follow(p: &Platform) -> (std::process::Child, mpsc::Receiver<(f64, String)>) {
-    let mut child = Command::new(bin("pier"))
-        .args(["logs", "logger", "--json"])
-        .env("PIER_HOME", p.home.path())
-        .env("PIER_API", &p.api)
-        .env("PIER_TOKEN", &p.token)
-        .stdin(Stdio::null())
+    let mut child = p
+        .pier_command(["logs", "logger", "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
