@@ -33,6 +33,13 @@
 //! | `POST/DELETE /v1/apps/{name}/routes`    | [`RouteRequest`] → [`AppResponse`] (map, unmap)        |
 //! | `GET  /v1/route-mappings`               | → `Vec<`[`RouteMapping`]`>`                            |
 //! | `GET  /v1/routes?epoch=E&version=V`     | → [`RouteTable`]; long-polls while the table is at V   |
+//! | `GET/POST /v1/orgs`                     | [`CreateNamedRequest`] → [`OrgResponse`] (list, create) |
+//! | `GET/DELETE /v1/orgs/{org}`             | → [`OrgResponse`]; 204 (deletes its spaces and apps)   |
+//! | `GET/POST /v1/orgs/{org}/spaces`        | [`CreateNamedRequest`] → [`SpaceResponse`]              |
+//! | `GET/DELETE /v1/orgs/{org}/spaces/{space}` | → [`SpaceResponse`]; 204 (deletes its apps)         |
+//!
+//! Every `/v1/apps/...` endpoint acts in one space, picked by `?org=ORG&space=SPACE` (both default
+//! to `default`); `/v1/apps` lists that space's apps.
 
 pub mod apps;
 pub mod buildpacks;
@@ -40,6 +47,7 @@ pub mod deployments;
 pub mod error;
 pub mod logs;
 pub mod names;
+pub mod orgs;
 pub mod routes;
 pub mod size;
 pub mod vocab;
@@ -52,6 +60,7 @@ pub use logs::{
     LogDrop, LogEvent, LogLine, LogStream, RouterLogBatch, RouterLogDropped, RouterLogLine,
 };
 pub use names::{AppName, NameError, ProcessType};
+pub use orgs::{CreateNamedRequest, OrgResponse, SpaceResponse};
 pub use routes::{
     Backend, Balancing, RouteEntry, RouteMapping, RouteRequest, RouteSpec, RouteTable,
 };

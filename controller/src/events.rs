@@ -11,18 +11,21 @@ use crate::logs::LogBroker;
 use crate::store::Store;
 
 /// Who made a change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
-    /// Someone through the API (the admin token).
+    /// The platform admin, through the API (the admin token).
     Admin,
+    /// A user, through the API, by name.
+    User(String),
     /// The platform itself (crashes, convergence).
     Platform,
 }
 
 impl Actor {
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &str {
         match self {
             Actor::Admin => "admin",
+            Actor::User(name) => name,
             Actor::Platform => "pier",
         }
     }
@@ -39,15 +42,15 @@ impl Events {
         Events { store, logs }
     }
 
-    /// Records an event; a change by the admin is also an `API/0` line in the app's log.
-    pub fn record(&self, app_guid: &str, kind: EventKind, message: &str, actor: Actor) {
+    /// Records an event; a change made through the API is also an `API/0` line in the app's log.
+    pub fn record(&self, app_guid: &str, kind: EventKind, message: &str, actor: &Actor) {
         if let Err(e) = self
             .store
             .add_event(app_guid, kind, message, actor.as_str())
         {
             tracing::warn!(error = %e, %kind, "could not record event");
         }
-        if actor == Actor::Admin {
+        if *actor != Actor::Platform {
             self.logs.publish(
                 app_guid,
                 &LogSource::Api(0),

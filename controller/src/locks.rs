@@ -4,19 +4,18 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use pier_api::AppName;
-
 #[derive(Default)]
 pub struct AppLocks {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl AppLocks {
-    pub fn get(&self, name: &AppName) -> Arc<tokio::sync::Mutex<()>> {
+    /// The lock of the app whose store key ([`crate::store::app_key`]) is `key`.
+    pub fn get(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(name.to_string())
+            .entry(key.to_string())
             .or_default()
             .clone()
     }

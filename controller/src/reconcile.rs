@@ -106,7 +106,7 @@ impl Reconciler {
                         e.to_api().message,
                         PERIOD.as_secs()
                     ),
-                    Actor::Platform,
+                    &Actor::Platform,
                 );
             }
             self.nudge();

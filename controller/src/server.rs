@@ -404,6 +404,7 @@ impl Parts {
             reconciler: reconciler.clone(),
         };
         let api = ApiState {
+            tenancy: crate::tenancy::Tenancy::new(store.clone(), apps.clone()),
             apps,
             logs: logs.clone(),
             routing: routing.clone(),

@@ -187,19 +187,31 @@ impl TestPlatform {
 
     /// Creates app `name`, pushes a package, stages it and starts it; returns the build's events.
     pub(crate) async fn push(&self, name: &str) -> Value {
-        let (s, v) = self.call("PUT", &format!("/v1/apps/{name}"), None).await;
+        self.push_at(name, "", None).await
+    }
+
+    /// [`Self::push`] in the space `query` names (`?org=O&space=S`, or empty for the default
+    /// one), with `config` as the app's settings.
+    pub(crate) async fn push_at(&self, name: &str, query: &str, config: Option<Value>) -> Value {
+        let (s, v) = self
+            .call("PUT", &format!("/v1/apps/{name}{query}"), config)
+            .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         let sha = self.upload(&[("app.py", b"print('hi')")]).await;
         let (s, events) = self
             .call(
                 "POST",
-                &format!("/v1/apps/{name}/builds"),
+                &format!("/v1/apps/{name}/builds{query}"),
                 Some(serde_json::json!({ "package": sha })),
             )
             .await;
         assert_eq!(s, StatusCode::OK, "{events}");
         let (s, v) = self
-            .call("POST", &format!("/v1/apps/{name}/actions/start"), None)
+            .call(
+                "POST",
+                &format!("/v1/apps/{name}/actions/start{query}"),
+                None,
+            )
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         events

@@ -13,6 +13,7 @@ use super::config::default_process;
 use super::AppService;
 use crate::error::{Error, Result};
 use crate::store::AppRecord;
+use crate::tenancy::Scope;
 
 /// What a build answers with.
 pub enum Build {
@@ -26,11 +27,12 @@ impl AppService {
     /// Stages `req.package` (a push) or the app's current package (a restage).
     pub async fn build(
         self: &std::sync::Arc<Self>,
+        at: &Scope,
         name: &str,
         req: BuildRequest,
     ) -> Result<Build> {
-        let app = self.load(name)?;
-        let lock = self.d.locks.get(&app.name);
+        let app = self.load(at, name)?;
+        let lock = self.d.locks.get(&app.key());
         let guard = lock.try_lock_owned().map_err(|_| {
             Error::api(
                 ErrorCode::Conflict,
@@ -41,7 +43,7 @@ impl AppService {
             )
         })?;
         // Re-read under the lock.
-        let mut app = self.load(name)?;
+        let mut app = self.load(at, name)?;
         let pushed = req.package.is_some();
         let Some(package) = req.package.or_else(|| app.package.clone()) else {
             return Err(Error::bad_request(format!(
@@ -65,7 +67,7 @@ impl AppService {
                 .clone()
                 .filter(|d| self.d.blobs.exists(&d.sha256))
             {
-                return Ok(Build::Done(self.reuse(&app, d)));
+                return Ok(Build::Done(self.reuse(at, &app, d)));
             }
         }
         if let Some(old) = app.package.replace(package.clone()) {
@@ -77,18 +79,19 @@ impl AppService {
         self.d.store.put_app(&app)?;
         let (tx, rx) = mpsc::channel::<BuildEvent>(256);
         let this = self.clone();
+        let at = at.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            this.event(&app, EventKind::Staging, "staging started");
+            this.event(&at, &app, EventKind::Staging, "staging started");
             this.keep_uploaded_buildpacks(&app);
             let result = this.d.stager.stage(&app, &package, tx.clone()).await;
-            let event = this.finish_build(&app, source, result);
+            let event = this.finish_build(&at, &app, source, result);
             let _ = tx.send(event).await;
         });
         Ok(Build::Staging(rx))
     }
 
-    fn reuse(&self, app: &AppRecord, d: DropletInfo) -> Vec<BuildEvent> {
+    fn reuse(&self, at: &Scope, app: &AppRecord, d: DropletInfo) -> Vec<BuildEvent> {
         let line = self.d.logs.publish(
             &app.guid,
             &LogSource::Staging(0),
@@ -99,7 +102,12 @@ impl AppService {
             ),
             OffsetDateTime::now_utc(),
         );
-        self.event(app, EventKind::Staged, "source unchanged; droplet reused");
+        self.event(
+            at,
+            app,
+            EventKind::Staged,
+            "source unchanged; droplet reused",
+        );
         vec![BuildEvent::Log(line), BuildEvent::Done(d)]
     }
 
@@ -114,7 +122,7 @@ impl AppService {
             return;
         }
         let saved = (|| -> Result<()> {
-            if let Some(mut latest) = self.d.store.get_app(&app.name)? {
+            if let Some(mut latest) = self.d.store.get_app(&app.space_guid, &app.name)? {
                 let before = latest.old_blobs.len();
                 for sha in shas {
                     if !latest.old_blobs.contains(&sha) {
@@ -135,11 +143,12 @@ impl AppService {
     /// Records the staging's outcome on the app and returns the build's last event.
     fn finish_build(
         &self,
+        at: &Scope,
         app: &AppRecord,
         source: String,
         result: Result<DropletInfo>,
     ) -> BuildEvent {
-        let latest = match self.d.store.get_app(&app.name) {
+        let latest = match self.d.store.get_app(&app.space_guid, &app.name) {
             Ok(Some(a)) if a.guid == app.guid => Some(a),
             _ => None,
         };
@@ -175,12 +184,13 @@ impl AppService {
                 }
                 latest.updated_at = OffsetDateTime::now_utc();
                 self.event(
+                    at,
                     &latest,
                     EventKind::Staged,
                     &format!("staged with buildpack {}", droplet.buildpack),
                 );
             }
-            Err(e) => self.event(&latest, EventKind::StagingFailed, &e.to_api().message),
+            Err(e) => self.event(at, &latest, EventKind::StagingFailed, &e.to_api().message),
         }
         if let Err(e) = self.d.store.put_app(&latest) {
             tracing::error!(error = %e, "could not record the staging result");

@@ -11,7 +11,8 @@ use time::OffsetDateTime;
 use super::{parse_name, AppService, AppSettings};
 use crate::error::{Error, Result};
 use crate::staging::Buildpacks;
-use crate::store::{AppRecord, ProcessRecord};
+use crate::store::{app_key, AppRecord, ProcessRecord};
+use crate::tenancy::Scope;
 
 /// Host names under the platform's domain that no app may take (they name the platform itself).
 pub(super) const RESERVED_HOSTNAMES: &[&str] =
@@ -161,8 +162,10 @@ fn random_suffix() -> String {
 }
 
 impl AppService {
-    /// Refuses routes that are reserved or that another app already has.
-    fn check_routes_free(&self, app_guid: &str, routes: &[RouteSpec]) -> Result<()> {
+    /// Refuses routes that are reserved or that another app already has. A route belongs to the
+    /// space of the apps it is mapped to: an app of another space holding it is named only as
+    /// that (names do not leak across spaces).
+    fn check_routes_free(&self, app: &AppRecord, routes: &[RouteSpec]) -> Result<()> {
         let domain = &self.d.settings.domain;
         for r in routes {
             let reserved = r.host == *domain
@@ -179,26 +182,33 @@ impl AppService {
             }
         }
         for other in self.d.store.list_apps()? {
-            if other.guid == app_guid {
+            if other.guid == app.guid {
                 continue;
             }
             for r in routes {
-                if other.routes.contains(r) {
-                    return Err(Error::api(
-                        ErrorCode::Conflict,
-                        format!("route {r} is already mapped to app {}", other.name),
-                    ));
+                if !other.routes.contains(r) {
+                    continue;
                 }
+                let holder = if other.space_guid == app.space_guid {
+                    format!("app {}", other.name)
+                } else {
+                    "an app in another space".to_string()
+                };
+                return Err(Error::api(
+                    ErrorCode::Conflict,
+                    format!("route {r} is already mapped to {holder}"),
+                ));
             }
         }
         Ok(())
     }
 
-    fn new_app(&self, name: &AppName) -> AppRecord {
+    fn new_app(&self, space_guid: &str, name: &AppName) -> AppRecord {
         let now = OffsetDateTime::now_utc();
         AppRecord {
             name: name.clone(),
             guid: uuid::Uuid::new_v4().to_string(),
+            space_guid: space_guid.to_string(),
             state: AppState::Stopped,
             package: None,
             droplet: None,
@@ -248,20 +258,20 @@ impl AppService {
             let default: RouteSpec = host.parse().map_err(|e: String| Error::bad_request(e))?;
             wanted.push(default);
         }
-        self.check_routes_free(&app.guid, &wanted)?;
+        self.check_routes_free(app, &wanted)?;
         Ok(wanted)
     }
 
     /// Creates the app, or updates the fields `req` names (never removing env vars or routes it
     /// does not mention).
-    pub async fn put(&self, name: &str, req: AppConfigRequest) -> Result<AppResponse> {
+    pub async fn put(&self, at: &Scope, name: &str, req: AppConfigRequest) -> Result<AppResponse> {
         let name = parse_name(name)?;
         validate_config(&req, self.d.stager.buildpacks())?;
-        let lock = self.d.locks.get(&name);
+        let lock = self.d.locks.get(&app_key(&at.space.guid, &name));
         let _guard = lock.lock().await;
-        let existing = self.d.store.get_app(&name)?;
+        let existing = self.d.store.get_app(&at.space.guid, &name)?;
         let created = existing.is_none();
-        let mut app = existing.unwrap_or_else(|| self.new_app(&name));
+        let mut app = existing.unwrap_or_else(|| self.new_app(&at.space.guid, &name));
         let web = app
             .processes
             .entry(ProcessType::web())
@@ -281,7 +291,7 @@ impl AppService {
         } else {
             (EventKind::Updated, "updated")
         };
-        self.event(&app, kind, &format!("app {what}"));
+        self.event(at, &app, kind, &format!("app {what}"));
         self.d.reconciler.nudge();
         self.d.instances.publish_routes();
         Ok(self.response(&app))
@@ -290,6 +300,7 @@ impl AppService {
     /// Scales a process, or changes its memory, disk, command or health check.
     pub async fn scale(
         &self,
+        at: &Scope,
         name: &str,
         process: &str,
         req: ProcessConfigRequest,
@@ -298,10 +309,10 @@ impl AppService {
         let kind: ProcessType = process
             .parse()
             .map_err(|e: pier_api::NameError| Error::bad_request(e.to_string()))?;
-        let app = self.load(name)?;
-        let lock = self.d.locks.get(&app.name);
+        let app = self.load(at, name)?;
+        let lock = self.d.locks.get(&app.key());
         let _guard = lock.lock().await;
-        let mut app = self.load(name)?;
+        let mut app = self.load(at, name)?;
         let known: Vec<String> = app.processes.keys().map(|k| k.to_string()).collect();
         let Some(p) = app.processes.get_mut(&kind) else {
             return Err(Error::api(
@@ -320,22 +331,28 @@ impl AppService {
         );
         app.updated_at = OffsetDateTime::now_utc();
         self.d.store.put_app(&app)?;
-        self.event(&app, EventKind::Scaled, &summary);
+        self.event(at, &app, EventKind::Scaled, &summary);
         self.d.reconciler.converge(Some(&app.guid)).await;
         Ok(self.response(&app))
     }
 
     /// Maps (`map`) or unmaps a route.
-    pub async fn route(&self, name: &str, route: RouteSpec, map: bool) -> Result<AppResponse> {
-        let app = self.load(name)?;
-        let lock = self.d.locks.get(&app.name);
+    pub async fn route(
+        &self,
+        at: &Scope,
+        name: &str,
+        route: RouteSpec,
+        map: bool,
+    ) -> Result<AppResponse> {
+        let app = self.load(at, name)?;
+        let lock = self.d.locks.get(&app.key());
         let _guard = lock.lock().await;
-        let mut app = self.load(name)?;
+        let mut app = self.load(at, name)?;
         if map {
             if app.routes.contains(&route) {
                 return Ok(self.response(&app));
             }
-            self.check_routes_free(&app.guid, std::slice::from_ref(&route))?;
+            self.check_routes_free(&app, std::slice::from_ref(&route))?;
             app.routes.push(route.clone());
         } else {
             let before = app.routes.len();
@@ -354,14 +371,15 @@ impl AppService {
         } else {
             (EventKind::RouteUnmapped, "unmapped")
         };
-        self.event(&app, kind, &format!("{verb} {route}"));
+        self.event(at, &app, kind, &format!("{verb} {route}"));
         self.d.instances.publish_routes();
         Ok(self.response(&app))
     }
 
-    pub fn route_mappings(&self) -> Result<Vec<RouteMapping>> {
+    /// The routes of the scope's space and the apps they lead to.
+    pub fn route_mappings(&self, at: &Scope) -> Result<Vec<RouteMapping>> {
         let mut out = vec![];
-        for app in self.d.store.list_apps()? {
+        for app in self.d.store.list_space_apps(&at.space.guid)? {
             for r in &app.routes {
                 out.push(RouteMapping {
                     route: r.clone(),

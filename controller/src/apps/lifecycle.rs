@@ -11,12 +11,14 @@ use crate::deployments::{self, Deployed};
 use crate::error::{Error, Result};
 use crate::staging::cache_volume;
 use crate::store::{AppRecord, Cleanup};
+use crate::tenancy::Scope;
 
 impl AppService {
     /// Starts a deployment of `app` (under its lock), saves it, and deletes the droplets of the
     /// revisions it pruned. `None` when nothing changes.
     fn start_deployment(
         &self,
+        at: &Scope,
         app: &mut AppRecord,
         req: &DeployRequest,
     ) -> Result<Option<Deployed>> {
@@ -25,6 +27,7 @@ impl AppService {
         };
         self.d.store.put_app(app)?;
         self.event(
+            at,
             app,
             EventKind::DeploymentStarted,
             d.record.reason.as_deref().unwrap_or("deploying"),
@@ -41,24 +44,25 @@ impl AppService {
     /// instances already run; `req` (how to deploy) is read only for those.
     pub async fn action(
         &self,
+        at: &Scope,
         name: &str,
         action: &str,
         req: impl FnOnce() -> Result<DeployRequest>,
     ) -> Result<AppResponse> {
-        let app = self.load(name)?;
+        let app = self.load(at, name)?;
         let action: AppAction = action
             .parse()
             .map_err(|e: String| Error::api(ErrorCode::NotFound, e))?;
-        let lock = self.d.locks.get(&app.name);
+        let lock = self.d.locks.get(&app.key());
         let guard = lock.lock().await;
-        let mut app = self.load(name)?;
+        let mut app = self.load(at, name)?;
         let mut pruned = false;
         match action {
             AppAction::Start | AppAction::Restart => {
                 let mut req = req()?;
                 req.restart |= action == AppAction::Restart;
                 pruned = self
-                    .start_deployment(&mut app, &req)?
+                    .start_deployment(at, &mut app, &req)?
                     .is_some_and(|d| !d.pruned_droplets.is_empty());
             }
             AppAction::Stop => {
@@ -70,7 +74,7 @@ impl AppService {
                 app.state = AppState::Stopped;
                 app.updated_at = OffsetDateTime::now_utc();
                 self.d.store.put_app(&app)?;
-                self.event(&app, EventKind::Stopped, "app stopped");
+                self.event(at, &app, EventKind::Stopped, "app stopped");
             }
         }
         drop(guard);
@@ -90,12 +94,17 @@ impl AppService {
     }
 
     /// A deployment of the newest droplet, env and command, or of an earlier revision.
-    pub async fn deploy(&self, name: &str, req: DeployRequest) -> Result<DeploymentResponse> {
-        let app = self.load(name)?;
-        let lock = self.d.locks.get(&app.name);
+    pub async fn deploy(
+        &self,
+        at: &Scope,
+        name: &str,
+        req: DeployRequest,
+    ) -> Result<DeploymentResponse> {
+        let app = self.load(at, name)?;
+        let lock = self.d.locks.get(&app.key());
         let guard = lock.lock().await;
-        let mut app = self.load(name)?;
-        let (d, pruned) = match self.start_deployment(&mut app, &req)? {
+        let mut app = self.load(at, name)?;
+        let (d, pruned) = match self.start_deployment(at, &mut app, &req)? {
             Some(d) => (d.record, !d.pruned_droplets.is_empty()),
             // Nothing changed: answer with the deployment that got the app here.
             None => (
@@ -113,8 +122,8 @@ impl AppService {
         Ok(deployments::deployment_response(&d))
     }
 
-    pub fn deployments(&self, name: &str) -> Result<Vec<DeploymentResponse>> {
-        let app = self.load(name)?;
+    pub fn deployments(&self, at: &Scope, name: &str) -> Result<Vec<DeploymentResponse>> {
+        let app = self.load(at, name)?;
         Ok(app
             .deployments
             .iter()
@@ -126,14 +135,15 @@ impl AppService {
     /// Cancels (rolls back) or continues the deployment in progress.
     pub async fn deployment_action(
         &self,
+        at: &Scope,
         name: &str,
         id: &str,
         action: &str,
     ) -> Result<DeploymentResponse> {
-        let app = self.load(name)?;
-        let lock = self.d.locks.get(&app.name);
+        let app = self.load(at, name)?;
+        let lock = self.d.locks.get(&app.key());
         let guard = lock.lock().await;
-        let mut app = self.load(name)?;
+        let mut app = self.load(at, name)?;
         let current = app.active_deployment().map(|d| d.id.clone());
         let action: DeploymentAction = action
             .parse()
@@ -150,14 +160,14 @@ impl AppService {
         };
         app.updated_at = OffsetDateTime::now_utc();
         self.d.store.put_app(&app)?;
-        self.event(&app, action.event(), d.reason.as_deref().unwrap_or(""));
+        self.event(at, &app, action.event(), d.reason.as_deref().unwrap_or(""));
         drop(guard);
         self.d.reconciler.converge(Some(&app.guid)).await;
         Ok(deployments::deployment_response(&d))
     }
 
-    pub fn revisions(&self, name: &str) -> Result<Vec<RevisionResponse>> {
-        let app = self.load(name)?;
+    pub fn revisions(&self, at: &Scope, name: &str) -> Result<Vec<RevisionResponse>> {
+        let app = self.load(at, name)?;
         Ok(app
             .revisions
             .iter()
@@ -169,11 +179,11 @@ impl AppService {
     /// Deletes the app: desired state first (its routes go and its slots stop), then waits until
     /// its instances are stopped and removes what is left. What cannot be removed now stays queued
     /// in the store and the reconciler finishes it.
-    pub async fn delete(&self, name: &str) -> Result<()> {
-        let app = self.load(name)?;
-        let lock = self.d.locks.get(&app.name);
+    pub async fn delete(&self, at: &Scope, name: &str) -> Result<()> {
+        let app = self.load(at, name)?;
+        let lock = self.d.locks.get(&app.key());
         let _guard = lock.lock().await;
-        let app = self.load(name)?;
+        let app = self.load(at, name)?;
         let job = Cleanup {
             app_guid: app.guid.clone(),
             app_name: app.name.to_string(),
@@ -208,9 +218,9 @@ impl AppService {
     }
 
     /// Empties the app's buildpack cache (refused while it stages).
-    pub async fn clear_cache(&self, name: &str) -> Result<()> {
-        let app = self.load(name)?;
-        let lock = self.d.locks.get(&app.name);
+    pub async fn clear_cache(&self, at: &Scope, name: &str) -> Result<()> {
+        let app = self.load(at, name)?;
+        let lock = self.d.locks.get(&app.key());
         let _guard = lock.try_lock_owned().map_err(|_| {
             Error::api(
                 ErrorCode::Conflict,
@@ -224,7 +234,7 @@ impl AppService {
             .runtime
             .remove_volume(&cache_volume(&app.guid))
             .await?;
-        self.event(&app, EventKind::CacheCleared, "buildpack cache cleared");
+        self.event(at, &app, EventKind::CacheCleared, "buildpack cache cleared");
         Ok(())
     }
 }

@@ -20,7 +20,7 @@ use pier_api::{AppName, AppResponse, AppState, ErrorCode, ProcessResponse};
 
 use crate::deployments::DeploySettings;
 use crate::error::{Error, Result};
-use crate::events::{Actor, Events};
+use crate::events::Events;
 use crate::instances::Instances;
 use crate::locks::AppLocks;
 use crate::logs::LogBroker;
@@ -28,6 +28,7 @@ use crate::reconcile::Reconciler;
 use crate::runtime::ContainerRuntime;
 use crate::staging::Stager;
 use crate::store::{AppRecord, BlobStore, Store};
+use crate::tenancy::Scope;
 
 mod buildpacks;
 mod builds;
@@ -90,18 +91,18 @@ impl AppService {
         &self.d.settings
     }
 
-    /// The app, or a 404 naming it.
-    pub fn load(&self, name: &str) -> Result<AppRecord> {
+    /// The app of the scope's space, or a 404 naming it.
+    pub fn load(&self, at: &Scope, name: &str) -> Result<AppRecord> {
         let name = parse_name(name)?;
         self.d
             .store
-            .get_app(&name)?
+            .get_app(&at.space.guid, &name)?
             .ok_or_else(|| Error::api(ErrorCode::NotFound, format!("app {name} not found")))
     }
 
-    /// Records a change made through the API.
-    fn event(&self, app: &AppRecord, kind: pier_api::EventKind, message: &str) {
-        self.d.events.record(&app.guid, kind, message, Actor::Admin);
+    /// Records a change made through the API, by the scope's actor.
+    fn event(&self, at: &Scope, app: &AppRecord, kind: pier_api::EventKind, message: &str) {
+        self.d.events.record(&app.guid, kind, message, &at.actor);
     }
 
     pub fn response(&self, app: &AppRecord) -> AppResponse {
@@ -151,8 +152,9 @@ impl AppService {
         }
     }
 
-    pub fn list(&self) -> Result<Vec<AppResponse>> {
-        let apps = self.d.store.list_apps()?;
+    /// The apps of the scope's space.
+    pub fn list(&self, at: &Scope) -> Result<Vec<AppResponse>> {
+        let apps = self.d.store.list_space_apps(&at.space.guid)?;
         Ok(apps.iter().map(|a| self.response(a)).collect())
     }
 
@@ -161,6 +163,7 @@ impl AppService {
     /// passed it.
     pub async fn get(
         &self,
+        at: &Scope,
         name: &str,
         stats: bool,
         wait_after: Option<u64>,
@@ -169,12 +172,12 @@ impl AppService {
         let changes = self.d.store.changes();
         if let Some(seen) = wait_after {
             // An app that does not exist is refused before the wait.
-            self.load(name)?;
+            self.load(at, name)?;
             changes.wait_after(seen, wait).await;
         }
         // Read before the record, so a change made while the answer is built wakes the next wait.
         let version = changes.version();
-        let app = self.load(name)?;
+        let app = self.load(at, name)?;
         let mut resp = self.response(&app);
         resp.state_version = version;
         if stats {
@@ -189,8 +192,8 @@ impl AppService {
         Ok(resp)
     }
 
-    pub fn events(&self, name: &str) -> Result<Vec<pier_api::AppEvent>> {
-        let app = self.load(name)?;
+    pub fn events(&self, at: &Scope, name: &str) -> Result<Vec<pier_api::AppEvent>> {
+        let app = self.load(at, name)?;
         self.d.store.events(&app.guid, 200)
     }
 }

@@ -54,10 +54,10 @@ impl Watcher {
             let Some(d) = app.active_deployment().cloned() else {
                 continue;
             };
-            let lock = self.locks.get(&app.name);
+            let lock = self.locks.get(&app.key());
             let guard = lock.lock().await;
             // Re-read under the lock: an API call may have changed it.
-            let Some(mut app) = self.store.get_app(&app.name)? else {
+            let Some(mut app) = self.store.get_app(&app.space_guid, &app.name)? else {
                 continue;
             };
             if app.active_deployment().map(|x| &x.id) != Some(&d.id) {
@@ -68,7 +68,7 @@ impl Watcher {
             if let Some((kind, msg)) = step(&mut app, &report, &self.stats, now) {
                 app.updated_at = now;
                 self.store.put_app(&app)?;
-                self.events.record(&app.guid, kind, &msg, Actor::Admin);
+                self.events.record(&app.guid, kind, &msg, &Actor::Admin);
                 drop(guard);
                 self.reconciler.converge(Some(&app.guid)).await;
             }

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::{json_body, ApiState};
 use crate::error::Result;
+use crate::tenancy::Scope;
 
 type S = State<ApiState>;
 
@@ -22,8 +23,8 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/apps/{name}/processes/{process}", put(put_process))
 }
 
-async fn list(State(s): S) -> Result<Json<Vec<AppResponse>>> {
-    Ok(Json(s.apps.list()?))
+async fn list(State(s): S, at: Scope) -> Result<Json<Vec<AppResponse>>> {
+    Ok(Json(s.apps.list(&at)?))
 }
 
 #[derive(Deserialize)]
@@ -41,44 +42,54 @@ const MAX_WAIT_SECS: u64 = 30;
 
 async fn get_app(
     State(s): S,
+    at: Scope,
     Path(name): Path<String>,
     Query(q): Query<AppQuery>,
 ) -> Result<Json<AppResponse>> {
     let wait =
         std::time::Duration::from_secs(q.wait_secs.unwrap_or(MAX_WAIT_SECS).min(MAX_WAIT_SECS));
-    Ok(Json(s.apps.get(&name, q.stats, q.wait_after, wait).await?))
+    Ok(Json(
+        s.apps.get(&at, &name, q.stats, q.wait_after, wait).await?,
+    ))
 }
 
-async fn put_app(State(s): S, Path(name): Path<String>, body: Bytes) -> Result<Json<AppResponse>> {
+async fn put_app(
+    State(s): S,
+    at: Scope,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<AppResponse>> {
     // The name is checked before the body.
     crate::apps::parse_name(&name)?;
     let req: AppConfigRequest = json_body(&body)?;
-    Ok(Json(s.apps.put(&name, req).await?))
+    Ok(Json(s.apps.put(&at, &name, req).await?))
 }
 
-async fn delete(State(s): S, Path(name): Path<String>) -> Result<Response> {
-    s.apps.delete(&name).await?;
+async fn delete(State(s): S, at: Scope, Path(name): Path<String>) -> Result<Response> {
+    s.apps.delete(&at, &name).await?;
     Ok(http::StatusCode::NO_CONTENT.into_response())
 }
 
 async fn action(
     State(s): S,
+    at: Scope,
     Path((name, action)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<AppResponse>> {
     let req = || json_body::<DeployRequest>(&body);
-    Ok(Json(s.apps.action(&name, &action, req).await?))
+    Ok(Json(s.apps.action(&at, &name, &action, req).await?))
 }
 
 async fn put_process(
     State(s): S,
+    at: Scope,
     Path((name, process)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<AppResponse>> {
     let req: ProcessConfigRequest = json_body(&body)?;
-    Ok(Json(s.apps.scale(&name, &process, req).await?))
+    Ok(Json(s.apps.scale(&at, &name, &process, req).await?))
 }
 
-async fn events(State(s): S, Path(name): Path<String>) -> Result<Json<Vec<AppEvent>>> {
-    Ok(Json(s.apps.events(&name)?))
+async fn events(State(s): S, at: Scope, Path(name): Path<String>) -> Result<Json<Vec<AppEvent>>> {
+    Ok(Json(s.apps.events(&at, &name)?))
 }

@@ -17,6 +17,7 @@ use pier_api::{BuildpackResponse, CreateBuildpackRequest, UpdateBuildpackRequest
 
 use super::{json_body_strict, ApiState};
 use crate::error::Result;
+use crate::tenancy::Scope;
 
 type S = State<ApiState>;
 
@@ -50,7 +51,7 @@ async fn remove(State(s): S, Path(name): Path<String>) -> Result<Response> {
     Ok(http::StatusCode::NO_CONTENT.into_response())
 }
 
-async fn clear_cache(State(s): S, Path(name): Path<String>) -> Result<Response> {
-    s.apps.clear_cache(&name).await?;
+async fn clear_cache(State(s): S, at: Scope, Path(name): Path<String>) -> Result<Response> {
+    s.apps.clear_cache(&at, &name).await?;
     Ok(http::StatusCode::NO_CONTENT.into_response())
 }

@@ -16,6 +16,7 @@ use pier_api::{BuildEvent, BuildRequest, PackageResponse};
 use super::{json_body, ApiState};
 use crate::apps::Build;
 use crate::error::{Error, Result};
+use crate::tenancy::Scope;
 
 type S = State<ApiState>;
 
@@ -54,9 +55,9 @@ fn ndjson(ev: &BuildEvent) -> Bytes {
     Bytes::from(line)
 }
 
-async fn build(State(s): S, Path(name): Path<String>, body: Bytes) -> Result<Response> {
+async fn build(State(s): S, at: Scope, Path(name): Path<String>, body: Bytes) -> Result<Response> {
     let req: BuildRequest = json_body(&body)?;
-    let body = match s.apps.build(&name, req).await? {
+    let body = match s.apps.build(&at, &name, req).await? {
         Build::Done(events) => Body::from(
             events
                 .iter()

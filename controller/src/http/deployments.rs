@@ -8,6 +8,7 @@ use pier_api::{DeployRequest, DeploymentResponse, RevisionResponse};
 
 use super::{json_body, ApiState};
 use crate::error::Result;
+use crate::tenancy::Scope;
 
 type S = State<ApiState>;
 
@@ -20,24 +21,36 @@ pub(super) fn routes() -> Router<ApiState> {
 
 async fn create(
     State(s): S,
+    at: Scope,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<DeploymentResponse>> {
     let req: DeployRequest = json_body(&body)?;
-    Ok(Json(s.apps.deploy(&name, req).await?))
+    Ok(Json(s.apps.deploy(&at, &name, req).await?))
 }
 
-async fn list(State(s): S, Path(name): Path<String>) -> Result<Json<Vec<DeploymentResponse>>> {
-    Ok(Json(s.apps.deployments(&name)?))
+async fn list(
+    State(s): S,
+    at: Scope,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<DeploymentResponse>>> {
+    Ok(Json(s.apps.deployments(&at, &name)?))
 }
 
 async fn act(
     State(s): S,
+    at: Scope,
     Path((name, id, action)): Path<(String, String, String)>,
 ) -> Result<Json<DeploymentResponse>> {
-    Ok(Json(s.apps.deployment_action(&name, &id, &action).await?))
+    Ok(Json(
+        s.apps.deployment_action(&at, &name, &id, &action).await?,
+    ))
 }
 
-async fn revisions(State(s): S, Path(name): Path<String>) -> Result<Json<Vec<RevisionResponse>>> {
-    Ok(Json(s.apps.revisions(&name)?))
+async fn revisions(
+    State(s): S,
+    at: Scope,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<RevisionResponse>>> {
+    Ok(Json(s.apps.revisions(&at, &name)?))
 }

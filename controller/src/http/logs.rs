@@ -25,6 +25,7 @@ use serde::Deserialize;
 use super::ApiState;
 use crate::error::Result;
 use crate::logs::Start;
+use crate::tenancy::Scope;
 
 /// Lines sent in one write at most.
 const MAX_BATCH: usize = 2048;
@@ -37,8 +38,12 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/router/logs", post(router_logs))
 }
 
-async fn recent(State(s): State<ApiState>, Path(name): Path<String>) -> Result<Json<Vec<LogLine>>> {
-    let app = s.apps.load(&name)?;
+async fn recent(
+    State(s): State<ApiState>,
+    at: Scope,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<LogLine>>> {
+    let app = s.apps.load(&at, &name)?;
     Ok(Json(s.logs.recent(&app.guid)))
 }
 
@@ -50,11 +55,12 @@ struct StreamQuery {
 
 async fn stream(
     State(s): State<ApiState>,
+    at: Scope,
     Path(name): Path<String>,
     Query(q): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let app = s.apps.load(&name)?;
+    let app = s.apps.load(&at, &name)?;
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

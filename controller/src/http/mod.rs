@@ -29,6 +29,7 @@ mod buildpacks;
 mod builds;
 mod deployments;
 mod logs;
+mod orgs;
 mod routes;
 pub mod serve;
 
@@ -36,6 +37,7 @@ pub mod serve;
 #[derive(Clone)]
 pub struct ApiState {
     pub apps: Arc<AppService>,
+    pub tenancy: Arc<crate::tenancy::Tenancy>,
     pub logs: Arc<LogBroker>,
     pub routing: Arc<Routing>,
     pub addresses: Arc<AddressPool>,
@@ -63,6 +65,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(routes::routes())
         .merge(logs::routes())
         .merge(buildpacks::routes())
+        .merge(orgs::routes())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -103,5 +106,7 @@ async fn info(axum::extract::State(s): S) -> Json<InfoResponse> {
     })
 }
 
+#[cfg(test)]
+mod orgs_tests;
 #[cfg(test)]
 mod tests;

@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::{json_body, ApiState};
 use crate::error::{Error, Result};
+use crate::tenancy::Scope;
 
 type S = State<ApiState>;
 
@@ -27,18 +28,28 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/routes", get(table))
 }
 
-async fn map(State(s): S, Path(name): Path<String>, body: Bytes) -> Result<Json<AppResponse>> {
+async fn map(
+    State(s): S,
+    at: Scope,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<AppResponse>> {
     let req: RouteRequest = json_body(&body)?;
-    Ok(Json(s.apps.route(&name, req.route, true).await?))
+    Ok(Json(s.apps.route(&at, &name, req.route, true).await?))
 }
 
-async fn unmap(State(s): S, Path(name): Path<String>, body: Bytes) -> Result<Json<AppResponse>> {
+async fn unmap(
+    State(s): S,
+    at: Scope,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<AppResponse>> {
     let req: RouteRequest = json_body(&body)?;
-    Ok(Json(s.apps.route(&name, req.route, false).await?))
+    Ok(Json(s.apps.route(&at, &name, req.route, false).await?))
 }
 
-async fn mappings(State(s): S) -> Result<Json<Vec<RouteMapping>>> {
-    Ok(Json(s.apps.route_mappings()?))
+async fn mappings(State(s): S, at: Scope) -> Result<Json<Vec<RouteMapping>>> {
+    Ok(Json(s.apps.route_mappings(&at)?))
 }
 
 #[derive(Deserialize)]

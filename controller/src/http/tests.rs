@@ -62,7 +62,7 @@ async fn the_router_token_reads_routes_and_posts_access_logs_and_nothing_else() 
     let (s, v) = p.call_with("GET", "/v1/routes", None, r).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["routes"][0]["host"], "web.localhost");
-    let app = p.store.get_app(&"web".parse().unwrap()).unwrap().unwrap();
+    let app = p.store.default_space_app("web").unwrap().unwrap();
     let batch = json!({"router_index": 2, "lines": [{"app_guid": app.guid, "time": "2026-12-01T00:00:00Z", "text": "GET / 200"}]});
     let (s, _) = p
         .call_with(
@@ -262,7 +262,7 @@ async fn a_failed_staging_is_reported_and_nothing_runs() {
     assert_eq!(s, StatusCode::OK);
     let last = events.as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["error"]["code"], "no_buildpack", "{last}");
-    let app = p.store.get_app(&"nope".parse().unwrap()).unwrap().unwrap();
+    let app = p.store.default_space_app("nope").unwrap().unwrap();
     assert!(app.droplet.is_none() && app.staging.is_none());
     assert!(
         p.fake.containers().is_empty(),
@@ -290,7 +290,7 @@ async fn a_saved_change_is_answered_even_when_the_runtime_fails() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let app = p.store.get_app(&"web".parse().unwrap()).unwrap().unwrap();
+    let app = p.store.default_space_app("web").unwrap().unwrap();
     assert_eq!(app.web().unwrap().instances, 2, "the change is saved");
     let (_, ev) = p.call("GET", "/v1/apps/web/events", None).await;
     let failed = ev
@@ -320,7 +320,7 @@ async fn delete_removes_everything_and_finishes_later_when_the_runtime_fails() {
         (p.fake.running(Kind::Instance).len() == 1).then_some(())
     })
     .await;
-    let app = p.store.get_app(&"gone".parse().unwrap()).unwrap().unwrap();
+    let app = p.store.default_space_app("gone").unwrap().unwrap();
     let droplet = app.droplet.clone().unwrap().sha256;
     assert!(p.blobs.exists(&droplet));
     assert_eq!(p.fake.volumes().len(), 1, "the cache volume");
@@ -553,7 +553,7 @@ async fn oversized_metadata_and_droplets_fail_the_staging_clearly() {
     );
     // Neither left a droplet, and only the uploaded packages are stored.
     for app in ["meta", "fat"] {
-        let a = p.store.get_app(&app.parse().unwrap()).unwrap().unwrap();
+        let a = p.store.default_space_app(app).unwrap().unwrap();
         assert!(a.droplet.is_none(), "{app}");
     }
     // A release.yml anywhere but at the top of /tmp/out is not read.
@@ -568,7 +568,7 @@ async fn oversized_metadata_and_droplets_fail_the_staging_clearly() {
 async fn packages_no_build_used_are_collected_after_the_grace_period() {
     let p = TestPlatform::with_config(|c| c.package_gc_grace_secs = 0).await;
     p.push("kept").await;
-    let app = p.store.get_app(&"kept".parse().unwrap()).unwrap().unwrap();
+    let app = p.store.default_space_app("kept").unwrap().unwrap();
     let stray = p.upload(&[("never.py", b"built")]).await;
     assert!(p.blobs.exists(&stray));
     let gone = p.parts.reconciler.collect_garbage().unwrap();
@@ -734,7 +734,7 @@ async fn a_droplet_that_would_escape_its_layer_fails_the_build_and_leaves_no_ima
         "{err}"
     );
     assert!(p.fake.app_images().is_empty());
-    let app = p.store.get_app(&"evil".parse().unwrap()).unwrap().unwrap();
+    let app = p.store.default_space_app("evil").unwrap().unwrap();
     assert!(app.droplet.is_none());
     p.parts.reconciler.collect_garbage().unwrap();
     assert_eq!(

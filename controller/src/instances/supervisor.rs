@@ -347,7 +347,7 @@ impl Supervisor {
                 "new instance {} failed to start: {reason}; the old one keeps serving",
                 self.key.index
             ),
-            Actor::Platform,
+            &Actor::Platform,
         );
         self.failed_hash = Some(hash.to_string());
     }
@@ -494,7 +494,7 @@ impl Supervisor {
         self.inst
             .deps
             .events
-            .record(&key.app_guid, EventKind::Crashed, &msg, Actor::Platform);
+            .record(&key.app_guid, EventKind::Crashed, &msg, &Actor::Platform);
         let d = droplet.unwrap_or_else(|| (spec.droplet.clone(), spec.revision));
         let crashed = status(
             key,
@@ -656,7 +656,7 @@ impl Supervisor {
         self.inst
             .deps
             .events
-            .record(&key.app_guid, EventKind::NoAddress, &msg, Actor::Platform);
+            .record(&key.app_guid, EventKind::NoAddress, &msg, &Actor::Platform);
     }
 
     /// Ends a wait for an address, saying so if there was one.

@@ -1,5 +1,5 @@
 //! The records of an app: its processes, revisions and deployments, as the store keeps them
-//! (JSON in the `apps` tree, keyed by app name).
+//! (JSON in the `apps` tree, keyed by `<space guid>/<app name>`: names are unique per space).
 
 use std::collections::BTreeMap;
 
@@ -84,6 +84,10 @@ pub struct DeploymentRecord {
 pub struct AppRecord {
     pub name: AppName,
     pub guid: String,
+    /// The space the app belongs to. Empty only in a record an older Pier wrote, before the
+    /// store's migration ([`super::Store::open`]) moves it into the `default` space.
+    #[serde(default)]
+    pub space_guid: String,
     pub state: AppState,
     pub package: Option<String>,
     pub droplet: Option<DropletInfo>,
@@ -120,6 +124,11 @@ pub struct AppRecord {
 }
 
 impl AppRecord {
+    /// The record's key in the `apps` tree.
+    pub fn key(&self) -> String {
+        app_key(&self.space_guid, &self.name)
+    }
+
     /// Every blob the app refers to: its package, droplets (current, of its revisions, earlier
     /// ones not deleted yet) and the buildpacks pushed with it.
     pub fn blobs(&self) -> impl Iterator<Item = &str> {
@@ -175,4 +184,9 @@ impl AppRecord {
             .as_ref()
             .and_then(|d| d.process_types.get(process.as_str()).cloned())
     }
+}
+
+/// The key of app `name` in space `space_guid`.
+pub fn app_key(space_guid: &str, name: &AppName) -> String {
+    format!("{space_guid}/{name}")
 }

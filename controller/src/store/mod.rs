@@ -3,9 +3,10 @@
 //! reads and writes through the typed methods here.
 //!
 //! Trees:
-//! - `apps`: app name → [`AppRecord`] (JSON)
+//! - `apps`: `<space guid>/<app name>` → [`AppRecord`] (JSON)
+//! - `orgs`, `spaces`: guid → [`OrgRecord`], [`SpaceRecord`] ([`tenancy`])
 //! - `events`: `<app guid>/<time ns>/<id>` → [`AppEvent`]
-//! - `meta`: token hash, controller id, instance subnet
+//! - `meta`: token hash, controller id, instance subnet, the store's schema version
 //! - `cleanup`: app guid → [`Cleanup`]: what a deleted app left in the runtime and the blob store,
 //!   written in the same transaction that deletes the app, removed once it is all gone
 //! - `addresses`, `addresses_meta`: instance address states ([`AddressStore`])
@@ -14,6 +15,9 @@
 //! - Every write is flushed before the call returns, so an API answer means the change is on disk.
 //! - Two writes that belong together go in one transaction (deleting an app and queueing its
 //!   cleanup), so a controller killed between them leaves neither half.
+//! - [`Store::open`] migrates a store an older Pier wrote (schema 1: apps keyed by name, no orgs)
+//!   in one transaction: every app moves into the space `default` of the org `default`, keeping its
+//!   guid, events, revisions and instances. A new store starts with that org and space too.
 
 use std::path::Path;
 
@@ -31,9 +35,15 @@ pub const EVENTS_KEPT: usize = 1000;
 mod addresses;
 mod apps;
 pub mod blobs;
+pub mod tenancy;
 
 pub use addresses::AddressStore;
-pub use apps::{AppRecord, DeploymentRecord, ProcessRecord, Revision};
+pub use apps::{app_key, AppRecord, DeploymentRecord, ProcessRecord, Revision};
+pub use tenancy::{OrgRecord, SpaceRecord};
+
+/// The store's layout version, in `meta`: 1 (no key) before orgs and spaces, 2 since.
+const SCHEMA_KEY: &str = "schema";
+const SCHEMA: &[u8] = b"2";
 pub use blobs::BlobStore;
 
 /// What is left to remove after an app was deleted.
@@ -54,20 +64,79 @@ pub struct Store {
     events: sled::Tree,
     meta: sled::Tree,
     cleanup: sled::Tree,
+    orgs: sled::Tree,
+    spaces: sled::Tree,
     changes: crate::changes::Changes,
 }
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store> {
         let db = sled::open(dir)?;
-        Ok(Store {
+        let store = Store {
             apps: db.open_tree("apps")?,
             events: db.open_tree("events")?,
             meta: db.open_tree("meta")?,
             cleanup: db.open_tree("cleanup")?,
+            orgs: db.open_tree("orgs")?,
+            spaces: db.open_tree("spaces")?,
             changes: Default::default(),
             db,
-        })
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Brings a schema-1 (or new) store to schema 2: the `default` org and space, and every app
+    /// keyed by name moved into that space, in one transaction with the schema mark.
+    fn migrate(&self) -> Result<()> {
+        if self.meta.get(SCHEMA_KEY)?.as_deref() == Some(SCHEMA) {
+            return Ok(());
+        }
+        let now = OffsetDateTime::now_utc();
+        let org = OrgRecord {
+            guid: uuid::Uuid::new_v4().to_string(),
+            name: tenancy::DEFAULT_ORG.into(),
+            created_at: now,
+        };
+        let space = SpaceRecord {
+            guid: uuid::Uuid::new_v4().to_string(),
+            name: tenancy::DEFAULT_SPACE.into(),
+            org_guid: org.guid.clone(),
+            created_at: now,
+        };
+        let mut moved = Vec::new();
+        for item in self.apps.iter() {
+            let (key, value) = item?;
+            if key.contains(&b'/') {
+                continue;
+            }
+            let mut app: AppRecord = serde_json::from_slice(&value)?;
+            app.space_guid = space.guid.clone();
+            moved.push((key, app.key(), serde_json::to_vec(&app)?));
+        }
+        let (org_json, space_json) = (serde_json::to_vec(&org)?, serde_json::to_vec(&space)?);
+        (&self.apps, &self.orgs, &self.spaces, &self.meta)
+            .transaction(|(apps, orgs, spaces, meta)| {
+                for (old, new, value) in &moved {
+                    apps.remove(old)?;
+                    apps.insert(new.as_bytes(), value.as_slice())?;
+                }
+                orgs.insert(org.guid.as_bytes(), org_json.as_slice())?;
+                spaces.insert(space.guid.as_bytes(), space_json.as_slice())?;
+                meta.insert(SCHEMA_KEY, SCHEMA)?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => Error::Store(e),
+                TransactionError::Abort(()) => Error::Other("migration aborted".into()),
+            })?;
+        if !moved.is_empty() {
+            tracing::info!(
+                apps = moved.len(),
+                "moved the apps of an older store into org default, space default"
+            );
+        }
+        self.flush()
     }
 
     /// The counter every app, event and instance change bumps.
@@ -85,8 +154,8 @@ impl Store {
         Ok(())
     }
 
-    pub fn get_app(&self, name: &AppName) -> Result<Option<AppRecord>> {
-        match self.apps.get(name.as_str())? {
+    pub fn get_app(&self, space_guid: &str, name: &AppName) -> Result<Option<AppRecord>> {
+        match self.apps.get(app_key(space_guid, name))? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -101,9 +170,19 @@ impl Store {
         Ok(out)
     }
 
+    /// The apps of one space.
+    pub fn list_space_apps(&self, space_guid: &str) -> Result<Vec<AppRecord>> {
+        let mut out = Vec::new();
+        for item in self.apps.scan_prefix(format!("{space_guid}/")) {
+            let (_, v) = item?;
+            out.push(serde_json::from_slice(&v)?);
+        }
+        Ok(out)
+    }
+
     pub fn put_app(&self, app: &AppRecord) -> Result<()> {
-        self.apps
-            .insert(app.name.as_str(), serde_json::to_vec(app)?)?;
+        debug_assert!(!app.space_guid.is_empty(), "an app belongs to a space");
+        self.apps.insert(app.key(), serde_json::to_vec(app)?)?;
         self.changes.bump();
         self.flush()
     }
@@ -119,7 +198,7 @@ impl Store {
         let job = serde_json::to_vec(cleanup)?;
         (&self.apps, &self.events, &self.cleanup)
             .transaction(|(apps, events, jobs)| {
-                apps.remove(app.name.as_str())?;
+                apps.remove(app.key().as_bytes())?;
                 for k in &event_keys {
                     events.remove(k)?;
                 }
@@ -219,6 +298,7 @@ pub(crate) mod tests {
         AppRecord {
             name: name.parse().unwrap(),
             guid: format!("guid-{name}"),
+            space_guid: "space-test".into(),
             state: AppState::Stopped,
             package: None,
             droplet: None,
@@ -290,10 +370,56 @@ pub(crate) mod tests {
             volumes: vec!["v".into()],
         };
         s.delete_app(&app("a"), &job).unwrap();
-        assert!(s.get_app(&"a".parse().unwrap()).unwrap().is_none());
+        assert!(s
+            .get_app("space-test", &"a".parse().unwrap())
+            .unwrap()
+            .is_none());
         assert!(s.events("guid-a", 10).unwrap().is_empty());
         assert_eq!(s.cleanups().unwrap(), vec![job]);
         s.cleanup_done("guid-a").unwrap();
         assert!(s.cleanups().unwrap().is_empty());
+    }
+
+    /// A store as Pier wrote it before orgs and spaces (schema 1): apps keyed by name, records
+    /// without a space, no schema mark. Opening it moves every app into default/default, keeping
+    /// the record, its guid and its events, and a second open changes nothing.
+    #[test]
+    fn a_schema_1_store_is_migrated_into_the_default_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = serde_json::to_value(app("hello")).unwrap();
+        old.as_object_mut().unwrap().remove("space_guid");
+        old["env"] = serde_json::json!({"GREETING": "hi"});
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("apps")
+                .unwrap()
+                .insert("hello", serde_json::to_vec(&old).unwrap())
+                .unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert("admin_token_sha256", &[7u8; 32][..])
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let s = reopen(dir.path());
+        s.add_event("guid-hello", EventKind::Created, "kept", "admin")
+            .unwrap();
+        let migrated = s.default_space_app("hello").unwrap().expect("moved");
+        let space = s.list_spaces().unwrap().pop().unwrap();
+        assert_eq!(migrated.space_guid, space.guid);
+        assert_eq!(migrated.guid, "guid-hello", "same app");
+        assert_eq!(migrated.env["GREETING"], "hi");
+        assert_eq!(s.list_apps().unwrap().len(), 1, "moved, not copied");
+        assert_eq!(
+            s.meta_get("admin_token_sha256").unwrap().unwrap(),
+            vec![7u8; 32],
+            "the rest of the store is kept"
+        );
+        drop(s);
+        let s = reopen(dir.path());
+        assert_eq!(s.list_orgs().unwrap().len(), 1, "migrated once");
+        assert_eq!(s.list_spaces().unwrap(), vec![space]);
+        assert_eq!(s.default_space_app("hello").unwrap(), Some(migrated));
+        assert_eq!(s.events("guid-hello", 10).unwrap().len(), 1);
     }
 }
