@@ -12,6 +12,14 @@ use pier_api::AppName;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// The org to act in, for this command only (default: the one `pier target` saved, else
+    /// PIER_ORG, else the controller's `default`).
+    #[arg(short = 'o', long = "org", value_name = "ORG", global = true)]
+    pub org: Option<String>,
+    /// The space to act in, for this command only (default: the one `pier target` saved, else
+    /// PIER_SPACE, else the controller's `default`).
+    #[arg(short = 's', long = "space", value_name = "SPACE", global = true)]
+    pub space: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,6 +79,35 @@ pub enum Command {
     /// Deploy an earlier revision, rolling.
     #[command(disable_version_flag = true)]
     Rollback(RollbackArgs),
+    /// Show where commands act, or set it: `pier target -o ORG [-s SPACE]`.
+    Target,
+    /// List the orgs.
+    Orgs(AppsArgs),
+    /// List the spaces of the targeted org (or -o ORG).
+    Spaces(AppsArgs),
+    /// Create an org.
+    CreateOrg(OrgNameArg),
+    /// Delete an org with its spaces and their apps.
+    DeleteOrg(DeleteNamedArgs),
+    /// Create a space in the targeted org (or -o ORG).
+    CreateSpace(OrgNameArg),
+    /// Delete a space of the targeted org (or -o ORG) with its apps.
+    DeleteSpace(DeleteNamedArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OrgNameArg {
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteNamedArgs {
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Don't ask for confirmation.
+    #[arg(short = 'f', long = "force")]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

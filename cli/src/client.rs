@@ -31,6 +31,7 @@ pub fn connect(target: &Target) -> Result<Client, ClientError> {
         .token(target.token.clone())
         .ca_cert_file(target.ca_cert.clone())
         .danger_skip_tls_verify(target.skip_ssl_validation)
+        .space(target.org.clone(), target.space.clone())
         .user_agent(concat!("pier/", env!("CARGO_PKG_VERSION")))
         .build()
 }

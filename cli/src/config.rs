@@ -1,8 +1,9 @@
 //! Where the controller is and the token to show it.
 //!
 //! Precedence, highest first, for every setting the CLI resolves:
-//!   1. flags (`pier login --api --token`; `pier push -i -m ...` for app settings)
-//!   2. the environment: `PIER_API`, `PIER_TOKEN`, `PIER_CA_CERT`
+//!   1. flags (`pier login --api --token`; `-o/--org` and `-s/--space` on every command;
+//!      `pier push -i -m ...` for app settings)
+//!   2. the environment: `PIER_API`, `PIER_TOKEN`, `PIER_CA_CERT`, `PIER_ORG`, `PIER_SPACE`
 //!   3. `manifest.yml` (app settings only; it never names a controller)
 //!   4. the config file, `$PIER_HOME/config.json` (default `~/.pier/config.json`), written by `pier login`
 //!
@@ -34,6 +35,11 @@ pub struct ConfigFile {
     /// `pier login --skip-ssl-validation`: accept any certificate.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skip_ssl_validation: bool,
+    /// `pier target -o ORG -s SPACE`: where app commands act (none: the controller's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub space: Option<String>,
 }
 
 /// The environment variables the CLI reads, captured once.
@@ -44,6 +50,9 @@ pub struct Settings {
     pub api: Option<String>,
     pub token: Option<String>,
     pub ca_cert: Option<PathBuf>,
+    /// `-o/--org` and `-s/--space` of this command line, else `PIER_ORG`, `PIER_SPACE`.
+    pub org: Option<String>,
+    pub space: Option<String>,
 }
 
 /// The controller to talk to, resolved.
@@ -53,10 +62,22 @@ pub struct Target {
     pub token: Option<String>,
     pub ca_cert: Option<PathBuf>,
     pub skip_ssl_validation: bool,
+    /// The org and space app commands act in; `None`: the controller's `default`.
+    pub org: Option<String>,
+    pub space: Option<String>,
+}
+
+/// `-o/--org` and `-s/--space` from the command line, set once before the command runs.
+static FLAGS: std::sync::OnceLock<(Option<String>, Option<String>)> = std::sync::OnceLock::new();
+
+/// Records the command line's `-o/--org` and `-s/--space` (they win over env and config).
+pub fn set_space_flags(org: Option<String>, space: Option<String>) {
+    let _ = FLAGS.set((org, space));
 }
 
 impl Settings {
     pub fn from_env() -> Self {
+        let flags = FLAGS.get().cloned().unwrap_or_default();
         let non_empty = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         Settings {
             pier_home: std::env::var_os("PIER_HOME").filter(|v| !v.is_empty()),
@@ -64,6 +85,8 @@ impl Settings {
             api: non_empty("PIER_API"),
             token: non_empty("PIER_TOKEN"),
             ca_cert: non_empty("PIER_CA_CERT").map(PathBuf::from),
+            org: flags.0.clone().or_else(|| non_empty("PIER_ORG")),
+            space: flags.1.clone().or_else(|| non_empty("PIER_SPACE")),
         }
     }
 
@@ -93,11 +116,19 @@ impl Settings {
                  or set PIER_API and PIER_TOKEN",
             )
         })?;
+        // A space named without its org is in the targeted org.
+        let (org, space) = match (&self.org, &self.space) {
+            (Some(o), s) => (Some(o.clone()), s.clone()),
+            (None, Some(s)) => (file.org.clone(), Some(s.clone())),
+            (None, None) => (file.org.clone(), file.space.clone()),
+        };
         Ok(Target {
             api: normalize_api(&api)?,
             token: self.token.clone().or(file.token),
             ca_cert: self.ca_cert.clone().or(file.ca_cert),
             skip_ssl_validation: file.skip_ssl_validation,
+            org,
+            space,
         })
     }
 }
@@ -177,6 +208,8 @@ mod tests {
             api: None,
             token: None,
             ca_cert: None,
+            org: None,
+            space: None,
         }
     }
 
@@ -219,6 +252,8 @@ mod tests {
                 token: Some("file-token".into()),
                 ca_cert: Some("/file/ca.pem".into()),
                 skip_ssl_validation: false,
+                org: Some("acme".into()),
+                space: Some("dev".into()),
             },
         )
         .unwrap();
@@ -229,8 +264,22 @@ mod tests {
                 token: Some("file-token".into()),
                 ca_cert: Some("/file/ca.pem".into()),
                 skip_ssl_validation: false,
+                org: Some("acme".into()),
+                space: Some("dev".into()),
             }
         );
+        // A space named alone is in the targeted org; an org named alone has no space yet.
+        s.space = Some("prod".into());
+        let t = s.target().unwrap();
+        assert_eq!(
+            (t.org.as_deref(), t.space.as_deref()),
+            (Some("acme"), Some("prod"))
+        );
+        s.org = Some("other".into());
+        s.space = None;
+        let t = s.target().unwrap();
+        assert_eq!((t.org.as_deref(), t.space), (Some("other"), None));
+        s.org = None;
         s.ca_cert = Some("/env/ca.pem".into());
         assert_eq!(
             s.target().unwrap().ca_cert.as_deref(),

@@ -45,9 +45,10 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStream, TryStreamExt};
 use pier_api::{
     ApiError, AppAction, AppConfigRequest, AppEvent, AppName, AppResponse, BuildRequest,
-    BuildpackResponse, CreateBuildpackRequest, DeployRequest, DeploymentAction, DeploymentResponse,
-    InfoResponse, LogLine, PackageResponse, ProcessConfigRequest, ProcessType, RevisionResponse,
-    RouteMapping, RouteRequest, RouteSpec, RouteTable, RouterLogBatch, UpdateBuildpackRequest,
+    BuildpackResponse, CreateBuildpackRequest, CreateNamedRequest, DeployRequest, DeploymentAction,
+    DeploymentResponse, InfoResponse, LogLine, OrgResponse, PackageResponse, ProcessConfigRequest,
+    ProcessType, RevisionResponse, RouteMapping, RouteRequest, RouteSpec, RouteTable,
+    RouterLogBatch, SpaceResponse, UpdateBuildpackRequest,
 };
 use reqwest::{header, Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -76,6 +77,8 @@ pub struct Client {
     token: Option<String>,
     http: reqwest::Client,
     timeout: Option<Duration>,
+    /// `org=..&space=..` sent with every app call (none: the controller's default space).
+    space: Vec<(&'static str, String)>,
 }
 
 /// Settings of a [`Client`]; see [`Client::builder`].
@@ -88,9 +91,23 @@ pub struct ClientBuilder {
     user_agent: String,
     ca_cert: Option<PathBuf>,
     skip_tls_verify: bool,
+    space: Vec<(&'static str, String)>,
 }
 
 impl ClientBuilder {
+    /// The org and space app calls act in (`?org=&space=`); each `None` is the controller's
+    /// default (`default`).
+    pub fn space(mut self, org: Option<String>, space: Option<String>) -> Self {
+        self.space = [
+            (pier_api::orgs::ORG_PARAM, org),
+            (pier_api::orgs::SPACE_PARAM, space),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+        self
+    }
+
     /// Also trust the CA certificates (PEM, one or more) in this file for `https://`.
     pub fn ca_cert_file(mut self, file: Option<PathBuf>) -> Self {
         self.ca_cert = file;
@@ -152,6 +169,7 @@ impl ClientBuilder {
             token: self.token,
             http,
             timeout: self.timeout,
+            space: self.space,
         })
     }
 }
@@ -214,6 +232,7 @@ impl Client {
             user_agent: concat!("pier-client/", env!("CARGO_PKG_VERSION")).to_string(),
             ca_cert: None,
             skip_tls_verify: false,
+            space: Vec::new(),
         }
     }
 
@@ -233,7 +252,10 @@ impl Client {
     // ---- plumbing ----
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let req = self.http.request(method, format!("{}{path}", self.base));
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if in_space(path) && !self.space.is_empty() {
+            req = req.query(&self.space);
+        }
         match &self.token {
             Some(token) => req.bearer_auth(token),
             None => req,
@@ -623,11 +645,68 @@ impl Client {
         self.empty(self.call(Method::DELETE, &path)).await
     }
 
+    /// `GET /v1/orgs`.
+    pub async fn orgs(&self) -> Result<Vec<OrgResponse>> {
+        self.json(self.call(Method::GET, "/v1/orgs"), "orgs").await
+    }
+
+    /// `GET /v1/orgs/{org}`.
+    pub async fn org(&self, org: &str) -> Result<OrgResponse> {
+        let req = self.call(Method::GET, &format!("/v1/orgs/{}", segment(org)));
+        self.json(req, "org").await
+    }
+
+    /// `POST /v1/orgs`.
+    pub async fn create_org(&self, name: &str) -> Result<OrgResponse> {
+        let req = self
+            .call(Method::POST, "/v1/orgs")
+            .json(&CreateNamedRequest { name: name.into() });
+        self.json(req, "org").await
+    }
+
+    /// `DELETE /v1/orgs/{org}`: the org, its spaces and their apps.
+    pub async fn delete_org(&self, org: &str) -> Result<()> {
+        let req = self.call(Method::DELETE, &format!("/v1/orgs/{}", segment(org)));
+        self.empty(req).await
+    }
+
+    /// `GET /v1/orgs/{org}/spaces`.
+    pub async fn spaces(&self, org: &str) -> Result<Vec<SpaceResponse>> {
+        let path = format!("/v1/orgs/{}/spaces", segment(org));
+        self.json(self.call(Method::GET, &path), "spaces").await
+    }
+
+    /// `GET /v1/orgs/{org}/spaces/{space}`.
+    pub async fn space(&self, org: &str, space: &str) -> Result<SpaceResponse> {
+        let path = format!("/v1/orgs/{}/spaces/{}", segment(org), segment(space));
+        self.json(self.call(Method::GET, &path), "space").await
+    }
+
+    /// `POST /v1/orgs/{org}/spaces`.
+    pub async fn create_space(&self, org: &str, name: &str) -> Result<SpaceResponse> {
+        let path = format!("/v1/orgs/{}/spaces", segment(org));
+        let req = self
+            .call(Method::POST, &path)
+            .json(&CreateNamedRequest { name: name.into() });
+        self.json(req, "space").await
+    }
+
+    /// `DELETE /v1/orgs/{org}/spaces/{space}`: the space and its apps.
+    pub async fn delete_space(&self, org: &str, space: &str) -> Result<()> {
+        let path = format!("/v1/orgs/{}/spaces/{}", segment(org), segment(space));
+        self.empty(self.call(Method::DELETE, &path)).await
+    }
+
     /// `DELETE /v1/apps/{name}/cache`: clears the app's buildpack cache.
     pub async fn clear_cache(&self, name: &AppName) -> Result<()> {
         self.empty(self.call(Method::DELETE, &format!("/v1/apps/{name}/cache")))
             .await
     }
+}
+
+/// App calls act in a space; the rest (orgs, buildpacks, the route table) do not.
+fn in_space(path: &str) -> bool {
+    path == "/v1/apps" || path.starts_with("/v1/apps/") || path == "/v1/route-mappings"
 }
 
 /// A path segment from a string the caller did not validate: everything but unreserved
@@ -648,6 +727,28 @@ fn segment(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_app_calls_name_the_space() {
+        for p in [
+            "/v1/apps",
+            "/v1/apps/web",
+            "/v1/apps/web/logs/stream",
+            "/v1/route-mappings",
+        ] {
+            assert!(in_space(p), "{p}");
+        }
+        for p in [
+            "/v1/orgs",
+            "/v1/orgs/acme/spaces",
+            "/v1/buildpacks",
+            "/v1/routes",
+            "/v1/info",
+            "/v1/appsx",
+        ] {
+            assert!(!in_space(p), "{p}");
+        }
+    }
 
     #[test]
     fn segments_cannot_change_the_path() {

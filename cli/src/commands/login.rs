@@ -29,6 +29,7 @@ pub async fn run(args: LoginArgs) -> Result<()> {
         token: None,
         ca_cert,
         skip_ssl_validation: args.skip_ssl_validation,
+        ..Target::default()
     };
 
     let info = client::connect(&target)?.info().await?;
@@ -54,6 +55,7 @@ pub async fn run(args: LoginArgs) -> Result<()> {
             token: Some(token),
             ca_cert: target.ca_cert,
             skip_ssl_validation: target.skip_ssl_validation,
+            ..ConfigFile::default()
         },
     )?;
     println!("Logged in to {api} ({} {}).", info.name, info.version);

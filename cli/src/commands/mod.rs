@@ -20,6 +20,7 @@ pub mod events;
 pub mod health_check;
 pub mod login;
 pub mod logs;
+pub mod orgs;
 pub mod push;
 pub mod restage;
 pub mod restart;
@@ -32,6 +33,7 @@ pub mod update_buildpack;
 pub mod wait;
 
 pub async fn run(cli: Cli) -> Result<()> {
+    crate::config::set_space_flags(cli.org.clone(), cli.space.clone());
     match cli.command {
         Command::Login(args) => login::run(args).await,
         Command::Push(args) => push::run(args).await,
@@ -62,6 +64,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::MapRoute(args) => routes::map(args, true).await,
         Command::UnmapRoute(args) => routes::map(args, false).await,
         Command::Routes(args) => routes::list(args).await,
+        Command::Target => orgs::target(cli.org, cli.space).await,
+        Command::Orgs(args) => orgs::list_orgs(args).await,
+        Command::Spaces(args) => orgs::list_spaces(args).await,
+        Command::CreateOrg(args) => orgs::create_org(args).await,
+        Command::DeleteOrg(args) => orgs::delete_org(args).await,
+        Command::CreateSpace(args) => orgs::create_space(args).await,
+        Command::DeleteSpace(args) => orgs::delete_space(args).await,
     }
 }
 
