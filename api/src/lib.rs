@@ -48,6 +48,7 @@ pub mod error;
 pub mod logs;
 pub mod names;
 pub mod orgs;
+pub mod roles;
 pub mod routes;
 pub mod size;
 pub mod vocab;
@@ -61,6 +62,7 @@ pub use logs::{
 };
 pub use names::{AppName, NameError, ProcessType};
 pub use orgs::{CreateNamedRequest, OrgResponse, SpaceResponse};
+pub use roles::{Role, RoleHolder};
 pub use routes::{
     Backend, Balancing, RouteEntry, RouteMapping, RouteRequest, RouteSpec, RouteTable,
 };

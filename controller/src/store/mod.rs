@@ -5,6 +5,7 @@
 //! Trees:
 //! - `apps`: `<space guid>/<app name>` → [`AppRecord`] (JSON)
 //! - `orgs`, `spaces`: guid → [`OrgRecord`], [`SpaceRecord`] ([`tenancy`])
+//! - `roles`: `<user guid>/<org or space guid>/<role>` → [`RoleRecord`] ([`roles`])
 //! - `events`: `<app guid>/<time ns>/<id>` → [`AppEvent`]
 //! - `meta`: token hash, controller id, instance subnet, the store's schema version
 //! - `cleanup`: app guid → [`Cleanup`]: what a deleted app left in the runtime and the blob store,
@@ -35,10 +36,12 @@ pub const EVENTS_KEPT: usize = 1000;
 mod addresses;
 mod apps;
 pub mod blobs;
+pub mod roles;
 pub mod tenancy;
 
 pub use addresses::AddressStore;
 pub use apps::{app_key, AppRecord, DeploymentRecord, ProcessRecord, Revision};
+pub use roles::RoleRecord;
 pub use tenancy::{OrgRecord, SpaceRecord};
 
 /// The store's layout version, in `meta`: 1 (no key) before orgs and spaces, 2 since.
@@ -66,6 +69,7 @@ pub struct Store {
     cleanup: sled::Tree,
     orgs: sled::Tree,
     spaces: sled::Tree,
+    roles: sled::Tree,
     changes: crate::changes::Changes,
 }
 
@@ -79,6 +83,7 @@ impl Store {
             cleanup: db.open_tree("cleanup")?,
             orgs: db.open_tree("orgs")?,
             spaces: db.open_tree("spaces")?,
+            roles: db.open_tree("roles")?,
             changes: Default::default(),
             db,
         };
