@@ -33,6 +33,12 @@
 //! | `POST/DELETE /v1/apps/{name}/routes`    | [`RouteRequest`] → [`AppResponse`] (map, unmap)        |
 //! | `GET  /v1/route-mappings`               | → `Vec<`[`RouteMapping`]`>`                            |
 //! | `GET  /v1/routes?epoch=E&version=V`     | → [`RouteTable`]; long-polls while the table is at V   |
+//! | `POST /oauth/token` (no bearer)         | form `grant_type=password\|refresh_token` → [`TokenResponse`] / [`OAuthError`] |
+//! | `POST /oauth/revoke` (no bearer)        | form `token=REFRESH` → 200 (RFC 7009)                  |
+//! | `GET  /v1/whoami`                       | → [`WhoAmIResponse`]                                   |
+//! | `GET/POST /v1/users`                    | [`CreateUserRequest`] → `Vec<`[`UserResponse`]`>`; [`UserResponse`] (201) |
+//! | `DELETE /v1/users/{name}`               | → 204 (its sessions are revoked)                       |
+//! | `PUT  /v1/users/{name}/password`        | [`SetPasswordRequest`] → 204                           |
 
 pub mod apps;
 pub mod buildpacks;
@@ -42,6 +48,7 @@ pub mod logs;
 pub mod names;
 pub mod routes;
 pub mod size;
+pub mod users;
 pub mod vocab;
 
 pub use apps::*;
@@ -56,6 +63,10 @@ pub use routes::{
     Backend, Balancing, RouteEntry, RouteMapping, RouteRequest, RouteSpec, RouteTable,
 };
 pub use size::parse_size_mb;
+pub use users::{
+    CreateUserRequest, OAuthError, SetPasswordRequest, TokenResponse, UserName, UserNameError,
+    UserResponse, WhoAmIResponse,
+};
 pub use vocab::{AppAction, DeploymentAction, EventKind, LogSource};
 
 /// Header the router puts on every response it generates itself, naming the cause.

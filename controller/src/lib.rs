@@ -55,6 +55,7 @@ pub mod runtime;
 pub mod server;
 pub mod staging;
 pub mod store;
+pub mod users;
 #[cfg(test)]
 mod testkit;
 

@@ -9,6 +9,8 @@
 //! - `cleanup`: app guid → [`Cleanup`]: what a deleted app left in the runtime and the blob store,
 //!   written in the same transaction that deletes the app, removed once it is all gone
 //! - `addresses`, `addresses_meta`: instance address states ([`AddressStore`])
+//! - `users`, `sessions`: users and their login sessions ([`UserStore`]); the access tokens'
+//!   signing key is in `meta`
 //!
 //! Invariants:
 //! - Every write is flushed before the call returns, so an API answer means the change is on disk.
@@ -31,10 +33,12 @@ pub const EVENTS_KEPT: usize = 1000;
 mod addresses;
 mod apps;
 pub mod blobs;
+mod users;
 
 pub use addresses::AddressStore;
 pub use apps::{AppRecord, DeploymentRecord, ProcessRecord, Revision};
 pub use blobs::BlobStore;
+pub use users::{SessionRecord, UserRecord, UserStore};
 
 /// What is left to remove after an app was deleted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +82,11 @@ impl Store {
     /// The persistence of instance addresses.
     pub fn addresses(&self) -> Result<AddressStore> {
         AddressStore::open(&self.db)
+    }
+
+    /// The persistence of users and login sessions.
+    pub fn users(&self) -> Result<UserStore> {
+        UserStore::open(&self.db)
     }
 
     pub fn flush(&self) -> Result<()> {
