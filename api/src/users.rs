@@ -126,7 +126,10 @@ impl fmt::Debug for CreateUserRequest {
 impl fmt::Debug for SetPasswordRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SetPasswordRequest")
-            .field("old_password", &self.old_password.as_ref().map(|_| "<hidden>"))
+            .field(
+                "old_password",
+                &self.old_password.as_ref().map(|_| "<hidden>"),
+            )
             .field("password", &"<hidden>")
             .finish()
     }

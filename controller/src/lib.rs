@@ -55,9 +55,9 @@ pub mod runtime;
 pub mod server;
 pub mod staging;
 pub mod store;
-pub mod users;
 #[cfg(test)]
 mod testkit;
+pub mod users;
 
 pub use config::Config;
 pub use server::Controller;

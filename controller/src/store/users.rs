@@ -102,9 +102,9 @@ impl UserStore {
     /// Adds `user` unless its name is taken (atomically): false when it was.
     pub fn insert_new(&self, user: &UserRecord) -> Result<bool> {
         let v = serde_json::to_vec(user)?;
-        let swapped = self
-            .users
-            .compare_and_swap(user.name.as_str(), None as Option<&[u8]>, Some(v))?;
+        let swapped =
+            self.users
+                .compare_and_swap(user.name.as_str(), None as Option<&[u8]>, Some(v))?;
         self.flush()?;
         Ok(swapped.is_ok())
     }
@@ -160,12 +160,7 @@ impl UserStore {
     }
 
     /// Replaces the session only if it is still `old` (two refreshes with one token: one wins).
-    pub fn swap_session(
-        &self,
-        id: &str,
-        old: &SessionRecord,
-        new: &SessionRecord,
-    ) -> Result<bool> {
+    pub fn swap_session(&self, id: &str, old: &SessionRecord, new: &SessionRecord) -> Result<bool> {
         let swapped = self.sessions.compare_and_swap(
             id,
             Some(serde_json::to_vec(old)?),

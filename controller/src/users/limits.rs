@@ -155,7 +155,11 @@ mod tests {
         for t in [0, 1, 2, 3] {
             l.fail(&mut u, t);
         }
-        assert_eq!(l.fail(&mut u, 1200), None, "the first went out of the window");
+        assert_eq!(
+            l.fail(&mut u, 1200),
+            None,
+            "the first went out of the window"
+        );
         assert_eq!(u.failed_logins, vec![1, 2, 3, 1200]);
         assert!(l.succeed(&mut u));
         assert!(u.failed_logins.is_empty());
@@ -171,8 +175,16 @@ mod tests {
             assert_eq!(l.retry_after(a, 100 + t), None);
             l.fail(a, 100 + t);
         }
-        assert_eq!(l.retry_after(a, 110), Some(50), "the first is a minute old at 160");
-        assert_eq!(l.retry_after(b, 110), None, "other addresses are not held back");
+        assert_eq!(
+            l.retry_after(a, 110),
+            Some(50),
+            "the first is a minute old at 160"
+        );
+        assert_eq!(
+            l.retry_after(b, 110),
+            None,
+            "other addresses are not held back"
+        );
         assert_eq!(l.retry_after(a, 159), Some(1));
         assert_eq!(l.retry_after(a, 160), None, "one slot is free again");
         l.fail(a, 160);

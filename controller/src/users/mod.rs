@@ -80,8 +80,7 @@ impl ManualClock {
         Arc::new(ManualClock(secs.into()))
     }
     pub fn advance(&self, secs: i64) {
-        self.0
-            .fetch_add(secs, std::sync::atomic::Ordering::SeqCst);
+        self.0.fetch_add(secs, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -120,9 +119,13 @@ pub enum LoginError {
     /// Wrong name or password (never says which).
     BadCredentials,
     /// Locked after failed logins, until then (unix seconds).
-    Locked { until: i64 },
+    Locked {
+        until: i64,
+    },
     /// Too many failed logins from this address: try again in that many seconds.
-    TooManyFromAddress { retry_after: u64 },
+    TooManyFromAddress {
+        retry_after: u64,
+    },
     /// A refresh token that is not (or no longer) valid, and why.
     InvalidGrant(&'static str),
     Internal(Error),
@@ -234,9 +237,9 @@ impl Users {
 
     /// Adds a user (argon2id takes ~tens of ms: call from a blocking thread).
     pub fn create(&self, name: &str, password: &str) -> Result<pier_api::UserResponse> {
-        let name: UserName = name
-            .parse()
-            .map_err(|e: pier_api::UserNameError| Error::api(ErrorCode::InvalidName, e.to_string()))?;
+        let name: UserName = name.parse().map_err(|e: pier_api::UserNameError| {
+            Error::api(ErrorCode::InvalidName, e.to_string())
+        })?;
         if let Some(why) = pier_api::users::password_problem(password) {
             return Err(Error::bad_request(why));
         }
@@ -262,7 +265,12 @@ impl Users {
     /// Every user, by name.
     pub fn list(&self) -> Result<Vec<pier_api::UserResponse>> {
         let now = self.clock.now();
-        Ok(self.store.list()?.iter().map(|u| response(u, now)).collect())
+        Ok(self
+            .store
+            .list()?
+            .iter()
+            .map(|u| response(u, now))
+            .collect())
     }
 
     /// Deletes the user and revokes every session of theirs.
@@ -286,7 +294,9 @@ impl Users {
     ) -> Result<()> {
         let user = self.user(name)?;
         if let Some(why) = pier_api::users::password_problem(new) {
-            return Err(Error::bad_request(format!("{why}; the password was not changed")));
+            return Err(Error::bad_request(format!(
+                "{why}; the password was not changed"
+            )));
         }
         if !by_admin {
             let old = old.ok_or_else(|| {

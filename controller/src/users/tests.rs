@@ -53,7 +53,10 @@ fn a_login_gives_a_token_that_names_the_user_until_it_expires() {
     assert_eq!(g.claims.client_id, "cf");
     assert_eq!(g.claims.grant_type, "password");
     assert_eq!(g.claims.exp - g.claims.iat, 600);
-    assert!(g.claims.scope.contains(&"cloud_controller.read".to_string()));
+    assert!(g
+        .claims
+        .scope
+        .contains(&"cloud_controller.read".to_string()));
     assert_eq!(g.refresh_token.split_once('.').unwrap().1.len(), 64);
     let p = t.users.verify_access(&g.access_token).unwrap();
     assert_eq!(p.actor(), "alice");
@@ -201,7 +204,10 @@ fn five_failures_lock_the_account_until_a_time_and_success_clears() {
     t.users.create("alice", PW).unwrap();
     for i in 0..4 {
         assert!(
-            matches!(login(&t, "alice", "wrong-pass"), Err(LoginError::BadCredentials)),
+            matches!(
+                login(&t, "alice", "wrong-pass"),
+                Err(LoginError::BadCredentials)
+            ),
             "{i}"
         );
         t.clock.advance(60);
@@ -280,7 +286,9 @@ fn an_address_with_ten_failures_a_minute_waits() {
         r => panic!("{:?}", r.err()),
     }
     // Another address logs in, and alice's account is not locked.
-    t.users.password_grant("alice", PW, ip("192.0.2.8")).unwrap();
+    t.users
+        .password_grant("alice", PW, ip("192.0.2.8"))
+        .unwrap();
     t.clock.advance(60);
     t.users.password_grant("alice", PW, attacker).unwrap();
 }
@@ -292,16 +300,34 @@ fn refusals_say_why_and_change_nothing() {
     let before = t.store.users().unwrap().list().unwrap();
     let cases: [(&str, &str, ErrorCode, &str); 5] = [
         ("Alice", PW, ErrorCode::InvalidName, "lowercase letters"),
-        ("-x", PW, ErrorCode::InvalidName, "starting with a letter or digit"),
+        (
+            "-x",
+            PW,
+            ErrorCode::InvalidName,
+            "starting with a letter or digit",
+        ),
         ("", PW, ErrorCode::InvalidName, "must not be empty"),
-        ("bob", "abc1234", ErrorCode::InvalidRequest, "at least 8 characters"),
-        ("alice", "another-password", ErrorCode::Conflict, "user alice already exists"),
+        (
+            "bob",
+            "abc1234",
+            ErrorCode::InvalidRequest,
+            "at least 8 characters",
+        ),
+        (
+            "alice",
+            "another-password",
+            ErrorCode::Conflict,
+            "user alice already exists",
+        ),
     ];
     for (name, pw, code, msg) in cases {
         let e = t.users.create(name, pw).unwrap_err().to_api();
         assert_eq!(e.code, code, "{name}");
         assert!(e.message.contains(msg), "{name}: {}", e.message);
-        assert!(!e.message.contains(pw), "{name}: the password is in the message");
+        assert!(
+            !e.message.contains(pw),
+            "{name}: the password is in the message"
+        );
     }
     let e = t
         .users
@@ -309,7 +335,11 @@ fn refusals_say_why_and_change_nothing() {
         .unwrap_err()
         .to_api();
     assert_eq!(e.code, ErrorCode::Forbidden);
-    assert!(e.message.contains("the old password is wrong"), "{}", e.message);
+    assert!(
+        e.message.contains("the old password is wrong"),
+        "{}",
+        e.message
+    );
     let e = t
         .users
         .set_password("alice", None, "new-password-1", false)
@@ -334,8 +364,14 @@ fn a_password_change_takes_and_the_admin_reset_ends_sessions() {
     t.users
         .set_password("alice", Some(PW), "second-password", false)
         .unwrap();
-    assert!(matches!(login(&t, "alice", PW), Err(LoginError::BadCredentials)));
-    assert!(t.users.verify_access(&g.access_token).is_ok(), "own change keeps sessions");
+    assert!(matches!(
+        login(&t, "alice", PW),
+        Err(LoginError::BadCredentials)
+    ));
+    assert!(
+        t.users.verify_access(&g.access_token).is_ok(),
+        "own change keeps sessions"
+    );
     login(&t, "alice", "second-password").unwrap();
     t.users
         .set_password("alice", None, "third-password", true)

@@ -173,7 +173,10 @@ pub(crate) mod tests {
         let mut forged = claims(1000);
         forged.user_name = "admin".into();
         let forged = hand_made(r#"{"alg":"HS256","typ":"JWT"}"#, &forged, sig);
-        assert!(matches!(keys.decode(&forged, 1), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            keys.decode(&forged, 1),
+            Err(TokenError::Invalid(_))
+        ));
         assert!(matches!(
             keys.decode("not.a.jwt", 1),
             Err(TokenError::Invalid(_))
