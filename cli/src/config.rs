@@ -1,5 +1,9 @@
 //! Where the controller is and the token to show it.
 //!
+//! A login is either the admin token (`pier login --token`) or a user's (`pier login -u`): then
+//! `token` is the user's access token, renewed with `refresh_token` as it expires (the new pair
+//! is written back here), and `user` names who logged in.
+//!
 //! Precedence, highest first, for every setting the CLI resolves:
 //!   1. flags (`pier login --api --token`; `pier push -i -m ...` for app settings)
 //!   2. the environment: `PIER_API`, `PIER_TOKEN`, `PIER_CA_CERT`
@@ -28,6 +32,12 @@ pub struct ConfigFile {
     pub api: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// A user's login: the refresh token that renews `token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// A user's login: the user's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// A PEM file of CA certificates to trust for an `https://` API, besides the system's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_cert: Option<PathBuf>,
@@ -53,6 +63,9 @@ pub struct Target {
     pub token: Option<String>,
     pub ca_cert: Option<PathBuf>,
     pub skip_ssl_validation: bool,
+    /// A user's login from the config file (not when PIER_TOKEN overrides its token): the
+    /// refresh token, and the file a renewed pair is saved to.
+    pub session: Option<(String, PathBuf)>,
 }
 
 impl Settings {
@@ -93,11 +106,16 @@ impl Settings {
                  or set PIER_API and PIER_TOKEN",
             )
         })?;
+        let session = match (&self.token, file.refresh_token) {
+            (None, Some(refresh)) => Some((refresh, self.config_path()?)),
+            _ => None,
+        };
         Ok(Target {
             api: normalize_api(&api)?,
             token: self.token.clone().or(file.token),
             ca_cert: self.ca_cert.clone().or(file.ca_cert),
             skip_ssl_validation: file.skip_ssl_validation,
+            session,
         })
     }
 }
@@ -219,6 +237,7 @@ mod tests {
                 token: Some("file-token".into()),
                 ca_cert: Some("/file/ca.pem".into()),
                 skip_ssl_validation: false,
+                ..ConfigFile::default()
             },
         )
         .unwrap();
@@ -229,6 +248,7 @@ mod tests {
                 token: Some("file-token".into()),
                 ca_cert: Some("/file/ca.pem".into()),
                 skip_ssl_validation: false,
+                session: None,
             }
         );
         s.ca_cert = Some("/env/ca.pem".into());
@@ -241,6 +261,30 @@ mod tests {
         assert_eq!(s.target().unwrap().api, "http://file:9000");
         s.api = Some("http://env:9000".into());
         assert_eq!(s.target().unwrap().api, "http://env:9000");
+    }
+
+    #[test]
+    fn a_users_refresh_token_is_used_only_with_the_files_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path());
+        let path = s.config_path().unwrap();
+        save(
+            &path,
+            &ConfigFile {
+                api: Some("http://file:9000".into()),
+                token: Some("access".into()),
+                refresh_token: Some("refresh".into()),
+                user: Some("alice".into()),
+                ..ConfigFile::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            s.target().unwrap().session,
+            Some(("refresh".to_string(), path))
+        );
+        s.token = Some("env-token".into());
+        assert_eq!(s.target().unwrap().session, None);
     }
 
     #[test]
