@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     Unauthorized,
+    /// The access token (a user's JWT) expired: a client holding a refresh token gets a new one
+    /// at `POST /oauth/token` and tries again; otherwise the user logs in again.
+    TokenExpired,
     /// The token is valid but may not do this (the router token outside its two endpoints).
     Forbidden,
     NotFound,
@@ -22,7 +25,7 @@ pub enum ErrorCode {
 impl ErrorCode {
     pub fn status(self) -> u16 {
         match self {
-            ErrorCode::Unauthorized => 401,
+            ErrorCode::Unauthorized | ErrorCode::TokenExpired => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::InvalidName | ErrorCode::InvalidRequest => 400,

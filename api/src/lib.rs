@@ -40,6 +40,12 @@
 //!
 //! Every `/v1/apps/...` endpoint acts in one space, picked by `?org=ORG&space=SPACE` (both default
 //! to `default`); `/v1/apps` lists that space's apps.
+//! | `POST /oauth/token` (no bearer)         | form `grant_type=password\|refresh_token` → [`TokenResponse`] / [`OAuthError`] |
+//! | `POST /oauth/revoke` (no bearer)        | form `token=REFRESH` → 200 (RFC 7009)                  |
+//! | `GET  /v1/whoami`                       | → [`WhoAmIResponse`]                                   |
+//! | `GET/POST /v1/users`                    | [`CreateUserRequest`] → `Vec<`[`UserResponse`]`>`; [`UserResponse`] (201) |
+//! | `DELETE /v1/users/{name}`               | → 204 (its sessions are revoked)                       |
+//! | `PUT  /v1/users/{name}/password`        | [`SetPasswordRequest`] → 204                           |
 
 pub mod apps;
 pub mod buildpacks;
@@ -48,9 +54,9 @@ pub mod error;
 pub mod logs;
 pub mod names;
 pub mod orgs;
-pub mod roles;
 pub mod routes;
 pub mod size;
+pub mod users;
 pub mod vocab;
 
 pub use apps::*;
@@ -62,11 +68,14 @@ pub use logs::{
 };
 pub use names::{AppName, NameError, ProcessType};
 pub use orgs::{CreateNamedRequest, OrgResponse, SpaceResponse};
-pub use roles::{Role, RoleHolder};
 pub use routes::{
     Backend, Balancing, RouteEntry, RouteMapping, RouteRequest, RouteSpec, RouteTable,
 };
 pub use size::parse_size_mb;
+pub use users::{
+    CreateUserRequest, OAuthError, SetPasswordRequest, TokenResponse, UserName, UserNameError,
+    UserResponse, WhoAmIResponse,
+};
 pub use vocab::{AppAction, DeploymentAction, EventKind, LogSource};
 
 /// Header the router puts on every response it generates itself, naming the cause.

@@ -24,8 +24,20 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Check the controller and the token, then save both in the config file.
+    /// Check the controller and the token (or log in as a user), then save both in the config file.
     Login(LoginArgs),
+    /// Revoke the saved login at the controller and remove its tokens from the config file.
+    Logout,
+    /// Who the saved login is.
+    Whoami,
+    /// List the users (platform admin).
+    Users(AppsArgs),
+    /// Add a user with a password (platform admin).
+    CreateUser(CreateUserArgs),
+    /// Delete a user; their logins end (platform admin).
+    DeleteUser(DeleteUserArgs),
+    /// Change your password, or (platform admin) set another user's.
+    Passwd(PasswdArgs),
     /// Upload a folder, stage it with buildpacks and start it.
     Push(PushArgs),
     /// List every app.
@@ -116,8 +128,24 @@ pub struct LoginArgs {
     #[arg(long, value_name = "URL")]
     pub api: String,
     /// The admin token pier-controller printed on its first start.
-    #[arg(long, value_name = "TOKEN")]
-    pub token: String,
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        required_unless_present = "username",
+        conflicts_with = "username"
+    )]
+    pub token: Option<String>,
+    /// Log in as this user (asks for the password unless -p is given).
+    #[arg(short = 'u', long = "username", value_name = "NAME")]
+    pub username: Option<String>,
+    /// The user's password (for scripts; it shows in the process list, prefer the prompt).
+    #[arg(
+        short = 'p',
+        long = "password",
+        value_name = "PASS",
+        requires = "username"
+    )]
+    pub password: Option<String>,
     /// For an https:// API: a PEM file of CA certificates to trust besides the system's (the
     /// controller's own certificate, if it is self-signed). Saved with the login. Default:
     /// PIER_CA_CERT.
@@ -127,6 +155,32 @@ pub struct LoginArgs {
     /// the controller can then read the token: only for trying things out.
     #[arg(long)]
     pub skip_ssl_validation: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateUserArgs {
+    /// The user's name: lowercase letters, digits, `.`, `_`, `-`, `@`.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The password (asked twice when missing).
+    #[arg(short = 'p', long = "password", value_name = "PASS")]
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteUserArgs {
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Don't ask for confirmation.
+    #[arg(short = 'f', long = "force")]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PasswdArgs {
+    /// Another user whose password the platform admin sets; without it, your own.
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -27,13 +27,34 @@ pub fn connect(target: &Target) -> Result<Client, ClientError> {
             target.api
         );
     }
-    Client::builder(&target.api)
+    let mut builder = Client::builder(&target.api);
+    if let Some((refresh, path)) = &target.session {
+        let path = path.clone();
+        builder = builder.session(Some(refresh.clone()), move |t| save_renewed(&path, t));
+    }
+    builder
         .token(target.token.clone())
         .ca_cert_file(target.ca_cert.clone())
         .danger_skip_tls_verify(target.skip_ssl_validation)
         .space(target.org.clone(), target.space.clone())
         .user_agent(concat!("pier/", env!("CARGO_PKG_VERSION")))
         .build()
+}
+
+/// Writes a renewed pair into the config file (a failure is said, not fatal: this command has
+/// its token; the next one would log in again).
+fn save_renewed(path: &std::path::Path, t: &pier_api::TokenResponse) {
+    let saved = crate::config::load(path).and_then(|mut file| {
+        file.token = Some(t.access_token.clone());
+        file.refresh_token = Some(t.refresh_token.clone());
+        crate::config::save(path, &file)
+    });
+    if let Err(e) = saved {
+        eprintln!(
+            "warning: cannot save the renewed login to {}: {e:#}",
+            path.display()
+        );
+    }
 }
 
 /// The warning due before `target`'s token is sent, if it would cross a network unencrypted.
@@ -50,6 +71,22 @@ pub fn cleartext_warning(target: &Target) -> Option<String> {
 /// The message `pier` prints instead of the client's own, where it has a better one.
 pub fn message(e: &ClientError) -> Option<String> {
     match e {
+        ClientError::LoginExpired { .. } => None,
+        e if e.code() == Some(ErrorCode::TokenExpired) => Some(format!(
+            "your login at {} has expired: run `pier login --api {} -u NAME` again",
+            e.url().unwrap_or_default(),
+            e.url().unwrap_or_default()
+        )),
+        e if e
+            .api_error()
+            .is_some_and(|a| a.message.contains("access token")) =>
+        {
+            Some(format!(
+                "the controller refused your login ({}): run `pier login --api {} -u NAME` again",
+                e,
+                e.url().unwrap_or_default()
+            ))
+        }
         e if e.status() == Some(StatusCode::UNAUTHORIZED) => Some(format!(
             "the controller refused the token: run `pier login --api {} --token TOKEN` with the \
              token pier-controller printed",

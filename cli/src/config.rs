@@ -1,5 +1,9 @@
 //! Where the controller is and the token to show it.
 //!
+//! A login is either the admin token (`pier login --token`) or a user's (`pier login -u`): then
+//! `token` is the user's access token, renewed with `refresh_token` as it expires (the new pair
+//! is written back here), and `user` names who logged in.
+//!
 //! Precedence, highest first, for every setting the CLI resolves:
 //!   1. flags (`pier login --api --token`; `-o/--org` and `-s/--space` on every command;
 //!      `pier push -i -m ...` for app settings)
@@ -29,6 +33,12 @@ pub struct ConfigFile {
     pub api: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// A user's login: the refresh token that renews `token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// A user's login: the user's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// A PEM file of CA certificates to trust for an `https://` API, besides the system's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_cert: Option<PathBuf>,
@@ -65,6 +75,9 @@ pub struct Target {
     /// The org and space app commands act in; `None`: the controller's `default`.
     pub org: Option<String>,
     pub space: Option<String>,
+    /// A user's login from the config file (not when PIER_TOKEN overrides its token): the
+    /// refresh token, and the file a renewed pair is saved to.
+    pub session: Option<(String, PathBuf)>,
 }
 
 /// `-o/--org` and `-s/--space` from the command line, set once before the command runs.
@@ -122,6 +135,10 @@ impl Settings {
             (None, Some(s)) => (file.org.clone(), Some(s.clone())),
             (None, None) => (file.org.clone(), file.space.clone()),
         };
+        let session = match (&self.token, file.refresh_token) {
+            (None, Some(refresh)) => Some((refresh, self.config_path()?)),
+            _ => None,
+        };
         Ok(Target {
             api: normalize_api(&api)?,
             token: self.token.clone().or(file.token),
@@ -129,6 +146,7 @@ impl Settings {
             skip_ssl_validation: file.skip_ssl_validation,
             org,
             space,
+            session,
         })
     }
 }
@@ -254,6 +272,7 @@ mod tests {
                 skip_ssl_validation: false,
                 org: Some("acme".into()),
                 space: Some("dev".into()),
+                ..ConfigFile::default()
             },
         )
         .unwrap();
@@ -266,6 +285,7 @@ mod tests {
                 skip_ssl_validation: false,
                 org: Some("acme".into()),
                 space: Some("dev".into()),
+                session: None,
             }
         );
         // A space named alone is in the targeted org; an org named alone has no space yet.
@@ -290,6 +310,30 @@ mod tests {
         assert_eq!(s.target().unwrap().api, "http://file:9000");
         s.api = Some("http://env:9000".into());
         assert_eq!(s.target().unwrap().api, "http://env:9000");
+    }
+
+    #[test]
+    fn a_users_refresh_token_is_used_only_with_the_files_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path());
+        let path = s.config_path().unwrap();
+        save(
+            &path,
+            &ConfigFile {
+                api: Some("http://file:9000".into()),
+                token: Some("access".into()),
+                refresh_token: Some("refresh".into()),
+                user: Some("alice".into()),
+                ..ConfigFile::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            s.target().unwrap().session,
+            Some(("refresh".to_string(), path))
+        );
+        s.token = Some("env-token".into());
+        assert_eq!(s.target().unwrap().session, None);
     }
 
     #[test]

@@ -24,6 +24,16 @@ pub enum ClientError {
         status: StatusCode,
         error: ApiError,
     },
+    /// A refusal of `/oauth/token` or `/oauth/revoke`, in OAuth's `{"error", "error_description"}`.
+    #[error("{}", error.error_description)]
+    OAuth {
+        url: String,
+        status: StatusCode,
+        error: pier_api::OAuthError,
+    },
+    /// The access token expired and the refresh token could not renew it.
+    #[error("the login at {url} has expired and could not be renewed ({reason}): run `pier login` again")]
+    LoginExpired { url: String, reason: String },
     #[error("the controller answered {status}: {body}")]
     Http {
         url: String,
@@ -74,7 +84,9 @@ impl ClientError {
     /// The HTTP status, when the controller answered with a refusal.
     pub fn status(&self) -> Option<StatusCode> {
         match self {
-            ClientError::Api { status, .. } | ClientError::Http { status, .. } => Some(*status),
+            ClientError::Api { status, .. }
+            | ClientError::Http { status, .. }
+            | ClientError::OAuth { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -88,6 +100,8 @@ impl ClientError {
     pub fn url(&self) -> Option<&str> {
         match self {
             ClientError::Api { url, .. }
+            | ClientError::OAuth { url, .. }
+            | ClientError::LoginExpired { url, .. }
             | ClientError::Http { url, .. }
             | ClientError::Unreachable { url, .. }
             | ClientError::Tls { url, .. }

@@ -39,16 +39,18 @@ mod error;
 mod stream;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStream, TryStreamExt};
 use pier_api::{
     ApiError, AppAction, AppConfigRequest, AppEvent, AppName, AppResponse, BuildRequest,
-    BuildpackResponse, CreateBuildpackRequest, CreateNamedRequest, DeployRequest, DeploymentAction,
-    DeploymentResponse, InfoResponse, LogLine, OrgResponse, PackageResponse, ProcessConfigRequest,
-    ProcessType, RevisionResponse, RouteMapping, RouteRequest, RouteSpec, RouteTable,
-    RouterLogBatch, SpaceResponse, UpdateBuildpackRequest,
+    BuildpackResponse, CreateBuildpackRequest, CreateNamedRequest, CreateUserRequest,
+    DeployRequest, DeploymentAction, DeploymentResponse, ErrorCode, InfoResponse, LogLine,
+    OAuthError, OrgResponse, PackageResponse, ProcessConfigRequest, ProcessType, RevisionResponse,
+    RouteMapping, RouteRequest, RouteSpec, RouteTable, RouterLogBatch, SetPasswordRequest,
+    SpaceResponse, TokenResponse, UpdateBuildpackRequest, UserResponse, WhoAmIResponse,
 };
 use reqwest::{header, Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -70,15 +72,45 @@ pub const CURRENT_DEPLOYMENT: &str = "current";
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// A controller's API at one base URL, with or without a token. Cheap to clone: clones share one
-/// connection pool.
+/// connection pool, and one login (a renewed access token is every clone's).
 #[derive(Debug, Clone)]
 pub struct Client {
     base: String,
-    token: Option<String>,
+    auth: Arc<Auth>,
     http: reqwest::Client,
     timeout: Option<Duration>,
     /// `org=..&space=..` sent with every app call (none: the controller's default space).
     space: Vec<(&'static str, String)>,
+}
+
+/// Called with the new pair each time the client renews a user's access token (the CLI saves it).
+#[derive(Clone)]
+pub struct OnRefresh(Arc<dyn Fn(&TokenResponse) + Send + Sync>);
+
+impl std::fmt::Debug for OnRefresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnRefresh")
+    }
+}
+
+/// The bearer token, and the login that can renew it.
+struct Auth {
+    token: RwLock<Option<String>>,
+    session: Option<Session>,
+}
+
+struct Session {
+    /// Held while renewing, so concurrent calls renew once (a refresh token works once).
+    refresh_token: futures_util::lock::Mutex<String>,
+    on_refresh: OnRefresh,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("renews", &self.session.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Settings of a [`Client`]; see [`Client::builder`].
@@ -86,6 +118,7 @@ pub struct Client {
 pub struct ClientBuilder {
     base: String,
     token: Option<String>,
+    session: Option<(String, OnRefresh)>,
     connect_timeout: Duration,
     timeout: Option<Duration>,
     user_agent: String,
@@ -127,6 +160,20 @@ impl ClientBuilder {
         self
     }
 
+    /// A user's login: when the controller says the access token expired (or it has, by its
+    /// `exp`), the client gets a new pair with `refresh_token` once, calls `on_refresh` with it,
+    /// and sends the call again. If that fails the call fails with [`ClientError::LoginExpired`].
+    pub fn session(
+        mut self,
+        refresh_token: Option<String>,
+        on_refresh: impl Fn(&TokenResponse) + Send + Sync + 'static,
+    ) -> Self {
+        self.session = refresh_token
+            .filter(|t| !t.is_empty())
+            .map(|t| (t, OnRefresh(Arc::new(on_refresh))));
+        self
+    }
+
     pub fn connect_timeout(mut self, limit: Duration) -> Self {
         self.connect_timeout = limit;
         self
@@ -164,9 +211,16 @@ impl ClientBuilder {
             url: base.clone(),
             source,
         })?;
+        let session = self.session.map(|(refresh_token, on_refresh)| Session {
+            refresh_token: futures_util::lock::Mutex::new(refresh_token),
+            on_refresh,
+        });
         Ok(Client {
             base,
-            token: self.token,
+            auth: Arc::new(Auth {
+                token: RwLock::new(self.token),
+                session,
+            }),
             http,
             timeout: self.timeout,
             space: self.space,
@@ -227,6 +281,7 @@ impl Client {
         ClientBuilder {
             base: base.to_string(),
             token: None,
+            session: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             timeout: Some(DEFAULT_TIMEOUT),
             user_agent: concat!("pier-client/", env!("CARGO_PKG_VERSION")).to_string(),
@@ -251,14 +306,32 @@ impl Client {
 
     // ---- plumbing ----
 
+    /// The bearer token calls carry now (a user's is renewed as it expires).
+    pub fn token(&self) -> Option<String> {
+        self.auth
+            .token
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if in_space(path) && !self.space.is_empty() {
             req = req.query(&self.space);
         }
-        match &self.token {
+        match self.token() {
             Some(token) => req.bearer_auth(token),
             None => req,
+        }
+    }
+
+    fn authorize(&self, req: &mut reqwest::Request) {
+        if let Some(v) = self
+            .token()
+            .and_then(|t| header::HeaderValue::from_str(&format!("Bearer {t}")).ok())
+        {
+            req.headers_mut().insert(header::AUTHORIZATION, v);
         }
     }
 
@@ -271,13 +344,112 @@ impl Client {
         }
     }
 
-    /// Sends; anything but a 2xx becomes the matching [`ClientError`].
+    /// Sends; anything but a 2xx becomes the matching [`ClientError`]. With a user's login, an
+    /// expired access token is renewed once and the call sent again.
     async fn send(&self, req: RequestBuilder) -> Result<Response> {
+        let Some(session) = &self.auth.session else {
+            return self.send_once(req).await;
+        };
+        let (_, built) = req.build_split();
+        let mut built = built.map_err(|e| self.transport(e))?;
+        // A streamed body cannot be sent twice: renew before sending what has expired by its exp.
+        if self.token().as_deref().is_some_and(jwt_expired) {
+            self.renew(session, self.token()).await?;
+            self.authorize(&mut built);
+        }
+        let again = built.try_clone();
+        let sent = self.token();
+        let resp = self
+            .http
+            .execute(built)
+            .await
+            .map_err(|e| self.transport(e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let refused = self.refusal(resp).await;
+        let Some(mut again) = again.filter(|_| refused.code() == Some(ErrorCode::TokenExpired))
+        else {
+            return Err(refused);
+        };
+        self.renew(session, sent).await?;
+        self.authorize(&mut again);
+        let resp = self
+            .http
+            .execute(again)
+            .await
+            .map_err(|e| self.transport(e))?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(self.refusal(resp).await)
+        }
+    }
+
+    async fn send_once(&self, req: RequestBuilder) -> Result<Response> {
         let resp = req.send().await.map_err(|e| self.transport(e))?;
         if resp.status().is_success() {
             Ok(resp)
         } else {
             Err(self.refusal(resp).await)
+        }
+    }
+
+    /// Gets a new pair with the refresh token, unless another call did since `sent` was sent.
+    async fn renew(&self, session: &Session, sent: Option<String>) -> Result<()> {
+        let mut refresh = session.refresh_token.lock().await;
+        if self.token() != sent {
+            return Ok(());
+        }
+        let answer = self
+            .refresh_grant(&refresh)
+            .await
+            .map_err(|e| ClientError::LoginExpired {
+                url: self.base.clone(),
+                reason: e.to_string(),
+            })?;
+        refresh.clone_from(&answer.refresh_token);
+        *self
+            .auth
+            .token
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(answer.access_token.clone());
+        (session.on_refresh.0)(&answer);
+        Ok(())
+    }
+
+    /// A form POST to an OAuth endpoint as the client `cf` (empty secret); OAuth's refusals
+    /// become [`ClientError::OAuth`].
+    async fn oauth(&self, path: &str, form: &[(&str, &str)]) -> Result<Response> {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .basic_auth("cf", Some(""))
+            .header(header::ACCEPT, "application/json")
+            .form(form);
+        if let Some(limit) = self.timeout {
+            req = req.timeout(limit);
+        }
+        let resp = req.send().await.map_err(|e| self.transport(e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body = self
+            .read(resp, MAX_ERROR_BODY, "error")
+            .await
+            .unwrap_or_default();
+        match serde_json::from_slice::<OAuthError>(&body) {
+            Ok(error) => Err(ClientError::OAuth {
+                url: self.base.clone(),
+                status,
+                error,
+            }),
+            Err(_) => Err(ClientError::Http {
+                url: self.base.clone(),
+                status,
+                body: String::from_utf8_lossy(&body).chars().take(500).collect(),
+            }),
         }
     }
 
@@ -383,6 +555,67 @@ impl Client {
     }
 
     // ---- endpoints ----
+
+    /// `POST /oauth/token`, `grant_type=password`: a user's login.
+    pub async fn password_grant(&self, username: &str, password: &str) -> Result<TokenResponse> {
+        let form = [
+            ("grant_type", "password"),
+            ("username", username),
+            ("password", password),
+        ];
+        let resp = self.oauth("/oauth/token", &form).await?;
+        let body = self.read(resp, MAX_ERROR_BODY, "token").await?;
+        Self::decode(&body, "token")
+    }
+
+    /// `POST /oauth/token`, `grant_type=refresh_token`: a new pair (the old refresh token stops
+    /// working).
+    pub async fn refresh_grant(&self, refresh_token: &str) -> Result<TokenResponse> {
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ];
+        let resp = self.oauth("/oauth/token", &form).await?;
+        let body = self.read(resp, MAX_ERROR_BODY, "token").await?;
+        Self::decode(&body, "token")
+    }
+
+    /// `POST /oauth/revoke`: ends the login session of a refresh token.
+    pub async fn revoke(&self, refresh_token: &str) -> Result<()> {
+        self.oauth("/oauth/revoke", &[("token", refresh_token)])
+            .await
+            .map(drop)
+    }
+
+    /// `GET /v1/whoami`.
+    pub async fn whoami(&self) -> Result<WhoAmIResponse> {
+        self.json(self.call(Method::GET, "/v1/whoami"), "whoami")
+            .await
+    }
+
+    /// `GET /v1/users`.
+    pub async fn users(&self) -> Result<Vec<UserResponse>> {
+        self.json(self.call(Method::GET, "/v1/users"), "users")
+            .await
+    }
+
+    /// `POST /v1/users`.
+    pub async fn create_user(&self, req: &CreateUserRequest) -> Result<UserResponse> {
+        self.json(self.call(Method::POST, "/v1/users").json(req), "user")
+            .await
+    }
+
+    /// `DELETE /v1/users/{name}`.
+    pub async fn delete_user(&self, name: &str) -> Result<()> {
+        let path = format!("/v1/users/{}", segment(name));
+        self.empty(self.call(Method::DELETE, &path)).await
+    }
+
+    /// `PUT /v1/users/{name}/password`.
+    pub async fn set_password(&self, name: &str, req: &SetPasswordRequest) -> Result<()> {
+        let path = format!("/v1/users/{}/password", segment(name));
+        self.empty(self.call(Method::PUT, &path).json(req)).await
+    }
 
     /// `GET /v1/info` (needs no token).
     pub async fn info(&self) -> Result<InfoResponse> {
@@ -707,6 +940,24 @@ impl Client {
 /// App calls act in a space; the rest (orgs, buildpacks, the route table) do not.
 fn in_space(path: &str) -> bool {
     path == "/v1/apps" || path.starts_with("/v1/apps/") || path == "/v1/route-mappings"
+}
+
+/// True when a JWT's `exp` (read, not verified: the controller verifies) has passed. Anything
+/// that is not a JWT with an `exp` is not expired.
+fn jwt_expired(token: &str) -> bool {
+    use base64::Engine as _;
+    let Some(payload) = token.split('.').nth(1) else {
+        return false;
+    };
+    let exp = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["exp"].as_i64());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    exp.is_some_and(|exp| now >= exp)
 }
 
 /// A path segment from a string the caller did not validate: everything but unreserved

@@ -220,6 +220,16 @@ pub struct Config {
     /// for longer is taken to be gone.
     #[arg(long, env = "PIER_ROUTER_ACK_WINDOW", default_value_t = DEFAULT_ROUTER_ACK_WINDOW_SECS)]
     pub router_ack_window_secs: u64,
+
+    /// Seconds a user's access token (JWT) is valid; the CLI refreshes it when it expires.
+    #[arg(long, env = "PIER_ACCESS_TOKEN_TTL", default_value_t = crate::users::DEFAULT_ACCESS_TOKEN_TTL_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub access_token_ttl_secs: u64,
+
+    /// Seconds a login session (its refresh token) may be refreshed, counted from the login.
+    #[arg(long, env = "PIER_REFRESH_TOKEN_TTL", default_value_t = crate::users::DEFAULT_REFRESH_TOKEN_TTL_SECS,
+          value_parser = clap::value_parser!(u64).range(60..=31_536_000))]
+    pub refresh_token_ttl_secs: u64,
 }
 
 /// Defaults of the deployment settings, shared by the clap defaults and `Config::for_tests`.
@@ -277,6 +287,16 @@ impl Config {
             instance_max_cpus: 0.0,
             address_quarantine_secs: DEFAULT_ADDRESS_QUARANTINE_SECS,
             router_ack_window_secs: DEFAULT_ROUTER_ACK_WINDOW_SECS,
+            access_token_ttl_secs: crate::users::DEFAULT_ACCESS_TOKEN_TTL_SECS,
+            refresh_token_ttl_secs: crate::users::DEFAULT_REFRESH_TOKEN_TTL_SECS,
+        }
+    }
+
+    pub fn user_settings(&self) -> crate::users::UserSettings {
+        crate::users::UserSettings {
+            access_token_ttl_secs: self.access_token_ttl_secs,
+            refresh_token_ttl_secs: self.refresh_token_ttl_secs,
+            failed_login_delay: crate::users::FAILED_LOGIN_DELAY,
         }
     }
 

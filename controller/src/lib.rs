@@ -58,6 +58,7 @@ pub mod store;
 pub mod tenancy;
 #[cfg(test)]
 mod testkit;
+pub mod users;
 
 pub use config::Config;
 pub use server::Controller;

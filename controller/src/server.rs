@@ -403,6 +403,11 @@ impl Parts {
             events,
             reconciler: reconciler.clone(),
         };
+        let users = Arc::new(crate::users::Users::open(
+            &store,
+            config.user_settings(),
+            Arc::new(crate::users::SystemClock),
+        )?);
         let api = ApiState {
             tenancy: crate::tenancy::Tenancy::new(store.clone(), apps.clone()),
             apps,
@@ -413,6 +418,7 @@ impl Parts {
             blobs,
             stats: stats.clone(),
             tokens,
+            users,
             limits: config.api_limits(),
             stack_image: config.stack_image.clone(),
             shutdown: shutdown.clone(),

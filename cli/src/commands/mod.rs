@@ -19,6 +19,7 @@ pub mod deployments;
 pub mod events;
 pub mod health_check;
 pub mod login;
+pub mod logout;
 pub mod logs;
 pub mod orgs;
 pub mod push;
@@ -30,12 +31,19 @@ pub mod stage;
 pub mod start;
 pub mod stop;
 pub mod update_buildpack;
+pub mod users;
 pub mod wait;
 
 pub async fn run(cli: Cli) -> Result<()> {
     crate::config::set_space_flags(cli.org.clone(), cli.space.clone());
     match cli.command {
         Command::Login(args) => login::run(args).await,
+        Command::Logout => logout::run().await,
+        Command::Whoami => users::whoami().await,
+        Command::Users(args) => users::list(args).await,
+        Command::CreateUser(args) => users::create(args).await,
+        Command::DeleteUser(args) => users::delete(args).await,
+        Command::Passwd(args) => users::passwd(args).await,
         Command::Push(args) => push::run(args).await,
         Command::Apps(args) => apps::run(args).await,
         Command::App(args) => app::run(args).await,

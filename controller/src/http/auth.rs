@@ -5,6 +5,10 @@
 //! - The router token (`DATA_DIR/router-token`) is what a standalone `pier-router` needs: it may
 //!   read the route table (`GET /v1/routes`) and post access logs (`POST /v1/router/logs`), and
 //!   nothing else (403), so a router host holds no control over the platform.
+//! - A user's access token (a JWT from `POST /oauth/token`, checked by `users/`) is that user;
+//!   until roles exist a user may only call `GET /v1/whoami` and change their own password.
+//!
+//! Every request that passes carries a [`Principal`] in its extensions.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -19,6 +23,7 @@ use sha2::{Digest, Sha256};
 use super::ApiState;
 use crate::error::{Error, Result};
 use crate::store::Store;
+use crate::users::{Principal, TokenError};
 
 const HASH_KEY: &str = "admin_token_sha256";
 const ROUTER_HASH_KEY: &str = "router_token_sha256";
@@ -35,13 +40,6 @@ pub struct TokenSetup {
 pub struct Tokens {
     pub admin: [u8; 32],
     pub router: [u8; 32],
-}
-
-/// What a presented token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scope {
-    Admin,
-    Router,
 }
 
 /// The endpoints the router token may call.
@@ -107,45 +105,107 @@ pub fn check(expected: &[u8; 32], presented: &str) -> bool {
 }
 
 /// Lets a request through only with `Authorization: Bearer <token>` of a token that may call
-/// that endpoint.
-pub(super) async fn require_token(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+/// that endpoint, and puts who it is ([`Principal`]) in the request's extensions: the admin
+/// token, the router token, or a user's access token (a JWT, see `users/`).
+pub(super) async fn require_token(
+    State(s): State<ApiState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let presented = req
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let scope = presented.and_then(|t| {
-        if check(&s.tokens.admin, t) {
-            Some(Scope::Admin)
-        } else if check(&s.tokens.router, t) {
-            Some(Scope::Router)
-        } else {
-            None
-        }
-    });
-    match (presented, scope) {
-        (_, Some(Scope::Admin)) => next.run(req).await,
-        (_, Some(Scope::Router)) if router_may(req.method(), req.uri().path()) => {
-            next.run(req).await
-        }
-        (_, Some(Scope::Router)) => Error::api(
+    let principal = match presented {
+        None => Err(Error::api(
+            ErrorCode::Unauthorized,
+            "missing token: send `Authorization: Bearer TOKEN`, or run pier login --api URL --token TOKEN",
+        )),
+        Some(t) => principal(&s, t),
+    };
+    let principal = match principal {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = may_call(&principal, req.method(), req.uri().path()) {
+        return e.into_response();
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+/// Who a presented token is.
+fn principal(s: &ApiState, token: &str) -> Result<Principal> {
+    if check(&s.tokens.admin, token) {
+        return Ok(Principal::Admin);
+    }
+    if check(&s.tokens.router, token) {
+        return Ok(Principal::Router);
+    }
+    // A JWT has three dot-separated parts; Pier's own tokens have none.
+    if token.split('.').count() != 3 {
+        return Err(Error::api(
+            ErrorCode::Unauthorized,
+            "the token is wrong; use the admin token pier-controller printed (it is in its data \
+             dir's admin-token file): pier login --api URL --token TOKEN, or log in as a user: \
+             pier login --api URL -u NAME",
+        ));
+    }
+    s.users.verify_access(token).map_err(|e| match e {
+        TokenError::Expired => Error::api(
+            ErrorCode::TokenExpired,
+            "the access token expired: refresh it at POST /oauth/token, or run pier login again",
+        ),
+        TokenError::Invalid(why) => Error::api(
+            ErrorCode::Unauthorized,
+            format!("the access token is not valid: {why}; run pier login again"),
+        ),
+    })
+}
+
+/// Whether `who` may call the endpoint at all. The router token has its two endpoints; a user,
+/// until roles and their policy exist, only the ones about themselves. The policy table replaces
+/// this function (and [`require_admin`]).
+pub(crate) fn may_call(who: &Principal, method: &http::Method, path: &str) -> Result<()> {
+    match who {
+        Principal::Admin => Ok(()),
+        Principal::Router if router_may(method, path) => Ok(()),
+        Principal::Router => Err(Error::api(
             ErrorCode::Forbidden,
             "this is the router token: it can read the route table and post access logs, \
              nothing else; use the admin token for this",
-        )
-        .into_response(),
-        (Some(_), None) => Error::api(
-            ErrorCode::Unauthorized,
-            "the token is wrong; use the admin token pier-controller printed (it is in its data \
-             dir's admin-token file): pier login --api URL --token TOKEN",
-        )
-        .into_response(),
-        (None, _) => Error::api(
-            ErrorCode::Unauthorized,
-            "missing token: send `Authorization: Bearer TOKEN`, or run pier login --api URL --token TOKEN",
-        )
-        .into_response(),
+        )),
+        Principal::User { name, .. } if user_may(method, path, name) => Ok(()),
+        Principal::User { .. } => Err(Error::api(
+            ErrorCode::Forbidden,
+            "a user may for now only see who they are (GET /v1/whoami) and change their own \
+             password; the rest needs the admin token until roles come with the policy",
+        )),
+    }
+}
+
+/// The endpoints any logged-in user may call, before roles.
+fn user_may(method: &http::Method, path: &str, name: &str) -> bool {
+    match *method {
+        http::Method::GET => path == "/v1/whoami" || path == "/v1/info",
+        http::Method::PUT => path
+            .strip_prefix("/v1/users/")
+            .and_then(|rest| rest.strip_suffix("/password"))
+            .is_some_and(|n| n == name),
+        _ => false,
+    }
+}
+
+/// The one check the users-admin endpoints make: only the platform admin.
+pub(crate) fn require_admin(who: &Principal) -> Result<()> {
+    match who {
+        Principal::Admin => Ok(()),
+        _ => Err(Error::api(
+            ErrorCode::Forbidden,
+            "only the platform admin (the admin token) may manage users; roles come with the policy",
+        )),
     }
 }
 

@@ -1,7 +1,10 @@
 //! The HTTP API (axum): one module per resource. Handlers parse the request, call one service
 //! function (`apps/`, `staging/`, `logs/`), and present the answer; they hold no platform logic.
 //!
-//! Every endpoint but `GET /v1/info` needs the admin token ([`auth`]). Errors are
+//! Every endpoint but `GET /v1/info` and the OAuth endpoints (`/oauth/token`, `/oauth/revoke`,
+//! [`oauth`]) needs a token ([`auth`]): the admin token, the router token, or a user's access
+//! token, which the middleware turns into a [`crate::users::Principal`] in the request's
+//! extensions. Errors are
 //! [`crate::error::Error`], whose `IntoResponse` maps each code to one status and never shows
 //! internals. Uses: `apps/` (the app service), `logs/` (log readers), `staging/` (buildpacks),
 //! `store/` (blobs, for uploads), `instances/` (the route table), `network/` (router acks).
@@ -30,8 +33,10 @@ mod builds;
 mod deployments;
 mod logs;
 mod orgs;
+mod oauth;
 mod routes;
 pub mod serve;
+mod users;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -45,6 +50,7 @@ pub struct ApiState {
     pub blobs: BlobStore,
     pub stats: Arc<RequestStats>,
     pub tokens: auth::Tokens,
+    pub users: Arc<crate::users::Users>,
     pub limits: Limits,
     pub stack_image: String,
     pub shutdown: CancellationToken,
@@ -66,12 +72,14 @@ pub fn router(state: ApiState) -> Router {
         .merge(logs::routes())
         .merge(buildpacks::routes())
         .merge(orgs::routes())
+        .merge(users::routes())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
         ));
     Router::new()
         .route("/v1/info", get(info))
+        .merge(oauth::routes())
         .merge(authed)
         .fallback(|| async { Error::not_found("endpoint") })
         .with_state(state)
@@ -110,3 +118,5 @@ async fn info(axum::extract::State(s): S) -> Json<InfoResponse> {
 mod orgs_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod users_tests;

@@ -181,6 +181,7 @@ async fn accepted(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok();
     let activity = Arc::new(Activity {
         started: Instant::now(),
         last_ms: AtomicU64::new(0),
@@ -191,14 +192,14 @@ async fn accepted(
         activity: activity.clone(),
     };
     match opts.tls.clone() {
-        None => connection(tracked, activity, app, opts, shutdown).await,
+        None => connection(tracked, peer, activity, app, opts, shutdown).await,
         Some(acceptor) => {
             let handshake = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = tokio::time::timeout(opts.header_timeout, acceptor.accept(tracked)) => r,
             };
             match handshake {
-                Ok(Ok(tls)) => connection(tls, activity, app, opts, shutdown).await,
+                Ok(Ok(tls)) => connection(tls, peer, activity, app, opts, shutdown).await,
                 Ok(Err(e)) => tracing::debug!(error = %e, "API TLS handshake failed"),
                 Err(_) => tracing::debug!("API TLS handshake timed out"),
             }
@@ -206,8 +207,11 @@ async fn accepted(
     }
 }
 
+/// Handlers find the client's address as axum's `ConnectInfo<SocketAddr>` (the login limits
+/// count failures per address).
 async fn connection<I>(
     io: I,
+    peer: Option<std::net::SocketAddr>,
     activity: Arc<Activity>,
     app: axum::Router,
     opts: ServeOptions,
@@ -222,8 +226,13 @@ async fn connection<I>(
         let a = a.clone();
         a.in_flight.fetch_add(1, Ordering::Relaxed);
         let app = app.clone();
+        let mut req = req.map(Body::new);
+        if let Some(peer) = peer {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+        }
         async move {
-            let resp = app.oneshot(req.map(Body::new)).await;
+            let resp = app.oneshot(req).await;
             // The request is in flight until its response body ends (or is dropped).
             let guard = InFlight(a);
             resp.map(|r| {

@@ -5,12 +5,13 @@
 //! Trees:
 //! - `apps`: `<space guid>/<app name>` → [`AppRecord`] (JSON)
 //! - `orgs`, `spaces`: guid → [`OrgRecord`], [`SpaceRecord`] ([`tenancy`])
-//! - `roles`: `<user guid>/<org or space guid>/<role>` → [`RoleRecord`] ([`roles`])
 //! - `events`: `<app guid>/<time ns>/<id>` → [`AppEvent`]
 //! - `meta`: token hash, controller id, instance subnet, the store's schema version
 //! - `cleanup`: app guid → [`Cleanup`]: what a deleted app left in the runtime and the blob store,
 //!   written in the same transaction that deletes the app, removed once it is all gone
 //! - `addresses`, `addresses_meta`: instance address states ([`AddressStore`])
+//! - `users`, `sessions`: users and their login sessions ([`UserStore`]); the access tokens'
+//!   signing key is in `meta`
 //!
 //! Invariants:
 //! - Every write is flushed before the call returns, so an API answer means the change is on disk.
@@ -36,18 +37,18 @@ pub const EVENTS_KEPT: usize = 1000;
 mod addresses;
 mod apps;
 pub mod blobs;
-pub mod roles;
 pub mod tenancy;
+mod users;
 
 pub use addresses::AddressStore;
 pub use apps::{app_key, AppRecord, DeploymentRecord, ProcessRecord, Revision};
-pub use roles::RoleRecord;
 pub use tenancy::{OrgRecord, SpaceRecord};
 
 /// The store's layout version, in `meta`: 1 (no key) before orgs and spaces, 2 since.
 const SCHEMA_KEY: &str = "schema";
 const SCHEMA: &[u8] = b"2";
 pub use blobs::BlobStore;
+pub use users::{SessionRecord, UserRecord, UserStore};
 
 /// What is left to remove after an app was deleted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,7 +70,6 @@ pub struct Store {
     cleanup: sled::Tree,
     orgs: sled::Tree,
     spaces: sled::Tree,
-    roles: sled::Tree,
     changes: crate::changes::Changes,
 }
 
@@ -83,7 +83,6 @@ impl Store {
             cleanup: db.open_tree("cleanup")?,
             orgs: db.open_tree("orgs")?,
             spaces: db.open_tree("spaces")?,
-            roles: db.open_tree("roles")?,
             changes: Default::default(),
             db,
         };
@@ -152,6 +151,11 @@ impl Store {
     /// The persistence of instance addresses.
     pub fn addresses(&self) -> Result<AddressStore> {
         AddressStore::open(&self.db)
+    }
+
+    /// The persistence of users and login sessions.
+    pub fn users(&self) -> Result<UserStore> {
+        UserStore::open(&self.db)
     }
 
     pub fn flush(&self) -> Result<()> {
