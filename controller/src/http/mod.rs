@@ -30,6 +30,7 @@ mod builds;
 mod deployments;
 mod logs;
 mod orgs;
+mod quotas;
 mod routes;
 pub mod serve;
 
@@ -66,6 +67,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(logs::routes())
         .merge(buildpacks::routes())
         .merge(orgs::routes())
+        .merge(quotas::routes())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -108,5 +110,7 @@ async fn info(axum::extract::State(s): S) -> Json<InfoResponse> {
 
 #[cfg(test)]
 mod orgs_tests;
+#[cfg(test)]
+mod quotas_tests;
 #[cfg(test)]
 mod tests;
