@@ -16,6 +16,9 @@ pub enum ErrorCode {
     InvalidPackage,
     PayloadTooLarge,
     Conflict,
+    /// The change would take a space or an org over its quota; the message names the quota, the
+    /// limit, the use and what the change needs.
+    QuotaExceeded,
     NoBuildpack,
     StagingFailed,
     Unavailable,
@@ -29,7 +32,10 @@ impl ErrorCode {
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::InvalidName | ErrorCode::InvalidRequest => 400,
-            ErrorCode::InvalidPackage | ErrorCode::NoBuildpack | ErrorCode::StagingFailed => 422,
+            ErrorCode::InvalidPackage
+            | ErrorCode::NoBuildpack
+            | ErrorCode::StagingFailed
+            | ErrorCode::QuotaExceeded => 422,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Conflict => 409,
             ErrorCode::Unavailable => 503,

@@ -37,6 +37,10 @@
 //! | `GET/DELETE /v1/orgs/{org}`             | → [`OrgResponse`]; 204 (deletes its spaces and apps)   |
 //! | `GET/POST /v1/orgs/{org}/spaces`        | [`CreateNamedRequest`] → [`SpaceResponse`]              |
 //! | `GET/DELETE /v1/orgs/{org}/spaces/{space}` | → [`SpaceResponse`]; 204 (deletes its apps)         |
+//! | `GET/POST /v1/quotas`                   | [`CreateQuotaRequest`] → [`QuotaResponse`] (list, create) |
+//! | `GET/PUT/DELETE /v1/quotas/{name}`      | [`QuotaLimits`] → [`QuotaResponse`]; 204 (409 while assigned) |
+//! | `PUT /v1/orgs/{org}/quota`              | [`AssignQuotaRequest`] → [`OrgResponse`]               |
+//! | `PUT /v1/orgs/{org}/spaces/{space}/quota` | [`AssignQuotaRequest`] → [`SpaceResponse`]           |
 //!
 //! Every `/v1/apps/...` endpoint acts in one space, picked by `?org=ORG&space=SPACE` (both default
 //! to `default`); `/v1/apps` lists that space's apps.
@@ -54,6 +58,7 @@ pub mod error;
 pub mod logs;
 pub mod names;
 pub mod orgs;
+pub mod quotas;
 pub mod routes;
 pub mod size;
 pub mod users;
@@ -68,6 +73,7 @@ pub use logs::{
 };
 pub use names::{AppName, NameError, ProcessType};
 pub use orgs::{CreateNamedRequest, OrgResponse, SpaceResponse};
+pub use quotas::{AssignQuotaRequest, CreateQuotaRequest, QuotaLimits, QuotaResponse, QuotaUsage};
 pub use routes::{
     Backend, Balancing, RouteEntry, RouteMapping, RouteRequest, RouteSpec, RouteTable,
 };

@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::quotas::{QuotaResponse, QuotaUsage};
+
 /// The query parameters that pick the space an app endpoint acts in.
 pub const ORG_PARAM: &str = "org";
 pub const SPACE_PARAM: &str = "space";
@@ -24,6 +26,12 @@ pub struct OrgResponse {
     pub spaces: Vec<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// The org's quota; `None` is unlimited.
+    #[serde(default)]
+    pub quota: Option<QuotaResponse>,
+    /// What the org's spaces use together.
+    #[serde(default)]
+    pub usage: QuotaUsage,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,4 +44,9 @@ pub struct SpaceResponse {
     pub apps: Vec<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// The space's own quota; `None` is unlimited (the org's quota still applies).
+    #[serde(default)]
+    pub quota: Option<QuotaResponse>,
+    #[serde(default)]
+    pub usage: QuotaUsage,
 }

@@ -26,6 +26,9 @@
 //! `reconcile`, `instances`, `events`, `store`) → `runtime`, `store`, `logs`, `network`. Nothing
 //! below reaches back up, and only `runtime/` talks to Docker.
 //!
+//! Quotas (`quota.rs`) sit beside `apps/`: every change of an app that can raise a space's or an
+//! org's use is admitted there before it is written.
+//!
 //! Invariants:
 //! - The store is the desired state and is flushed before an API call answers; a change that is
 //!   saved is answered as saved, whatever convergence then meets (its failures become events).
@@ -50,6 +53,7 @@ pub mod instances;
 pub mod locks;
 pub mod logs;
 pub mod network;
+pub mod quota;
 pub mod reconcile;
 pub mod runtime;
 pub mod server;

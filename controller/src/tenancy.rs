@@ -9,7 +9,12 @@
 //!   blobs, cache), then the space; deleting an org does that for each of its spaces. A failure
 //!   part way leaves the space (or org) in place with what is left, so the delete can be retried.
 //!
-//! Uses: `store/` (records), `apps/` (deleting a space's apps), `events` (who acts).
+//! - Assigning a quota to an org or a space happens under this lock and the quota service's
+//!   ([`crate::quota::Quotas::assigning`]), so it can neither race a delete of the org or space
+//!   nor a delete of the quota.
+//!
+//! Uses: `store/` (records), `apps/` (deleting a space's apps), `quota` (assigning, use shown),
+//! `events` (who acts).
 
 use std::sync::Arc;
 
@@ -96,6 +101,8 @@ impl Tenancy {
                 .map(|s| s.name)
                 .collect(),
             created_at: org.created_at,
+            quota: self.apps.quotas().view(org.quota.as_deref())?,
+            usage: self.apps.quotas().org_usage(org)?,
         })
     }
 
@@ -113,7 +120,54 @@ impl Tenancy {
             org: org.name.clone(),
             apps,
             created_at: space.created_at,
+            quota: self.apps.quotas().view(space.quota.as_deref())?,
+            usage: self.apps.quotas().space_usage(space)?,
         })
+    }
+
+    /// Assigns the quota `quota` to the org, or none (unlimited). Allowed even when the org uses
+    /// more than the quota allows: from then on only changes that use less are admitted.
+    pub async fn set_org_quota(
+        &self,
+        org: &OrgRecord,
+        quota: Option<&str>,
+        actor: &Actor,
+    ) -> Result<OrgRecord> {
+        let _guard = self.lock.lock().await;
+        let org = self.apps.quotas().assigning(quota, || {
+            let mut org = self.store.get_org(&org.guid)?.ok_or_else(|| {
+                Error::api(ErrorCode::NotFound, format!("org {} not found", org.name))
+            })?;
+            org.quota = quota.map(str::to_string);
+            self.store.put_org(&org)?;
+            Ok(org)
+        })?;
+        tracing::info!(org = %org.name, quota = ?quota, by = actor.as_str(), "org quota set");
+        Ok(org)
+    }
+
+    /// Assigns the quota `quota` to the space, or none (the org's quota still applies).
+    pub async fn set_space_quota(
+        &self,
+        org: &OrgRecord,
+        space: &SpaceRecord,
+        quota: Option<&str>,
+        actor: &Actor,
+    ) -> Result<SpaceRecord> {
+        let _guard = self.lock.lock().await;
+        let space = self.apps.quotas().assigning(quota, || {
+            let mut space = self.store.get_space(&space.guid)?.ok_or_else(|| {
+                Error::api(
+                    ErrorCode::NotFound,
+                    format!("space {} not found in org {}", space.name, org.name),
+                )
+            })?;
+            space.quota = quota.map(str::to_string);
+            self.store.put_space(&space)?;
+            Ok(space)
+        })?;
+        tracing::info!(org = %org.name, space = %space.name, quota = ?quota, by = actor.as_str(), "space quota set");
+        Ok(space)
     }
 
     pub fn orgs(&self) -> Result<Vec<OrgRecord>> {
@@ -137,6 +191,7 @@ impl Tenancy {
             guid: uuid::Uuid::new_v4().to_string(),
             name: name.to_string(),
             created_at: OffsetDateTime::now_utc(),
+            quota: None,
         };
         self.store.put_org(&org)?;
         tracing::info!(org = %name, by = actor.as_str(), "org created");
@@ -168,6 +223,7 @@ impl Tenancy {
             name: name.to_string(),
             org_guid: org.guid.clone(),
             created_at: OffsetDateTime::now_utc(),
+            quota: None,
         };
         self.store.put_space(&space)?;
         tracing::info!(org = %org.name, space = %name, by = actor.as_str(), "space created");

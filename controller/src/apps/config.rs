@@ -285,7 +285,10 @@ impl AppService {
         }
         app.routes = self.routes_after(&app, &req, created)?;
         app.updated_at = OffsetDateTime::now_utc();
+        // A new app counts as started: a push over the quota is refused before anything is made.
+        let admitted = self.quotas.admit(at, &app, created)?;
         self.d.store.put_app(&app)?;
+        drop(admitted);
         let (kind, what) = if created {
             (EventKind::Created, "created")
         } else {
@@ -330,7 +333,9 @@ impl AppService {
             p.instances, p.memory_mb, p.disk_mb, p.health_check.kind
         );
         app.updated_at = OffsetDateTime::now_utc();
+        let admitted = self.quotas.admit(at, &app, false)?;
         self.d.store.put_app(&app)?;
+        drop(admitted);
         self.event(at, &app, EventKind::Scaled, &summary);
         self.d.reconciler.converge(Some(&app.guid)).await;
         Ok(self.response(&app))
@@ -365,7 +370,9 @@ impl AppService {
             }
         }
         app.updated_at = OffsetDateTime::now_utc();
+        let admitted = self.quotas.admit(at, &app, false)?;
         self.d.store.put_app(&app)?;
+        drop(admitted);
         let (kind, verb) = if map {
             (EventKind::RouteMapped, "mapped")
         } else {

@@ -25,7 +25,9 @@ impl AppService {
         let Some(d) = deployments::deploy(&self.d.settings.deploy, app, req)? else {
             return Ok(None);
         };
+        let admitted = self.quotas.admit(at, app, false)?;
         self.d.store.put_app(app)?;
+        drop(admitted);
         self.event(
             at,
             app,

@@ -11,7 +11,8 @@
 //!
 //! Modules: `config` (create/update, processes, routes), `lifecycle` (start, stop, restart,
 //! deployments, delete), `builds` (staging a package into a droplet). Uses: `store/`, `events`,
-//! `instances/` (statuses), `reconcile`, `staging/`, `deployments/`.
+//! `instances/` (statuses), `reconcile`, `staging/`, `deployments/`, `quota` (every change that
+//! can raise a space's or org's use is admitted by it before the write).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use crate::events::Events;
 use crate::instances::Instances;
 use crate::locks::AppLocks;
 use crate::logs::LogBroker;
+use crate::quota::Quotas;
 use crate::reconcile::Reconciler;
 use crate::runtime::ContainerRuntime;
 use crate::staging::Stager;
@@ -75,6 +77,7 @@ pub struct AppDeps {
 
 pub struct AppService {
     d: AppDeps,
+    quotas: Arc<Quotas>,
 }
 
 pub fn parse_name(name: &str) -> Result<AppName> {
@@ -84,11 +87,17 @@ pub fn parse_name(name: &str) -> Result<AppName> {
 
 impl AppService {
     pub fn new(d: AppDeps) -> Arc<AppService> {
-        Arc::new(AppService { d })
+        let quotas = Quotas::new(d.store.clone());
+        Arc::new(AppService { d, quotas })
     }
 
     pub fn settings(&self) -> &AppSettings {
         &self.d.settings
+    }
+
+    /// The quotas every change of an app is checked against.
+    pub fn quotas(&self) -> &Arc<Quotas> {
+        &self.quotas
     }
 
     /// The app of the scope's space, or a 404 naming it.

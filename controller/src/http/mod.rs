@@ -34,6 +34,7 @@ mod deployments;
 mod logs;
 mod orgs;
 mod oauth;
+mod quotas;
 mod routes;
 pub mod serve;
 mod users;
@@ -73,6 +74,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(buildpacks::routes())
         .merge(orgs::routes())
         .merge(users::routes())
+        .merge(quotas::routes())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -116,6 +118,8 @@ async fn info(axum::extract::State(s): S) -> Json<InfoResponse> {
 
 #[cfg(test)]
 mod orgs_tests;
+#[cfg(test)]
+mod quotas_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

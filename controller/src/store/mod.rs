@@ -5,6 +5,7 @@
 //! Trees:
 //! - `apps`: `<space guid>/<app name>` → [`AppRecord`] (JSON)
 //! - `orgs`, `spaces`: guid → [`OrgRecord`], [`SpaceRecord`] ([`tenancy`])
+//! - `quotas`: quota name → [`QuotaRecord`] ([`quotas`])
 //! - `events`: `<app guid>/<time ns>/<id>` → [`AppEvent`]
 //! - `meta`: token hash, controller id, instance subnet, the store's schema version
 //! - `cleanup`: app guid → [`Cleanup`]: what a deleted app left in the runtime and the blob store,
@@ -37,11 +38,13 @@ pub const EVENTS_KEPT: usize = 1000;
 mod addresses;
 mod apps;
 pub mod blobs;
+pub mod quotas;
 pub mod tenancy;
 mod users;
 
 pub use addresses::AddressStore;
 pub use apps::{app_key, AppRecord, DeploymentRecord, ProcessRecord, Revision};
+pub use quotas::QuotaRecord;
 pub use tenancy::{OrgRecord, SpaceRecord};
 
 /// The store's layout version, in `meta`: 1 (no key) before orgs and spaces, 2 since.
@@ -70,6 +73,7 @@ pub struct Store {
     cleanup: sled::Tree,
     orgs: sled::Tree,
     spaces: sled::Tree,
+    quotas: sled::Tree,
     changes: crate::changes::Changes,
 }
 
@@ -83,6 +87,7 @@ impl Store {
             cleanup: db.open_tree("cleanup")?,
             orgs: db.open_tree("orgs")?,
             spaces: db.open_tree("spaces")?,
+            quotas: db.open_tree("quotas")?,
             changes: Default::default(),
             db,
         };
@@ -101,12 +106,14 @@ impl Store {
             guid: uuid::Uuid::new_v4().to_string(),
             name: tenancy::DEFAULT_ORG.into(),
             created_at: now,
+            quota: None,
         };
         let space = SpaceRecord {
             guid: uuid::Uuid::new_v4().to_string(),
             name: tenancy::DEFAULT_SPACE.into(),
             org_guid: org.guid.clone(),
             created_at: now,
+            quota: None,
         };
         let mut moved = Vec::new();
         for item in self.apps.iter() {

@@ -23,6 +23,10 @@ pub struct OrgRecord {
     pub name: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// The name of the quota assigned to it; `None` (and every record written before quotas) is
+    /// unlimited.
+    #[serde(default)]
+    pub quota: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +36,10 @@ pub struct SpaceRecord {
     pub org_guid: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// The name of the quota assigned to it; `None` (and every record written before quotas) is
+    /// unlimited.
+    #[serde(default)]
+    pub quota: Option<String>,
 }
 
 impl Store {
@@ -139,6 +147,7 @@ mod tests {
                 guid: "o1".into(),
                 name: "acme".into(),
                 created_at: now,
+                quota: None,
             })
             .unwrap();
             s.put_space(&SpaceRecord {
@@ -146,6 +155,7 @@ mod tests {
                 name: "dev".into(),
                 org_guid: "o1".into(),
                 created_at: now,
+                quota: None,
             })
             .unwrap();
         }
