@@ -92,7 +92,10 @@ async fn logins_are_uaa_shaped_locked_after_five_failures_and_never_leak_a_passw
     let t = anon.password_grant("alice", PASSWORD).await.unwrap();
     assert_eq!(t.token_type, "bearer");
     assert_eq!(t.expires_in, 600);
-    assert_eq!(t.scope, "openid cloud_controller.read cloud_controller.write");
+    assert_eq!(
+        t.scope,
+        "openid cloud_controller.read cloud_controller.write"
+    );
     let alice = Client::new(&url, Some(t.access_token.clone())).unwrap();
     assert_eq!(alice.whoami().await.unwrap().user_name, "alice");
 
@@ -136,7 +139,10 @@ async fn logins_are_uaa_shaped_locked_after_five_failures_and_never_leak_a_passw
         }
     }
     let e = anon.password_grant("alice", PASSWORD).await.unwrap_err();
-    assert!(oauth_error(&e).2.contains("locked"), "the right password, locked: {e:?}");
+    assert!(
+        oauth_error(&e).2.contains("locked"),
+        "the right password, locked: {e:?}"
+    );
     let users = admin.users().await.unwrap();
     assert!(users[0].locked_until.is_some());
     // The access token from before the lock still works: the lock is on logging in.
@@ -151,12 +157,18 @@ async fn logins_are_uaa_shaped_locked_after_five_failures_and_never_leak_a_passw
     shutdown.cancel();
     run.await.unwrap().unwrap();
     let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
-    assert!(text.contains("failed login"), "the log was captured: {text}");
+    assert!(
+        text.contains("failed login"),
+        "the log was captured: {text}"
+    );
     assert!(text.contains("user created"));
     for pw in [PASSWORD, WRONG, NEW, REFUSED] {
         assert!(!text.contains(pw), "{pw} is in the controller's log");
         let hits = files_containing(&dir.path().join("data"), pw.as_bytes());
         assert!(hits.is_empty(), "{pw} is in {hits:?}");
     }
-    assert!(!text.contains(&t.refresh_token), "a refresh token is in the log");
+    assert!(
+        !text.contains(&t.refresh_token),
+        "a refresh token is in the log"
+    );
 }
