@@ -403,11 +403,7 @@ impl Parts {
             events,
             reconciler: reconciler.clone(),
         };
-        let users = Arc::new(crate::users::Users::open(
-            &store,
-            config.user_settings(),
-            Arc::new(crate::users::SystemClock),
-        )?);
+        let users = open_users(&config, &store)?;
         let api = ApiState {
             tenancy: crate::tenancy::Tenancy::new(store.clone(), apps.clone()),
             apps,
@@ -438,6 +434,16 @@ impl Parts {
             shutdown,
         })
     }
+}
+
+/// The users service on the system clock.
+fn open_users(config: &Config, store: &Store) -> anyhow::Result<Arc<crate::users::Users>> {
+    let clock = Arc::new(crate::users::SystemClock);
+    Ok(Arc::new(crate::users::Users::open(
+        store,
+        config.user_settings(),
+        clock,
+    )?))
 }
 
 /// The buildpacks, the image builder and the stager, which uses both.
