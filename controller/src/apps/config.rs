@@ -297,7 +297,7 @@ impl AppService {
         self.event(at, &app, kind, &format!("app {what}"));
         self.d.reconciler.nudge();
         self.d.instances.publish_routes();
-        Ok(self.response(&app))
+        Ok(self.response(at, &app))
     }
 
     /// Scales a process, or changes its memory, disk, command or health check.
@@ -338,7 +338,7 @@ impl AppService {
         drop(admitted);
         self.event(at, &app, EventKind::Scaled, &summary);
         self.d.reconciler.converge(Some(&app.guid)).await;
-        Ok(self.response(&app))
+        Ok(self.response(at, &app))
     }
 
     /// Maps (`map`) or unmaps a route.
@@ -355,7 +355,7 @@ impl AppService {
         let mut app = self.load(at, name)?;
         if map {
             if app.routes.contains(&route) {
-                return Ok(self.response(&app));
+                return Ok(self.response(at, &app));
             }
             self.check_routes_free(&app, std::slice::from_ref(&route))?;
             app.routes.push(route.clone());
@@ -380,7 +380,7 @@ impl AppService {
         };
         self.event(at, &app, kind, &format!("{verb} {route}"));
         self.d.instances.publish_routes();
-        Ok(self.response(&app))
+        Ok(self.response(at, &app))
     }
 
     /// The routes of the scope's space and the apps they lead to.

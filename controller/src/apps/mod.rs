@@ -99,7 +99,12 @@ impl AppService {
     pub fn quotas(&self) -> &Arc<Quotas> {
         &self.quotas
     }
+}
 
+/// What an env value is shown as to those who may not see it (Cloud Foundry's words).
+pub const HIDDEN_VALUE: &str = "[PRIVATE DATA HIDDEN]";
+
+impl AppService {
     /// The app of the scope's space, or a 404 naming it.
     pub fn load(&self, at: &Scope, name: &str) -> Result<AppRecord> {
         let name = parse_name(name)?;
@@ -114,7 +119,9 @@ impl AppService {
         self.d.events.record(&app.guid, kind, message, &at.actor);
     }
 
-    pub fn response(&self, app: &AppRecord) -> AppResponse {
+    /// The app as the API answers it; env values are [`HIDDEN_VALUE`] unless the scope's caller
+    /// may see them.
+    pub fn response(&self, at: &Scope, app: &AppRecord) -> AppResponse {
         let processes = app
             .processes
             .iter()
@@ -145,7 +152,14 @@ impl AppService {
                 .iter()
                 .map(|r| self.d.settings.url_for(&r.host, &r.path))
                 .collect(),
-            env: app.env.clone(),
+            env: if at.sees_env {
+                app.env.clone()
+            } else {
+                app.env
+                    .keys()
+                    .map(|k| (k.clone(), HIDDEN_VALUE.to_string()))
+                    .collect()
+            },
             buildpacks: app.buildpacks.clone(),
             command: app.web().and_then(|p| p.command.clone()),
             created_at: app.created_at,
@@ -164,7 +178,7 @@ impl AppService {
     /// The apps of the scope's space.
     pub fn list(&self, at: &Scope) -> Result<Vec<AppResponse>> {
         let apps = self.d.store.list_space_apps(&at.space.guid)?;
-        Ok(apps.iter().map(|a| self.response(a)).collect())
+        Ok(apps.iter().map(|a| self.response(at, a)).collect())
     }
 
     /// One app; with `stats`, each running instance's latest sampled resource use. With
@@ -187,7 +201,7 @@ impl AppService {
         // Read before the record, so a change made while the answer is built wakes the next wait.
         let version = changes.version();
         let app = self.load(at, name)?;
-        let mut resp = self.response(&app);
+        let mut resp = self.response(at, &app);
         resp.state_version = version;
         if stats {
             for i in resp.instances.iter_mut() {
