@@ -132,6 +132,8 @@ mod orgs_tests;
 #[cfg(test)]
 mod quotas_tests;
 #[cfg(test)]
+mod roles_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod users_tests;
