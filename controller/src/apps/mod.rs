@@ -9,7 +9,7 @@
 //!   never an error answer for a change that was already made.
 //! - Operations on one app are serialized by the app's lock ([`AppLocks`]).
 //!
-//! Modules: `config` (create/update, processes, routes), `lifecycle` (start, stop, restart,
+//! Modules: `config` (create/update, processes, routes), `env` (the app's environment), `lifecycle` (start, stop, restart,
 //! deployments, delete), `builds` (staging a package into a droplet). Uses: `store/`, `events`,
 //! `instances/` (statuses), `reconcile`, `staging/`, `deployments/`, `quota` (every change that
 //! can raise a space's or org's use is admitted by it before the write).
@@ -35,6 +35,7 @@ use crate::tenancy::Scope;
 mod buildpacks;
 mod builds;
 mod config;
+mod env;
 mod lifecycle;
 
 pub use builds::Build;

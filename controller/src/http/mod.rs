@@ -128,6 +128,8 @@ async fn info(axum::extract::State(s): S) -> Json<InfoResponse> {
 }
 
 #[cfg(test)]
+mod env_tests;
+#[cfg(test)]
 mod orgs_tests;
 #[cfg(test)]
 mod quotas_tests;
