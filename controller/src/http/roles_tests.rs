@@ -233,6 +233,13 @@ async fn the_auditor_reads_and_changes_nothing_and_sees_no_env_values() {
         assert_eq!(s, StatusCode::FORBIDDEN, "{m} {path}: {v}");
     }
     assert_eq!(snapshot(&p), before, "the auditor changed something");
+    let (_, v) = status(&p, "GET", "/v1/apps/a/env?org=acme&space=dev", &carol).await;
+    assert_eq!(
+        v["environment_variables"]["SECRET"],
+        crate::apps::HIDDEN_VALUE,
+        "{v}"
+    );
+    assert!(!v.to_string().contains("s3cret"), "{v}");
     for path in [
         "/v1/apps/a?org=acme&space=dev",
         "/v1/apps?org=acme&space=dev",
