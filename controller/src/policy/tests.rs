@@ -75,11 +75,20 @@ fn every_declared_route_is_in_the_table_and_every_entry_is_declared() {
 #[test]
 fn docs_roles_md_holds_the_generated_table() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/roles.md");
-    let doc = std::fs::read_to_string(&path).unwrap();
+    let mut doc = std::fs::read_to_string(&path).unwrap();
     let table = render_docs();
+    // `PIER_WRITE_DOCS=1 cargo test -p pier-controller docs_roles_md` rewrites the table (the rest
+    // of the page is kept).
+    if std::env::var_os("PIER_WRITE_DOCS").is_some() {
+        let at = doc.find("| method | path |").unwrap_or(doc.len());
+        doc.truncate(at);
+        doc.push_str(&table);
+        std::fs::write(&path, &doc).unwrap();
+    }
     assert!(
         doc.contains(&table),
-        "docs/roles.md is out of date with controller/src/policy.rs; replace its table with:\n{table}"
+        "docs/roles.md is out of date with controller/src/policy.rs; rewrite its table with \
+         PIER_WRITE_DOCS=1 cargo test -p pier-controller docs_roles_md"
     );
 }
 
