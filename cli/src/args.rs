@@ -105,6 +105,12 @@ pub enum Command {
     CreateSpace(OrgNameArg),
     /// Delete a space of the targeted org (or -o ORG) with its apps.
     DeleteSpace(DeleteNamedArgs),
+    /// Show an app's env: the user's variables, VCAP_APPLICATION and VCAP_SERVICES.
+    Env(EnvArgs),
+    /// Set an env variable; a running app is deployed with it (rolling) unless --no-restart.
+    SetEnv(SetEnvArgs),
+    /// Remove an env variable; a running app is deployed without it unless --no-restart.
+    UnsetEnv(UnsetEnvArgs),
     /// Give a user a role in an org: OrgManager, OrgAuditor or OrgUser.
     SetOrgRole(OrgRoleArgs),
     /// Take an org role away from a user.
@@ -117,6 +123,39 @@ pub enum Command {
     OrgUsers(OrgUsersArgs),
     /// The users holding roles in a space, by role.
     SpaceUsers(SpaceUsersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EnvArgs {
+    #[arg(value_name = "NAME", value_parser = parse_app_name)]
+    pub name: AppName,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SetEnvArgs {
+    #[arg(value_name = "NAME", value_parser = parse_app_name)]
+    pub name: AppName,
+    #[arg(value_name = "ENV_VAR_NAME")]
+    pub var: String,
+    #[arg(value_name = "ENV_VAR_VALUE", allow_hyphen_values = true)]
+    pub value: String,
+    /// Store the change only; it takes effect at the next restart or deployment.
+    #[arg(long)]
+    pub no_restart: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UnsetEnvArgs {
+    #[arg(value_name = "NAME", value_parser = parse_app_name)]
+    pub name: AppName,
+    #[arg(value_name = "ENV_VAR_NAME")]
+    pub var: String,
+    /// Store the change only; it takes effect at the next restart or deployment.
+    #[arg(long)]
+    pub no_restart: bool,
 }
 
 /// A role name, checked before anything is sent.

@@ -47,11 +47,11 @@ use futures_util::{StreamExt, TryStream, TryStreamExt};
 use pier_api::{
     ApiError, AppAction, AppConfigRequest, AppEvent, AppName, AppResponse, BuildRequest,
     BuildpackResponse, CreateBuildpackRequest, CreateNamedRequest, CreateUserRequest,
-    DeployRequest, DeploymentAction, DeploymentResponse, ErrorCode, InfoResponse, LogLine,
-    OAuthError, OrgResponse, PackageResponse, ProcessConfigRequest, ProcessType, RevisionResponse,
-    Role, RoleHolder, RouteMapping, RouteRequest, RouteSpec, RouteTable, RouterLogBatch,
-    SetPasswordRequest, SpaceResponse, TokenResponse, UpdateBuildpackRequest, UserResponse,
-    WhoAmIResponse,
+    DeployRequest, DeploymentAction, DeploymentResponse, EnvPatchRequest, EnvResponse, ErrorCode,
+    InfoResponse, LogLine, OAuthError, OrgResponse, PackageResponse, ProcessConfigRequest,
+    ProcessType, RevisionResponse, Role, RoleHolder, RouteMapping, RouteRequest, RouteSpec,
+    RouteTable, RouterLogBatch, SetPasswordRequest, SpaceResponse, TokenResponse,
+    UpdateBuildpackRequest, UserResponse, WhoAmIResponse,
 };
 use reqwest::{header, Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -684,6 +684,23 @@ impl Client {
             .call(Method::PUT, &format!("/v1/apps/{name}"))
             .json(config);
         self.json(req, "app").await
+    }
+
+    /// `GET /v1/apps/{name}/env`.
+    pub async fn env(&self, name: &AppName) -> Result<EnvResponse> {
+        self.json(
+            self.call(Method::GET, &format!("/v1/apps/{name}/env")),
+            "env",
+        )
+        .await
+    }
+
+    /// `PATCH /v1/apps/{name}/env`: sets (or, with `None`, unsets) the variables named.
+    pub async fn patch_env(&self, name: &AppName, req: &EnvPatchRequest) -> Result<EnvResponse> {
+        let req = self
+            .call(Method::PATCH, &format!("/v1/apps/{name}/env"))
+            .json(req);
+        self.json(req, "env").await
     }
 
     /// `DELETE /v1/apps/{name}`.

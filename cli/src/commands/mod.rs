@@ -16,6 +16,7 @@ pub mod create_buildpack;
 pub mod delete;
 pub mod delete_buildpack;
 pub mod deployments;
+pub mod env;
 pub mod events;
 pub mod health_check;
 pub mod login;
@@ -80,6 +81,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::DeleteOrg(args) => orgs::delete_org(args).await,
         Command::CreateSpace(args) => orgs::create_space(args).await,
         Command::DeleteSpace(args) => orgs::delete_space(args).await,
+        Command::Env(args) => env::show(args).await,
+        Command::SetEnv(args) => env::set(args).await,
+        Command::UnsetEnv(args) => env::unset(args).await,
         Command::SetOrgRole(args) => roles::org_role(args, true).await,
         Command::UnsetOrgRole(args) => roles::org_role(args, false).await,
         Command::SetSpaceRole(args) => roles::space_role(args, true).await,
