@@ -17,7 +17,10 @@ fn greeting_app() -> tempfile::TempDir {
         "f\"Hello from Pier! version=",
         "f\"Hello from Pier! greeting={os.environ.get('GREETING', 'none')} version=",
     );
-    assert!(src.contains("greeting="), "the example changed: update this test");
+    assert!(
+        src.contains("greeting="),
+        "the example changed: update this test"
+    );
     std::fs::write(&app, src).unwrap();
     dir
 }
@@ -29,7 +32,11 @@ fn set_env_deploys_rolling_without_failed_requests_and_never_shows_the_value_bac
     let dir = app.path();
     p.pier_ok(&["push", "hello"], dir);
     let (status, body) = p.get_via_router("hello.localhost", "/");
-    assert_eq!((status, body.contains("greeting=none")), (200, true), "{body}");
+    assert_eq!(
+        (status, body.contains("greeting=none")),
+        (200, true),
+        "{body}"
+    );
 
     // Requests all along the change, counting every one that fails.
     let stop = Arc::new(AtomicBool::new(false));
@@ -48,16 +55,30 @@ fn set_env_deploys_rolling_without_failed_requests_and_never_shows_the_value_bac
     let out = p.pier_ok(&["set-env", "hello", "GREETING", "hi-s3cret"], dir);
     stop.store(true, Ordering::Relaxed);
     poller.join().unwrap();
-    assert!(!out.contains("hi-s3cret"), "set-env printed the value: {out}");
+    assert!(
+        !out.contains("hi-s3cret"),
+        "set-env printed the value: {out}"
+    );
     let (status, body) = p.get_via_router("hello.localhost", "/");
-    assert_eq!((status, body.contains("greeting=hi-s3cret")), (200, true), "{body}");
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "failed requests during the change");
+    assert_eq!(
+        (status, body.contains("greeting=hi-s3cret")),
+        (200, true),
+        "{body}"
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "failed requests during the change"
+    );
     assert!(ok.load(Ordering::Relaxed) > 5);
 
     let out = p.pier_ok(&["revisions", "hello"], dir);
     assert!(out.contains("env changed"), "{out}");
     let out = p.pier_ok(&["events", "hello"], dir);
-    assert!(out.contains("GREETING set") && !out.contains("hi-s3cret"), "{out}");
+    assert!(
+        out.contains("GREETING set") && !out.contains("hi-s3cret"),
+        "{out}"
+    );
     let out = p.pier_ok(&["env", "hello"], dir);
     assert!(out.contains("GREETING: hi-s3cret"), "{out}");
     assert!(out.contains("\"space_name\": \"default\""), "{out}");

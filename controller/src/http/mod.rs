@@ -40,6 +40,7 @@ mod quotas;
 mod roles;
 mod routes;
 pub mod serve;
+mod services;
 mod users;
 
 /// What the handlers share.
@@ -80,6 +81,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(users::routes())
         .merge(quotas::routes())
         .merge(roles::routes())
+        .merge(services::routes())
         // After routing (so the route's pattern is known): the policy decides.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -135,6 +137,8 @@ mod orgs_tests;
 mod quotas_tests;
 #[cfg(test)]
 mod roles_tests;
+#[cfg(test)]
+mod services_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

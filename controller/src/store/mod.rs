@@ -13,6 +13,8 @@
 //! - `addresses`, `addresses_meta`: instance address states ([`AddressStore`])
 //! - `users`, `sessions`: users and their login sessions ([`UserStore`]); the access tokens'
 //!   signing key is in `meta`
+//! - `services`: `<space guid>/<name>` → [`ServiceInstanceRecord`] ([`services`]); bindings are
+//!   in the app's record
 //! - `roles`: `<user guid>/<org or space guid>/<role>` → [`RoleRecord`] ([`RoleStore`])
 //!
 //! Invariants:
@@ -41,13 +43,15 @@ mod apps;
 pub mod blobs;
 pub mod quotas;
 mod roles;
+pub mod services;
 pub mod tenancy;
 mod users;
 
 pub use addresses::AddressStore;
-pub use apps::{app_key, AppRecord, DeploymentRecord, ProcessRecord, Revision};
+pub use apps::{app_key, AppRecord, BindingRecord, DeploymentRecord, ProcessRecord, Revision};
 pub use quotas::QuotaRecord;
 pub use roles::{RoleRecord, RoleStore};
+pub use services::ServiceInstanceRecord;
 pub use tenancy::{OrgRecord, SpaceRecord};
 
 /// The store's layout version, in `meta`: 1 (no key) before orgs and spaces, 2 since.
@@ -77,6 +81,7 @@ pub struct Store {
     orgs: sled::Tree,
     spaces: sled::Tree,
     quotas: sled::Tree,
+    services: sled::Tree,
     changes: crate::changes::Changes,
 }
 
@@ -91,6 +96,7 @@ impl Store {
             orgs: db.open_tree("orgs")?,
             spaces: db.open_tree("spaces")?,
             quotas: db.open_tree("quotas")?,
+            services: db.open_tree("services")?,
             changes: Default::default(),
             db,
         };
@@ -330,6 +336,7 @@ pub(crate) mod tests {
             routes: vec![],
             env: BTreeMap::new(),
             buildpacks: vec![],
+            bindings: vec![],
             staging: None,
             restart_gen: 0,
             revisions: vec![],
