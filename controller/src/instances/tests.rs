@@ -89,10 +89,19 @@ impl Rig {
         let probe = Arc::new(FakeProbe::default());
         let logs = Arc::new(LogBroker::new(100));
         let routing = Arc::new(Routing::new());
+        let set = crate::network::NetworkSet {
+            default: crate::network::InstanceNetwork {
+                name: NETWORK.into(),
+                subnet: "10.9.0.0/24".parse().unwrap(),
+            },
+            // The space of `crate::store::tests::app`'s apps.
+            default_space: Some("space-test".into()),
+            spaces: BTreeMap::new(),
+        };
         let addresses = Arc::new(
             AddressPool::open(
                 store.addresses().unwrap(),
-                "10.9.0.0/24".parse().unwrap(),
+                &set.subnets(),
                 Quarantine {
                     min: Duration::ZERO,
                     ack_window: Duration::from_secs(600),
@@ -113,13 +122,20 @@ impl Rig {
                 "test",
                 crate::runtime::stack::DEFAULT_STACK_IMAGE,
             )),
+            networks: crate::network::Networks::new(
+                fake.clone(),
+                "test",
+                store.clone(),
+                crate::runtime::HostAccess::Block,
+                set,
+                addresses.clone(),
+            ),
             addresses,
             routing,
             probe: probe.clone(),
             drain: Arc::new(Idle),
             settings: InstanceSettings {
                 controller_id: "test".into(),
-                network: NETWORK.into(),
                 pids_limit: 64,
                 stop_grace: Duration::from_secs(10),
                 crash_backoff_base: BASE,

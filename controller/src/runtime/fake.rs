@@ -592,6 +592,32 @@ impl ContainerRuntime for FakeRuntime {
         Ok(())
     }
 
+    async fn list_networks(&self) -> Result<Vec<NetworkInfo>> {
+        let id = self.controller_id.as_str();
+        Ok(self
+            .lock()
+            .networks
+            .values()
+            .filter(|n| n.labels.controller() == Some(id))
+            .cloned()
+            .collect())
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<()> {
+        let mut s = self.lock();
+        let attached = s.containers.values().any(|c| {
+            matches!(&c.spec.networking, Networking::Fixed { network, .. } if network == name)
+        });
+        if attached {
+            return Err(RuntimeError::Api(format!(
+                "error while removing network: network {name} has active endpoints (status 403)"
+            )));
+        }
+        s.networks.remove(name);
+        s.isolation.remove(name);
+        Ok(())
+    }
+
     async fn isolate(&self, network: &str, access: super::HostAccess) -> Result<()> {
         self.lock().isolation.insert(network.to_string(), access);
         Ok(())

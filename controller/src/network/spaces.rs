@@ -1,0 +1,195 @@
+//! Which network a space's instances attach to ([`Networks`]), making a space's network when its
+//! first instance starts and removing it when the space is deleted; and, at start, adopting the
+//! networks that exist and removing those of spaces that are gone ([`prepare`]). See the module
+//! doc of `network` for the layout.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use super::addresses::{AddressPool, Ipv4Net};
+use super::{ensure, ensure_space, space_meta_key, space_network_name, InstanceNetwork};
+use crate::runtime::labels::keys;
+use crate::runtime::{ContainerRuntime, HostAccess};
+use crate::store::tenancy::{DEFAULT_ORG, DEFAULT_SPACE};
+use crate::store::Store;
+
+/// The networks found or made at start.
+#[derive(Debug, Clone)]
+pub struct NetworkSet {
+    /// The default space's.
+    pub default: InstanceNetwork,
+    /// The default space's guid, if the store has that space.
+    pub default_space: Option<String>,
+    /// Every other space's that exists, by space guid.
+    pub spaces: BTreeMap<String, InstanceNetwork>,
+}
+
+impl NetworkSet {
+    /// Every network with its subnet, for the address pool.
+    pub fn subnets(&self) -> Vec<(String, Ipv4Net)> {
+        std::iter::once(&self.default)
+            .chain(self.spaces.values())
+            .map(|n| (n.name.clone(), n.subnet))
+            .collect()
+    }
+}
+
+/// The guid of the default space, if the store has one.
+fn default_space(store: &Store) -> anyhow::Result<Option<String>> {
+    let Some(org) = store.org_named(DEFAULT_ORG)? else {
+        return Ok(None);
+    };
+    Ok(store
+        .space_named(&org.guid, DEFAULT_SPACE)?
+        .map(|s| s.guid))
+}
+
+async fn isolate(
+    runtime: &dyn ContainerRuntime,
+    network: &InstanceNetwork,
+    access: HostAccess,
+) -> anyhow::Result<()> {
+    runtime.isolate(&network.name, access).await.with_context(|| {
+        format!(
+            "cannot keep instances on {} away from the host's addresses (iptables, as root); \
+             start with --instance-host-access allow to let them reach it",
+            network.name
+        )
+    })
+}
+
+/// At start: the default network and every existing space's network, found or made and kept away
+/// from the host; the networks of spaces deleted meanwhile are removed (or left for the next
+/// start while a container is still attached).
+pub async fn prepare(
+    runtime: &dyn ContainerRuntime,
+    controller_id: &str,
+    wanted: Option<Ipv4Net>,
+    access: HostAccess,
+    store: &Store,
+) -> anyhow::Result<NetworkSet> {
+    let default = ensure(runtime, controller_id, wanted, store).await?;
+    isolate(runtime, &default, access).await?;
+    let mut spaces = BTreeMap::new();
+    let listed = runtime
+        .list_networks()
+        .await
+        .context("cannot list the controller's networks")?;
+    for n in listed {
+        let Some(space) = n.labels.get(keys::SPACE).map(str::to_string) else {
+            continue;
+        };
+        if store.get_space(&space)?.is_none() {
+            match runtime.remove_network(&n.name).await {
+                Ok(()) => {
+                    store.meta_remove(&space_meta_key(&space))?;
+                    tracing::info!(network = %n.name, space, "removed the network of a deleted space");
+                }
+                Err(e) => {
+                    tracing::warn!(network = %n.name, error = %e, "the network of a deleted space is still in use; removed at a later start")
+                }
+            }
+            continue;
+        }
+        let net = ensure_space(runtime, controller_id, &space, store).await?;
+        isolate(runtime, &net, access).await?;
+        tracing::info!(network = %net.name, subnet = %net.subnet, space, "using the space's instance network");
+        spaces.insert(space, net);
+    }
+    Ok(NetworkSet {
+        default,
+        default_space: default_space(store)?,
+        spaces,
+    })
+}
+
+/// The instance networks of a running controller.
+pub struct Networks {
+    runtime: Arc<dyn ContainerRuntime>,
+    controller_id: String,
+    store: Store,
+    access: HostAccess,
+    default: InstanceNetwork,
+    /// The default space's guid: its instances use [`Networks::default`].
+    default_space: Option<String>,
+    addresses: Arc<AddressPool>,
+    /// The other spaces' networks made or adopted so far. Held while one is made, so two
+    /// instances of a new space starting at once make it once.
+    spaces: tokio::sync::Mutex<BTreeMap<String, InstanceNetwork>>,
+}
+
+impl Networks {
+    pub fn new(
+        runtime: Arc<dyn ContainerRuntime>,
+        controller_id: &str,
+        store: Store,
+        access: HostAccess,
+        set: NetworkSet,
+        addresses: Arc<AddressPool>,
+    ) -> Arc<Networks> {
+        Arc::new(Networks {
+            runtime,
+            controller_id: controller_id.to_string(),
+            store,
+            access,
+            default: set.default,
+            default_space: set.default_space,
+            addresses,
+            spaces: tokio::sync::Mutex::new(set.spaces),
+        })
+    }
+
+    fn is_default(&self, space_guid: &str) -> bool {
+        space_guid.is_empty() || self.default_space.as_deref() == Some(space_guid)
+    }
+
+    /// The name of the space's network (whether it exists yet or not).
+    pub fn name_for(&self, space_guid: &str) -> String {
+        if self.is_default(space_guid) {
+            self.default.name.clone()
+        } else {
+            space_network_name(&self.controller_id, space_guid)
+        }
+    }
+
+    /// The network the space's instances attach to, made (and kept away from the host) if it is
+    /// not there yet; its subnet is then one the address pool hands addresses out on.
+    pub async fn for_space(&self, space_guid: &str) -> anyhow::Result<InstanceNetwork> {
+        if self.is_default(space_guid) {
+            return Ok(self.default.clone());
+        }
+        let mut spaces = self.spaces.lock().await;
+        if let Some(n) = spaces.get(space_guid) {
+            return Ok(n.clone());
+        }
+        let rt = self.runtime.as_ref();
+        let net = ensure_space(rt, &self.controller_id, space_guid, &self.store).await?;
+        isolate(rt, &net, self.access).await?;
+        self.addresses.add_network(&net.name, net.subnet)?;
+        tracing::info!(network = %net.name, subnet = %net.subnet, space = space_guid, "the space's instance network is ready");
+        spaces.insert(space_guid.to_string(), net.clone());
+        Ok(net)
+    }
+
+    /// The space is deleted and its instances are gone: its network goes, with its firewall rules
+    /// and its remembered subnet. Fails (and leaves it for the next start) while a container is
+    /// still attached. The default space's network stays.
+    pub async fn remove_space(&self, space_guid: &str) -> anyhow::Result<()> {
+        if self.is_default(space_guid) {
+            return Ok(());
+        }
+        let mut spaces = self.spaces.lock().await;
+        let name = space_network_name(&self.controller_id, space_guid);
+        self.runtime
+            .remove_network(&name)
+            .await
+            .with_context(|| format!("cannot remove the network {name} of a deleted space"))?;
+        self.addresses.remove_network(&name);
+        spaces.remove(space_guid);
+        self.store.meta_remove(&space_meta_key(space_guid))?;
+        tracing::info!(network = %name, space = space_guid, "removed the deleted space's network");
+        Ok(())
+    }
+}
