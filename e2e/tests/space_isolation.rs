@@ -65,7 +65,10 @@ fn network_exists(name: &str) -> bool {
 
 /// The bridge of a network in the host's kernel (Docker names it after the network's id).
 fn bridge_of(network: &str) -> String {
-    let id = inspect("network", network)["Id"].as_str().unwrap().to_string();
+    let id = inspect("network", network)["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     format!("br-{}", &id[..12])
 }
 
@@ -134,8 +137,14 @@ fn instances_reach_their_own_space_only_and_a_deleted_spaces_network_goes() {
     // ...no instance of another space does, in either direction, nor one of the default space.
     assert!(!connects_from(&a[0], &ip_b, 8080), "a must not reach b");
     assert!(!connects_from(&b[0], &ip_a0, 8080), "b must not reach a");
-    assert!(!connects_from(&a[0], &ip_g, 8080), "a must not reach default");
-    assert!(!connects_from(&g[0], &ip_b, 8080), "default must not reach b");
+    assert!(
+        !connects_from(&a[0], &ip_g, 8080),
+        "a must not reach default"
+    );
+    assert!(
+        !connects_from(&g[0], &ip_b, 8080),
+        "default must not reach b"
+    );
     // Nor through the port Docker publishes on the host, at the host's address on a's network.
     let gw_a = inspect("network", &net_a)["IPAM"]["Config"][0]["Gateway"]
         .as_str()
@@ -174,7 +183,10 @@ fn a_restart_adopts_the_space_network_and_its_instances() {
     p.pier_ok(&["scale", "alpha", "-i", "2", "-o", "acme", "-s", "a"], dir);
     let after = p.instance_ids("alpha");
     assert_eq!(after.len(), 2);
-    assert!(after.contains(&before[0]), "the running instance was adopted");
+    assert!(
+        after.contains(&before[0]),
+        "the running instance was adopted"
+    );
     assert_eq!(only_network(&before[0]), (net.clone(), ip.clone()));
     let new = after.iter().find(|c| **c != before[0]).unwrap();
     let (new_net, new_ip) = only_network(new);

@@ -117,10 +117,19 @@ impl Launch<'_> {
         };
         // The space's network (made with the space's first instance), then the address on it:
         // nothing is created unless the controller can hand one out (C4).
-        let network = match self.inst.deps.networks.for_space(&self.spec.space_guid).await {
+        let network = match self
+            .inst
+            .deps
+            .networks
+            .for_space(&self.spec.space_guid)
+            .await
+        {
             Ok(n) => n.name,
             Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "no instance network for the space");
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "no instance network for the space"
+                );
                 return StartOutcome::Failed {
                     reason: format!("the platform could not make the space's network: {e:#}"),
                     last_output: vec![],

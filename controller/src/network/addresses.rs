@@ -1058,7 +1058,11 @@ mod tests {
             "the instance network pier-t-gone is not one the address pool knows"
         );
         assert_eq!(p.counts(), (0, 0, 10));
-        assert_eq!(p.allocate("a", N).unwrap(), ip(2), "no order was moved either");
+        assert_eq!(
+            p.allocate("a", N).unwrap(),
+            ip(2),
+            "no order was moved either"
+        );
     }
 
     #[test]

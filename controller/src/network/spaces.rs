@@ -41,9 +41,7 @@ fn default_space(store: &Store) -> anyhow::Result<Option<String>> {
     let Some(org) = store.org_named(DEFAULT_ORG)? else {
         return Ok(None);
     };
-    Ok(store
-        .space_named(&org.guid, DEFAULT_SPACE)?
-        .map(|s| s.guid))
+    Ok(store.space_named(&org.guid, DEFAULT_SPACE)?.map(|s| s.guid))
 }
 
 async fn isolate(
@@ -51,13 +49,16 @@ async fn isolate(
     network: &InstanceNetwork,
     access: HostAccess,
 ) -> anyhow::Result<()> {
-    runtime.isolate(&network.name, access).await.with_context(|| {
-        format!(
-            "cannot keep instances on {} away from the host's addresses (iptables, as root); \
+    runtime
+        .isolate(&network.name, access)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot keep instances on {} away from the host's addresses (iptables, as root); \
              start with --instance-host-access allow to let them reach it",
-            network.name
-        )
-    })
+                network.name
+            )
+        })
 }
 
 /// At start: the default network and every existing space's network, found or made and kept away

@@ -547,7 +547,10 @@ impl ContainerRuntime for DockerRuntime {
     async fn remove_network(&self, name: &str) -> Result<()> {
         let n = match self
             .docker
-            .inspect_network(name, None::<bollard::query_parameters::InspectNetworkOptions>)
+            .inspect_network(
+                name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
             .await
         {
             Ok(n) if n.name.as_deref() == Some(name) => n,

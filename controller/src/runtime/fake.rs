@@ -605,9 +605,9 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn remove_network(&self, name: &str) -> Result<()> {
         let mut s = self.lock();
-        let attached = s.containers.values().any(|c| {
-            matches!(&c.spec.networking, Networking::Fixed { network, .. } if network == name)
-        });
+        let attached = s.containers.values().any(
+            |c| matches!(&c.spec.networking, Networking::Fixed { network, .. } if network == name),
+        );
         if attached {
             return Err(RuntimeError::Api(format!(
                 "error while removing network: network {name} has active endpoints (status 403)"
