@@ -194,3 +194,181 @@ impl Networks {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::network::addresses::{Quarantine, SystemClock};
+    use crate::runtime::fake::FakeRuntime;
+    use crate::runtime::{ContainerSpec, Kind, Labels, NetworkSpec, Networking};
+    use crate::store::SpaceRecord;
+
+    const SPACE: &str = "0b1c2d3e-4f50-4a6b-8c7d-9e0f1a2b3c4d";
+    const NET: &str = "pier-c1-0b1c2d3e4f50";
+
+    fn put_space(store: &Store, guid: &str) {
+        let org = store.org_named(DEFAULT_ORG).unwrap().unwrap();
+        store
+            .put_space(&SpaceRecord {
+                guid: guid.into(),
+                name: "dev".into(),
+                org_guid: org.guid,
+                created_at: time::OffsetDateTime::now_utc(),
+                quota: None,
+            })
+            .unwrap();
+    }
+
+    async fn open(fake: &Arc<FakeRuntime>, store: &Store) -> (Arc<Networks>, Arc<AddressPool>) {
+        let set = prepare(fake.as_ref(), "c1", None, HostAccess::Block, store)
+            .await
+            .unwrap();
+        let pool = Arc::new(
+            AddressPool::open(
+                store.addresses().unwrap(),
+                &set.subnets(),
+                Quarantine {
+                    min: Duration::ZERO,
+                    ack_window: Duration::from_secs(60),
+                },
+                "e1",
+                Arc::new(SystemClock),
+            )
+            .unwrap(),
+        );
+        let rt: Arc<dyn ContainerRuntime> = fake.clone();
+        let n = Networks::new(
+            rt,
+            "c1",
+            store.clone(),
+            HostAccess::Block,
+            set,
+            pool.clone(),
+        );
+        (n, pool)
+    }
+
+    /// A container of the fake attached to `network`.
+    async fn attach(fake: &Arc<FakeRuntime>, network: &str) -> String {
+        let spec = ContainerSpec {
+            name: "x".into(),
+            image: crate::runtime::stack::DEFAULT_STACK_IMAGE.into(),
+            cmd: vec![],
+            env: vec![],
+            user: "vcap".into(),
+            working_dir: "/".into(),
+            labels: Labels::new("c1", Kind::Instance),
+            memory_mb: 64,
+            pids_limit: 64,
+            networking: Networking::Fixed {
+                network: network.into(),
+                ip: "10.213.0.9".parse().unwrap(),
+            },
+            mounts: vec![],
+            publish_8080: false,
+            init: true,
+            stop_timeout: None,
+            cpu_shares: None,
+            nano_cpus: None,
+        };
+        ContainerRuntime::create(fake.as_ref(), &spec)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_default_space_keeps_the_one_network_and_another_gets_its_own_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        put_space(&store, SPACE);
+        let fake = FakeRuntime::new("c1");
+        let (n, pool) = open(&fake, &store).await;
+        let default = default_space(&store).unwrap().unwrap();
+        assert_eq!(n.for_space(&default).await.unwrap().name, "pier-c1");
+        assert_eq!(n.name_for(&default), "pier-c1");
+        assert_eq!(n.name_for(SPACE), NET);
+        assert!(fake.network(NET).is_none(), "made when first asked for");
+        let made = n.for_space(SPACE).await.unwrap();
+        assert_eq!(made.name, NET);
+        assert_eq!(n.for_space(SPACE).await.unwrap(), made, "once");
+        assert_eq!(pool.subnet(NET), Some(made.subnet));
+        assert_eq!(fake.isolation(NET), Some(HostAccess::Block));
+        assert_eq!(
+            fake.network(NET).unwrap().labels.get(keys::SPACE),
+            Some(SPACE)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restart_adopts_a_space_network_and_removes_a_deleted_spaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        put_space(&store, SPACE);
+        let fake = FakeRuntime::new("c1");
+        let (n, _) = open(&fake, &store).await;
+        let subnet = n.for_space(SPACE).await.unwrap().subnet;
+        let gone = "9f8e7d6c-5b4a-4321-8fed-cba987654321";
+        put_space(&store, gone);
+        let gone_net = n.for_space(gone).await.unwrap().name;
+        store.delete_space(gone).unwrap();
+        drop(n);
+        let (n, pool) = open(&fake, &store).await;
+        assert_eq!(pool.subnet(NET), Some(subnet), "adopted at start");
+        assert_eq!(n.for_space(SPACE).await.unwrap().subnet, subnet);
+        assert!(
+            fake.network(&gone_net).is_none(),
+            "the deleted space's went"
+        );
+        assert!(pool.subnet(&gone_net).is_none());
+        let key = crate::network::space_meta_key(gone);
+        assert_eq!(store.meta_get(&key).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_network_in_use_is_not_removed_and_the_default_never_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        put_space(&store, SPACE);
+        let fake = FakeRuntime::new("c1");
+        let (n, pool) = open(&fake, &store).await;
+        let net = n.for_space(SPACE).await.unwrap();
+        let id = attach(&fake, NET).await;
+        let err = n.remove_space(SPACE).await.unwrap_err();
+        assert!(format!("{err:#}").contains("active endpoints"), "{err:#}");
+        assert!(fake.network(NET).is_some());
+        assert_eq!(pool.subnet(NET), Some(net.subnet), "still usable");
+        ContainerRuntime::remove(fake.as_ref(), &id).await.unwrap();
+        n.remove_space(SPACE).await.unwrap();
+        assert!(fake.network(NET).is_none());
+        assert!(pool.subnet(NET).is_none());
+        let default = default_space(&store).unwrap().unwrap();
+        n.remove_space(&default).await.unwrap();
+        assert!(fake.network("pier-c1").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_network_of_that_name_for_another_space_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let fake = FakeRuntime::new("c1");
+        let (n, pool) = open(&fake, &store).await;
+        let labels = Labels::new("c1", Kind::Instances).with(keys::SPACE, "other");
+        ContainerRuntime::create_network(
+            fake.as_ref(),
+            &NetworkSpec {
+                name: NET.into(),
+                subnet: "10.213.99.0/24".parse().unwrap(),
+                gateway: "10.213.99.1".parse().unwrap(),
+                labels,
+            },
+        )
+        .await
+        .unwrap();
+        let err = n.for_space(SPACE).await.unwrap_err().to_string();
+        assert!(err.contains("is not labelled pier.space="), "{err}");
+        assert!(pool.subnet(NET).is_none(), "no address is handed out on it");
+        assert_eq!(fake.isolation(NET), None);
+    }
+}

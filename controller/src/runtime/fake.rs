@@ -38,6 +38,7 @@ pub enum Op {
     Inspect,
     CreateVolume,
     RemoveVolume,
+    CreateNetwork,
 }
 
 /// What a scripted container does when it starts.
@@ -220,6 +221,11 @@ impl FakeRuntime {
     }
 
     /// How `isolate` left a network.
+    /// A network as the fake holds it.
+    pub fn network(&self, name: &str) -> Option<NetworkInfo> {
+        self.lock().networks.get(name).cloned()
+    }
+
     pub fn isolation(&self, network: &str) -> Option<super::HostAccess> {
         self.lock().isolation.get(network).copied()
     }
@@ -571,6 +577,7 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn create_network(&self, spec: &NetworkSpec) -> Result<()> {
+        self.check(Op::CreateNetwork)?;
         let mut s = self.lock();
         if s.networks
             .values()
