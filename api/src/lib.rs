@@ -59,6 +59,7 @@ pub mod logs;
 pub mod names;
 pub mod orgs;
 pub mod quotas;
+pub mod roles;
 pub mod routes;
 pub mod size;
 pub mod users;
@@ -74,6 +75,7 @@ pub use logs::{
 pub use names::{AppName, NameError, ProcessType};
 pub use orgs::{CreateNamedRequest, OrgResponse, SpaceResponse};
 pub use quotas::{AssignQuotaRequest, CreateQuotaRequest, QuotaLimits, QuotaResponse, QuotaUsage};
+pub use roles::{Role, RoleHolder, ALL_ROLES};
 pub use routes::{
     Backend, Balancing, RouteEntry, RouteMapping, RouteRequest, RouteSpec, RouteTable,
 };

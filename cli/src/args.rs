@@ -105,6 +105,66 @@ pub enum Command {
     CreateSpace(OrgNameArg),
     /// Delete a space of the targeted org (or -o ORG) with its apps.
     DeleteSpace(DeleteNamedArgs),
+    /// Give a user a role in an org: OrgManager, OrgAuditor or OrgUser.
+    SetOrgRole(OrgRoleArgs),
+    /// Take an org role away from a user.
+    UnsetOrgRole(OrgRoleArgs),
+    /// Give a user a role in a space: SpaceManager, SpaceDeveloper or SpaceAuditor.
+    SetSpaceRole(SpaceRoleArgs),
+    /// Take a space role away from a user.
+    UnsetSpaceRole(SpaceRoleArgs),
+    /// The users holding roles in an org, by role.
+    OrgUsers(OrgUsersArgs),
+    /// The users holding roles in a space, by role.
+    SpaceUsers(SpaceUsersArgs),
+}
+
+/// A role name, checked before anything is sent.
+fn parse_role(s: &str) -> Result<pier_api::Role, String> {
+    s.parse()
+        .map_err(|e: pier_api::roles::UnknownRole| e.to_string())
+}
+
+#[derive(Debug, Args)]
+pub struct OrgRoleArgs {
+    #[arg(value_name = "USER")]
+    pub user: String,
+    #[arg(value_name = "ORG")]
+    pub org: String,
+    #[arg(value_name = "ROLE", value_parser = parse_role)]
+    pub role: pier_api::Role,
+}
+
+#[derive(Debug, Args)]
+pub struct SpaceRoleArgs {
+    #[arg(value_name = "USER")]
+    pub user: String,
+    #[arg(value_name = "ORG")]
+    pub org: String,
+    #[arg(value_name = "SPACE")]
+    pub space: String,
+    #[arg(value_name = "ROLE", value_parser = parse_role)]
+    pub role: pier_api::Role,
+}
+
+#[derive(Debug, Args)]
+pub struct OrgUsersArgs {
+    #[arg(value_name = "ORG")]
+    pub org: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SpaceUsersArgs {
+    #[arg(value_name = "ORG")]
+    pub org: String,
+    #[arg(value_name = "SPACE")]
+    pub space: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -49,8 +49,9 @@ use pier_api::{
     BuildpackResponse, CreateBuildpackRequest, CreateNamedRequest, CreateUserRequest,
     DeployRequest, DeploymentAction, DeploymentResponse, ErrorCode, InfoResponse, LogLine,
     OAuthError, OrgResponse, PackageResponse, ProcessConfigRequest, ProcessType, RevisionResponse,
-    RouteMapping, RouteRequest, RouteSpec, RouteTable, RouterLogBatch, SetPasswordRequest,
-    SpaceResponse, TokenResponse, UpdateBuildpackRequest, UserResponse, WhoAmIResponse,
+    Role, RoleHolder, RouteMapping, RouteRequest, RouteSpec, RouteTable, RouterLogBatch,
+    SetPasswordRequest, SpaceResponse, TokenResponse, UpdateBuildpackRequest, UserResponse,
+    WhoAmIResponse,
 };
 use reqwest::{header, Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -928,6 +929,39 @@ impl Client {
     pub async fn delete_space(&self, org: &str, space: &str) -> Result<()> {
         let path = format!("/v1/orgs/{}/spaces/{}", segment(org), segment(space));
         self.empty(self.call(Method::DELETE, &path)).await
+    }
+
+    /// The path of the org's role holders, or the space's when `space` is given.
+    fn role_users_path(org: &str, space: Option<&str>) -> String {
+        match space {
+            None => format!("/v1/orgs/{}/users", segment(org)),
+            Some(sp) => format!("/v1/orgs/{}/spaces/{}/users", segment(org), segment(sp)),
+        }
+    }
+
+    /// `GET /v1/orgs/{org}/users`, or `.../spaces/{space}/users`: who holds which role there.
+    pub async fn role_holders(&self, org: &str, space: Option<&str>) -> Result<Vec<RoleHolder>> {
+        let path = Self::role_users_path(org, space);
+        self.json(self.call(Method::GET, &path), "users").await
+    }
+
+    /// `PUT` (`give`) or `DELETE` `.../users/{user}/roles/{role}` of the org, or of the space when
+    /// `space` is given.
+    pub async fn set_role(
+        &self,
+        org: &str,
+        space: Option<&str>,
+        user: &str,
+        role: Role,
+        give: bool,
+    ) -> Result<()> {
+        let path = format!(
+            "{}/{}/roles/{role}",
+            Self::role_users_path(org, space),
+            segment(user)
+        );
+        let method = if give { Method::PUT } else { Method::DELETE };
+        self.empty(self.call(method, &path)).await
     }
 
     /// `DELETE /v1/apps/{name}/cache`: clears the app's buildpack cache.

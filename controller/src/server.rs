@@ -428,6 +428,7 @@ impl Parts {
             stats: stats.clone(),
             tokens,
             users,
+            roles: Arc::new(crate::roles::Roles::new(store.clone())?),
             limits: config.api_limits(),
             stack_image: config.stack_image.clone(),
             shutdown: shutdown.clone(),

@@ -25,6 +25,7 @@ pub mod orgs;
 pub mod push;
 pub mod restage;
 pub mod restart;
+pub mod roles;
 pub mod routes;
 pub mod scale;
 pub mod stage;
@@ -79,6 +80,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::DeleteOrg(args) => orgs::delete_org(args).await,
         Command::CreateSpace(args) => orgs::create_space(args).await,
         Command::DeleteSpace(args) => orgs::delete_space(args).await,
+        Command::SetOrgRole(args) => roles::org_role(args, true).await,
+        Command::UnsetOrgRole(args) => roles::org_role(args, false).await,
+        Command::SetSpaceRole(args) => roles::space_role(args, true).await,
+        Command::UnsetSpaceRole(args) => roles::space_role(args, false).await,
+        Command::OrgUsers(args) => roles::org_users(args).await,
+        Command::SpaceUsers(args) => roles::space_users(args).await,
     }
 }
 

@@ -13,6 +13,7 @@
 //! - `addresses`, `addresses_meta`: instance address states ([`AddressStore`])
 //! - `users`, `sessions`: users and their login sessions ([`UserStore`]); the access tokens'
 //!   signing key is in `meta`
+//! - `roles`: `<user guid>/<org or space guid>/<role>` → [`RoleRecord`] ([`RoleStore`])
 //!
 //! Invariants:
 //! - Every write is flushed before the call returns, so an API answer means the change is on disk.
@@ -39,12 +40,14 @@ mod addresses;
 mod apps;
 pub mod blobs;
 pub mod quotas;
+mod roles;
 pub mod tenancy;
 mod users;
 
 pub use addresses::AddressStore;
 pub use apps::{app_key, AppRecord, DeploymentRecord, ProcessRecord, Revision};
 pub use quotas::QuotaRecord;
+pub use roles::{RoleRecord, RoleStore};
 pub use tenancy::{OrgRecord, SpaceRecord};
 
 /// The store's layout version, in `meta`: 1 (no key) before orgs and spaces, 2 since.
@@ -163,6 +166,11 @@ impl Store {
     /// The persistence of users and login sessions.
     pub fn users(&self) -> Result<UserStore> {
         UserStore::open(&self.db)
+    }
+
+    /// The persistence of roles.
+    pub fn roles(&self) -> Result<RoleStore> {
+        RoleStore::open(&self.db)
     }
 
     pub fn flush(&self) -> Result<()> {
