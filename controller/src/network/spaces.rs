@@ -94,10 +94,22 @@ pub async fn prepare(
             }
             continue;
         }
-        let net = ensure_space(runtime, controller_id, &space, store).await?;
-        isolate(runtime, &net, access).await?;
-        tracing::info!(network = %net.name, subnet = %net.subnet, space, "using the space's instance network");
-        spaces.insert(space, net);
+        // One space's network in a bad way does not stop the platform: that space's next start
+        // tries again and says why.
+        let ready = async {
+            let net = ensure_space(runtime, controller_id, &space, store).await?;
+            isolate(runtime, &net, access).await?;
+            anyhow::Ok(net)
+        };
+        match ready.await {
+            Ok(net) => {
+                tracing::info!(network = %net.name, subnet = %net.subnet, space, "using the space's instance network");
+                spaces.insert(space, net);
+            }
+            Err(e) => {
+                tracing::warn!(network = %n.name, error = format!("{e:#}"), "a space's network is not usable; tried again at its next instance start")
+            }
+        }
     }
     Ok(NetworkSet {
         default,
