@@ -272,9 +272,9 @@ impl Tenancy {
         self.store.delete_space(&space.guid)?;
         self.store.roles()?.delete_in(&[space.guid.as_str()])?;
         // Its apps' instances are gone (each delete waited for them); a network still in use is
-        // removed at the next start instead.
+        // removed by a later reconcile pass instead.
         if let Err(e) = self.networks.remove_space(&space.guid).await {
-            tracing::warn!(space = %space.name, error = format!("{e:#}"), "the space's network stays until the next start");
+            tracing::warn!(space = %space.name, error = format!("{e:#}"), "the space's network stays until its containers are gone");
         }
         tracing::info!(org = %org.name, space = %space.name, by = actor.as_str(), "space deleted");
         Ok(())

@@ -162,6 +162,11 @@ impl Instances {
     }
 
     /// The version of the route table published last (0 before the first).
+    /// The instance networks (one per space).
+    pub fn networks(&self) -> &Arc<crate::network::Networks> {
+        &self.deps.networks
+    }
+
     pub fn table_version(&self) -> u64 {
         self.deps.routing.current().map_or(0, |t| t.version)
     }

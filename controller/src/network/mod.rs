@@ -19,8 +19,8 @@
 //!   bridge also gets the rules that keep instances away from the host (`runtime/firewall.rs`).
 //!   The routers and health checks run on the host, which reaches every bridge.
 //! - A deleted space's network is removed once its instances are gone (Docker refuses while a
-//!   container is attached); one left behind (a container was still there) is removed at the
-//!   next start. Networks outlive the controller, like its instances do; `scripts/down` and the
+//!   container is attached); one left behind (a container was still there) is tried again by
+//!   each reconcile pass, and at the next start. Networks outlive the controller, like its instances do; `scripts/down` and the
 //!   e2e harness remove every network labelled with the controller id once their containers are
 //!   gone.
 

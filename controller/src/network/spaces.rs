@@ -3,7 +3,7 @@
 //! networks that exist and removing those of spaces that are gone ([`prepare`]). See the module
 //! doc of `network` for the layout.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -131,6 +131,9 @@ pub struct Networks {
     /// The other spaces' networks made or adopted so far. Held while one is made, so two
     /// instances of a new space starting at once make it once.
     spaces: tokio::sync::Mutex<BTreeMap<String, InstanceNetwork>>,
+    /// Deleted spaces whose network Docker refused to remove (a container was still attached):
+    /// [`Networks::retry_removals`] tries again.
+    pending: std::sync::Mutex<BTreeSet<String>>,
 }
 
 impl Networks {
@@ -151,6 +154,7 @@ impl Networks {
             default_space: set.default_space,
             addresses,
             spaces: tokio::sync::Mutex::new(set.spaces),
+            pending: Default::default(),
         })
     }
 
@@ -186,24 +190,48 @@ impl Networks {
         Ok(net)
     }
 
+    fn pending(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The space is deleted and its instances are gone: its network goes, with its firewall rules
-    /// and its remembered subnet. Fails (and leaves it for the next start) while a container is
-    /// still attached. The default space's network stays.
+    /// and its remembered subnet. Fails while a container is still attached, and is then tried
+    /// again by [`Networks::retry_removals`] (and at the next start). The default space's network
+    /// stays.
     pub async fn remove_space(&self, space_guid: &str) -> anyhow::Result<()> {
         if self.is_default(space_guid) {
             return Ok(());
         }
         let mut spaces = self.spaces.lock().await;
         let name = space_network_name(&self.controller_id, space_guid);
-        self.runtime
-            .remove_network(&name)
-            .await
-            .with_context(|| format!("cannot remove the network {name} of a deleted space"))?;
+        if let Err(e) = self.runtime.remove_network(&name).await {
+            self.pending().insert(space_guid.to_string());
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot remove the network {name} of a deleted space"
+            )));
+        }
+        self.pending().remove(space_guid);
         self.addresses.remove_network(&name);
         spaces.remove(space_guid);
         self.store.meta_remove(&space_meta_key(space_guid))?;
         tracing::info!(network = %name, space = space_guid, "removed the deleted space's network");
         Ok(())
+    }
+
+    /// Tries again to remove the networks of deleted spaces that were still in use (a reconcile
+    /// pass calls it, after removing leftover containers). Nothing to do is the usual case and
+    /// costs no Docker call.
+    pub async fn retry_removals(&self) {
+        let pending: Vec<String> = self.pending().iter().cloned().collect();
+        for space in pending {
+            if let Err(e) = self.remove_space(&space).await {
+                tracing::debug!(
+                    space,
+                    error = format!("{e:#}"),
+                    "a deleted space's network is still in use"
+                );
+            }
+        }
     }
 }
 
@@ -351,9 +379,14 @@ mod tests {
         assert!(format!("{err:#}").contains("active endpoints"), "{err:#}");
         assert!(fake.network(NET).is_some());
         assert_eq!(pool.subnet(NET), Some(net.subnet), "still usable");
+        n.retry_removals().await;
+        assert!(fake.network(NET).is_some(), "still in use");
         ContainerRuntime::remove(fake.as_ref(), &id).await.unwrap();
-        n.remove_space(SPACE).await.unwrap();
-        assert!(fake.network(NET).is_none());
+        n.retry_removals().await;
+        assert!(
+            fake.network(NET).is_none(),
+            "removed once its container is gone"
+        );
         assert!(pool.subnet(NET).is_none());
         let default = default_space(&store).unwrap().unwrap();
         n.remove_space(&default).await.unwrap();
