@@ -416,7 +416,6 @@ impl Parts {
             events,
             reconciler: reconciler.clone(),
         };
-        let users = open_users(&config, &store)?;
         let api = ApiState {
             tenancy: crate::tenancy::Tenancy::new(store.clone(), apps.clone(), networks),
             apps,
@@ -427,7 +426,7 @@ impl Parts {
             blobs,
             stats: stats.clone(),
             tokens,
-            users,
+            users: open_users(&config, &store)?,
             roles: Arc::new(crate::roles::Roles::new(store.clone())?),
             limits: config.api_limits(),
             stack_image: config.stack_image.clone(),
