@@ -396,14 +396,9 @@ impl Config {
         }
     }
 
-    pub fn instance_settings(
-        &self,
-        controller_id: &str,
-        network: &str,
-    ) -> crate::instances::InstanceSettings {
+    pub fn instance_settings(&self, controller_id: &str) -> crate::instances::InstanceSettings {
         crate::instances::InstanceSettings {
             controller_id: controller_id.to_string(),
-            network: network.to_string(),
             pids_limit: self.pids_limit,
             stop_grace: self.stop_grace(),
             crash_backoff_base: Duration::from_millis(self.crash_backoff_base_ms),

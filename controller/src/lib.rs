@@ -36,8 +36,9 @@
 //!   `pier.controller=<id>` plus app/process/index/droplet labels, so a restarted controller
 //!   adopts running instances (same container ids, no restart) and removes what nothing asks for.
 //! - The route table only ever lists instances that passed their health check.
-//! - Instances live on the controller's own Docker network, at addresses only the controller hands
-//!   out (`network/addresses`); a released address is not reused before every router can be
+//! - Instances live on their space's Docker network (one per space, so spaces cannot reach each
+//!   other: `network`), at addresses only the controller hands out (`network/addresses`); a
+//!   released address is not reused before every router can be
 //!   assumed to have the table that removed it (docs/router.md, "Never misroute").
 
 pub mod apps;

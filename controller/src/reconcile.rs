@@ -8,7 +8,8 @@
 //! 2. hand desired slots and containers to [`Instances::sync`] (supervisors start, change, stop);
 //! 3. remove what nothing asks for: orphans, strays, stagings no staging runs;
 //! 4. finish the cleanup of deleted apps (containers, cache volume, blobs no other app uses);
-//! 5. publish the route table.
+//! 5. remove the networks of deleted spaces that were still in use when their space went;
+//! 6. publish the route table.
 //!
 //! Invariants: passes run one at a time, so no pass acts on a desired state older than the slots
 //! another pass already changed. A pass that fails changes nothing it could not finish; the next
@@ -194,6 +195,8 @@ impl Reconciler {
                 tracing::warn!(app = %job.app_name, error = %e, "cleanup of a deleted app is not finished; retrying");
             }
         }
+        // After the containers went: a deleted space's network that was still in use.
+        self.instances.networks().retry_removals().await;
         self.instances.publish_routes();
         Ok(())
     }

@@ -125,28 +125,26 @@ fn fail_interrupted_stagings(store: &Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The instance network: found or made, kept away from the host (unless allowed), and named in
-/// `DATA_DIR/instance-network` for `scripts/down`, which removes it once the instances are gone.
+/// The instance networks (the default space's and every other space's that exists): found or
+/// made, kept away from the host (unless allowed). The default one is named in
+/// `DATA_DIR/instance-network` for `scripts/down`, which removes every network labelled with the
+/// controller id once the instances are gone.
 pub(crate) async fn prepare_network(
     runtime: &dyn ContainerRuntime,
     controller_id: &str,
     config: &Config,
     store: &Store,
-) -> anyhow::Result<crate::network::InstanceNetwork> {
-    let network =
-        crate::network::ensure(runtime, controller_id, config.instance_subnet, store).await?;
-    runtime
-        .isolate(&network.name, config.instance_host_access)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot keep instances on {} away from the host's addresses (iptables, as \
-                 root); start with --instance-host-access allow to let them reach it",
-                network.name
-            )
-        })?;
-    std::fs::write(config.data_dir.join("instance-network"), &network.name)?;
-    Ok(network)
+) -> anyhow::Result<crate::network::NetworkSet> {
+    let set = crate::network::prepare(
+        runtime,
+        controller_id,
+        config.instance_subnet,
+        config.instance_host_access,
+        store,
+    )
+    .await?;
+    std::fs::write(config.data_dir.join("instance-network"), &set.default.name)?;
+    Ok(set)
 }
 
 /// The port apps are reached at, for URLs: `--router-url`'s, else the built-in router's.
@@ -160,25 +158,38 @@ fn route_port(config: &Config, router_addr: Option<SocketAddr>) -> Option<u16> {
     }
 }
 
-/// The instance address allocator, with the states the store kept.
-fn open_addresses(
+/// The instance address allocator, with the states the store kept, and the networks it hands
+/// addresses out on.
+fn open_networks(
     config: &Config,
     store: &Store,
-    network: &crate::network::InstanceNetwork,
+    runtime: &Arc<dyn ContainerRuntime>,
+    controller_id: &str,
+    networks: crate::network::NetworkSet,
     routing: &Routing,
-) -> anyhow::Result<Arc<AddressPool>> {
+) -> anyhow::Result<(Arc<AddressPool>, Arc<crate::network::Networks>)> {
     let addresses = AddressPool::open(
         store.addresses()?,
-        network.subnet,
+        &networks.subnets(),
         config.address_quarantine(),
         routing.epoch(),
         Arc::new(SystemClock),
     )
     .context("cannot load the instance addresses from the store")?;
     let (in_use, quarantined, free) = addresses.counts();
-    tracing::info!(network = %network.name, subnet = %network.subnet, in_use, quarantined, free,
+    tracing::info!(network = %networks.default.name, subnet = %networks.default.subnet,
+        spaces = networks.spaces.len(), in_use, quarantined, free,
         quarantine_secs = config.address_quarantine_secs, "instance addresses");
-    Ok(Arc::new(addresses))
+    let addresses = Arc::new(addresses);
+    let networks = crate::network::Networks::new(
+        runtime.clone(),
+        controller_id,
+        store.clone(),
+        config.instance_host_access,
+        networks,
+        addresses.clone(),
+    );
+    Ok((addresses, networks))
 }
 
 /// The log broker, with the buffers of apps that still exist restored with their seq numbers.
@@ -330,7 +341,7 @@ pub(crate) struct Wiring {
     pub(crate) drain: Option<Arc<dyn Drain>>,
     pub(crate) tokens: crate::http::auth::Tokens,
     pub(crate) controller_id: String,
-    pub(crate) network: crate::network::InstanceNetwork,
+    pub(crate) network: crate::network::NetworkSet,
     pub(crate) route_port: Option<u16>,
     pub(crate) shutdown: CancellationToken,
 }
@@ -352,7 +363,8 @@ impl Parts {
             shutdown,
         } = w;
         let routing = Arc::new(Routing::new());
-        let addresses = open_addresses(&config, &store, &network, &routing)?;
+        let (addresses, networks) =
+            open_networks(&config, &store, &runtime, &controller_id, network, &routing)?;
         let drain = drain.unwrap_or_else(|| router_drain(builtin_router.clone(), &addresses));
         let logs = open_logs(&config, &store)?;
         let events = Events::new(store.clone(), logs.clone());
@@ -364,10 +376,11 @@ impl Parts {
             logs: logs.clone(),
             images: images.clone(),
             addresses: addresses.clone(),
+            networks: networks.clone(),
             routing: routing.clone(),
             probe,
             drain,
-            settings: config.instance_settings(&controller_id, &network.name),
+            settings: config.instance_settings(&controller_id),
         });
         let reconciler = Reconciler::new(ReconcilerDeps {
             runtime: runtime.clone(),
@@ -403,9 +416,8 @@ impl Parts {
             events,
             reconciler: reconciler.clone(),
         };
-        let users = open_users(&config, &store)?;
         let api = ApiState {
-            tenancy: crate::tenancy::Tenancy::new(store.clone(), apps.clone()),
+            tenancy: crate::tenancy::Tenancy::new(store.clone(), apps.clone(), networks),
             apps,
             logs: logs.clone(),
             routing: routing.clone(),
@@ -414,7 +426,7 @@ impl Parts {
             blobs,
             stats: stats.clone(),
             tokens,
-            users,
+            users: open_users(&config, &store)?,
             roles: Arc::new(crate::roles::Roles::new(store.clone())?),
             limits: config.api_limits(),
             stack_image: config.stack_image.clone(),

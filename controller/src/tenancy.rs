@@ -14,7 +14,7 @@
 //!   nor a delete of the quota.
 //!
 //! Uses: `store/` (records), `apps/` (deleting a space's apps), `quota` (assigning, use shown),
-//! `events` (who acts).
+//! `events` (who acts), `network` (a deleted space's network goes).
 
 use std::sync::Arc;
 
@@ -41,6 +41,8 @@ pub struct Scope {
 pub struct Tenancy {
     store: Store,
     apps: Arc<AppService>,
+    /// A deleted space's instance network goes with it.
+    networks: Arc<crate::network::Networks>,
     /// Serializes creates and deletes of orgs and spaces (name checks and writes together).
     lock: tokio::sync::Mutex<()>,
 }
@@ -59,10 +61,15 @@ fn check_name(kind: &str, name: &str) -> Result<()> {
 }
 
 impl Tenancy {
-    pub fn new(store: Store, apps: Arc<AppService>) -> Arc<Tenancy> {
+    pub fn new(
+        store: Store,
+        apps: Arc<AppService>,
+        networks: Arc<crate::network::Networks>,
+    ) -> Arc<Tenancy> {
         Arc::new(Tenancy {
             store,
             apps,
+            networks,
             lock: Default::default(),
         })
     }
@@ -267,6 +274,11 @@ impl Tenancy {
         }
         self.store.delete_space(&space.guid)?;
         self.store.roles()?.delete_in(&[space.guid.as_str()])?;
+        // Its apps' instances are gone (each delete waited for them); a network still in use is
+        // removed by a later reconcile pass instead.
+        if let Err(e) = self.networks.remove_space(&space.guid).await {
+            tracing::warn!(space = %space.name, error = format!("{e:#}"), "the space's network stays until its containers are gone");
+        }
         tracing::info!(org = %org.name, space = %space.name, by = actor.as_str(), "space deleted");
         Ok(())
     }

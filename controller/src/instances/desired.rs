@@ -41,6 +41,10 @@ pub struct SlotKey {
 pub struct InstanceSpec {
     pub app_name: String,
     pub app_guid: String,
+    /// The app's space: its instances attach to that space's network. Not part of the hash: an
+    /// app never changes space, and instances started before networks per space keep running.
+    #[serde(skip)]
+    pub space_guid: String,
     pub process: ProcessType,
     pub index: u32,
     pub droplet: String,
@@ -125,6 +129,7 @@ pub fn desired_slots(apps: &[AppRecord]) -> BTreeMap<SlotKey, InstanceSpec> {
                 Some(InstanceSpec {
                     app_name: app.name.to_string(),
                     app_guid: app.guid.clone(),
+                    space_guid: app.space_guid.clone(),
                     process: process.clone(),
                     index,
                     revision: rev.version,

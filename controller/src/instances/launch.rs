@@ -121,8 +121,28 @@ impl Launch<'_> {
                 }
             }
         };
-        // The address first: nothing is created unless the controller can hand one out (C4).
-        let ip = match self.inst.deps.addresses.allocate(&instance_id) {
+        // The space's network (made with the space's first instance), then the address on it:
+        // nothing is created unless the controller can hand one out (C4).
+        let network = match self
+            .inst
+            .deps
+            .networks
+            .for_space(&self.spec.space_guid)
+            .await
+        {
+            Ok(n) => n.name,
+            Err(e) => {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "no instance network for the space"
+                );
+                return StartOutcome::Failed {
+                    reason: format!("the platform could not make the space's network: {e:#}"),
+                    last_output: vec![],
+                };
+            }
+        };
+        let ip = match self.inst.deps.addresses.allocate(&instance_id, &network) {
             Ok(ip) => ip,
             Err(e) => return StartOutcome::NoAddress(e.to_string()),
         };
@@ -135,8 +155,8 @@ impl Launch<'_> {
                 &instance_id[..8]
             ),
         );
-        tracing::info!(app = %self.spec.app_name, process = %self.key.process, index = self.key.index, revision = self.spec.revision, %ip, "creating instance container");
-        let mut running = match self.create(&instance_id, ip, &image).await {
+        tracing::info!(app = %self.spec.app_name, process = %self.key.process, index = self.key.index, revision = self.spec.revision, %ip, %network, "creating instance container");
+        let mut running = match self.create(&instance_id, (&network, ip), &image).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "could not create an instance container");
@@ -208,7 +228,12 @@ impl Launch<'_> {
         });
     }
 
-    fn container_spec(&self, instance_id: &str, ip: Ipv4Addr, image: &str) -> ContainerSpec {
+    fn container_spec(
+        &self,
+        instance_id: &str,
+        (network, ip): (&str, Ipv4Addr),
+        image: &str,
+    ) -> ContainerSpec {
         let s = &self.inst.deps.settings;
         let spec = self.spec;
         ContainerSpec {
@@ -236,7 +261,7 @@ impl Launch<'_> {
             memory_mb: spec.memory_mb,
             pids_limit: s.pids_limit,
             networking: Networking::Fixed {
-                network: s.network.clone(),
+                network: network.to_string(),
                 ip,
             },
             mounts: vec![],
@@ -249,11 +274,17 @@ impl Launch<'_> {
         }
     }
 
-    /// Creates the container of the app's image and starts it, at exactly the allocated address.
-    async fn create(&self, instance_id: &str, ip: Ipv4Addr, image: &str) -> Result<Running> {
+    /// Creates the container of the app's image and starts it, at exactly the allocated address
+    /// on the space's network.
+    async fn create(
+        &self,
+        instance_id: &str,
+        (network, ip): (&str, Ipv4Addr),
+        image: &str,
+    ) -> Result<Running> {
         let inst = self.inst;
         let runtime = &inst.deps.runtime;
-        let cspec = self.container_spec(instance_id, ip, image);
+        let cspec = self.container_spec(instance_id, (network, ip), image);
         // Owned by its instance id until the runtime says its container id: a reconcile pass in
         // between must not take it for a stray.
         inst.registry.own(instance_id);
@@ -273,14 +304,11 @@ impl Launch<'_> {
             runtime.start(&id).await?;
             // The runtime must have put it where the controller said; never use another address.
             let info = runtime.inspect(&id).await?;
-            let actual = info
-                .as_ref()
-                .and_then(|i| i.address_on(&inst.deps.settings.network));
+            let actual = info.as_ref().and_then(|i| i.address_on(network));
             if actual != Some(ip) {
                 return Err(Error::Other(format!(
-                    "Docker attached the container at {actual:?} on {}, not at the allocated \
-                     address {ip}",
-                    inst.deps.settings.network
+                    "Docker attached the container at {actual:?} on {network}, not at the \
+                     allocated address {ip}"
                 )));
             }
             Ok::<_, Error>(info.and_then(|i| i.host_port))

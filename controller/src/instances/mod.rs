@@ -83,8 +83,6 @@ pub struct Drained {
 #[derive(Debug, Clone)]
 pub struct InstanceSettings {
     pub controller_id: String,
-    /// The Docker network instances attach to.
-    pub network: String,
     pub pids_limit: i64,
     pub stop_grace: Duration,
     pub crash_backoff_base: Duration,
@@ -103,6 +101,8 @@ pub struct InstanceDeps {
     pub logs: Arc<LogBroker>,
     pub images: Arc<crate::images::Images>,
     pub addresses: Arc<AddressPool>,
+    /// The network of each space (an instance attaches to its app's space's).
+    pub networks: Arc<crate::network::Networks>,
     pub routing: Arc<Routing>,
     pub probe: Arc<dyn health::HealthProbe>,
     pub drain: Arc<dyn Drain>,
@@ -162,6 +162,11 @@ impl Instances {
     }
 
     /// The version of the route table published last (0 before the first).
+    /// The instance networks (one per space).
+    pub fn networks(&self) -> &Arc<crate::network::Networks> {
+        &self.deps.networks
+    }
+
     pub fn table_version(&self) -> u64 {
         self.deps.routing.current().map_or(0, |t| t.version)
     }

@@ -545,7 +545,10 @@ impl Supervisor {
         if !info.running {
             return None;
         }
-        let network = &deps.settings.network;
+        // Its space's network; the pool knows it (made or adopted at start, or when the space's
+        // first instance of this run started).
+        let space = self.spec_rx.borrow().space_guid.clone();
+        let network = &deps.networks.name_for(&space);
         let instance_id = c.labels.instance().unwrap_or_default().to_string();
         let ip = info.address_on(network).filter(|ip| {
             !instance_id.is_empty()
@@ -557,7 +560,11 @@ impl Supervisor {
                     }
                 }
         });
-        tracing::info!(container = %c.id, slot = ?self.key, ?ip, "adopted running instance");
+        // Started on the default network before its space had one of its own: it serves on, and
+        // is replaced by one on the space's network (as a spec change would be).
+        let moved = info.address_on(network).is_none()
+            && info.address_on(&deps.networks.name_for("")).is_some();
+        tracing::info!(container = %c.id, slot = ?self.key, ?ip, moved, "adopted running instance");
         crate::logs::follow_instance(
             deps.runtime.clone(),
             deps.logs.clone(),
@@ -573,7 +580,10 @@ impl Supervisor {
         Some(Running {
             id: c.id.clone(),
             instance_id,
-            spec_hash: c.labels.get(keys::SPEC).unwrap_or_default().to_string(),
+            spec_hash: match moved {
+                true => String::new(),
+                false => c.labels.get(keys::SPEC).unwrap_or_default().to_string(),
+            },
             droplet: c.labels.get(keys::DROPLET).unwrap_or_default().to_string(),
             revision: c
                 .labels

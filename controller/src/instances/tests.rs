@@ -90,10 +90,19 @@ impl Rig {
         let probe = Arc::new(FakeProbe::default());
         let logs = Arc::new(LogBroker::new(100));
         let routing = Arc::new(Routing::new());
+        let set = crate::network::NetworkSet {
+            default: crate::network::InstanceNetwork {
+                name: NETWORK.into(),
+                subnet: "10.9.0.0/24".parse().unwrap(),
+            },
+            // The space of `crate::store::tests::app`'s apps.
+            default_space: Some("space-test".into()),
+            spaces: BTreeMap::new(),
+        };
         let addresses = Arc::new(
             AddressPool::open(
                 store.addresses().unwrap(),
-                "10.9.0.0/24".parse().unwrap(),
+                &set.subnets(),
                 Quarantine {
                     min: Duration::ZERO,
                     ack_window: Duration::from_secs(600),
@@ -114,13 +123,20 @@ impl Rig {
                 "test",
                 crate::runtime::stack::DEFAULT_STACK_IMAGE,
             )),
+            networks: crate::network::Networks::new(
+                fake.clone(),
+                "test",
+                store.clone(),
+                crate::runtime::HostAccess::Block,
+                set,
+                addresses.clone(),
+            ),
             addresses,
             routing,
             probe: probe.clone(),
             drain: Arc::new(Idle),
             settings: InstanceSettings {
                 controller_id: "test".into(),
-                network: NETWORK.into(),
                 pids_limit: 64,
                 stop_grace: Duration::from_secs(10),
                 crash_backoff_base: BASE,
@@ -464,4 +480,77 @@ async fn standby_instances_start_ahead_and_a_scale_up_routes_them_without_new_co
     assert_eq!(rig.instances.statuses(&guid).len(), 1);
     assert_eq!(rig.routed(&a).len(), 1);
     assert_eq!(rig.instances.standby_ready(&guid), 2);
+}
+
+/// A space other than the default one (`Rig`'s default space is `space-test`).
+const SPACE: &str = "0b1c2d3e-4f50-4a6b-8c7d-9e0f1a2b3c4d";
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_of_another_space_runs_on_that_spaces_own_network() {
+    let rig = Rig::new();
+    let mut a = app(&rig.droplet, 2, HealthCheckType::Port);
+    a.space_guid = SPACE.into();
+    rig.apply(&a).await;
+    rig.until_running(2).await;
+    let net = "pier-test-0b1c2d3e4f50";
+    let info = rig.fake.network(net).expect("the space's network was made");
+    assert_eq!(info.labels.get(keys::SPACE), Some(SPACE));
+    assert_eq!(info.labels.kind(), Some(Kind::Instances));
+    assert_eq!(
+        rig.fake.isolation(net),
+        Some(crate::runtime::HostAccess::Block),
+        "kept away from the host like the default network"
+    );
+    let subnet = info.subnets[0];
+    assert!(!subnet.overlaps(&"10.9.0.0/24".parse().unwrap()));
+    for (_, spec) in rig.fake.running(Kind::Instance) {
+        let Networking::Fixed { network, ip } = spec.networking else {
+            panic!("an instance without a fixed address")
+        };
+        assert_eq!(network, net);
+        assert!(subnet.contains(ip), "{ip} in {subnet}");
+    }
+    let kept = rig
+        .store
+        .meta_get(&format!("instance_subnet:{SPACE}"))
+        .unwrap();
+    assert_eq!(
+        kept,
+        Some(subnet.to_string().into_bytes()),
+        "kept for restarts"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_space_network_that_cannot_be_made_starts_nothing_and_says_why() {
+    let rig = Rig::new();
+    rig.fake
+        .fail_next(crate::runtime::fake::Op::CreateNetwork, 10_000);
+    let mut a = app(&rig.droplet, 1, HealthCheckType::Port);
+    a.space_guid = SPACE.into();
+    rig.apply(&a).await;
+    for _ in 0..1000 {
+        if !rig.crashes().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let crashes = rig.crashes();
+    assert!(
+        crashes
+            .first()
+            .is_some_and(|c| c.contains("could not make the space's network")),
+        "{crashes:?}"
+    );
+    assert!(
+        rig.fake
+            .containers()
+            .iter()
+            .all(|(_, s, _)| s.labels.kind() != Some(Kind::Instance)),
+        "no instance container was made"
+    );
+    assert!(rig.fake.removed().is_empty());
+    let states: Vec<(std::net::Ipv4Addr, serde_json::Value)> =
+        rig.store.addresses().unwrap().load(|_| true).unwrap();
+    assert!(states.is_empty(), "no address was taken: {states:?}");
 }

@@ -12,9 +12,15 @@
 //!        this epoch for an earlier epoch's release)
 //! ```
 //!
-//! Allocation is serial: it continues after the address handed out last and wraps around, so a
-//! released address is the last one to come back even once it may. The network address, the
-//! gateway (network + 1) and the broadcast address are never handed out.
+//! The pool knows every instance network of the controller (one per space, `network/mod.rs`), each
+//! with its own subnet; an address is allocated on the network its instance attaches to, while
+//! router acknowledgements, drains and quarantine stay in one place for all of them. States are
+//! kept by address, not by network, so a subnet that a deleted space's network had and a new one
+//! gets again still holds its released addresses back.
+//!
+//! Allocation is serial per network: it continues after the address handed out last there and
+//! wraps around, so a released address is the last one to come back even once it may. The network
+//! address, the gateway (network + 1) and the broadcast address are never handed out.
 //!
 //! The states live in the store ([`AddressStore`]: `a.b.c.d` → [`AddrState`]), written and flushed
 //! before the address is used, so a restarted controller knows what is in use and what is still in
@@ -35,7 +41,7 @@ use time::OffsetDateTime;
 use crate::store::AddressStore;
 
 /// An IPv4 network: its (network) address and prefix length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Ipv4Net {
     network: Ipv4Addr,
     prefix: u8,
@@ -216,6 +222,8 @@ const MAX_ROUTERS: usize = 4096;
 pub enum AddressError {
     #[error("{0}")]
     Exhausted(Exhausted),
+    #[error("the instance network {0} is not one the address pool knows")]
+    UnknownNetwork(String),
     #[error("cannot record instance addresses in the store: {0}")]
     Store(#[from] crate::error::Error),
 }
@@ -262,9 +270,11 @@ fn rfc3339_secs(t: OffsetDateTime) -> String {
 }
 
 struct Inner {
+    /// The instance networks, by name, and their subnets.
+    networks: BTreeMap<String, Ipv4Net>,
     states: BTreeMap<Ipv4Addr, AddrState>,
-    /// The address handed out last: allocation continues after it.
-    last: Option<Ipv4Addr>,
+    /// The address handed out last on each subnet: allocation there continues after it.
+    last: HashMap<Ipv4Net, Ipv4Addr>,
     routers: HashMap<String, RouterAck>,
     /// Instances whose address a task of this process looks after (it was allocated here and the
     /// instance is starting or running, or it was adopted). [`AddressPool::sweep`] leaves them be.
@@ -279,7 +289,6 @@ struct Blocked {
 
 /// The allocator. One per controller; every method is quick (no Docker, one sled write at most).
 pub struct AddressPool {
-    subnet: Ipv4Net,
     quarantine: Quarantine,
     epoch: String,
     /// When this controller (epoch) started: the restart rule counts from here.
@@ -290,26 +299,33 @@ pub struct AddressPool {
 }
 
 impl AddressPool {
-    /// Loads the states kept in `store`; entries outside `subnet` (an earlier network's) are
-    /// dropped.
+    /// Loads the states kept in `store`; entries outside every one of `networks` (an earlier
+    /// network's) are dropped.
     pub fn open(
         store: AddressStore,
-        subnet: Ipv4Net,
+        networks: &[(String, Ipv4Net)],
         quarantine: Quarantine,
         epoch: &str,
         clock: Arc<dyn Clock>,
     ) -> Result<AddressPool, AddressError> {
-        let states: BTreeMap<Ipv4Addr, AddrState> =
-            store.load(|ip| subnet.contains(ip))?.into_iter().collect();
-        let last = store.last()?.filter(|ip| subnet.contains(*ip));
+        let states: BTreeMap<Ipv4Addr, AddrState> = store
+            .load(|ip| networks.iter().any(|(_, n)| n.contains(ip)))?
+            .into_iter()
+            .collect();
+        let mut last = HashMap::new();
+        for (_, subnet) in networks {
+            if let Some(ip) = store.last_in(*subnet)? {
+                last.insert(*subnet, ip);
+            }
+        }
         Ok(AddressPool {
-            subnet,
             quarantine,
             epoch: epoch.to_string(),
             started: clock.now(),
             clock,
             store,
             inner: Mutex::new(Inner {
+                networks: networks.iter().cloned().collect(),
                 states,
                 last,
                 routers: HashMap::new(),
@@ -318,8 +334,26 @@ impl AddressPool {
         })
     }
 
-    pub fn subnet(&self) -> Ipv4Net {
-        self.subnet
+    /// Addresses may be handed out on `name` (a space's network, made after the pool opened).
+    pub fn add_network(&self, name: &str, subnet: Ipv4Net) -> Result<(), AddressError> {
+        let last = self.store.last_in(subnet)?;
+        let mut inner = self.lock();
+        inner.networks.insert(name.to_string(), subnet);
+        if let Some(ip) = last {
+            inner.last.entry(subnet).or_insert(ip);
+        }
+        Ok(())
+    }
+
+    /// No more addresses on `name` (its network is gone). The states of its addresses stay: a
+    /// released one is still held back if the subnet comes back with another network.
+    pub fn remove_network(&self, name: &str) {
+        self.lock().networks.remove(name);
+    }
+
+    /// The subnet of the network `name`, if the pool knows it.
+    pub fn subnet(&self, name: &str) -> Option<Ipv4Net> {
+        self.lock().networks.get(name).copied()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -330,16 +364,20 @@ impl AddressPool {
         Ok(self.store.put(ip, state)?)
     }
 
-    /// Hands out the next reusable address after the last one and records it as in use by
-    /// `instance_id` (flushed before it returns).
-    pub fn allocate(&self, instance_id: &str) -> Result<Ipv4Addr, AddressError> {
+    /// Hands out the next reusable address of `network` after the last one there and records it
+    /// as in use by `instance_id` (flushed before it returns).
+    pub fn allocate(&self, instance_id: &str, network: &str) -> Result<Ipv4Addr, AddressError> {
         let now = self.clock.now();
         let mut inner = self.lock();
-        let (lo, hi) = (self.subnet.first_host(), self.subnet.last_host());
+        let subnet = *inner
+            .networks
+            .get(network)
+            .ok_or_else(|| AddressError::UnknownNetwork(network.to_string()))?;
+        let (lo, hi) = (subnet.first_host(), subnet.last_host());
         if lo > hi {
-            return Err(AddressError::Exhausted(self.exhausted(&inner, now)));
+            return Err(AddressError::Exhausted(self.exhausted(&inner, subnet, now)));
         }
-        let start = match inner.last.map(u32::from) {
+        let start = match inner.last.get(&subnet).copied().map(u32::from) {
             Some(l) if (lo..=hi).contains(&l) => l,
             _ => hi,
         };
@@ -358,27 +396,27 @@ impl AddressPool {
             }
         }
         let Some(ip) = found else {
-            return Err(AddressError::Exhausted(self.exhausted(&inner, now)));
+            return Err(AddressError::Exhausted(self.exhausted(&inner, subnet, now)));
         };
         let state = AddrState::InUse {
             instance_id: instance_id.to_string(),
         };
         self.persist(ip, Some(&state))?;
-        self.store.set_last(ip)?;
+        self.store.set_last(subnet, ip)?;
         inner.states.insert(ip, state);
-        inner.last = Some(ip);
+        inner.last.insert(subnet, ip);
         inner.held.insert(instance_id.to_string());
         Ok(ip)
     }
 
     /// Records an instance found running (a restarted controller adopting it) as the holder of its
-    /// address. Returns false when the address is not on this pool's network (an instance started
-    /// on Docker's default bridge by an older Pier, say), which the pool does not track.
+    /// address. Returns false when the address is on none of this pool's networks (an instance
+    /// started on Docker's default bridge by an older Pier, say), which the pool does not track.
     pub fn adopt(&self, ip: Ipv4Addr, instance_id: &str) -> Result<bool, AddressError> {
-        if !self.subnet.contains(ip) {
+        let mut inner = self.lock();
+        if !inner.networks.values().any(|n| n.contains(ip)) {
             return Ok(false);
         }
-        let mut inner = self.lock();
         let state = AddrState::InUse {
             instance_id: instance_id.to_string(),
         };
@@ -577,12 +615,14 @@ impl AddressPool {
         }
     }
 
-    fn exhausted(&self, inner: &Inner, now: OffsetDateTime) -> Exhausted {
+    /// What holds the addresses of `subnet`.
+    fn exhausted(&self, inner: &Inner, subnet: Ipv4Net, now: OffsetDateTime) -> Exhausted {
         let mut in_use = 0;
         let mut quarantined = 0;
         let mut until: Option<OffsetDateTime> = None;
         let mut waiting = BTreeSet::new();
-        for s in inner.states.values() {
+        let here = inner.states.iter().filter(|(ip, _)| subnet.contains(**ip));
+        for (_, s) in here {
             match s {
                 AddrState::InUse { .. } => in_use += 1,
                 AddrState::Released { .. } => {
@@ -597,7 +637,7 @@ impl AddressPool {
             }
         }
         Exhausted {
-            subnet: self.subnet,
+            subnet,
             in_use,
             quarantined,
             until,
@@ -605,17 +645,19 @@ impl AddressPool {
         }
     }
 
-    /// Counts for the log: (in use, in quarantine, free).
+    /// Counts for the log, over every network: (in use, in quarantine, free).
     pub fn counts(&self) -> (usize, usize, usize) {
         let now = self.clock.now();
         let inner = self.lock();
-        let e = self.exhausted(&inner, now);
-        let total = self.subnet.host_count() as usize;
-        (
-            e.in_use,
-            e.quarantined,
-            total.saturating_sub(e.in_use + e.quarantined),
-        )
+        let (mut in_use, mut quarantined, mut free) = (0, 0, 0);
+        for subnet in inner.networks.values() {
+            let e = self.exhausted(&inner, *subnet, now);
+            let total = subnet.host_count() as usize;
+            in_use += e.in_use;
+            quarantined += e.quarantined;
+            free += total.saturating_sub(e.in_use + e.quarantined);
+        }
+        (in_use, quarantined, free)
     }
 
     /// The recorded state of one address (for tests and diagnostics).
@@ -651,6 +693,9 @@ mod tests {
     const Q: Duration = Duration::from_secs(300);
     const WINDOW: Duration = Duration::from_secs(600);
 
+    /// The network the pools of these tests hand addresses out on.
+    const N: &str = "pier-t";
+
     fn net() -> Ipv4Net {
         "10.9.0.0/29".parse().unwrap()
     }
@@ -662,7 +707,7 @@ mod tests {
     fn pool(db: &Store, clock: &Arc<ManualClock>, epoch: &str) -> AddressPool {
         AddressPool::open(
             db.addresses().unwrap(),
-            net(),
+            &[(N.to_string(), net())],
             Quarantine {
                 min: Q,
                 ack_window: WINDOW,
@@ -719,15 +764,15 @@ mod tests {
         // /29: .0 network, .1 gateway, .7 broadcast; .2-.6 for instances.
         let got: Vec<_> = ["a", "b", "c"]
             .iter()
-            .map(|i| p.allocate(i).unwrap())
+            .map(|i| p.allocate(i, N).unwrap())
             .collect();
         assert_eq!(got, vec![ip(2), ip(3), ip(4)]);
         // .2 never served and is free at once, but allocation goes on after .4 first.
         p.free_unrouted(ip(2), "a").unwrap();
-        assert_eq!(p.allocate("d").unwrap(), ip(5));
-        assert_eq!(p.allocate("e").unwrap(), ip(6));
-        assert_eq!(p.allocate("f").unwrap(), ip(2), "wraps around to .2");
-        let e = exhausted(p.allocate("g"));
+        assert_eq!(p.allocate("d", N).unwrap(), ip(5));
+        assert_eq!(p.allocate("e", N).unwrap(), ip(6));
+        assert_eq!(p.allocate("f", N).unwrap(), ip(2), "wraps around to .2");
+        let e = exhausted(p.allocate("g", N));
         assert_eq!((e.in_use, e.quarantined), (5, 0));
     }
 
@@ -737,15 +782,15 @@ mod tests {
         let clock = ManualClock::new();
         let p = pool(&db, &clock, "e1");
         for i in 0..5 {
-            p.allocate(&format!("i{i}")).unwrap();
+            p.allocate(&format!("i{i}"), N).unwrap();
         }
         p.release(ip(4), "i2", 7).unwrap();
         clock.advance(Q - Duration::from_secs(1));
-        let e = exhausted(p.allocate("new"));
+        let e = exhausted(p.allocate("new", N));
         assert_eq!((e.in_use, e.quarantined), (4, 1));
         clock.advance(Duration::from_secs(1));
         assert_eq!(
-            p.allocate("new").unwrap(),
+            p.allocate("new", N).unwrap(),
             ip(4),
             "quarantine over, no router to wait for"
         );
@@ -759,19 +804,19 @@ mod tests {
         p.router_seen("r1", "e1", 6);
         p.router_seen("r2", "e1", 6);
         for i in 0..5 {
-            p.allocate(&format!("i{i}")).unwrap();
+            p.allocate(&format!("i{i}"), N).unwrap();
         }
         p.release(ip(2), "i0", 7).unwrap();
         clock.advance(Q + Duration::from_secs(10));
-        let e = exhausted(p.allocate("new"));
+        let e = exhausted(p.allocate("new", N));
         assert_eq!(e.waiting_for, vec!["r1", "r2"]);
         assert_eq!(e.until, None, "the quarantine itself is over");
         p.router_seen("r1", "e1", 7);
         // An ack of another epoch's version 9 says nothing about this epoch's table 7.
         p.router_seen("r2", "old", 9);
-        assert_eq!(exhausted(p.allocate("new")).waiting_for, vec!["r2"]);
+        assert_eq!(exhausted(p.allocate("new", N)).waiting_for, vec!["r2"]);
         p.router_seen("r2", "e1", 8);
-        assert_eq!(p.allocate("new").unwrap(), ip(2));
+        assert_eq!(p.allocate("new", N).unwrap(), ip(2));
     }
 
     #[test]
@@ -780,16 +825,16 @@ mod tests {
         let clock = ManualClock::new();
         let p = pool(&db, &clock, "e1");
         for i in 0..5 {
-            p.allocate(&format!("i{i}")).unwrap();
+            p.allocate(&format!("i{i}"), N).unwrap();
         }
         p.release(ip(3), "i1", 4).unwrap();
         p.router_seen("r1", "e1", 5);
         clock.advance(Duration::from_secs(60));
-        let e = exhausted(p.allocate("new"));
+        let e = exhausted(p.allocate("new", N));
         assert!(e.waiting_for.is_empty());
         assert!(e.until.is_some());
         clock.advance(Q);
-        assert_eq!(p.allocate("new").unwrap(), ip(3));
+        assert_eq!(p.allocate("new", N).unwrap(), ip(3));
     }
 
     #[test]
@@ -827,13 +872,13 @@ mod tests {
         let p = pool(&db, &clock, "e1");
         p.router_seen("stuck", "e1", 1);
         for i in 0..5 {
-            p.allocate(&format!("i{i}")).unwrap();
+            p.allocate(&format!("i{i}"), N).unwrap();
         }
         p.release(ip(2), "i0", 3).unwrap();
         clock.advance(WINDOW);
-        assert_eq!(exhausted(p.allocate("x")).waiting_for, vec!["stuck"]);
+        assert_eq!(exhausted(p.allocate("x", N)).waiting_for, vec!["stuck"]);
         clock.advance(Duration::from_secs(1));
-        assert_eq!(p.allocate("x").unwrap(), ip(2));
+        assert_eq!(p.allocate("x", N).unwrap(), ip(2));
     }
 
     #[test]
@@ -845,7 +890,7 @@ mod tests {
             let p = pool(&db, &clock, "run1");
             p.router_seen("r1", "run1", 50);
             for i in 0..5 {
-                p.allocate(&format!("i{i}")).unwrap();
+                p.allocate(&format!("i{i}"), N).unwrap();
             }
             p.release(ip(3), "i1", 51).unwrap();
             // .3 is released long before the restart: counted from its release alone it would be
@@ -864,18 +909,18 @@ mod tests {
         );
         // The router the first run knew is forgotten; the quarantine counts from this start.
         clock.advance(Duration::from_secs(200));
-        let e = exhausted(p.allocate("new"));
+        let e = exhausted(p.allocate("new", N));
         assert_eq!((e.in_use, e.quarantined), (3, 2));
         assert!(e.waiting_for.is_empty());
         // A router seen since the restart still on the old table blocks both.
         p.router_seen("r1", "run1", 60);
         clock.advance(Q);
-        assert_eq!(exhausted(p.allocate("new")).waiting_for, vec!["r1"]);
+        assert_eq!(exhausted(p.allocate("new", N)).waiting_for, vec!["r1"]);
         // Any table of this run acknowledges releases of the earlier one.
         p.router_seen("r1", "run2", 1);
         // Serial order survived the restart too: the last handed out was .6, so .3 comes first.
-        assert_eq!(p.allocate("new").unwrap(), ip(3));
-        assert_eq!(p.allocate("new2").unwrap(), ip(5));
+        assert_eq!(p.allocate("new", N).unwrap(), ip(3));
+        assert_eq!(p.allocate("new2", N).unwrap(), ip(5));
     }
 
     #[test]
@@ -886,7 +931,7 @@ mod tests {
             let db = Store::open(dir.path()).unwrap();
             let p = pool(&db, &clock, "run1");
             for i in 0..5 {
-                p.allocate(&format!("i{i}")).unwrap();
+                p.allocate(&format!("i{i}"), N).unwrap();
             }
             // A clock step backwards: the release time is "after" the next start.
             clock.advance(Duration::from_secs(100));
@@ -896,10 +941,10 @@ mod tests {
         let db = reopen(dir.path());
         let p = pool(&db, &clock, "run2");
         clock.advance(Q);
-        let e = exhausted(p.allocate("x"));
+        let e = exhausted(p.allocate("x", N));
         assert_eq!(e.quarantined, 1);
         clock.advance(Duration::from_secs(100));
-        assert_eq!(p.allocate("x").unwrap(), ip(2));
+        assert_eq!(p.allocate("x", N).unwrap(), ip(2));
     }
 
     #[test]
@@ -907,9 +952,9 @@ mod tests {
         let (_d, db) = db();
         let clock = ManualClock::new();
         let p = pool(&db, &clock, "e1");
-        p.allocate("starting").unwrap();
-        p.allocate("running").unwrap();
-        p.allocate("vanished").unwrap();
+        p.allocate("starting", N).unwrap();
+        p.allocate("running", N).unwrap();
+        p.allocate("vanished", N).unwrap();
         p.unhold("vanished");
         p.unhold("running");
         let live = HashSet::from(["running".to_string()]);
@@ -932,9 +977,9 @@ mod tests {
         let p = pool(&db, &clock, "e1");
         assert!(p.adopt(ip(3), "old").unwrap());
         assert!(!p.adopt(Ipv4Addr::new(172, 17, 0, 5), "legacy").unwrap());
-        assert_eq!(p.allocate("a").unwrap(), ip(2));
+        assert_eq!(p.allocate("a", N).unwrap(), ip(2));
         assert_eq!(
-            p.allocate("b").unwrap(),
+            p.allocate("b", N).unwrap(),
             ip(4),
             ".3 is the adopted instance's"
         );
@@ -946,13 +991,13 @@ mod tests {
         let clock = ManualClock::new();
         let p = pool(&db, &clock, "e1");
         for i in 0..5 {
-            p.allocate(&format!("i{i}")).unwrap();
+            p.allocate(&format!("i{i}"), N).unwrap();
         }
         p.release(ip(2), "i0", 3).unwrap();
         clock.advance(Duration::from_secs(10));
         p.release(ip(3), "i1", 4).unwrap();
         p.router_seen("r9", "e1", 3);
-        let msg = p.allocate("x").unwrap_err().to_string();
+        let msg = p.allocate("x", N).unwrap_err().to_string();
         let until = rfc3339_secs(OffsetDateTime::from_unix_timestamp(1_700_000_300).unwrap());
         assert_eq!(
             msg,
@@ -962,5 +1007,132 @@ mod tests {
             )
         );
         assert_eq!(p.counts(), (3, 2, 0));
+    }
+
+    fn two_networks() -> Vec<(String, Ipv4Net)> {
+        vec![
+            (N.to_string(), net()),
+            ("pier-t-space".to_string(), "10.9.1.0/29".parse().unwrap()),
+        ]
+    }
+
+    fn open_with(db: &Store, clock: &Arc<ManualClock>, nets: &[(String, Ipv4Net)]) -> AddressPool {
+        let q = Quarantine {
+            min: Q,
+            ack_window: WINDOW,
+        };
+        AddressPool::open(db.addresses().unwrap(), nets, q, "e1", clock.clone()).unwrap()
+    }
+
+    #[test]
+    fn each_network_hands_out_addresses_of_its_own_subnet_in_its_own_order() {
+        let (_d, db) = db();
+        let clock = ManualClock::new();
+        let p = open_with(&db, &clock, &two_networks());
+        let b = Ipv4Addr::new(10, 9, 1, 2);
+        assert_eq!(p.allocate("a1", N).unwrap(), ip(2));
+        assert_eq!(p.allocate("b1", "pier-t-space").unwrap(), b);
+        assert_eq!(p.allocate("a2", N).unwrap(), ip(3), "A's order is A's own");
+        // Filling A leaves B alone, and A's exhaustion counts A's addresses only.
+        for i in 3..6 {
+            p.allocate(&format!("a{i}"), N).unwrap();
+        }
+        let e = exhausted(p.allocate("a6", N));
+        assert_eq!((e.subnet, e.in_use, e.quarantined), (net(), 5, 0));
+        assert_eq!(
+            p.allocate("b2", "pier-t-space").unwrap(),
+            Ipv4Addr::new(10, 9, 1, 3)
+        );
+        assert_eq!(p.counts(), (7, 0, 3));
+    }
+
+    #[test]
+    fn an_unknown_network_is_refused_and_nothing_is_recorded() {
+        let (_d, db) = db();
+        let clock = ManualClock::new();
+        let p = open_with(&db, &clock, &two_networks());
+        let err = p.allocate("x", "pier-t-gone").unwrap_err();
+        assert!(matches!(err, AddressError::UnknownNetwork(ref n) if n == "pier-t-gone"));
+        assert_eq!(
+            err.to_string(),
+            "the instance network pier-t-gone is not one the address pool knows"
+        );
+        assert_eq!(p.counts(), (0, 0, 10));
+        assert_eq!(
+            p.allocate("a", N).unwrap(),
+            ip(2),
+            "no order was moved either"
+        );
+    }
+
+    #[test]
+    fn a_network_added_later_is_kept_across_a_restart_with_its_own_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let nets = two_networks();
+        {
+            let db = Store::open(dir.path()).unwrap();
+            let p = open_with(&db, &clock, &nets[..1]);
+            assert!(p.subnet("pier-t-space").is_none());
+            p.add_network("pier-t-space", nets[1].1).unwrap();
+            assert_eq!(p.subnet("pier-t-space"), Some(nets[1].1));
+            p.allocate("a1", N).unwrap();
+            p.allocate("b1", "pier-t-space").unwrap();
+            p.allocate("b2", "pier-t-space").unwrap();
+        }
+        let db = reopen(dir.path());
+        let p = open_with(&db, &clock, &nets);
+        let b = |last| Ipv4Addr::new(10, 9, 1, last);
+        assert_eq!(
+            p.state(b(3)),
+            Some(AddrState::InUse {
+                instance_id: "b2".into()
+            })
+        );
+        assert_eq!(p.allocate("b3", "pier-t-space").unwrap(), b(4));
+        assert_eq!(p.allocate("a2", N).unwrap(), ip(3));
+        // Adoption finds the address on whichever network has it.
+        assert!(p.adopt(b(6), "b-adopted").unwrap());
+        assert!(!p.adopt(Ipv4Addr::new(10, 9, 2, 2), "elsewhere").unwrap());
+        drop(p);
+        // Opened without the space's network (it was removed): its addresses are forgotten.
+        let p = open_with(&db, &clock, &nets[..1]);
+        assert_eq!(p.state(b(3)), None);
+        assert_eq!(p.state(ip(3)).map(|_| ()), Some(()));
+    }
+
+    #[test]
+    fn a_subnet_that_comes_back_on_another_network_keeps_its_quarantine() {
+        let (_d, db) = db();
+        let clock = ManualClock::new();
+        let nets = two_networks();
+        let p = open_with(&db, &clock, &nets);
+        let space = nets[1].1;
+        for i in 0..5 {
+            p.allocate(&format!("b{i}"), "pier-t-space").unwrap();
+        }
+        p.release(Ipv4Addr::new(10, 9, 1, 4), "b2", 3).unwrap();
+        for i in [0, 1, 3, 4] {
+            let ip = Ipv4Addr::new(10, 9, 1, 2 + i);
+            p.free_unrouted(ip, &format!("b{i}")).unwrap();
+        }
+        p.remove_network("pier-t-space");
+        assert!(matches!(
+            p.allocate("x", "pier-t-space"),
+            Err(AddressError::UnknownNetwork(_))
+        ));
+        // A new space's network gets the same subnet: the released address is still held back.
+        p.add_network("pier-t-other", space).unwrap();
+        let got: Vec<_> = (0..4)
+            .map(|i| p.allocate(&format!("c{i}"), "pier-t-other").unwrap())
+            .collect();
+        assert!(!got.contains(&Ipv4Addr::new(10, 9, 1, 4)), "{got:?}");
+        let e = exhausted(p.allocate("c5", "pier-t-other"));
+        assert_eq!((e.subnet, e.in_use, e.quarantined), (space, 4, 1));
+        clock.advance(Q);
+        assert_eq!(
+            p.allocate("c5", "pier-t-other").unwrap(),
+            Ipv4Addr::new(10, 9, 1, 4)
+        );
     }
 }

@@ -523,6 +523,50 @@ impl ContainerRuntime for DockerRuntime {
         Ok(())
     }
 
+    async fn list_networks(&self) -> Result<Vec<NetworkInfo>> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![Labels::controller_filter(&self.controller_id)],
+        )]);
+        let opts = bollard::query_parameters::ListNetworksOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let nets = self.docker.list_networks(Some(opts)).await?;
+        Ok(nets
+            .into_iter()
+            .filter_map(|n| {
+                Some(NetworkInfo {
+                    subnets: ipv4_subnets(n.ipam.as_ref()),
+                    labels: Labels::from_map(n.labels.unwrap_or_default()),
+                    name: n.name?,
+                })
+            })
+            .collect())
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<()> {
+        let n = match self
+            .docker
+            .inspect_network(
+                name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+        {
+            Ok(n) if n.name.as_deref() == Some(name) => n,
+            Ok(_) => return Ok(()),
+            Err(e) if is_status(&e, 404) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let bridge = bridge_name(name, &n)?;
+        match self.docker.remove_network(name).await {
+            Ok(()) => {}
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(e.into()),
+        }
+        super::firewall::remove(&bridge, &self.controller_id).await
+    }
+
     async fn isolate(&self, network: &str, access: super::HostAccess) -> Result<()> {
         let n = self
             .docker
@@ -531,16 +575,7 @@ impl ContainerRuntime for DockerRuntime {
                 None::<bollard::query_parameters::InspectNetworkOptions>,
             )
             .await?;
-        // Docker names a bridge after the network's id unless told otherwise.
-        let bridge = n
-            .options
-            .as_ref()
-            .and_then(|o| o.get("com.docker.network.bridge.name").cloned())
-            .or_else(|| {
-                n.id.as_deref()
-                    .map(|id| format!("br-{}", &id[..id.len().min(12)]))
-            })
-            .ok_or_else(|| RuntimeError::Api(format!("network {network} has no id")))?;
+        let bridge = bridge_name(network, &n)?;
         super::firewall::apply(&bridge, &self.controller_id, access).await
     }
 
@@ -691,4 +726,17 @@ fn image_archive(
     tar.append_path_with_name(&spec.layer, "droplet/layer.tar")?;
     tar.into_inner()?.flush()?;
     Ok(())
+}
+
+/// The network's bridge in the host's kernel: Docker names it after the network's id unless told
+/// otherwise.
+fn bridge_name(network: &str, n: &bollard::models::NetworkInspect) -> Result<String> {
+    n.options
+        .as_ref()
+        .and_then(|o| o.get("com.docker.network.bridge.name").cloned())
+        .or_else(|| {
+            n.id.as_deref()
+                .map(|id| format!("br-{}", &id[..id.len().min(12)]))
+        })
+        .ok_or_else(|| RuntimeError::Api(format!("network {network} has no id")))
 }

@@ -38,6 +38,7 @@ pub enum Op {
     Inspect,
     CreateVolume,
     RemoveVolume,
+    CreateNetwork,
 }
 
 /// What a scripted container does when it starts.
@@ -220,6 +221,11 @@ impl FakeRuntime {
     }
 
     /// How `isolate` left a network.
+    /// A network as the fake holds it.
+    pub fn network(&self, name: &str) -> Option<NetworkInfo> {
+        self.lock().networks.get(name).cloned()
+    }
+
     pub fn isolation(&self, network: &str) -> Option<super::HostAccess> {
         self.lock().isolation.get(network).copied()
     }
@@ -571,6 +577,7 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn create_network(&self, spec: &NetworkSpec) -> Result<()> {
+        self.check(Op::CreateNetwork)?;
         let mut s = self.lock();
         if s.networks
             .values()
@@ -589,6 +596,32 @@ impl ContainerRuntime for FakeRuntime {
                 subnets: vec![spec.subnet],
             },
         );
+        Ok(())
+    }
+
+    async fn list_networks(&self) -> Result<Vec<NetworkInfo>> {
+        let id = self.controller_id.as_str();
+        Ok(self
+            .lock()
+            .networks
+            .values()
+            .filter(|n| n.labels.controller() == Some(id))
+            .cloned()
+            .collect())
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<()> {
+        let mut s = self.lock();
+        let attached = s.containers.values().any(
+            |c| matches!(&c.spec.networking, Networking::Fixed { network, .. } if network == name),
+        );
+        if attached {
+            return Err(RuntimeError::Api(format!(
+                "error while removing network: network {name} has active endpoints (status 403)"
+            )));
+        }
+        s.networks.remove(name);
+        s.isolation.remove(name);
         Ok(())
     }
 

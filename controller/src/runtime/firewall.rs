@@ -6,7 +6,10 @@
 //!
 //! Implemented with iptables rules on the instance network's bridge, each tagged with the comment
 //! `pier:<controller id>` so they can be found, kept idempotent and removed (`scripts/down` and the
-//! test harness delete them with the network):
+//! test harness delete them with the networks). Every instance network of the controller (one per
+//! space) gets them on its own bridge; removing a space's network takes its bridge's rules away.
+//! Traffic between two instance networks is not these rules' work: Docker's own
+//! `DOCKER-ISOLATION-STAGE-1/2` chains drop what one bridge forwards to another.
 //!
 //! ```text
 //! INPUT        -i BRIDGE -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
@@ -83,19 +86,36 @@ fn with(op: &str, chain: &str, rule: &[String]) -> Vec<String> {
     a
 }
 
-/// Puts the rules in place for `bridge` (or takes them away for [`HostAccess::Allow`]).
-pub(super) async fn apply(bridge: &str, controller_id: &str, access: HostAccess) -> Result<()> {
+/// The rules for `bridge`, each with whether it is in place now.
+async fn current(bridge: &str, controller_id: &str) -> Result<Vec<((String, Vec<String>), bool)>> {
     let comment = format!("pier:{controller_id}");
     let forward = if iptables(&["-S".into(), "DOCKER-USER".into()]).await.is_ok() {
         "DOCKER-USER"
     } else {
         "FORWARD"
     };
-    let rules = rules(bridge, &comment, forward);
-    let mut present = Vec::new();
-    for (chain, rule) in &rules {
-        present.push(iptables(&with("-C", chain, rule)).await?);
+    let mut out = Vec::new();
+    for (chain, rule) in rules(bridge, &comment, forward) {
+        let here = iptables(&with("-C", &chain, &rule)).await?;
+        out.push(((chain, rule), here));
     }
+    Ok(out)
+}
+
+/// Takes the rules for `bridge` away (its network is removed).
+pub(super) async fn remove(bridge: &str, controller_id: &str) -> Result<()> {
+    for ((chain, rule), here) in current(bridge, controller_id).await? {
+        if here {
+            iptables(&with("-D", &chain, &rule)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Puts the rules in place for `bridge` (or takes them away for [`HostAccess::Allow`]).
+pub(super) async fn apply(bridge: &str, controller_id: &str, access: HostAccess) -> Result<()> {
+    let (rules, present): (Vec<_>, Vec<bool>) =
+        current(bridge, controller_id).await?.into_iter().unzip();
     let want = access == HostAccess::Block;
     if want && present.iter().all(|p| *p) {
         return Ok(());

@@ -20,6 +20,8 @@ pub mod keys {
     pub const SPEC: &str = "pier.spec";
     /// The cache volume a staging container mounts.
     pub const VOLUME: &str = "pier.volume";
+    /// The space whose instances a network carries (none on the default space's network).
+    pub const SPACE: &str = "pier.space";
 }
 
 /// What an object is for.
@@ -29,7 +31,7 @@ pub enum Kind {
     Instance,
     /// A staging container, or an app's buildpack cache volume.
     Staging,
-    /// The controller's instance network.
+    /// One of the controller's instance networks (one per space).
     Instances,
     /// An app image (the stack plus a droplet), or the throwaway container it is made in.
     AppImage,

@@ -331,6 +331,11 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// The IPv4 subnets of every network the runtime has (this controller's or not).
     async fn network_subnets(&self) -> Result<Vec<Ipv4Net>>;
     async fn create_network(&self, spec: &NetworkSpec) -> Result<()>;
+    /// This controller's networks (labelled with its id).
+    async fn list_networks(&self) -> Result<Vec<NetworkInfo>>;
+    /// Removes the network and the firewall rules [`ContainerRuntime::isolate`] put on it; gone
+    /// is fine. Refused (an error) while a container is attached to it.
+    async fn remove_network(&self, name: &str) -> Result<()>;
     /// Whether containers on `network` may reach the host's own addresses and link-local ones
     /// (see [`firewall`]).
     async fn isolate(&self, network: &str, access: HostAccess) -> Result<()>;

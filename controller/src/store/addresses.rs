@@ -1,6 +1,7 @@
 //! Persistence of instance address states (the allocator's logic is in
 //! `network/addresses.rs`): tree `addresses` (`a.b.c.d` → state as JSON) and `addresses_meta`
-//! (`last`: the address handed out last). Every write is flushed before it returns, so an address
+//! (`last:<subnet>`: the address handed out last on that subnet; `last`, without a subnet, as a
+//! Pier with one instance network wrote it). Every write is flushed before it returns, so an address
 //! is on disk as in use before any container gets it.
 
 use std::net::Ipv4Addr;
@@ -9,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::Result;
+use crate::network::addresses::Ipv4Net;
 
 #[derive(Clone)]
 pub struct AddressStore {
@@ -62,15 +64,23 @@ impl AddressStore {
         Ok(())
     }
 
-    pub fn last(&self) -> Result<Option<Ipv4Addr>> {
+    /// The address handed out last on `subnet`.
+    pub fn last_in(&self, subnet: Ipv4Net) -> Result<Option<Ipv4Addr>> {
+        let parse = |v: sled::IVec| std::str::from_utf8(&v).ok()?.parse::<Ipv4Addr>().ok();
+        if let Some(ip) = self.meta.get(format!("last:{subnet}"))?.and_then(parse) {
+            return Ok(Some(ip));
+        }
+        // Written before there was one network per space: the one network's.
         Ok(self
             .meta
             .get("last")?
-            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()))
+            .and_then(parse)
+            .filter(|ip| subnet.contains(*ip)))
     }
 
-    pub fn set_last(&self, ip: Ipv4Addr) -> Result<()> {
-        self.meta.insert("last", ip.to_string().as_bytes())?;
+    pub fn set_last(&self, subnet: Ipv4Net, ip: Ipv4Addr) -> Result<()> {
+        self.meta
+            .insert(format!("last:{subnet}"), ip.to_string().as_bytes())?;
         self.meta.flush()?;
         Ok(())
     }

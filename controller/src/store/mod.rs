@@ -314,6 +314,11 @@ impl Store {
         self.meta.insert(key, value)?;
         self.flush()
     }
+
+    pub fn meta_remove(&self, key: &str) -> Result<()> {
+        self.meta.remove(key)?;
+        self.flush()
+    }
 }
 
 #[cfg(test)]
