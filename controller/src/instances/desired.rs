@@ -63,9 +63,6 @@ pub struct InstanceSpec {
     pub revision: u64,
     #[serde(skip)]
     pub uris: Vec<String>,
-    /// The app's space (for `VCAP_APPLICATION`; apps never move between spaces).
-    #[serde(skip)]
-    pub space_guid: String,
     /// Deployment settings: how a change of this spec is rolled out, not what runs.
     #[serde(skip)]
     pub recreate: bool,
@@ -143,7 +140,6 @@ pub fn desired_slots(apps: &[AppRecord]) -> BTreeMap<SlotKey, InstanceSpec> {
                     health_check: p.health_check.clone(),
                     restart_gen: app.restart_gen,
                     uris: app.routes.iter().map(|r| r.to_string()).collect(),
-                    space_guid: app.space_guid.clone(),
                     recreate: strategy == DeploymentStrategy::Recreate,
                     max_in_flight,
                     weight,
