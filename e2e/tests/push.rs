@@ -148,6 +148,14 @@ fn instances_get_cloud_foundry_env_and_confinement() {
     assert_eq!(vcap["limits"]["mem"], 128);
     assert_eq!(vcap["uris"][0], "envdump.localhost");
     assert!(vcap["application_id"].as_str().is_some());
+    assert_eq!(vcap["space_name"], "default");
+    assert_eq!(vcap["organization_name"], "default");
+    assert_eq!(
+        vcap["space_id"].as_str().unwrap().len(),
+        36,
+        "the space's guid: {vcap}"
+    );
+    assert_eq!(env["VCAP_SERVICES"], "{}");
     assert_eq!(v["uid"], 2000, "runs as vcap");
     assert_eq!(v["cwd"], "/home/vcap/app");
     // Router headers reach the app.

@@ -60,7 +60,30 @@ pub(super) fn cpu_shares(memory_mb: u64) -> i64 {
 
 /// The environment of an instance: the user's, then the platform's (which the user's cannot
 /// override).
-pub(super) fn instance_env(spec: &InstanceSpec, instance_id: &str) -> Vec<String> {
+/// Where an instance runs, for `VCAP_APPLICATION`: its space's and org's names and guids.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Place {
+    pub space_name: String,
+    pub org_guid: String,
+    pub org_name: String,
+}
+
+impl Place {
+    /// The space and org of `space_guid` as the store has them (empty names if gone meanwhile).
+    pub(super) fn of(store: &crate::store::Store, space_guid: &str) -> Place {
+        let space = store.get_space(space_guid).ok().flatten();
+        let org = space
+            .as_ref()
+            .and_then(|s| store.get_org(&s.org_guid).ok().flatten());
+        Place {
+            space_name: space.map(|s| s.name).unwrap_or_default(),
+            org_guid: org.as_ref().map(|o| o.guid.clone()).unwrap_or_default(),
+            org_name: org.map(|o| o.name).unwrap_or_default(),
+        }
+    }
+}
+
+pub(super) fn instance_env(spec: &InstanceSpec, instance_id: &str, place: &Place) -> Vec<String> {
     let vcap = serde_json::json!({
         "application_id": spec.app_guid,
         "application_name": spec.app_name,
@@ -69,6 +92,9 @@ pub(super) fn instance_env(spec: &InstanceSpec, instance_id: &str) -> Vec<String
         "name": spec.app_name,
         "uris": spec.uris,
         "space_id": spec.space_guid,
+        "space_name": place.space_name,
+        "organization_id": place.org_guid,
+        "organization_name": place.org_name,
         "process_id": format!("{}-{}", spec.app_guid, spec.process),
         "process_type": spec.process.as_str(),
         "instance_index": spec.index,
@@ -246,7 +272,11 @@ impl Launch<'_> {
             ),
             image: image.to_string(),
             cmd: vec!["bash".into(), "-c".into(), LAUNCH.into()],
-            env: instance_env(spec, instance_id),
+            env: instance_env(
+                spec,
+                instance_id,
+                &Place::of(&self.inst.deps.store, &spec.space_guid),
+            ),
             user: "vcap".into(),
             working_dir: "/home/vcap/app".into(),
             labels: Labels::new(&s.controller_id, Kind::Instance)
