@@ -105,6 +105,106 @@ pub enum Command {
     CreateSpace(OrgNameArg),
     /// Delete a space of the targeted org (or -o ORG) with its apps.
     DeleteSpace(DeleteNamedArgs),
+    /// Show an org: its spaces, its quota and what it uses of it.
+    Org(ShowNamedArgs),
+    /// Show a space of the targeted org (or -o ORG): its apps, its quota and what it uses.
+    Space(ShowNamedArgs),
+    /// List the quotas (platform admin).
+    Quotas(AppsArgs),
+    /// Show one quota and where it is assigned.
+    Quota(ShowNamedArgs),
+    /// Define a quota: limits an org or a space may not go over (platform admin).
+    CreateQuota(QuotaArgs),
+    /// Change the limits given; the others stay as they are (platform admin).
+    UpdateQuota(QuotaArgs),
+    /// Delete a quota no org or space has (platform admin).
+    DeleteQuota(DeleteNamedArgs),
+    /// Assign a quota to an org (platform admin).
+    SetQuota(SetQuotaArgs),
+    /// Remove an org's quota: it is unlimited again (platform admin).
+    UnsetQuota(OrgNameArg),
+    /// Assign a quota to a space of the targeted org (or -o ORG), within the org's (platform admin).
+    SetSpaceQuota(SetQuotaArgs),
+    /// Remove a space's own quota; the org's still applies (platform admin).
+    UnsetSpaceQuota(OrgNameArg),
+}
+
+#[derive(Debug, Args)]
+pub struct ShowNamedArgs {
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Print it as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A quota limit on the command line: a value, or `unlimited` (also `-1`, as cf has it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Unlimited,
+    At(u64),
+}
+
+impl Limit {
+    pub fn value(self) -> Option<u64> {
+        match self {
+            Limit::Unlimited => None,
+            Limit::At(n) => Some(n),
+        }
+    }
+}
+
+/// `pier create-quota` and `pier update-quota`. The flags are cf's where cf has the limit.
+#[derive(Debug, Args)]
+pub struct QuotaArgs {
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Total memory of all started instances, like 10G or 512M (`unlimited`).
+    #[arg(short = 'm', long = "memory", value_name = "MEM", value_parser = parse_memory_limit,
+          allow_negative_numbers = true)]
+    pub memory: Option<Limit>,
+    /// Total instances of all started apps (`unlimited`).
+    #[arg(short = 'a', long = "app-instances", value_name = "N", value_parser = parse_count_limit,
+          allow_negative_numbers = true)]
+    pub instances: Option<Limit>,
+    /// Number of apps, started or not (`unlimited`; cf has no such limit).
+    #[arg(long = "apps", value_name = "N", value_parser = parse_count_limit,
+          allow_negative_numbers = true)]
+    pub apps: Option<Limit>,
+    /// Number of routes mapped to apps (`unlimited`).
+    #[arg(short = 'r', long = "routes", value_name = "N", value_parser = parse_count_limit,
+          allow_negative_numbers = true)]
+    pub routes: Option<Limit>,
+}
+
+#[derive(Debug, Args)]
+pub struct SetQuotaArgs {
+    /// The org (set-quota) or the space (set-space-quota).
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    #[arg(value_name = "QUOTA")]
+    pub quota: String,
+}
+
+fn parse_memory_limit(s: &str) -> Result<Limit, String> {
+    if is_unlimited(s) {
+        return Ok(Limit::Unlimited);
+    }
+    pier_api::parse_size_mb(s).map(Limit::At)
+}
+
+fn parse_count_limit(s: &str) -> Result<Limit, String> {
+    if is_unlimited(s) {
+        return Ok(Limit::Unlimited);
+    }
+    s.trim()
+        .parse::<u64>()
+        .map(Limit::At)
+        .map_err(|_| format!("invalid limit {s:?}: use a whole number, or `unlimited`"))
+}
+
+fn is_unlimited(s: &str) -> bool {
+    s.eq_ignore_ascii_case("unlimited") || s.trim() == "-1"
 }
 
 #[derive(Debug, Args)]

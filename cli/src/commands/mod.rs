@@ -23,6 +23,7 @@ pub mod logout;
 pub mod logs;
 pub mod orgs;
 pub mod push;
+pub mod quotas;
 pub mod restage;
 pub mod restart;
 pub mod routes;
@@ -79,6 +80,17 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::DeleteOrg(args) => orgs::delete_org(args).await,
         Command::CreateSpace(args) => orgs::create_space(args).await,
         Command::DeleteSpace(args) => orgs::delete_space(args).await,
+        Command::Org(args) => quotas::show_org(args).await,
+        Command::Space(args) => quotas::show_space(args).await,
+        Command::Quotas(args) => quotas::list(args).await,
+        Command::Quota(args) => quotas::show(args).await,
+        Command::CreateQuota(args) => quotas::create(args).await,
+        Command::UpdateQuota(args) => quotas::update(args).await,
+        Command::DeleteQuota(args) => quotas::delete(args).await,
+        Command::SetQuota(args) => quotas::set_org(args).await,
+        Command::UnsetQuota(args) => quotas::unset_org(args).await,
+        Command::SetSpaceQuota(args) => quotas::set_space(args).await,
+        Command::UnsetSpaceQuota(args) => quotas::unset_space(args).await,
     }
 }
 
