@@ -127,6 +127,44 @@ pub enum Command {
     SetSpaceQuota(SetQuotaArgs),
     /// Remove a space's own quota; the org's still applies (platform admin).
     UnsetSpaceQuota(OrgNameArg),
+    /// The platform's audit log, newest first: every change, refusal and login (platform admin).
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only entries since then: an age like 30m, 1h, 2d, or an RFC 3339 time like
+    /// 2026-12-01T10:00:00Z.
+    #[arg(long, value_name = "WHEN", value_parser = parse_since)]
+    pub since: Option<time::OffsetDateTime>,
+    /// At most this many entries (the newest; default 1000, at most 10000).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Print the entries as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `30s`, `15m`, `1h`, `2d` ago, or an RFC 3339 time.
+pub fn parse_since(s: &str) -> Result<time::OffsetDateTime, String> {
+    let bad = || {
+        format!("invalid time {s:?}: use an age like 30m, 1h or 2d, or an RFC 3339 time like 2026-12-01T10:00:00Z")
+    };
+    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return Ok(t);
+    }
+    let t = s.trim();
+    let unit = t.chars().last().ok_or_else(bad)?;
+    let secs: i64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(bad()),
+    };
+    let n: i64 = t[..t.len() - 1].parse().map_err(|_| bad())?;
+    let ago = n.checked_mul(secs).filter(|v| *v >= 0).ok_or_else(bad)?;
+    Ok(time::OffsetDateTime::now_utc() - time::Duration::seconds(ago))
 }
 
 #[derive(Debug, Args)]
@@ -582,6 +620,18 @@ fn parse_size(s: &str) -> Result<u64, String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn since_is_an_age_or_a_time() {
+        let now = time::OffsetDateTime::now_utc();
+        let t = parse_since("1h").unwrap();
+        assert!((now - t - time::Duration::hours(1)).abs() < time::Duration::seconds(5));
+        let t = parse_since("2026-12-01T10:00:00Z").unwrap();
+        assert_eq!(t.unix_timestamp(), 1_796_119_200);
+        for bad in ["", "h", "1y", "-1h", "yesterday"] {
+            assert!(parse_since(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn cli_is_well_formed() {

@@ -46,9 +46,9 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStream, TryStreamExt};
 use pier_api::{
     ApiError, AppAction, AppConfigRequest, AppEvent, AppName, AppResponse, AssignQuotaRequest,
-    BuildRequest, BuildpackResponse, CreateBuildpackRequest, CreateNamedRequest,
-    CreateQuotaRequest, CreateUserRequest, DeployRequest, DeploymentAction, DeploymentResponse,
-    ErrorCode, InfoResponse, LogLine, OAuthError, OrgResponse, PackageResponse,
+    AuditEntry, AuditQuery, BuildRequest, BuildpackResponse, CreateBuildpackRequest,
+    CreateNamedRequest, CreateQuotaRequest, CreateUserRequest, DeployRequest, DeploymentAction,
+    DeploymentResponse, ErrorCode, InfoResponse, LogLine, OAuthError, OrgResponse, PackageResponse,
     ProcessConfigRequest, ProcessType, QuotaLimits, QuotaResponse, RevisionResponse, RouteMapping,
     RouteRequest, RouteSpec, RouteTable, RouterLogBatch, SetPasswordRequest, SpaceResponse,
     TokenResponse, UpdateBuildpackRequest, UserResponse, WhoAmIResponse,
@@ -929,6 +929,12 @@ impl Client {
     pub async fn delete_space(&self, org: &str, space: &str) -> Result<()> {
         let path = format!("/v1/orgs/{}/spaces/{}", segment(org), segment(space));
         self.empty(self.call(Method::DELETE, &path)).await
+    }
+
+    /// `GET /v1/audit?since=&limit=`: the platform's audit log, newest first (platform admin).
+    pub async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        let req = self.call(Method::GET, "/v1/audit").query(query);
+        self.json(req, "audit log").await
     }
 
     /// `GET /v1/quotas`.

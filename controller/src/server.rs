@@ -415,6 +415,7 @@ impl Parts {
             stats: stats.clone(),
             tokens,
             users,
+            audit: store.audit()?,
             limits: config.api_limits(),
             stack_image: config.stack_image.clone(),
             shutdown: shutdown.clone(),

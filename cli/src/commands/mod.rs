@@ -10,6 +10,7 @@ use crate::config::Settings;
 
 pub mod app;
 pub mod apps;
+pub mod audit;
 pub mod buildpacks;
 pub mod create_app_manifest;
 pub mod create_buildpack;
@@ -91,6 +92,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::UnsetQuota(args) => quotas::unset_org(args).await,
         Command::SetSpaceQuota(args) => quotas::set_space(args).await,
         Command::UnsetSpaceQuota(args) => quotas::unset_space(args).await,
+        Command::Audit(args) => audit::run(args).await,
     }
 }
 

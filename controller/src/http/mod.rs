@@ -27,6 +27,7 @@ use crate::staging::Buildpacks;
 use crate::store::BlobStore;
 
 mod apps;
+mod audit;
 pub mod auth;
 mod buildpacks;
 mod builds;
@@ -52,6 +53,7 @@ pub struct ApiState {
     pub stats: Arc<RequestStats>,
     pub tokens: auth::Tokens,
     pub users: Arc<crate::users::Users>,
+    pub audit: crate::store::AuditStore,
     pub limits: Limits,
     pub stack_image: String,
     pub shutdown: CancellationToken,
@@ -75,6 +77,8 @@ pub fn router(state: ApiState) -> Router {
         .merge(orgs::routes())
         .merge(users::routes())
         .merge(quotas::routes())
+        .merge(audit::routes())
+        .layer(middleware::from_fn(audit::note_principal))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -84,6 +88,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(oauth::routes())
         .merge(authed)
         .fallback(|| async { Error::not_found("endpoint") })
+        .layer(middleware::from_fn_with_state(state.clone(), audit::record))
         .with_state(state)
 }
 
@@ -116,6 +121,8 @@ async fn info(axum::extract::State(s): S) -> Json<InfoResponse> {
     })
 }
 
+#[cfg(test)]
+mod audit_tests;
 #[cfg(test)]
 mod orgs_tests;
 #[cfg(test)]

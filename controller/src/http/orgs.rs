@@ -16,6 +16,7 @@ use super::{json_body_strict, ApiState};
 use crate::error::{Error, Result};
 use crate::events::Actor;
 use crate::tenancy::Scope;
+use crate::users::Principal;
 
 type S = State<ApiState>;
 
@@ -36,13 +37,14 @@ struct TargetQuery {
     space: Option<String>,
 }
 
-/// Who the request's token belongs to (the auth middleware puts it in the extensions).
+/// Who the request's token belongs to: the [`Principal`] the auth middleware put in the
+/// extensions. Every route here is behind it; without one (a test calling a handler directly)
+/// it is the admin, as before users existed.
 pub(super) fn actor(parts: &Parts) -> Actor {
     parts
         .extensions
-        .get::<Actor>()
-        .cloned()
-        .unwrap_or(Actor::Admin)
+        .get::<Principal>()
+        .map_or(Actor::Admin, Actor::of)
 }
 
 impl FromRequestParts<ApiState> for Scope {
@@ -134,4 +136,28 @@ async fn delete_space(
     let (org, space) = s.tenancy.space(&org, &space)?;
     s.tenancy.delete_space(&org, &space, &who).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_actor_is_the_principal_of_the_request() {
+        let at = |p: Option<Principal>| {
+            let mut req = http::Request::new(());
+            if let Some(p) = p {
+                req.extensions_mut().insert(p);
+            }
+            actor(&req.into_parts().0)
+        };
+        let alice = Principal::User {
+            guid: "g".into(),
+            name: "alice".into(),
+        };
+        assert_eq!(at(Some(alice)), Actor::User("alice".into()));
+        assert_eq!(at(Some(Principal::Admin)), Actor::Admin);
+        assert_eq!(at(Some(Principal::Router)), Actor::Platform);
+        assert_eq!(at(None), Actor::Admin);
+    }
 }

@@ -13,6 +13,8 @@
 //! - `addresses`, `addresses_meta`: instance address states ([`AddressStore`])
 //! - `users`, `sessions`: users and their login sessions ([`UserStore`]); the access tokens'
 //!   signing key is in `meta`
+//! - `audit`: `<time ns><id>` → [`pier_api::AuditEntry`], the newest [`AUDIT_KEPT`]
+//!   ([`AuditStore`])
 //!
 //! Invariants:
 //! - Every write is flushed before the call returns, so an API answer means the change is on disk.
@@ -37,6 +39,7 @@ pub const EVENTS_KEPT: usize = 1000;
 
 mod addresses;
 mod apps;
+mod audit;
 pub mod blobs;
 pub mod quotas;
 pub mod tenancy;
@@ -44,6 +47,7 @@ mod users;
 
 pub use addresses::AddressStore;
 pub use apps::{app_key, AppRecord, DeploymentRecord, ProcessRecord, Revision};
+pub use audit::{AuditStore, AUDIT_KEPT};
 pub use quotas::QuotaRecord;
 pub use tenancy::{OrgRecord, SpaceRecord};
 
@@ -158,6 +162,11 @@ impl Store {
     /// The persistence of instance addresses.
     pub fn addresses(&self) -> Result<AddressStore> {
         AddressStore::open(&self.db)
+    }
+
+    /// The audit log, keeping the newest [`AUDIT_KEPT`] entries.
+    pub fn audit(&self) -> Result<AuditStore> {
+        AuditStore::open(&self.db, AUDIT_KEPT)
     }
 
     /// The persistence of users and login sessions.
