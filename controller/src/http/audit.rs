@@ -16,7 +16,8 @@
 //! included) except the router's access-log posts, and every request answered 401 or 403 (a
 //! token refused, or a call its principal may not make). Never recorded: bodies (passwords, env
 //! values) and query strings (only `org` and `space` are read from it). A login at
-//! `/oauth/token` is `login` or `login failed` with the user name given as its target.
+//! `/oauth/token` is `login` or `login failed` (`refresh`, `refresh failed` for the refresh grant)
+//! with the user name given as its target; `/oauth/revoke` is `logout`.
 //!
 //! Failing to write an entry is logged, never an error of the request.
 

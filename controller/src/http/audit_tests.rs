@@ -35,6 +35,17 @@ async fn login(p: &TestPlatform, name: &str, pw: &str) -> (StatusCode, Value) {
     )
 }
 
+async fn logout(p: &TestPlatform, refresh: &str) -> StatusCode {
+    use tower::ServiceExt as _;
+    let req = Request::builder()
+        .method("POST")
+        .uri("/oauth/revoke")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(format!("token={refresh}")))
+        .unwrap();
+    p.router.clone().oneshot(req).await.unwrap().status()
+}
+
 /// The whole log, newest first, as the admin reads it.
 async fn audit(p: &TestPlatform, query: &str) -> Vec<Value> {
     let (s, v) = p.call("GET", &format!("/v1/audit{query}"), None).await;
@@ -102,6 +113,10 @@ async fn changes_logins_and_refusals_are_recorded_with_who_did_them() {
         )
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (s, t2) = login(&p, "alice", NEW_PW).await;
+    assert_eq!(s, StatusCode::OK, "{t2}");
+    let refresh = t2["refresh_token"].as_str().unwrap();
+    assert_eq!(logout(&p, refresh).await, StatusCode::OK);
 
     // Refused: recorded with the status, and nothing changed.
     let (s, _) = p
@@ -156,6 +171,8 @@ async fn assert_recorded(p: &TestPlatform) {
             b("alice", "login", "alice", 200),
             b("unknown", "login failed", "alice", 401),
             b("alice", "PUT /v1/users/alice/password", "alice", 204),
+            b("alice", "login", "alice", 200),
+            b("alice", "logout", "alice", 200),
             b("alice", "DELETE /v1/users/alice", "alice", 403),
             b("unknown", "POST /v1/orgs", "-", 401),
             b("alice", "GET /v1/audit", "-", 403),

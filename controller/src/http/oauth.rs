@@ -324,9 +324,17 @@ async fn revoke(
         )
         .into_response();
     };
-    match s.users.revoke(&token) {
+    match s.users.revoke_session(&token) {
         // RFC 7009: an unknown token is not an error (it is revoked either way).
-        Ok(_) => (StatusCode::OK, no_store()).into_response(),
+        Ok(who) => {
+            let mut resp = (StatusCode::OK, no_store()).into_response();
+            resp.extensions_mut().insert(LoginNote {
+                actor: who.clone(),
+                action: "logout",
+                target: who,
+            });
+            resp
+        }
         Err(e) => internal(&e.to_string()).into_response(),
     }
 }
