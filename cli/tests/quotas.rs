@@ -203,6 +203,42 @@ async fn quotas_are_defined_assigned_and_shown_against_use() {
         (vec!["acme".to_string()], vec!["acme/dev".to_string()])
     );
 
+    // A push over the quota is refused, naming the quota and its use, and makes no app.
+    ok(&c.pier(h, &["update-quota", "small", "--apps", "1"]).await);
+    let dir = h.join("second");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.html"), "hi\n").unwrap();
+    let out = c
+        .pier(
+            h,
+            &[
+                "push",
+                "second",
+                "-p",
+                dir.to_str().unwrap(),
+                "-o",
+                "acme",
+                "-s",
+                "dev",
+            ],
+        )
+        .await;
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("quota small allows 1 apps; 1 is in use and this needs 1 more"),
+        "{}",
+        out.stderr
+    );
+    let names: Vec<String> = in_dev
+        .apps()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name.to_string())
+        .collect();
+    assert_eq!(names, ["hello"]);
+
     // A quota in use cannot be deleted; unassigned, it can.
     let out = c.pier(h, &["delete-quota", "small", "-f"]).await;
     assert_eq!(out.code, 1, "{}", out.stdout);
