@@ -291,3 +291,27 @@ pub struct InfoResponse {
     pub stack_image: String,
     pub max_package_bytes: u64,
 }
+
+/// `PATCH /v1/apps/{name}/env` (Cloud Foundry v3's shape): sets each named variable, or unsets it
+/// when its value is `null`; variables it does not name are left as they are. The change is stored
+/// and reaches the instances with the app's next deployment (`pier set-env` starts one unless
+/// `--no-restart`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvPatchRequest {
+    pub var: BTreeMap<String, Option<String>>,
+}
+
+/// `GET /v1/apps/{name}/env`, and the answer to a PATCH of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvResponse {
+    /// The user's variables. To anyone but the platform admin and the space's developers each
+    /// value is `[PRIVATE DATA HIDDEN]`.
+    pub environment_variables: BTreeMap<String, String>,
+    /// What the platform gives every instance, as JSON text: `VCAP_APPLICATION` (without the
+    /// per-instance fields) and `VCAP_SERVICES` (hidden as above).
+    pub system_env: BTreeMap<String, String>,
+    /// Whether the running revision already has these variables (false after a change stored with
+    /// `--no-restart`, until the next deployment or start).
+    pub deployed: bool,
+}

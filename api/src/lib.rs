@@ -61,6 +61,7 @@ pub mod logs;
 pub mod names;
 pub mod orgs;
 pub mod quotas;
+pub mod roles;
 pub mod routes;
 pub mod size;
 pub mod users;
@@ -77,6 +78,7 @@ pub use logs::{
 pub use names::{AppName, NameError, ProcessType};
 pub use orgs::{CreateNamedRequest, OrgResponse, SpaceResponse};
 pub use quotas::{AssignQuotaRequest, CreateQuotaRequest, QuotaLimits, QuotaResponse, QuotaUsage};
+pub use roles::{Role, RoleHolder, ALL_ROLES};
 pub use routes::{
     Backend, Balancing, RouteEntry, RouteMapping, RouteRequest, RouteSpec, RouteTable,
 };

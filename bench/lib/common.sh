@@ -20,6 +20,33 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
+# Removes every Docker object of controller ID (and the floors', for BENCH_ID) and its firewall rules.
+remove_objects_of() {
+  local BENCH_ID=$1
+  local ids
+  ids=$(docker ps -aq --filter "label=pier.controller=$BENCH_ID"; docker ps -aq --filter "label=pier.bench=$BENCH_ID")
+  [[ -n $ids ]] && docker rm -f $ids >/dev/null 2>&1
+  ids=$(docker volume ls -q --filter "label=pier.controller=$BENCH_ID")
+  [[ -n $ids ]] && docker volume rm -f $ids >/dev/null 2>&1
+  # The floors' images and the controller's app images (after the containers that ran them).
+  ids=$( (docker images -q --filter "label=pier.bench=$BENCH_ID"; docker images -q --filter "label=pier.controller=$BENCH_ID") | sort -u)
+  [[ -n $ids ]] && docker rmi -f $ids >/dev/null 2>&1
+  # The controller's instance network, once its containers are gone, and its bridge's firewall
+  # rules (tagged pier:<controller id>).
+  ids=$(docker network ls -q --filter "label=pier.controller=$BENCH_ID")
+  [[ -n $ids ]] && docker network rm $ids >/dev/null 2>&1
+  local chain rule
+  for chain in INPUT DOCKER-USER FORWARD; do
+    iptables -S "$chain" 2>/dev/null | grep -E -- "pier:${BENCH_ID}\"?( |\$)" | sed 's/^-A //' |
+      while read -r rule; do eval "iptables -D $rule"; done
+  done
+  local left
+  left=$(( $(docker ps -aq --filter "label=pier.controller=$BENCH_ID" | wc -l) +
+    $(docker network ls -q --filter "label=pier.controller=$BENCH_ID" | wc -l) +
+    $(docker images -q --filter "label=pier.controller=$BENCH_ID" | wc -l) ))
+  log "cleanup: removed containers, volumes, images, the network and its rules of $BENCH_ID ($left left)"
+}
+
 bench_cleanup() {
   local rc=$?
   set +e
@@ -28,29 +55,15 @@ bench_cleanup() {
     for _ in $(seq 1 50); do kill -0 "$CONTROLLER_PID" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$CONTROLLER_PID" 2>/dev/null
   fi
+  local pid
+  for pid in ${EXTRA_PIDS:-}; do kill -TERM "$pid" 2>/dev/null; done
+  for pid in ${EXTRA_PIDS:-}; do
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null
+  done
   if [[ -n ${BENCH_ID:-} ]]; then
-    local ids
-    ids=$(docker ps -aq --filter "label=pier.controller=$BENCH_ID"; docker ps -aq --filter "label=pier.bench=$BENCH_ID")
-    [[ -n $ids ]] && docker rm -f $ids >/dev/null 2>&1
-    ids=$(docker volume ls -q --filter "label=pier.controller=$BENCH_ID")
-    [[ -n $ids ]] && docker volume rm -f $ids >/dev/null 2>&1
-    # The floors' images and the controller's app images (after the containers that ran them).
-    ids=$( (docker images -q --filter "label=pier.bench=$BENCH_ID"; docker images -q --filter "label=pier.controller=$BENCH_ID") | sort -u)
-    [[ -n $ids ]] && docker rmi -f $ids >/dev/null 2>&1
-    # The controller's instance network, once its containers are gone, and its bridge's firewall
-    # rules (tagged pier:<controller id>).
-    ids=$(docker network ls -q --filter "label=pier.controller=$BENCH_ID")
-    [[ -n $ids ]] && docker network rm $ids >/dev/null 2>&1
-    local chain rule
-    for chain in INPUT DOCKER-USER FORWARD; do
-      iptables -S "$chain" 2>/dev/null | grep -E -- "pier:${BENCH_ID}\"?( |\$)" | sed 's/^-A //' |
-        while read -r rule; do eval "iptables -D $rule"; done
-    done
-    local left
-    left=$(( $(docker ps -aq --filter "label=pier.controller=$BENCH_ID" | wc -l) +
-      $(docker network ls -q --filter "label=pier.controller=$BENCH_ID" | wc -l) +
-      $(docker images -q --filter "label=pier.controller=$BENCH_ID" | wc -l) ))
-    log "cleanup: removed containers, volumes, images, the network and its rules of $BENCH_ID ($left left)"
+    local id
+    for id in "$BENCH_ID" ${EXTRA_IDS:-}; do remove_objects_of "$id"; done
   fi
   if [[ -n ${WORK:-} && -d $WORK ]]; then
     if [[ $rc -ne 0 && -f $WORK/controller.log ]]; then

@@ -105,6 +105,24 @@ pub enum Command {
     CreateSpace(OrgNameArg),
     /// Delete a space of the targeted org (or -o ORG) with its apps.
     DeleteSpace(DeleteNamedArgs),
+    /// Show an app's env: the user's variables, VCAP_APPLICATION and VCAP_SERVICES.
+    Env(EnvArgs),
+    /// Set an env variable; a running app is deployed with it (rolling) unless --no-restart.
+    SetEnv(SetEnvArgs),
+    /// Remove an env variable; a running app is deployed without it unless --no-restart.
+    UnsetEnv(UnsetEnvArgs),
+    /// Give a user a role in an org: OrgManager, OrgAuditor or OrgUser.
+    SetOrgRole(OrgRoleArgs),
+    /// Take an org role away from a user.
+    UnsetOrgRole(OrgRoleArgs),
+    /// Give a user a role in a space: SpaceManager, SpaceDeveloper or SpaceAuditor.
+    SetSpaceRole(SpaceRoleArgs),
+    /// Take a space role away from a user.
+    UnsetSpaceRole(SpaceRoleArgs),
+    /// The users holding roles in an org, by role.
+    OrgUsers(OrgUsersArgs),
+    /// The users holding roles in a space, by role.
+    SpaceUsers(SpaceUsersArgs),
     /// Show an org: its spaces, its quota and what it uses of it.
     Org(ShowNamedArgs),
     /// Show a space of the targeted org (or -o ORG): its apps, its quota and what it uses.
@@ -243,6 +261,87 @@ fn parse_count_limit(s: &str) -> Result<Limit, String> {
 
 fn is_unlimited(s: &str) -> bool {
     s.eq_ignore_ascii_case("unlimited") || s.trim() == "-1"
+}
+
+#[derive(Debug, Args)]
+pub struct EnvArgs {
+    #[arg(value_name = "NAME", value_parser = parse_app_name)]
+    pub name: AppName,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SetEnvArgs {
+    #[arg(value_name = "NAME", value_parser = parse_app_name)]
+    pub name: AppName,
+    #[arg(value_name = "ENV_VAR_NAME")]
+    pub var: String,
+    #[arg(value_name = "ENV_VAR_VALUE", allow_hyphen_values = true)]
+    pub value: String,
+    /// Store the change only; it takes effect at the next restart or deployment.
+    #[arg(long)]
+    pub no_restart: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UnsetEnvArgs {
+    #[arg(value_name = "NAME", value_parser = parse_app_name)]
+    pub name: AppName,
+    #[arg(value_name = "ENV_VAR_NAME")]
+    pub var: String,
+    /// Store the change only; it takes effect at the next restart or deployment.
+    #[arg(long)]
+    pub no_restart: bool,
+}
+
+/// A role name, checked before anything is sent.
+fn parse_role(s: &str) -> Result<pier_api::Role, String> {
+    s.parse()
+        .map_err(|e: pier_api::roles::UnknownRole| e.to_string())
+}
+
+#[derive(Debug, Args)]
+pub struct OrgRoleArgs {
+    #[arg(value_name = "USER")]
+    pub user: String,
+    #[arg(value_name = "ORG")]
+    pub org: String,
+    #[arg(value_name = "ROLE", value_parser = parse_role)]
+    pub role: pier_api::Role,
+}
+
+#[derive(Debug, Args)]
+pub struct SpaceRoleArgs {
+    #[arg(value_name = "USER")]
+    pub user: String,
+    #[arg(value_name = "ORG")]
+    pub org: String,
+    #[arg(value_name = "SPACE")]
+    pub space: String,
+    #[arg(value_name = "ROLE", value_parser = parse_role)]
+    pub role: pier_api::Role,
+}
+
+#[derive(Debug, Args)]
+pub struct OrgUsersArgs {
+    #[arg(value_name = "ORG")]
+    pub org: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SpaceUsersArgs {
+    #[arg(value_name = "ORG")]
+    pub org: String,
+    #[arg(value_name = "SPACE")]
+    pub space: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

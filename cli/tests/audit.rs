@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Output, Real};
-use pier_api::{AppConfigRequest, AuditEntry, CreateUserRequest};
+use pier_api::{AppConfigRequest, AuditEntry, CreateUserRequest, Role};
 
 const PW: &str = "Cli-audit-pw-4471";
 
@@ -97,7 +97,7 @@ async fn pier_audit_shows_who_did_what_since_a_time_and_only_to_the_admin() {
     ok(&out);
     let out = common::run(common::pier(user_home.path(), &["audit"])).await;
     assert_eq!(out.code, 1, "{}", out.stdout);
-    assert!(out.stderr.contains("admin token"), "{}", out.stderr);
+    assert!(out.stderr.contains("platform admin only"), "{}", out.stderr);
     assert!(!out.stdout.contains("POST /v1/orgs"), "{}", out.stdout);
     let out = c.pier(h, &["audit", "--json", "--limit", "2"]).await;
     let entries: Vec<AuditEntry> = serde_json::from_str(ok(&out)).unwrap();
@@ -110,4 +110,38 @@ async fn pier_audit_shows_who_did_what_since_a_time_and_only_to_the_admin() {
         [("alice", "GET /v1/audit", 403), ("alice", "login", 200)]
     );
     assert!(!out.stdout.contains(PW));
+
+    // With a role, alice's change is hers in `pier events` and in the log.
+    for (space, role) in [
+        (None, Role::OrgUser),
+        (Some("default"), Role::SpaceDeveloper),
+    ] {
+        admin
+            .set_role("default", space, "alice", role, true)
+            .await
+            .unwrap();
+    }
+    let out = common::run(common::pier(
+        user_home.path(),
+        &["scale", "hello", "-i", "2"],
+    ))
+    .await;
+    ok(&out);
+    let out = c.pier(h, &["events", "hello"]).await;
+    let text = ok(&out);
+    let row = text
+        .lines()
+        .find(|l| l.contains("scaled"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("alice"), "{row}");
+    let out = c.pier(h, &["audit", "--json", "--limit", "1"]).await;
+    let entries: Vec<AuditEntry> = serde_json::from_str(ok(&out)).unwrap();
+    assert_eq!(
+        (
+            entries[0].actor.as_str(),
+            entries[0].action.as_str(),
+            entries[0].target.as_deref()
+        ),
+        ("alice", "PUT /v1/apps/hello/processes/web", Some("hello"))
+    );
 }

@@ -48,10 +48,11 @@ use pier_api::{
     ApiError, AppAction, AppConfigRequest, AppEvent, AppName, AppResponse, AssignQuotaRequest,
     AuditEntry, AuditQuery, BuildRequest, BuildpackResponse, CreateBuildpackRequest,
     CreateNamedRequest, CreateQuotaRequest, CreateUserRequest, DeployRequest, DeploymentAction,
-    DeploymentResponse, ErrorCode, InfoResponse, LogLine, OAuthError, OrgResponse, PackageResponse,
-    ProcessConfigRequest, ProcessType, QuotaLimits, QuotaResponse, RevisionResponse, RouteMapping,
-    RouteRequest, RouteSpec, RouteTable, RouterLogBatch, SetPasswordRequest, SpaceResponse,
-    TokenResponse, UpdateBuildpackRequest, UserResponse, WhoAmIResponse,
+    DeploymentResponse, EnvPatchRequest, EnvResponse, ErrorCode, InfoResponse, LogLine, OAuthError,
+    OrgResponse, PackageResponse, ProcessConfigRequest, ProcessType, QuotaLimits, QuotaResponse,
+    RevisionResponse, Role, RoleHolder, RouteMapping, RouteRequest, RouteSpec, RouteTable,
+    RouterLogBatch, SetPasswordRequest, SpaceResponse, TokenResponse, UpdateBuildpackRequest,
+    UserResponse, WhoAmIResponse,
 };
 use reqwest::{header, Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -686,6 +687,23 @@ impl Client {
         self.json(req, "app").await
     }
 
+    /// `GET /v1/apps/{name}/env`.
+    pub async fn env(&self, name: &AppName) -> Result<EnvResponse> {
+        self.json(
+            self.call(Method::GET, &format!("/v1/apps/{name}/env")),
+            "env",
+        )
+        .await
+    }
+
+    /// `PATCH /v1/apps/{name}/env`: sets (or, with `None`, unsets) the variables named.
+    pub async fn patch_env(&self, name: &AppName, req: &EnvPatchRequest) -> Result<EnvResponse> {
+        let req = self
+            .call(Method::PATCH, &format!("/v1/apps/{name}/env"))
+            .json(req);
+        self.json(req, "env").await
+    }
+
     /// `DELETE /v1/apps/{name}`.
     pub async fn delete_app(&self, name: &AppName) -> Result<()> {
         self.empty(self.call(Method::DELETE, &format!("/v1/apps/{name}")))
@@ -991,6 +1009,39 @@ impl Client {
         };
         self.json(self.call(Method::PUT, &path).json(&body), "space")
             .await
+    }
+
+    /// The path of the org's role holders, or the space's when `space` is given.
+    fn role_users_path(org: &str, space: Option<&str>) -> String {
+        match space {
+            None => format!("/v1/orgs/{}/users", segment(org)),
+            Some(sp) => format!("/v1/orgs/{}/spaces/{}/users", segment(org), segment(sp)),
+        }
+    }
+
+    /// `GET /v1/orgs/{org}/users`, or `.../spaces/{space}/users`: who holds which role there.
+    pub async fn role_holders(&self, org: &str, space: Option<&str>) -> Result<Vec<RoleHolder>> {
+        let path = Self::role_users_path(org, space);
+        self.json(self.call(Method::GET, &path), "users").await
+    }
+
+    /// `PUT` (`give`) or `DELETE` `.../users/{user}/roles/{role}` of the org, or of the space when
+    /// `space` is given.
+    pub async fn set_role(
+        &self,
+        org: &str,
+        space: Option<&str>,
+        user: &str,
+        role: Role,
+        give: bool,
+    ) -> Result<()> {
+        let path = format!(
+            "{}/{}/roles/{role}",
+            Self::role_users_path(org, space),
+            segment(user)
+        );
+        let method = if give { Method::PUT } else { Method::DELETE };
+        self.empty(self.call(method, &path)).await
     }
 
     /// `DELETE /v1/apps/{name}/cache`: clears the app's buildpack cache.

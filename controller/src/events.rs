@@ -22,17 +22,6 @@ pub enum Actor {
 }
 
 impl Actor {
-    /// Who a request's token is, as the actor of what it changes. The router token changes
-    /// nothing but its access logs: it is part of the platform.
-    pub fn of(p: &crate::users::Principal) -> Actor {
-        use crate::users::Principal;
-        match p {
-            Principal::Admin => Actor::Admin,
-            Principal::User { name, .. } => Actor::User(name.clone()),
-            Principal::Router => Actor::Platform,
-        }
-    }
-
     pub fn as_str(&self) -> &str {
         match self {
             Actor::Admin => "admin",

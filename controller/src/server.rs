@@ -416,6 +416,7 @@ impl Parts {
             tokens,
             users,
             audit: store.audit()?,
+            roles: Arc::new(crate::roles::Roles::new(store.clone())?),
             limits: config.api_limits(),
             stack_image: config.stack_image.clone(),
             shutdown: shutdown.clone(),

@@ -5,7 +5,7 @@
 //! - Org names are unique on the platform and space names within their org; both are DNS labels
 //!   (they appear in host names and in labels). The check and the write happen under one lock, so
 //!   two concurrent creates of one name make one org.
-//! - Deleting a space deletes its apps first (each as `pier delete` does: instances, routes,
+//! - Deleting a space deletes its apps first, and the roles held in it after it (each as `pier delete` does: instances, routes,
 //!   blobs, cache), then the space; deleting an org does that for each of its spaces. A failure
 //!   part way leaves the space (or org) in place with what is left, so the delete can be retried.
 //!
@@ -33,6 +33,9 @@ pub struct Scope {
     pub org: OrgRecord,
     pub space: SpaceRecord,
     pub actor: Actor,
+    /// Whether answers show env values (the platform admin and the space's developers), else
+    /// each value is [`crate::apps::HIDDEN_VALUE`].
+    pub sees_env: bool,
 }
 
 pub struct Tenancy {
@@ -83,11 +86,14 @@ impl Tenancy {
         Ok((o, s))
     }
 
-    /// The scope of a request naming `org` and `space` (each `default` when not given).
-    pub fn scope(&self, org: Option<&str>, space: Option<&str>, actor: Actor) -> Result<Scope> {
-        let (org, space) =
-            self.space(org.unwrap_or(DEFAULT_ORG), space.unwrap_or(DEFAULT_SPACE))?;
-        Ok(Scope { org, space, actor })
+    /// The org and space a request naming `org` and `space` acts in (each `default` when not
+    /// given).
+    pub fn target(
+        &self,
+        org: Option<&str>,
+        space: Option<&str>,
+    ) -> Result<(OrgRecord, SpaceRecord)> {
+        self.space(org.unwrap_or(DEFAULT_ORG), space.unwrap_or(DEFAULT_SPACE))
     }
 
     pub fn org_response(&self, org: &OrgRecord) -> Result<OrgResponse> {
@@ -251,11 +257,13 @@ impl Tenancy {
             org: org.clone(),
             space: space.clone(),
             actor: actor.clone(),
+            sees_env: true,
         };
         for app in self.store.list_space_apps(&space.guid)? {
             self.apps.delete(&scope, app.name.as_str()).await?;
         }
         self.store.delete_space(&space.guid)?;
+        self.store.roles()?.delete_in(&[space.guid.as_str()])?;
         tracing::info!(org = %org.name, space = %space.name, by = actor.as_str(), "space deleted");
         Ok(())
     }
@@ -267,6 +275,7 @@ impl Tenancy {
             self.delete_space_locked(org, &space, actor).await?;
         }
         self.store.delete_org(&org.guid)?;
+        self.store.roles()?.delete_in(&[org.guid.as_str()])?;
         tracing::info!(org = %org.name, by = actor.as_str(), "org deleted");
         Ok(())
     }

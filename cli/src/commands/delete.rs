@@ -13,8 +13,12 @@ pub async fn run(args: DeleteArgs) -> Result<()> {
     let client = super::connect()?;
     match client.delete_app(name).await {
         Ok(()) => println!("Deleted {name}."),
-        // As `cf delete` does: deleting what isn't there is not a failure.
-        Err(e) if e.code() == Some(ErrorCode::NotFound) => {
+        // As `cf delete` does: deleting what isn't there is not a failure. (A space or org that
+        // is not there, or not seen, is.)
+        Err(e)
+            if e.code() == Some(ErrorCode::NotFound)
+                && e.to_string().contains(&format!("app {name} not found")) =>
+        {
             println!("App {name} does not exist.")
         }
         Err(e) => return Err(e.into()),

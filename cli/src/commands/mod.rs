@@ -17,6 +17,7 @@ pub mod create_buildpack;
 pub mod delete;
 pub mod delete_buildpack;
 pub mod deployments;
+pub mod env;
 pub mod events;
 pub mod health_check;
 pub mod login;
@@ -27,6 +28,7 @@ pub mod push;
 pub mod quotas;
 pub mod restage;
 pub mod restart;
+pub mod roles;
 pub mod routes;
 pub mod scale;
 pub mod stage;
@@ -81,6 +83,15 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::DeleteOrg(args) => orgs::delete_org(args).await,
         Command::CreateSpace(args) => orgs::create_space(args).await,
         Command::DeleteSpace(args) => orgs::delete_space(args).await,
+        Command::Env(args) => env::show(args).await,
+        Command::SetEnv(args) => env::set(args).await,
+        Command::UnsetEnv(args) => env::unset(args).await,
+        Command::SetOrgRole(args) => roles::org_role(args, true).await,
+        Command::UnsetOrgRole(args) => roles::org_role(args, false).await,
+        Command::SetSpaceRole(args) => roles::space_role(args, true).await,
+        Command::UnsetSpaceRole(args) => roles::space_role(args, false).await,
+        Command::OrgUsers(args) => roles::org_users(args).await,
+        Command::SpaceUsers(args) => roles::space_users(args).await,
         Command::Org(args) => quotas::show_org(args).await,
         Command::Space(args) => quotas::show_space(args).await,
         Command::Quotas(args) => quotas::list(args).await,

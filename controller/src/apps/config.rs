@@ -26,6 +26,27 @@ fn valid_env_name(k: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Checks one env var a user sets (`value` given) or unsets; errors name the variable, never its
+/// value.
+pub(super) fn check_env_var(k: &str, value: Option<&str>) -> Result<()> {
+    if !valid_env_name(k) {
+        return Err(Error::bad_request(format!(
+            "env var name {k:?} is invalid: use letters, digits and '_', not starting with a digit"
+        )));
+    }
+    if k == "PORT" || k.starts_with("VCAP_") || k.starts_with("CF_INSTANCE_") {
+        return Err(Error::bad_request(format!(
+            "env var {k} is set by the platform and cannot be overridden"
+        )));
+    }
+    if value.is_some_and(|v| v.contains('\0')) {
+        return Err(Error::bad_request(format!(
+            "env var {k} contains a NUL byte"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks the per-process fields of a request.
 fn validate_process(req: &ProcessConfigRequest) -> Result<()> {
     if let Some(n) = req.instances {
@@ -133,21 +154,7 @@ fn validate_config(req: &AppConfigRequest, buildpacks: &Buildpacks) -> Result<()
     validate_process(&web_part(req))?;
     if let Some(env) = &req.env {
         for (k, v) in env {
-            if !valid_env_name(k) {
-                return Err(Error::bad_request(format!(
-                    "env var name {k:?} is invalid: use letters, digits and '_', not starting with a digit"
-                )));
-            }
-            if k == "PORT" || k.starts_with("VCAP_") || k.starts_with("CF_INSTANCE_") {
-                return Err(Error::bad_request(format!(
-                    "env var {k} is set by the platform and cannot be overridden"
-                )));
-            }
-            if v.contains('\0') {
-                return Err(Error::bad_request(format!(
-                    "env var {k} contains a NUL byte"
-                )));
-            }
+            check_env_var(k, Some(v))?;
         }
     }
     if let Some(bps) = &req.buildpacks {
@@ -297,7 +304,7 @@ impl AppService {
         self.event(at, &app, kind, &format!("app {what}"));
         self.d.reconciler.nudge();
         self.d.instances.publish_routes();
-        Ok(self.response(&app))
+        Ok(self.response(at, &app))
     }
 
     /// Scales a process, or changes its memory, disk, command or health check.
@@ -338,7 +345,7 @@ impl AppService {
         drop(admitted);
         self.event(at, &app, EventKind::Scaled, &summary);
         self.d.reconciler.converge(Some(&app.guid)).await;
-        Ok(self.response(&app))
+        Ok(self.response(at, &app))
     }
 
     /// Maps (`map`) or unmaps a route.
@@ -355,7 +362,7 @@ impl AppService {
         let mut app = self.load(at, name)?;
         if map {
             if app.routes.contains(&route) {
-                return Ok(self.response(&app));
+                return Ok(self.response(at, &app));
             }
             self.check_routes_free(&app, std::slice::from_ref(&route))?;
             app.routes.push(route.clone());
@@ -380,7 +387,7 @@ impl AppService {
         };
         self.event(at, &app, kind, &format!("{verb} {route}"));
         self.d.instances.publish_routes();
-        Ok(self.response(&app))
+        Ok(self.response(at, &app))
     }
 
     /// The routes of the scope's space and the apps they lead to.

@@ -84,7 +84,7 @@ impl AppService {
         if pruned {
             self.images_of_pruned_revisions().await;
         }
-        Ok(self.response(&app))
+        Ok(self.response(at, &app))
     }
 
     /// The images of pruned revisions go with their droplets (one still in use by an instance

@@ -9,7 +9,7 @@
 //!   never an error answer for a change that was already made.
 //! - Operations on one app are serialized by the app's lock ([`AppLocks`]).
 //!
-//! Modules: `config` (create/update, processes, routes), `lifecycle` (start, stop, restart,
+//! Modules: `config` (create/update, processes, routes), `env` (the app's environment), `lifecycle` (start, stop, restart,
 //! deployments, delete), `builds` (staging a package into a droplet). Uses: `store/`, `events`,
 //! `instances/` (statuses), `reconcile`, `staging/`, `deployments/`, `quota` (every change that
 //! can raise a space's or org's use is admitted by it before the write).
@@ -35,6 +35,7 @@ use crate::tenancy::Scope;
 mod buildpacks;
 mod builds;
 mod config;
+mod env;
 mod lifecycle;
 
 pub use builds::Build;
@@ -99,7 +100,12 @@ impl AppService {
     pub fn quotas(&self) -> &Arc<Quotas> {
         &self.quotas
     }
+}
 
+/// What an env value is shown as to those who may not see it (Cloud Foundry's words).
+pub const HIDDEN_VALUE: &str = "[PRIVATE DATA HIDDEN]";
+
+impl AppService {
     /// The app of the scope's space, or a 404 naming it.
     pub fn load(&self, at: &Scope, name: &str) -> Result<AppRecord> {
         let name = parse_name(name)?;
@@ -114,7 +120,9 @@ impl AppService {
         self.d.events.record(&app.guid, kind, message, &at.actor);
     }
 
-    pub fn response(&self, app: &AppRecord) -> AppResponse {
+    /// The app as the API answers it; env values are [`HIDDEN_VALUE`] unless the scope's caller
+    /// may see them.
+    pub fn response(&self, at: &Scope, app: &AppRecord) -> AppResponse {
         let processes = app
             .processes
             .iter()
@@ -145,7 +153,14 @@ impl AppService {
                 .iter()
                 .map(|r| self.d.settings.url_for(&r.host, &r.path))
                 .collect(),
-            env: app.env.clone(),
+            env: if at.sees_env {
+                app.env.clone()
+            } else {
+                app.env
+                    .keys()
+                    .map(|k| (k.clone(), HIDDEN_VALUE.to_string()))
+                    .collect()
+            },
             buildpacks: app.buildpacks.clone(),
             command: app.web().and_then(|p| p.command.clone()),
             created_at: app.created_at,
@@ -164,7 +179,7 @@ impl AppService {
     /// The apps of the scope's space.
     pub fn list(&self, at: &Scope) -> Result<Vec<AppResponse>> {
         let apps = self.d.store.list_space_apps(&at.space.guid)?;
-        Ok(apps.iter().map(|a| self.response(a)).collect())
+        Ok(apps.iter().map(|a| self.response(at, a)).collect())
     }
 
     /// One app; with `stats`, each running instance's latest sampled resource use. With
@@ -187,7 +202,7 @@ impl AppService {
         // Read before the record, so a change made while the answer is built wakes the next wait.
         let version = changes.version();
         let app = self.load(at, name)?;
-        let mut resp = self.response(&app);
+        let mut resp = self.response(at, &app);
         resp.state_version = version;
         if stats {
             for i in resp.instances.iter_mut() {

@@ -1,11 +1,14 @@
-//! `/v1/apps`: list, get, create/update, delete, actions, processes, events.
+//! `/v1/apps`: list, get, create/update, delete, actions, processes, events, env.
 
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
-use pier_api::{AppConfigRequest, AppEvent, AppResponse, DeployRequest, ProcessConfigRequest};
+use pier_api::{
+    AppConfigRequest, AppEvent, AppResponse, DeployRequest, EnvPatchRequest, EnvResponse,
+    ProcessConfigRequest,
+};
 use serde::Deserialize;
 
 use super::{json_body, ApiState};
@@ -20,6 +23,7 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/apps/{name}", get(get_app).put(put_app).delete(delete))
         .route("/v1/apps/{name}/actions/{action}", post(action))
         .route("/v1/apps/{name}/events", get(events))
+        .route("/v1/apps/{name}/env", get(env).patch(patch_env))
         .route("/v1/apps/{name}/processes/{process}", put(put_process))
 }
 
@@ -92,4 +96,27 @@ async fn put_process(
 
 async fn events(State(s): S, at: Scope, Path(name): Path<String>) -> Result<Json<Vec<AppEvent>>> {
     Ok(Json(s.apps.events(&at, &name)?))
+}
+
+async fn env(State(s): S, at: Scope, Path(name): Path<String>) -> Result<Json<EnvResponse>> {
+    Ok(Json(s.apps.env(&at, &name)?))
+}
+
+async fn patch_env(
+    State(s): S,
+    at: Scope,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<EnvResponse>> {
+    crate::apps::parse_name(&name)?;
+    // serde's words can quote what it could not read (a value in the wrong place): say where
+    // instead, so no value ends up in an error.
+    let req: EnvPatchRequest = serde_json::from_slice(&body).map_err(|e| {
+        crate::error::Error::bad_request(format!(
+            "invalid request body at line {} column {}: expected {{\"var\": {{\"NAME\": \"value\" or null}}}}",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    Ok(Json(s.apps.patch_env(&at, &name, req).await?))
 }

@@ -2,11 +2,12 @@
 //! itself is written once to the data dir (mode 0600) for the operator to read.
 //!
 //! - The admin token (`DATA_DIR/admin-token`) may do everything.
-//! - The router token (`DATA_DIR/router-token`) is what a standalone `pier-router` needs: it may
-//!   read the route table (`GET /v1/routes`) and post access logs (`POST /v1/router/logs`), and
-//!   nothing else (403), so a router host holds no control over the platform.
-//! - A user's access token (a JWT from `POST /oauth/token`, checked by `users/`) is that user;
-//!   until roles exist a user may only call `GET /v1/whoami` and change their own password.
+//! - The router token (`DATA_DIR/router-token`) is what a standalone `pier-router` needs: the
+//!   policy lets it read the route table (`GET /v1/routes`) and post access logs
+//!   (`POST /v1/router/logs`), and nothing else (403), so a router host holds no control over the
+//!   platform.
+//! - A user's access token (a JWT from `POST /oauth/token`, checked by `users/`) is that user,
+//!   with the roles they hold ([`crate::policy`]).
 //!
 //! Every request that passes carries a [`Principal`] in its extensions.
 
@@ -25,6 +26,10 @@ use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::users::{Principal, TokenError};
 
+/// What the router token is told when it calls anything but its two endpoints.
+pub(super) const ROUTER_ONLY: &str = "this is the router token: it can read the route table and \
+     post access logs, nothing else; use the admin token for this";
+
 const HASH_KEY: &str = "admin_token_sha256";
 const ROUTER_HASH_KEY: &str = "router_token_sha256";
 
@@ -40,14 +45,6 @@ pub struct TokenSetup {
 pub struct Tokens {
     pub admin: [u8; 32],
     pub router: [u8; 32],
-}
-
-/// The endpoints the router token may call.
-fn router_may(method: &http::Method, path: &str) -> bool {
-    matches!(
-        (method, path),
-        (&http::Method::GET, "/v1/routes") | (&http::Method::POST, "/v1/router/logs")
-    )
 }
 
 pub(crate) fn hash(token: &str) -> [u8; 32] {
@@ -104,9 +101,10 @@ pub fn check(expected: &[u8; 32], presented: &str) -> bool {
         == 0
 }
 
-/// Lets a request through only with `Authorization: Bearer <token>` of a token that may call
-/// that endpoint, and puts who it is ([`Principal`]) in the request's extensions: the admin
-/// token, the router token, or a user's access token (a JWT, see `users/`).
+/// Lets a request through only with `Authorization: Bearer <token>` of a valid token, and puts
+/// who it is ([`Principal`]) in the request's extensions: the admin token, the router token, or a
+/// user's access token (a JWT, see `users/`). What each may call is decided next, by the policy
+/// ([`super::authorize`]).
 pub(super) async fn require_token(
     State(s): State<ApiState>,
     mut req: Request,
@@ -129,8 +127,10 @@ pub(super) async fn require_token(
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    if let Err(e) = may_call(&principal, req.method(), req.uri().path()) {
-        return e.into_response();
+    if principal == Principal::Router
+        && !crate::policy::router_may(req.method().as_str(), req.uri().path())
+    {
+        return Error::api(ErrorCode::Forbidden, ROUTER_ONLY).into_response();
     }
     req.extensions_mut().insert(principal);
     next.run(req).await
@@ -163,50 +163,6 @@ pub(super) fn principal(s: &ApiState, token: &str) -> Result<Principal> {
             format!("the access token is not valid: {why}; run pier login again"),
         ),
     })
-}
-
-/// Whether `who` may call the endpoint at all. The router token has its two endpoints; a user,
-/// until roles and their policy exist, only the ones about themselves. The policy table replaces
-/// this function (and [`require_admin`]).
-pub(crate) fn may_call(who: &Principal, method: &http::Method, path: &str) -> Result<()> {
-    match who {
-        Principal::Admin => Ok(()),
-        Principal::Router if router_may(method, path) => Ok(()),
-        Principal::Router => Err(Error::api(
-            ErrorCode::Forbidden,
-            "this is the router token: it can read the route table and post access logs, \
-             nothing else; use the admin token for this",
-        )),
-        Principal::User { name, .. } if user_may(method, path, name) => Ok(()),
-        Principal::User { .. } => Err(Error::api(
-            ErrorCode::Forbidden,
-            "a user may for now only see who they are (GET /v1/whoami) and change their own \
-             password; the rest needs the admin token until roles come with the policy",
-        )),
-    }
-}
-
-/// The endpoints any logged-in user may call, before roles.
-fn user_may(method: &http::Method, path: &str, name: &str) -> bool {
-    match *method {
-        http::Method::GET => path == "/v1/whoami" || path == "/v1/info",
-        http::Method::PUT => path
-            .strip_prefix("/v1/users/")
-            .and_then(|rest| rest.strip_suffix("/password"))
-            .is_some_and(|n| n == name),
-        _ => false,
-    }
-}
-
-/// The one check the users-admin endpoints make: only the platform admin.
-pub(crate) fn require_admin(who: &Principal) -> Result<()> {
-    match who {
-        Principal::Admin => Ok(()),
-        _ => Err(Error::api(
-            ErrorCode::Forbidden,
-            "only the platform admin (the admin token) may manage users; roles come with the policy",
-        )),
-    }
 }
 
 #[cfg(test)]

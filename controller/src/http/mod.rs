@@ -4,7 +4,8 @@
 //! Every endpoint but `GET /v1/info` and the OAuth endpoints (`/oauth/token`, `/oauth/revoke`,
 //! [`oauth`]) needs a token ([`auth`]): the admin token, the router token, or a user's access
 //! token, which the middleware turns into a [`crate::users::Principal`] in the request's
-//! extensions. Errors are
+//! extensions. Then the policy ([`crate::policy`], applied by [`authorize`]) decides whether that
+//! caller may call that endpoint there. Errors are
 //! [`crate::error::Error`], whose `IntoResponse` maps each code to one status and never shows
 //! internals. Uses: `apps/` (the app service), `logs/` (log readers), `staging/` (buildpacks),
 //! `store/` (blobs, for uploads), `instances/` (the route table), `network/` (router acks).
@@ -29,6 +30,7 @@ use crate::store::BlobStore;
 mod apps;
 mod audit;
 pub mod auth;
+mod authorize;
 mod buildpacks;
 mod builds;
 mod deployments;
@@ -36,6 +38,7 @@ mod logs;
 mod oauth;
 mod orgs;
 mod quotas;
+mod roles;
 mod routes;
 pub mod serve;
 mod users;
@@ -54,6 +57,7 @@ pub struct ApiState {
     pub tokens: auth::Tokens,
     pub users: Arc<crate::users::Users>,
     pub audit: crate::store::AuditStore,
+    pub roles: Arc<crate::roles::Roles>,
     pub limits: Limits,
     pub stack_image: String,
     pub shutdown: CancellationToken,
@@ -77,8 +81,16 @@ pub fn router(state: ApiState) -> Router {
         .merge(orgs::routes())
         .merge(users::routes())
         .merge(quotas::routes())
+        .merge(roles::routes())
         .merge(audit::routes())
+        // After routing (so the route's pattern is known): the policy decides.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            authorize::authorize,
+        ))
+        // Between the two: who the token is, for the audit log (refusals by the policy too).
         .layer(middleware::from_fn(audit::note_principal))
+        // Before it: who the token is.
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -124,9 +136,13 @@ async fn info(axum::extract::State(s): S) -> Json<InfoResponse> {
 #[cfg(test)]
 mod audit_tests;
 #[cfg(test)]
+mod env_tests;
+#[cfg(test)]
 mod orgs_tests;
 #[cfg(test)]
 mod quotas_tests;
+#[cfg(test)]
+mod roles_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -1,8 +1,8 @@
-//! `/v1/orgs` and `/v1/orgs/{org}/spaces`: list, create, show, delete. Also the [`Scope`]
-//! extractor every app endpoint takes: the space named by `?org=&space=` (each `default` when
-//! not given) and who is asking.
+//! `/v1/orgs` and `/v1/orgs/{org}/spaces`: list, create, show, delete; a user's lists hold only
+//! the orgs and spaces they see. Also the extractors of what the authorization middleware found:
+//! [`Scope`] (the space an app endpoint acts in, named by `?org=&space=`), [`Access`] and [`Who`].
 
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -10,13 +10,13 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::StatusCode;
 use pier_api::{CreateNamedRequest, OrgResponse, SpaceResponse};
-use serde::Deserialize;
 
+use super::authorize::Access;
 use super::{json_body_strict, ApiState};
 use crate::error::{Error, Result};
 use crate::events::Actor;
+use crate::store::OrgRecord;
 use crate::tenancy::Scope;
-use crate::users::Principal;
 
 type S = State<ApiState>;
 
@@ -31,31 +31,37 @@ pub(super) fn routes() -> Router<ApiState> {
         )
 }
 
-#[derive(Deserialize)]
-struct TargetQuery {
-    org: Option<String>,
-    space: Option<String>,
-}
-
-/// Who the request's token belongs to: the [`Principal`] the auth middleware put in the
-/// extensions. Every route here is behind it; without one (a test calling a handler directly)
-/// it is the admin, as before users existed.
+/// Who the request's token belongs to (the authorization middleware puts it in the extensions).
 pub(super) fn actor(parts: &Parts) -> Actor {
     parts
         .extensions
-        .get::<Principal>()
-        .map_or(Actor::Admin, Actor::of)
+        .get::<Actor>()
+        .cloned()
+        .unwrap_or(Actor::Platform)
 }
 
+/// The space an app endpoint acts in, as the authorization middleware resolved it (from
+/// `?org=&space=`) and checked the caller against.
 impl FromRequestParts<ApiState> for Scope {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, s: &ApiState) -> Result<Scope> {
-        let q: TargetQuery = Query::try_from_uri(&parts.uri)
-            .map(|Query(q)| q)
-            .map_err(|e| Error::bad_request(format!("invalid query: {e}")))?;
-        s.tenancy
-            .scope(q.org.as_deref(), q.space.as_deref(), actor(parts))
+    async fn from_request_parts(parts: &mut Parts, _: &ApiState) -> Result<Scope> {
+        parts.extensions.get::<Scope>().cloned().ok_or_else(|| {
+            Error::Other(
+                "no scope: the endpoint is not a space endpoint in the policy table".into(),
+            )
+        })
+    }
+}
+
+/// What the caller sees, as the authorization middleware found it.
+impl FromRequestParts<ApiState> for Access {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &ApiState) -> Result<Access> {
+        parts.extensions.get::<Access>().cloned().ok_or_else(|| {
+            Error::Other("no access: the authorization middleware did not run".into())
+        })
     }
 }
 
@@ -70,11 +76,28 @@ impl FromRequestParts<ApiState> for Who {
     }
 }
 
-async fn list_orgs(State(s): S) -> Result<Json<Vec<OrgResponse>>> {
+/// The org as `access` may see it: only the spaces they see.
+fn org_response(s: &ApiState, access: &Access, org: &OrgRecord) -> Result<OrgResponse> {
+    let mut resp = s.tenancy.org_response(org)?;
+    if access.grants.is_some() {
+        let seen: Vec<String> = s
+            .tenancy
+            .spaces(org)?
+            .into_iter()
+            .filter(|sp| access.sees_space(sp))
+            .map(|sp| sp.name)
+            .collect();
+        resp.spaces.retain(|n| seen.contains(n));
+    }
+    Ok(resp)
+}
+
+async fn list_orgs(State(s): S, access: Access) -> Result<Json<Vec<OrgResponse>>> {
     let orgs = s.tenancy.orgs()?;
     Ok(Json(
         orgs.iter()
-            .map(|o| s.tenancy.org_response(o))
+            .filter(|o| access.sees_org(o))
+            .map(|o| org_response(&s, &access, o))
             .collect::<Result<_>>()?,
     ))
 }
@@ -85,9 +108,13 @@ async fn create_org(State(s): S, Who(who): Who, body: Bytes) -> Result<Response>
     Ok((StatusCode::CREATED, Json(s.tenancy.org_response(&org)?)).into_response())
 }
 
-async fn get_org(State(s): S, Path(org): Path<String>) -> Result<Json<OrgResponse>> {
+async fn get_org(
+    State(s): S,
+    access: Access,
+    Path(org): Path<String>,
+) -> Result<Json<OrgResponse>> {
     let org = s.tenancy.org(&org)?;
-    Ok(Json(s.tenancy.org_response(&org)?))
+    Ok(Json(org_response(&s, &access, &org)?))
 }
 
 async fn delete_org(State(s): S, Who(who): Who, Path(org): Path<String>) -> Result<Response> {
@@ -96,12 +123,17 @@ async fn delete_org(State(s): S, Who(who): Who, Path(org): Path<String>) -> Resu
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_spaces(State(s): S, Path(org): Path<String>) -> Result<Json<Vec<SpaceResponse>>> {
+async fn list_spaces(
+    State(s): S,
+    access: Access,
+    Path(org): Path<String>,
+) -> Result<Json<Vec<SpaceResponse>>> {
     let org = s.tenancy.org(&org)?;
     let spaces = s.tenancy.spaces(&org)?;
     Ok(Json(
         spaces
             .iter()
+            .filter(|sp| access.sees_space(sp))
             .map(|sp| s.tenancy.space_response(&org, sp))
             .collect::<Result<_>>()?,
     ))
@@ -136,28 +168,4 @@ async fn delete_space(
     let (org, space) = s.tenancy.space(&org, &space)?;
     s.tenancy.delete_space(&org, &space, &who).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_actor_is_the_principal_of_the_request() {
-        let at = |p: Option<Principal>| {
-            let mut req = http::Request::new(());
-            if let Some(p) = p {
-                req.extensions_mut().insert(p);
-            }
-            actor(&req.into_parts().0)
-        };
-        let alice = Principal::User {
-            guid: "g".into(),
-            name: "alice".into(),
-        };
-        assert_eq!(at(Some(alice)), Actor::User("alice".into()));
-        assert_eq!(at(Some(Principal::Admin)), Actor::Admin);
-        assert_eq!(at(Some(Principal::Router)), Actor::Platform);
-        assert_eq!(at(None), Actor::Admin);
-    }
 }

@@ -100,9 +100,9 @@ async fn a_password_login_answers_as_uaa_and_the_token_is_the_user() {
         v,
         json!({"user_name": "admin", "user_id": "", "admin": true})
     );
-    // Until roles: everything else is refused, saying so.
+    // With no role: the platform admin's endpoints are refused saying what they need; the
+    // default space is not seen (404, as if it did not exist).
     for (m, path) in [
-        ("GET", "/v1/apps"),
         ("GET", "/v1/users"),
         ("POST", "/v1/users"),
         ("DELETE", "/v1/users/alice"),
@@ -115,10 +115,13 @@ async fn a_password_login_answers_as_uaa_and_the_token_is_the_user() {
             v["message"]
                 .as_str()
                 .unwrap()
-                .contains("roles come with the policy"),
+                .contains("alice may not call"),
             "{v}"
         );
     }
+    let (s, v) = p.call_with("GET", "/v1/apps", None, Some(&access)).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(v["message"], "org default not found");
     // A refresh: a new pair, the old refresh token refused.
     let refresh = a.body["refresh_token"].as_str().unwrap();
     let b = form(

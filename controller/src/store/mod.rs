@@ -15,6 +15,7 @@
 //!   signing key is in `meta`
 //! - `audit`: `<time ns><id>` → [`pier_api::AuditEntry`], the newest [`AUDIT_KEPT`]
 //!   ([`AuditStore`])
+//! - `roles`: `<user guid>/<org or space guid>/<role>` → [`RoleRecord`] ([`RoleStore`])
 //!
 //! Invariants:
 //! - Every write is flushed before the call returns, so an API answer means the change is on disk.
@@ -42,6 +43,7 @@ mod apps;
 mod audit;
 pub mod blobs;
 pub mod quotas;
+mod roles;
 pub mod tenancy;
 mod users;
 
@@ -49,6 +51,7 @@ pub use addresses::AddressStore;
 pub use apps::{app_key, AppRecord, DeploymentRecord, ProcessRecord, Revision};
 pub use audit::{AuditStore, AUDIT_KEPT};
 pub use quotas::QuotaRecord;
+pub use roles::{RoleRecord, RoleStore};
 pub use tenancy::{OrgRecord, SpaceRecord};
 
 /// The store's layout version, in `meta`: 1 (no key) before orgs and spaces, 2 since.
@@ -172,6 +175,11 @@ impl Store {
     /// The persistence of users and login sessions.
     pub fn users(&self) -> Result<UserStore> {
         UserStore::open(&self.db)
+    }
+
+    /// The persistence of roles.
+    pub fn roles(&self) -> Result<RoleStore> {
+        RoleStore::open(&self.db)
     }
 
     pub fn flush(&self) -> Result<()> {

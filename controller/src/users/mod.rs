@@ -229,7 +229,8 @@ impl Users {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn user(&self, name: &str) -> Result<UserRecord> {
+    /// The user named `name`, or a 404 naming them.
+    pub fn user(&self, name: &str) -> Result<UserRecord> {
         self.store
             .get(name)?
             .ok_or_else(|| Error::not_found(format!("user {name}")))
@@ -273,14 +274,15 @@ impl Users {
             .collect())
     }
 
-    /// Deletes the user and revokes every session of theirs.
-    pub fn delete(&self, name: &str) -> Result<()> {
+    /// Deletes the user and revokes every session of theirs; the deleted user's guid.
+    pub fn delete(&self, name: &str) -> Result<String> {
         let _w = self.write_lock();
+        let guid = self.user(name)?.guid;
         if !self.store.delete(name)? {
             return Err(Error::not_found(format!("user {name}")));
         }
         tracing::info!(user = %name, "user deleted, sessions revoked");
-        Ok(())
+        Ok(guid)
     }
 
     /// Sets a password: the user's own change needs `old`; the admin's (`by_admin`) does not,
