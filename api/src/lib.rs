@@ -63,6 +63,7 @@ pub mod orgs;
 pub mod quotas;
 pub mod roles;
 pub mod routes;
+pub mod services;
 pub mod size;
 pub mod users;
 pub mod vocab;
@@ -81,6 +82,10 @@ pub use quotas::{AssignQuotaRequest, CreateQuotaRequest, QuotaLimits, QuotaRespo
 pub use roles::{Role, RoleHolder, ALL_ROLES};
 pub use routes::{
     Backend, Balancing, RouteEntry, RouteMapping, RouteRequest, RouteSpec, RouteTable,
+};
+pub use services::{
+    BindingResponse, CreateServiceInstanceRequest, ServiceInstanceResponse,
+    UpdateUserProvidedRequest, UserProvided, USER_PROVIDED,
 };
 pub use size::parse_size_mb;
 pub use users::{

@@ -111,6 +111,22 @@ pub enum Command {
     SetEnv(SetEnvArgs),
     /// Remove an env variable; a running app is deployed without it unless --no-restart.
     UnsetEnv(UnsetEnvArgs),
+    /// Create a user-provided service: credentials as JSON (-p '{"k":"v"}') or asked for (-p k1,k2).
+    #[command(name = "create-user-provided-service", visible_alias = "cups")]
+    CreateUserProvidedService(CreateUpsArgs),
+    /// Replace a user-provided service's credentials, tags or syslog drain.
+    #[command(name = "update-user-provided-service", visible_alias = "uups")]
+    UpdateUserProvidedService(UpdateUpsArgs),
+    /// List the service instances of the space.
+    Services(ServicesArgs),
+    /// Show one service instance.
+    Service(ServiceArgs),
+    /// Delete a service instance (refused while an app is bound to it).
+    DeleteService(DeleteNamedArgs),
+    /// Bind an app to a service instance; a running app is deployed with it (rolling).
+    BindService(BindServiceArgs),
+    /// Unbind an app from a service instance; a running app is deployed without it (rolling).
+    UnbindService(BindServiceArgs),
     /// Give a user a role in an org: OrgManager, OrgAuditor or OrgUser.
     SetOrgRole(OrgRoleArgs),
     /// Take an org role away from a user.
@@ -291,6 +307,63 @@ pub struct UnsetEnvArgs {
     pub name: AppName,
     #[arg(value_name = "ENV_VAR_NAME")]
     pub var: String,
+    /// Store the change only; it takes effect at the next restart or deployment.
+    #[arg(long)]
+    pub no_restart: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateUpsArgs {
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Credentials: a JSON object, or comma-separated key names to be asked for.
+    #[arg(short = 'p', value_name = "CREDENTIALS")]
+    pub credentials: Option<String>,
+    /// Comma-separated tags.
+    #[arg(short = 't', value_name = "TAGS")]
+    pub tags: Option<String>,
+    /// Where the app's logs are drained (syslog://, syslog-tls:// or https://).
+    #[arg(short = 'l', value_name = "URL")]
+    pub syslog_drain_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateUpsArgs {
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// New credentials: a JSON object, or comma-separated key names to be asked for.
+    #[arg(short = 'p', value_name = "CREDENTIALS")]
+    pub credentials: Option<String>,
+    /// New comma-separated tags.
+    #[arg(short = 't', value_name = "TAGS")]
+    pub tags: Option<String>,
+    /// New syslog drain URL ("" removes it).
+    #[arg(short = 'l', value_name = "URL")]
+    pub syslog_drain_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServicesArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Print JSON (credentials included, for those who may see them).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BindServiceArgs {
+    #[arg(value_name = "APP", value_parser = parse_app_name)]
+    pub app: AppName,
+    #[arg(value_name = "SERVICE_INSTANCE")]
+    pub service: String,
     /// Store the change only; it takes effect at the next restart or deployment.
     #[arg(long)]
     pub no_restart: bool,

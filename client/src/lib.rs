@@ -46,13 +46,14 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStream, TryStreamExt};
 use pier_api::{
     ApiError, AppAction, AppConfigRequest, AppEvent, AppName, AppResponse, AssignQuotaRequest,
-    AuditEntry, AuditQuery, BuildRequest, BuildpackResponse, CreateBuildpackRequest,
-    CreateNamedRequest, CreateQuotaRequest, CreateUserRequest, DeployRequest, DeploymentAction,
-    DeploymentResponse, EnvPatchRequest, EnvResponse, ErrorCode, InfoResponse, LogLine, OAuthError,
-    OrgResponse, PackageResponse, ProcessConfigRequest, ProcessType, QuotaLimits, QuotaResponse,
-    RevisionResponse, Role, RoleHolder, RouteMapping, RouteRequest, RouteSpec, RouteTable,
-    RouterLogBatch, SetPasswordRequest, SpaceResponse, TokenResponse, UpdateBuildpackRequest,
-    UserResponse, WhoAmIResponse,
+    AuditEntry, AuditQuery, BindingResponse, BuildRequest, BuildpackResponse,
+    CreateBuildpackRequest, CreateNamedRequest, CreateQuotaRequest, CreateServiceInstanceRequest,
+    CreateUserRequest, DeployRequest, DeploymentAction, DeploymentResponse, EnvPatchRequest,
+    EnvResponse, ErrorCode, InfoResponse, LogLine, OAuthError, OrgResponse, PackageResponse,
+    ProcessConfigRequest, ProcessType, QuotaLimits, QuotaResponse, RevisionResponse, Role,
+    RoleHolder, RouteMapping, RouteRequest, RouteSpec, RouteTable, RouterLogBatch,
+    ServiceInstanceResponse, SetPasswordRequest, SpaceResponse, TokenResponse,
+    UpdateBuildpackRequest, UpdateUserProvidedRequest, UserResponse, WhoAmIResponse,
 };
 use reqwest::{header, Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -1044,6 +1045,56 @@ impl Client {
         self.empty(self.call(method, &path)).await
     }
 
+    /// `GET /v1/service-instances`: the space's service instances.
+    pub async fn services(&self) -> Result<Vec<ServiceInstanceResponse>> {
+        self.json(self.call(Method::GET, "/v1/service-instances"), "services")
+            .await
+    }
+
+    /// `GET /v1/service-instances/{name}`.
+    pub async fn service(&self, name: &str) -> Result<ServiceInstanceResponse> {
+        let path = format!("/v1/service-instances/{}", segment(name));
+        self.json(self.call(Method::GET, &path), "service").await
+    }
+
+    /// `POST /v1/service-instances`.
+    pub async fn create_service(
+        &self,
+        req: &CreateServiceInstanceRequest,
+    ) -> Result<ServiceInstanceResponse> {
+        let req = self.call(Method::POST, "/v1/service-instances").json(req);
+        self.json(req, "service").await
+    }
+
+    /// `PATCH /v1/service-instances/{name}`.
+    pub async fn update_service(
+        &self,
+        name: &str,
+        req: &UpdateUserProvidedRequest,
+    ) -> Result<ServiceInstanceResponse> {
+        let path = format!("/v1/service-instances/{}", segment(name));
+        self.json(self.call(Method::PATCH, &path).json(req), "service")
+            .await
+    }
+
+    /// `DELETE /v1/service-instances/{name}`.
+    pub async fn delete_service(&self, name: &str) -> Result<()> {
+        let path = format!("/v1/service-instances/{}", segment(name));
+        self.empty(self.call(Method::DELETE, &path)).await
+    }
+
+    /// `PUT` (`bind`) or `DELETE /v1/apps/{name}/bindings/{service}`.
+    pub async fn bind_service(&self, app: &AppName, service: &str, bind: bool) -> Result<()> {
+        let path = format!("/v1/apps/{app}/bindings/{}", segment(service));
+        if bind {
+            let req = self.call(Method::PUT, &path);
+            let _: BindingResponse = self.json(req, "binding").await?;
+            Ok(())
+        } else {
+            self.empty(self.call(Method::DELETE, &path)).await
+        }
+    }
+
     /// `DELETE /v1/apps/{name}/cache`: clears the app's buildpack cache.
     pub async fn clear_cache(&self, name: &AppName) -> Result<()> {
         self.empty(self.call(Method::DELETE, &format!("/v1/apps/{name}/cache")))
@@ -1051,9 +1102,13 @@ impl Client {
     }
 }
 
-/// App calls act in a space; the rest (orgs, buildpacks, the route table) do not.
+/// App and service calls act in a space; the rest (orgs, buildpacks, the route table) do not.
 fn in_space(path: &str) -> bool {
-    path == "/v1/apps" || path.starts_with("/v1/apps/") || path == "/v1/route-mappings"
+    path == "/v1/apps"
+        || path.starts_with("/v1/apps/")
+        || path == "/v1/route-mappings"
+        || path == "/v1/service-instances"
+        || path.starts_with("/v1/service-instances/")
 }
 
 /// True when a JWT's `exp` (read, not verified: the controller verifies) has passed. Anything

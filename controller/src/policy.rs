@@ -165,8 +165,9 @@ const fn ep(method: &'static str, path: &'static str, action: Action) -> Endpoin
     }
 }
 
-/// Every endpoint of the API. Space endpoints under `/v1/apps` and `/v1/route-mappings` act in
-/// the space of `?org=&space=`; the others name their org and space in the path.
+/// Every endpoint of the API. Space endpoints under `/v1/apps`, `/v1/route-mappings` and
+/// `/v1/service-instances` act in the space of `?org=&space=`; the others name their org and
+/// space in the path.
 pub const ENDPOINTS: &[Endpoint] = {
     use Action::*;
     &[
@@ -234,6 +235,8 @@ pub const ENDPOINTS: &[Endpoint] = {
         ep("GET", "/v1/apps/{name}/deployments", ReadApps),
         ep("GET", "/v1/apps/{name}/revisions", ReadApps),
         ep("GET", "/v1/route-mappings", ReadApps),
+        ep("GET", "/v1/service-instances", ReadApps),
+        ep("GET", "/v1/service-instances/{name}", ReadApps),
         ep("GET", "/v1/apps/{name}/logs", ReadLogs),
         ep("GET", "/v1/apps/{name}/logs/stream", ReadLogs),
         ep("PUT", "/v1/apps/{name}", ChangeApps),
@@ -251,6 +254,11 @@ pub const ENDPOINTS: &[Endpoint] = {
         ep("POST", "/v1/apps/{name}/routes", ChangeApps),
         ep("DELETE", "/v1/apps/{name}/routes", ChangeApps),
         ep("DELETE", "/v1/apps/{name}/cache", ChangeApps),
+        ep("POST", "/v1/service-instances", ChangeApps),
+        ep("PATCH", "/v1/service-instances/{name}", ChangeApps),
+        ep("DELETE", "/v1/service-instances/{name}", ChangeApps),
+        ep("PUT", "/v1/apps/{name}/bindings/{service}", ChangeApps),
+        ep("DELETE", "/v1/apps/{name}/bindings/{service}", ChangeApps),
     ]
 };
 

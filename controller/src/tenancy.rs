@@ -262,6 +262,9 @@ impl Tenancy {
         for app in self.store.list_space_apps(&space.guid)? {
             self.apps.delete(&scope, app.name.as_str()).await?;
         }
+        for svc in self.store.services_of(&space.guid)? {
+            self.store.delete_service(&space.guid, &svc.name)?;
+        }
         self.store.delete_space(&space.guid)?;
         self.store.roles()?.delete_in(&[space.guid.as_str()])?;
         tracing::info!(org = %org.name, space = %space.name, by = actor.as_str(), "space deleted");

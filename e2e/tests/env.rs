@@ -104,3 +104,108 @@ fn set_env_deploys_rolling_without_failed_requests_and_never_shows_the_value_bac
     let (_, body) = p.get_via_router("hello.localhost", "/");
     assert!(body.contains("greeting=none"), "{body}");
 }
+
+/// The env of a running container, from `docker inspect`.
+fn container_env(id: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{json .Config.Env}}", id])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_user_provided_service_reaches_the_app_as_vcap_services_and_goes_only_when_unbound() {
+    let p = Platform::start();
+    let app = greeting_app();
+    let dir = app.path();
+    p.pier_ok(&["push", "hello"], dir);
+    p.pier_ok(
+        &[
+            "create-user-provided-service",
+            "smtp",
+            "-p",
+            r#"{"host":"mail","password":"s3cret"}"#,
+            "-t",
+            "mail",
+        ],
+        dir,
+    );
+    // -p k1,k2 asks for each value on stdin.
+    let mut child = p
+        .pier_command(["cups", "db", "-p", "user,password"])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"admin\npw-db-77\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = p.pier_ok(&["bind-service", "hello", "smtp"], dir);
+    assert!(out.contains("Deploying hello"), "{out}");
+    let ids = eventually(
+        std::time::Duration::from_secs(20),
+        "the old instance gone",
+        || {
+            let ids = p.instance_ids("hello");
+            (ids.len() == 1).then_some(ids)
+        },
+    );
+    let env = container_env(&ids[0]);
+    let vcap = env
+        .iter()
+        .find_map(|e| e.strip_prefix("VCAP_SERVICES="))
+        .unwrap();
+    let vcap: serde_json::Value = serde_json::from_str(vcap).unwrap();
+    assert_eq!(vcap["user-provided"][0]["name"], "smtp");
+    assert_eq!(
+        vcap["user-provided"][0]["credentials"]["password"],
+        "s3cret"
+    );
+    assert_eq!(vcap["user-provided"][0]["tags"][0], "mail");
+    let (status, _) = p.get_via_router("hello.localhost", "/");
+    assert_eq!(status, 200);
+    let out = p.pier_ok(&["services"], dir);
+    assert!(out.contains("smtp") && out.contains("hello"), "{out}");
+    let out = p.pier_ok(&["service", "db", "--json"], dir);
+    assert!(
+        out.contains("pw-db-77"),
+        "the prompted value was stored: {out}"
+    );
+    let out = p.pier_ok(&["revisions", "hello"], dir);
+    assert!(out.contains("services changed"), "{out}");
+
+    // Bound: not deleted, nothing changed.
+    let out = p.pier(&["delete-service", "smtp", "-f"], dir);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is bound to hello"), "{err}");
+    assert!(p.pier_ok(&["services"], dir).contains("smtp"));
+
+    p.pier_ok(&["unbind-service", "hello", "smtp"], dir);
+    let ids = eventually(
+        std::time::Duration::from_secs(20),
+        "the old instance gone",
+        || {
+            let ids = p.instance_ids("hello");
+            (ids.len() == 1).then_some(ids)
+        },
+    );
+    let env = container_env(&ids[0]);
+    assert!(env.iter().any(|e| e == "VCAP_SERVICES={}"), "{env:?}");
+    p.pier_ok(&["delete-service", "smtp", "-f"], dir);
+    assert!(!p.pier_ok(&["services"], dir).contains("smtp"));
+}

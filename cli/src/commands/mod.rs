@@ -31,6 +31,7 @@ pub mod restart;
 pub mod roles;
 pub mod routes;
 pub mod scale;
+pub mod services;
 pub mod stage;
 pub mod start;
 pub mod stop;
@@ -86,6 +87,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Env(args) => env::show(args).await,
         Command::SetEnv(args) => env::set(args).await,
         Command::UnsetEnv(args) => env::unset(args).await,
+        Command::CreateUserProvidedService(args) => services::create_ups(args).await,
+        Command::UpdateUserProvidedService(args) => services::update_ups(args).await,
+        Command::Services(args) => services::list(args).await,
+        Command::Service(args) => services::show(args).await,
+        Command::DeleteService(args) => services::delete(args).await,
+        Command::BindService(args) => services::bind(args, true).await,
+        Command::UnbindService(args) => services::bind(args, false).await,
         Command::SetOrgRole(args) => roles::org_role(args, true).await,
         Command::UnsetOrgRole(args) => roles::org_role(args, false).await,
         Command::SetSpaceRole(args) => roles::space_role(args, true).await,

@@ -226,6 +226,7 @@ impl AppService {
             routes: Vec::new(),
             env: BTreeMap::new(),
             buildpacks: Vec::new(),
+            bindings: Vec::new(),
             staging: None,
             restart_gen: 0,
             revisions: Vec::new(),

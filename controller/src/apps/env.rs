@@ -24,7 +24,7 @@ impl AppService {
     /// The app's environment as `at`'s caller may see it.
     pub fn env(&self, at: &Scope, name: &str) -> Result<EnvResponse> {
         let app = self.load(at, name)?;
-        Ok(self.env_response(at, &app))
+        self.env_response(at, &app)
     }
 
     /// Sets and unsets variables (a `null` value unsets); answers the environment after.
@@ -68,10 +68,10 @@ impl AppService {
             let what = format!("env: {}", changed.join(", "));
             self.event(at, &app, EventKind::Updated, &what);
         }
-        Ok(self.env_response(at, &app))
+        self.env_response(at, &app)
     }
 
-    fn env_response(&self, at: &Scope, app: &AppRecord) -> EnvResponse {
+    fn env_response(&self, at: &Scope, app: &AppRecord) -> Result<EnvResponse> {
         let hide = |v: &String| {
             if at.sees_env {
                 v.clone()
@@ -99,16 +99,19 @@ impl AppService {
         });
         let system_env = BTreeMap::from([
             ("VCAP_APPLICATION".to_string(), vcap_application.to_string()),
-            ("VCAP_SERVICES".to_string(), hide(&"{}".to_string())),
+            (
+                "VCAP_SERVICES".to_string(),
+                hide(&self.vcap_services(at, app)?),
+            ),
         ]);
         let deployed = match app.running_revision() {
-            Some(rev) => rev.env == app.env,
+            Some(rev) => rev.env == app.env && rev.vcap_services == self.vcap_services(at, app)?,
             None => app.env.is_empty(),
         };
-        EnvResponse {
+        Ok(EnvResponse {
             environment_variables: app.env.iter().map(|(k, v)| (k.clone(), hide(v))).collect(),
             system_env,
             deployed,
-        }
+        })
     }
 }

@@ -22,7 +22,8 @@ impl AppService {
         app: &mut AppRecord,
         req: &DeployRequest,
     ) -> Result<Option<Deployed>> {
-        let Some(d) = deployments::deploy(&self.d.settings.deploy, app, req)? else {
+        let services = self.vcap_services(at, app)?;
+        let Some(d) = deployments::deploy(&self.d.settings.deploy, app, req, &services)? else {
             return Ok(None);
         };
         let admitted = self.quotas.admit(at, app, false)?;

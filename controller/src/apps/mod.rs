@@ -9,7 +9,7 @@
 //!   never an error answer for a change that was already made.
 //! - Operations on one app are serialized by the app's lock ([`AppLocks`]).
 //!
-//! Modules: `config` (create/update, processes, routes), `env` (the app's environment), `lifecycle` (start, stop, restart,
+//! Modules: `config` (create/update, processes, routes), `env` (the app's environment), `services` (service instances and bindings), `lifecycle` (start, stop, restart,
 //! deployments, delete), `builds` (staging a package into a droplet). Uses: `store/`, `events`,
 //! `instances/` (statuses), `reconcile`, `staging/`, `deployments/`, `quota` (every change that
 //! can raise a space's or org's use is admitted by it before the write).
@@ -37,6 +37,7 @@ mod builds;
 mod config;
 mod env;
 mod lifecycle;
+mod services;
 
 pub use builds::Build;
 
@@ -79,6 +80,8 @@ pub struct AppDeps {
 pub struct AppService {
     d: AppDeps,
     quotas: Arc<Quotas>,
+    /// Service instance creates, deletes, binds and unbinds, one at a time (`services`).
+    services_lock: tokio::sync::Mutex<()>,
 }
 
 pub fn parse_name(name: &str) -> Result<AppName> {
@@ -89,7 +92,11 @@ pub fn parse_name(name: &str) -> Result<AppName> {
 impl AppService {
     pub fn new(d: AppDeps) -> Arc<AppService> {
         let quotas = Quotas::new(d.store.clone());
-        Arc::new(AppService { d, quotas })
+        Arc::new(AppService {
+            d,
+            quotas,
+            services_lock: tokio::sync::Mutex::new(()),
+        })
     }
 
     pub fn settings(&self) -> &AppSettings {

@@ -59,7 +59,13 @@ pub fn revision_response(app: &AppRecord, r: &Revision) -> RevisionResponse {
 }
 
 /// The revision the app's newest droplet, env and commands make, and how it differs from `prev`.
-fn candidate(app: &AppRecord, prev: Option<&Revision>, stack: &str) -> Result<(Revision, String)> {
+/// `vcap_services` is what the app's bindings make now.
+fn candidate(
+    app: &AppRecord,
+    prev: Option<&Revision>,
+    stack: &str,
+    vcap_services: &str,
+) -> Result<(Revision, String)> {
     let droplet = app.droplet.clone().ok_or_else(|| {
         Error::bad_request(format!(
             "app {} has not been staged yet; push it first",
@@ -79,6 +85,7 @@ fn candidate(app: &AppRecord, prev: Option<&Revision>, stack: &str) -> Result<(R
         description: String::new(),
         created_at: OffsetDateTime::now_utc(),
         stack: stack.to_string(),
+        vcap_services: vcap_services.to_string(),
     };
     let what = match prev {
         None => "pushed".to_string(),
@@ -89,6 +96,9 @@ fn candidate(app: &AppRecord, prev: Option<&Revision>, stack: &str) -> Result<(R
             }
             if p.env != rev.env {
                 parts.push("env changed");
+            }
+            if p.vcap_services != rev.vcap_services {
+                parts.push("services changed");
             }
             if p.commands != rev.commands {
                 parts.push("command changed");
@@ -183,9 +193,10 @@ fn target_revision(
     app: &AppRecord,
     req: &DeployRequest,
     prev: Option<&Revision>,
+    vcap_services: &str,
 ) -> Result<(Revision, String)> {
     let Some(n) = req.revision else {
-        return candidate(app, prev, &settings.stack);
+        return candidate(app, prev, &settings.stack, vcap_services);
     };
     let r = app.revision(n).ok_or_else(|| {
         Error::api(
@@ -232,10 +243,12 @@ fn canary_status(
 
 /// Starts a deployment on `app` (the caller holds the app's lock and saves the record).
 /// Returns `None` when nothing changes (the app already runs that revision).
+/// `vcap_services` is the `VCAP_SERVICES` the app's bindings make now (JSON text).
 pub fn deploy(
     settings: &DeploySettings,
     app: &mut AppRecord,
     req: &DeployRequest,
+    vcap_services: &str,
 ) -> Result<Option<Deployed>> {
     if let Some(d) = app.active_deployment() {
         return Err(Error::api(
@@ -250,7 +263,7 @@ pub fn deploy(
     }
     let plan = check_request(req)?;
     let prev = app.running_revision().cloned();
-    let (mut rev, description) = target_revision(settings, app, req, prev.as_ref())?;
+    let (mut rev, description) = target_revision(settings, app, req, prev.as_ref(), vcap_services)?;
     let unchanged = prev.as_ref().is_some_and(|p| p.same_config(&rev));
     let was_started = app.state == AppState::Started;
     if unchanged && !req.restart && req.revision.is_none() && was_started {

@@ -251,7 +251,7 @@ mod tests {
             },
         );
         a.droplet = Some(d1);
-        deploy(&settings(), &mut a, &DeployRequest::default()).unwrap();
+        deploy(&settings(), &mut a, &DeployRequest::default(), "{}").unwrap();
         finish(&mut a, DeploymentState::Succeeded, "done".into());
         a.droplet = Some(pier_api::DropletInfo {
             sha256: "b".repeat(64),
@@ -300,13 +300,13 @@ mod tests {
             analysis_window_secs: Some(window),
             ..DeployRequest::default()
         };
-        deploy(&settings(), a, &req).unwrap().unwrap();
+        deploy(&settings(), a, &req, "{}").unwrap().unwrap();
     }
 
     #[test]
     fn a_rolling_deployment_succeeds_once_every_slot_runs_the_new_revision() {
         let mut a = app();
-        deploy(&settings(), &mut a, &DeployRequest::default())
+        deploy(&settings(), &mut a, &DeployRequest::default(), "{}")
             .unwrap()
             .unwrap();
         let stats = RequestStats::default();
@@ -327,7 +327,7 @@ mod tests {
     #[test]
     fn a_crashed_new_instance_fails_the_deployment_and_keeps_the_old_revision() {
         let mut a = app();
-        deploy(&settings(), &mut a, &DeployRequest::default())
+        deploy(&settings(), &mut a, &DeployRequest::default(), "{}")
             .unwrap()
             .unwrap();
         let mut report = all_up(&a);

@@ -41,6 +41,7 @@ mod quotas;
 mod roles;
 mod routes;
 pub mod serve;
+mod services;
 mod users;
 
 /// What the handlers share.
@@ -82,6 +83,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(users::routes())
         .merge(quotas::routes())
         .merge(roles::routes())
+        .merge(services::routes())
         .merge(audit::routes())
         // After routing (so the route's pattern is known): the policy decides.
         .route_layer(middleware::from_fn_with_state(
@@ -143,6 +145,8 @@ mod orgs_tests;
 mod quotas_tests;
 #[cfg(test)]
 mod roles_tests;
+#[cfg(test)]
+mod services_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -87,8 +87,12 @@ fn concrete(path: &str, org: &str, space: &str, app: &str) -> String {
         .replace("{process}", "web")
         .replace("{id}", "1")
         .replace("{user}", "nobody")
-        .replace("{role}", "SpaceAuditor");
-    if p.starts_with("/v1/apps") || p.starts_with("/v1/route-mappings") {
+        .replace("{role}", "SpaceAuditor")
+        .replace("{service}", app);
+    if p.starts_with("/v1/apps")
+        || p.starts_with("/v1/route-mappings")
+        || p.starts_with("/v1/service-instances")
+    {
         format!("{p}?org={org}&space={space}")
     } else {
         p
@@ -120,6 +124,14 @@ async fn two_spaces() -> (TestPlatform, String, String, String) {
     p.push_at("a", "?org=acme&space=dev", Some(env.clone()))
         .await;
     p.push_at("b", "?org=acme&space=prod", Some(env)).await;
+    // A user-provided service named as each app, with a secret in its credentials.
+    for (app, q) in [("a", "?org=acme&space=dev"), ("b", "?org=acme&space=prod")] {
+        let body = json!({"name": app, "user_provided": {"credentials": {"password": "s3cret"}}});
+        let (s, v) = p
+            .call("POST", &format!("/v1/service-instances{q}"), Some(body))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
     let (alice, bob, carol) = (
         user(&p, "alice").await,
         user(&p, "bob").await,
@@ -233,6 +245,18 @@ async fn the_auditor_reads_and_changes_nothing_and_sees_no_env_values() {
         assert_eq!(s, StatusCode::FORBIDDEN, "{m} {path}: {v}");
     }
     assert_eq!(snapshot(&p), before, "the auditor changed something");
+    let (_, v) = status(
+        &p,
+        "GET",
+        "/v1/service-instances/a?org=acme&space=dev",
+        &carol,
+    )
+    .await;
+    assert_eq!(
+        v["credentials"]["password"],
+        crate::apps::HIDDEN_VALUE,
+        "{v}"
+    );
     let (_, v) = status(&p, "GET", "/v1/apps/a/env?org=acme&space=dev", &carol).await;
     assert_eq!(
         v["environment_variables"]["SECRET"],

@@ -48,6 +48,10 @@ pub struct InstanceSpec {
     pub stack: String,
     pub command: String,
     pub env: BTreeMap<String, String>,
+    /// The revision's `VCAP_SERVICES` (JSON text). Left out of the hash when there are none, so
+    /// instances made before bindings existed keep theirs.
+    #[serde(skip_serializing_if = "no_services")]
+    pub vcap_services: String,
     pub memory_mb: u64,
     pub disk_mb: u64,
     pub health_check: HealthCheck,
@@ -55,6 +59,9 @@ pub struct InstanceSpec {
     pub revision: u64,
     #[serde(skip)]
     pub uris: Vec<String>,
+    /// The app's space (for `VCAP_APPLICATION`; apps never move between spaces).
+    #[serde(skip)]
+    pub space_guid: String,
     /// Deployment settings: how a change of this spec is rolled out, not what runs.
     #[serde(skip)]
     pub recreate: bool,
@@ -68,6 +75,10 @@ pub struct InstanceSpec {
     /// turns a standby slot into a serving one without replacing its container.
     #[serde(skip)]
     pub standby: bool,
+}
+
+fn no_services(s: &str) -> bool {
+    s.is_empty() || s == "{}"
 }
 
 impl InstanceSpec {
@@ -121,11 +132,13 @@ pub fn desired_slots(apps: &[AppRecord]) -> BTreeMap<SlotKey, InstanceSpec> {
                     stack: rev.stack.clone(),
                     command,
                     env: rev.env.clone(),
+                    vcap_services: rev.vcap_services.clone(),
                     memory_mb: p.memory_mb,
                     disk_mb: p.disk_mb,
                     health_check: p.health_check.clone(),
                     restart_gen: app.restart_gen,
                     uris: app.routes.iter().map(|r| r.to_string()).collect(),
+                    space_guid: app.space_guid.clone(),
                     recreate: strategy == DeploymentStrategy::Recreate,
                     max_in_flight,
                     weight,

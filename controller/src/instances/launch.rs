@@ -68,8 +68,7 @@ pub(super) fn instance_env(spec: &InstanceSpec, instance_id: &str) -> Vec<String
         "application_version": spec.droplet,
         "name": spec.app_name,
         "uris": spec.uris,
-        "space_id": "pier",
-        "space_name": "pier",
+        "space_id": spec.space_guid,
         "process_id": format!("{}-{}", spec.app_guid, spec.process),
         "process_type": spec.process.as_str(),
         "instance_index": spec.index,
@@ -80,7 +79,14 @@ pub(super) fn instance_env(spec: &InstanceSpec, instance_id: &str) -> Vec<String
     let fixed = [
         ("PORT", "8080".to_string()),
         ("VCAP_APPLICATION", vcap.to_string()),
-        ("VCAP_SERVICES", "{}".to_string()),
+        (
+            "VCAP_SERVICES",
+            if spec.vcap_services.is_empty() {
+                "{}".to_string()
+            } else {
+                spec.vcap_services.clone()
+            },
+        ),
         ("CF_INSTANCE_INDEX", spec.index.to_string()),
         ("CF_INSTANCE_GUID", instance_id.to_string()),
         ("CF_INSTANCE_PORT", "8080".to_string()),

@@ -55,6 +55,7 @@ fn app(droplet: &str, instances: u32, hc: HealthCheckType) -> AppRecord {
         description: "pushed".into(),
         created_at: OffsetDateTime::now_utc(),
         stack: String::new(),
+        vcap_services: "{}".into(),
     }];
     a.current_revision = Some(1);
     a.processes.insert(

@@ -35,13 +35,22 @@ pub struct Revision {
     /// when the revision is made; empty in revisions an older Pier made (the current stack).
     #[serde(default)]
     pub stack: String,
+    /// `VCAP_SERVICES` of the revision's instances (JSON text), fixed when the revision is made
+    /// from the app's bindings; `{}` in revisions an older Pier made.
+    #[serde(default = "no_services")]
+    pub vcap_services: String,
+}
+
+fn no_services() -> String {
+    "{}".into()
 }
 
 impl Revision {
-    /// Same droplet, env, commands and stack: running it again is not a new revision.
+    /// Same droplet, env, services, commands and stack: running it again is not a new revision.
     pub fn same_config(&self, other: &Revision) -> bool {
         self.droplet.sha256 == other.droplet.sha256
             && self.env == other.env
+            && self.vcap_services == other.vcap_services
             && self.commands == other.commands
             && self.stack_or(&other.stack) == other.stack_or(&self.stack)
     }
@@ -80,6 +89,15 @@ pub struct DeploymentRecord {
     pub step_started_at: Option<OffsetDateTime>,
 }
 
+/// An app's binding to a service instance of its space.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindingRecord {
+    pub guid: String,
+    pub service_guid: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AppRecord {
     pub name: AppName,
@@ -95,6 +113,9 @@ pub struct AppRecord {
     pub routes: Vec<RouteSpec>,
     pub env: BTreeMap<String, String>,
     pub buildpacks: Vec<String>,
+    /// The service instances (of the app's space) the app is bound to.
+    #[serde(default)]
+    pub bindings: Vec<BindingRecord>,
     /// Set while a staging runs; a controller that finds it set at start marks that staging failed.
     #[serde(default)]
     pub staging: Option<String>,

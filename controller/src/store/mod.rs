@@ -15,6 +15,8 @@
 //!   signing key is in `meta`
 //! - `audit`: `<time ns><id>` → [`pier_api::AuditEntry`], the newest [`AUDIT_KEPT`]
 //!   ([`AuditStore`])
+//! - `services`: `<space guid>/<name>` → [`ServiceInstanceRecord`] ([`services`]); bindings are
+//!   in the app's record
 //! - `roles`: `<user guid>/<org or space guid>/<role>` → [`RoleRecord`] ([`RoleStore`])
 //!
 //! Invariants:
@@ -44,14 +46,16 @@ mod audit;
 pub mod blobs;
 pub mod quotas;
 mod roles;
+pub mod services;
 pub mod tenancy;
 mod users;
 
 pub use addresses::AddressStore;
-pub use apps::{app_key, AppRecord, DeploymentRecord, ProcessRecord, Revision};
+pub use apps::{app_key, AppRecord, BindingRecord, DeploymentRecord, ProcessRecord, Revision};
 pub use audit::{AuditStore, AUDIT_KEPT};
 pub use quotas::QuotaRecord;
 pub use roles::{RoleRecord, RoleStore};
+pub use services::ServiceInstanceRecord;
 pub use tenancy::{OrgRecord, SpaceRecord};
 
 /// The store's layout version, in `meta`: 1 (no key) before orgs and spaces, 2 since.
@@ -81,6 +85,7 @@ pub struct Store {
     orgs: sled::Tree,
     spaces: sled::Tree,
     quotas: sled::Tree,
+    services: sled::Tree,
     changes: crate::changes::Changes,
 }
 
@@ -95,6 +100,7 @@ impl Store {
             orgs: db.open_tree("orgs")?,
             spaces: db.open_tree("spaces")?,
             quotas: db.open_tree("quotas")?,
+            services: db.open_tree("services")?,
             changes: Default::default(),
             db,
         };
@@ -339,6 +345,7 @@ pub(crate) mod tests {
             routes: vec![],
             env: BTreeMap::new(),
             buildpacks: vec![],
+            bindings: vec![],
             staging: None,
             restart_gen: 0,
             revisions: vec![],
