@@ -50,8 +50,10 @@
 //! | `GET/POST /v1/users`                    | [`CreateUserRequest`] → `Vec<`[`UserResponse`]`>`; [`UserResponse`] (201) |
 //! | `DELETE /v1/users/{name}`               | → 204 (its sessions are revoked)                       |
 //! | `PUT  /v1/users/{name}/password`        | [`SetPasswordRequest`] → 204                           |
+//! | `GET  /v1/audit?since=T&limit=N`        | → `Vec<`[`AuditEntry`]`>` newest first (platform admin) |
 
 pub mod apps;
+pub mod audit;
 pub mod buildpacks;
 pub mod deployments;
 pub mod error;
@@ -67,6 +69,7 @@ pub mod users;
 pub mod vocab;
 
 pub use apps::*;
+pub use audit::{AuditEntry, AuditQuery, AUDIT_LIMIT_DEFAULT, AUDIT_LIMIT_MAX};
 pub use buildpacks::{BuildpackResponse, CreateBuildpackRequest, UpdateBuildpackRequest};
 pub use deployments::*;
 pub use error::{ApiError, ErrorCode};

@@ -139,6 +139,144 @@ pub enum Command {
     OrgUsers(OrgUsersArgs),
     /// The users holding roles in a space, by role.
     SpaceUsers(SpaceUsersArgs),
+    /// Show an org: its spaces, its quota and what it uses of it.
+    Org(ShowNamedArgs),
+    /// Show a space of the targeted org (or -o ORG): its apps, its quota and what it uses.
+    Space(ShowNamedArgs),
+    /// List the quotas (platform admin).
+    Quotas(AppsArgs),
+    /// Show one quota and where it is assigned.
+    Quota(ShowNamedArgs),
+    /// Define a quota: limits an org or a space may not go over (platform admin).
+    CreateQuota(QuotaArgs),
+    /// Change the limits given; the others stay as they are (platform admin).
+    UpdateQuota(QuotaArgs),
+    /// Delete a quota no org or space has (platform admin).
+    DeleteQuota(DeleteNamedArgs),
+    /// Assign a quota to an org (platform admin).
+    SetQuota(SetQuotaArgs),
+    /// Remove an org's quota: it is unlimited again (platform admin).
+    UnsetQuota(OrgNameArg),
+    /// Assign a quota to a space of the targeted org (or -o ORG), within the org's (platform admin).
+    SetSpaceQuota(SetQuotaArgs),
+    /// Remove a space's own quota; the org's still applies (platform admin).
+    UnsetSpaceQuota(OrgNameArg),
+    /// The platform's audit log, newest first: every change, refusal and login (platform admin).
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only entries since then: an age like 30m, 1h, 2d, or an RFC 3339 time like
+    /// 2026-12-01T10:00:00Z.
+    #[arg(long, value_name = "WHEN", value_parser = parse_since)]
+    pub since: Option<time::OffsetDateTime>,
+    /// At most this many entries (the newest; default 1000, at most 10000).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Print the entries as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `30s`, `15m`, `1h`, `2d` ago, or an RFC 3339 time.
+pub fn parse_since(s: &str) -> Result<time::OffsetDateTime, String> {
+    let bad = || {
+        format!("invalid time {s:?}: use an age like 30m, 1h or 2d, or an RFC 3339 time like 2026-12-01T10:00:00Z")
+    };
+    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return Ok(t);
+    }
+    let t = s.trim();
+    let unit = t.chars().last().ok_or_else(bad)?;
+    let secs: i64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(bad()),
+    };
+    let n: i64 = t[..t.len() - 1].parse().map_err(|_| bad())?;
+    let ago = n.checked_mul(secs).filter(|v| *v >= 0).ok_or_else(bad)?;
+    Ok(time::OffsetDateTime::now_utc() - time::Duration::seconds(ago))
+}
+
+#[derive(Debug, Args)]
+pub struct ShowNamedArgs {
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Print it as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A quota limit on the command line: a value, or `unlimited` (also `-1`, as cf has it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Unlimited,
+    At(u64),
+}
+
+impl Limit {
+    pub fn value(self) -> Option<u64> {
+        match self {
+            Limit::Unlimited => None,
+            Limit::At(n) => Some(n),
+        }
+    }
+}
+
+/// `pier create-quota` and `pier update-quota`. The flags are cf's where cf has the limit.
+#[derive(Debug, Args)]
+pub struct QuotaArgs {
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Total memory of all started instances, like 10G or 512M (`unlimited`).
+    #[arg(short = 'm', long = "memory", value_name = "MEM", value_parser = parse_memory_limit,
+          allow_negative_numbers = true)]
+    pub memory: Option<Limit>,
+    /// Total instances of all started apps (`unlimited`).
+    #[arg(short = 'a', long = "app-instances", value_name = "N", value_parser = parse_count_limit,
+          allow_negative_numbers = true)]
+    pub instances: Option<Limit>,
+    /// Number of apps, started or not (`unlimited`; cf has no such limit).
+    #[arg(long = "apps", value_name = "N", value_parser = parse_count_limit,
+          allow_negative_numbers = true)]
+    pub apps: Option<Limit>,
+    /// Number of routes mapped to apps (`unlimited`).
+    #[arg(short = 'r', long = "routes", value_name = "N", value_parser = parse_count_limit,
+          allow_negative_numbers = true)]
+    pub routes: Option<Limit>,
+}
+
+#[derive(Debug, Args)]
+pub struct SetQuotaArgs {
+    /// The org (set-quota) or the space (set-space-quota).
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    #[arg(value_name = "QUOTA")]
+    pub quota: String,
+}
+
+fn parse_memory_limit(s: &str) -> Result<Limit, String> {
+    if is_unlimited(s) {
+        return Ok(Limit::Unlimited);
+    }
+    pier_api::parse_size_mb(s).map(Limit::At)
+}
+
+fn parse_count_limit(s: &str) -> Result<Limit, String> {
+    if is_unlimited(s) {
+        return Ok(Limit::Unlimited);
+    }
+    s.trim()
+        .parse::<u64>()
+        .map(Limit::At)
+        .map_err(|_| format!("invalid limit {s:?}: use a whole number, or `unlimited`"))
+}
+
+fn is_unlimited(s: &str) -> bool {
+    s.eq_ignore_ascii_case("unlimited") || s.trim() == "-1"
 }
 
 #[derive(Debug, Args)]
@@ -654,6 +792,18 @@ fn parse_size(s: &str) -> Result<u64, String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn since_is_an_age_or_a_time() {
+        let now = time::OffsetDateTime::now_utc();
+        let t = parse_since("1h").unwrap();
+        assert!((now - t - time::Duration::hours(1)).abs() < time::Duration::seconds(5));
+        let t = parse_since("2026-12-01T10:00:00Z").unwrap();
+        assert_eq!(t.unix_timestamp(), 1_796_119_200);
+        for bad in ["", "h", "1y", "-1h", "yesterday"] {
+            assert!(parse_since(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn cli_is_well_formed() {

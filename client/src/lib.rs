@@ -45,11 +45,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStream, TryStreamExt};
 use pier_api::{
-    ApiError, AppAction, AppConfigRequest, AppEvent, AppName, AppResponse, BindingResponse,
-    BuildRequest, BuildpackResponse, CreateBuildpackRequest, CreateNamedRequest,
-    CreateServiceInstanceRequest, CreateUserRequest, DeployRequest, DeploymentAction,
-    DeploymentResponse, EnvPatchRequest, EnvResponse, ErrorCode, InfoResponse, LogLine, OAuthError,
-    OrgResponse, PackageResponse, ProcessConfigRequest, ProcessType, RevisionResponse, Role,
+    ApiError, AppAction, AppConfigRequest, AppEvent, AppName, AppResponse, AssignQuotaRequest,
+    AuditEntry, AuditQuery, BindingResponse, BuildRequest, BuildpackResponse,
+    CreateBuildpackRequest, CreateNamedRequest, CreateQuotaRequest, CreateServiceInstanceRequest,
+    CreateUserRequest, DeployRequest, DeploymentAction, DeploymentResponse, EnvPatchRequest,
+    EnvResponse, ErrorCode, InfoResponse, LogLine, OAuthError, OrgResponse, PackageResponse,
+    ProcessConfigRequest, ProcessType, QuotaLimits, QuotaResponse, RevisionResponse, Role,
     RoleHolder, RouteMapping, RouteRequest, RouteSpec, RouteTable, RouterLogBatch,
     ServiceInstanceResponse, SetPasswordRequest, SpaceResponse, TokenResponse,
     UpdateBuildpackRequest, UpdateUserProvidedRequest, UserResponse, WhoAmIResponse,
@@ -947,6 +948,68 @@ impl Client {
     pub async fn delete_space(&self, org: &str, space: &str) -> Result<()> {
         let path = format!("/v1/orgs/{}/spaces/{}", segment(org), segment(space));
         self.empty(self.call(Method::DELETE, &path)).await
+    }
+
+    /// `GET /v1/audit?since=&limit=`: the platform's audit log, newest first (platform admin).
+    pub async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        let req = self.call(Method::GET, "/v1/audit").query(query);
+        self.json(req, "audit log").await
+    }
+
+    /// `GET /v1/quotas`.
+    pub async fn quotas(&self) -> Result<Vec<QuotaResponse>> {
+        self.json(self.call(Method::GET, "/v1/quotas"), "quotas")
+            .await
+    }
+
+    /// `GET /v1/quotas/{name}`.
+    pub async fn quota(&self, name: &str) -> Result<QuotaResponse> {
+        let path = format!("/v1/quotas/{}", segment(name));
+        self.json(self.call(Method::GET, &path), "quota").await
+    }
+
+    /// `POST /v1/quotas`.
+    pub async fn create_quota(&self, req: &CreateQuotaRequest) -> Result<QuotaResponse> {
+        self.json(self.call(Method::POST, "/v1/quotas").json(req), "quota")
+            .await
+    }
+
+    /// `PUT /v1/quotas/{name}`: replaces all four limits.
+    pub async fn update_quota(&self, name: &str, limits: &QuotaLimits) -> Result<QuotaResponse> {
+        let path = format!("/v1/quotas/{}", segment(name));
+        self.json(self.call(Method::PUT, &path).json(limits), "quota")
+            .await
+    }
+
+    /// `DELETE /v1/quotas/{name}` (refused while an org or a space has it).
+    pub async fn delete_quota(&self, name: &str) -> Result<()> {
+        let path = format!("/v1/quotas/{}", segment(name));
+        self.empty(self.call(Method::DELETE, &path)).await
+    }
+
+    /// `PUT /v1/orgs/{org}/quota`: assigns a quota, or none (`None`: unlimited).
+    pub async fn set_org_quota(&self, org: &str, quota: Option<&str>) -> Result<OrgResponse> {
+        let path = format!("/v1/orgs/{}/quota", segment(org));
+        let body = AssignQuotaRequest {
+            quota: quota.map(str::to_string),
+        };
+        self.json(self.call(Method::PUT, &path).json(&body), "org")
+            .await
+    }
+
+    /// `PUT /v1/orgs/{org}/spaces/{space}/quota`: assigns a quota, or none.
+    pub async fn set_space_quota(
+        &self,
+        org: &str,
+        space: &str,
+        quota: Option<&str>,
+    ) -> Result<SpaceResponse> {
+        let path = format!("/v1/orgs/{}/spaces/{}/quota", segment(org), segment(space));
+        let body = AssignQuotaRequest {
+            quota: quota.map(str::to_string),
+        };
+        self.json(self.call(Method::PUT, &path).json(&body), "space")
+            .await
     }
 
     /// The path of the org's role holders, or the space's when `space` is given.

@@ -27,6 +27,8 @@ pub enum Action {
     /// A user's own password (the admin: anyone's).
     ChangePassword,
     ManageUsers,
+    /// The platform's audit log (`GET /v1/audit`).
+    ReadAudit,
     /// The orgs list: anyone, filtered to the orgs they are in.
     ListOrgs,
     CreateOrg,
@@ -81,9 +83,9 @@ impl Action {
         use Action::*;
         match self {
             Public => Level::Public,
-            WhoAmI | ChangePassword | ManageUsers | ListOrgs | CreateOrg | ReadQuotas
-            | ManageQuotas | ReadBuildpacks | ManageBuildpacks | UploadPackage | ReadRouteTable
-            | PostRouterLogs => Level::Platform,
+            WhoAmI | ChangePassword | ManageUsers | ReadAudit | ListOrgs | CreateOrg
+            | ReadQuotas | ManageQuotas | ReadBuildpacks | ManageBuildpacks | UploadPackage
+            | ReadRouteTable | PostRouterLogs => Level::Platform,
             ReadOrg | DeleteOrg | AssignOrgQuota | ListSpaces | CreateSpace | ReadOrgUsers
             | ManageOrgRoles => Level::Org,
             ReadSpace | DeleteSpace | AssignSpaceQuota | ReadSpaceUsers | ManageSpaceRoles
@@ -102,9 +104,9 @@ impl Action {
             ChangeApps => &[Role::SpaceDeveloper],
             // Platform actions are decided by `user_may`; these are the admin's alone.
             DeleteOrg | AssignOrgQuota => &[],
-            Public | WhoAmI | ChangePassword | ManageUsers | ListOrgs | CreateOrg | ReadQuotas
-            | ManageQuotas | ReadBuildpacks | ManageBuildpacks | UploadPackage | ReadRouteTable
-            | PostRouterLogs => &[],
+            Public | WhoAmI | ChangePassword | ManageUsers | ReadAudit | ListOrgs | CreateOrg
+            | ReadQuotas | ManageQuotas | ReadBuildpacks | ManageBuildpacks | UploadPackage
+            | ReadRouteTable | PostRouterLogs => &[],
         }
     }
 
@@ -130,7 +132,7 @@ impl Action {
             ChangePassword => "the user themselves (the admin: anyone's)",
             UploadPackage => "a SpaceDeveloper of any space",
             ReadRouteTable | PostRouterLogs => "the router token",
-            ManageUsers | CreateOrg | ManageQuotas | ManageBuildpacks | DeleteOrg
+            ManageUsers | ReadAudit | CreateOrg | ManageQuotas | ManageBuildpacks | DeleteOrg
             | AssignOrgQuota => "the platform admin only",
             _ => "",
         }
@@ -177,6 +179,7 @@ pub const ENDPOINTS: &[Endpoint] = {
         ep("GET", "/v1/users", ManageUsers),
         ep("POST", "/v1/users", ManageUsers),
         ep("DELETE", "/v1/users/{name}", ManageUsers),
+        ep("GET", "/v1/audit", ReadAudit),
         ep("GET", "/v1/orgs", ListOrgs),
         ep("POST", "/v1/orgs", CreateOrg),
         ep("GET", "/v1/quotas", ReadQuotas),

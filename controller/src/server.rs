@@ -427,6 +427,7 @@ impl Parts {
             stats: stats.clone(),
             tokens,
             users: open_users(&config, &store)?,
+            audit: store.audit()?,
             roles: Arc::new(crate::roles::Roles::new(store.clone())?),
             limits: config.api_limits(),
             stack_image: config.stack_image.clone(),

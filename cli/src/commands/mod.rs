@@ -10,6 +10,7 @@ use crate::config::Settings;
 
 pub mod app;
 pub mod apps;
+pub mod audit;
 pub mod buildpacks;
 pub mod create_app_manifest;
 pub mod create_buildpack;
@@ -24,6 +25,7 @@ pub mod logout;
 pub mod logs;
 pub mod orgs;
 pub mod push;
+pub mod quotas;
 pub mod restage;
 pub mod restart;
 pub mod roles;
@@ -98,6 +100,18 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::UnsetSpaceRole(args) => roles::space_role(args, false).await,
         Command::OrgUsers(args) => roles::org_users(args).await,
         Command::SpaceUsers(args) => roles::space_users(args).await,
+        Command::Org(args) => quotas::show_org(args).await,
+        Command::Space(args) => quotas::show_space(args).await,
+        Command::Quotas(args) => quotas::list(args).await,
+        Command::Quota(args) => quotas::show(args).await,
+        Command::CreateQuota(args) => quotas::create(args).await,
+        Command::UpdateQuota(args) => quotas::update(args).await,
+        Command::DeleteQuota(args) => quotas::delete(args).await,
+        Command::SetQuota(args) => quotas::set_org(args).await,
+        Command::UnsetQuota(args) => quotas::unset_org(args).await,
+        Command::SetSpaceQuota(args) => quotas::set_space(args).await,
+        Command::UnsetSpaceQuota(args) => quotas::unset_space(args).await,
+        Command::Audit(args) => audit::run(args).await,
     }
 }
 

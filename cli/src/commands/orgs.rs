@@ -14,18 +14,18 @@ use crate::output::{self, Failure};
 
 const DEFAULT: &str = "default";
 
-fn connect() -> Result<(Target, Client)> {
+pub(super) fn connect() -> Result<(Target, Client)> {
     let target = Settings::from_env().target()?;
     let client = crate::client::connect(&target)?;
     Ok((target, client))
 }
 
 /// The org a space command acts in: the target's, else the controller's default.
-fn org_of(target: &Target) -> String {
+pub(super) fn org_of(target: &Target) -> String {
     target.org.clone().unwrap_or_else(|| DEFAULT.into())
 }
 
-fn print_json<T: serde::Serialize>(value: &T, what: &str) -> Result<()> {
+pub(super) fn print_json<T: serde::Serialize>(value: &T, what: &str) -> Result<()> {
     let text =
         serde_json::to_string_pretty(value).with_context(|| format!("cannot encode {what}"))?;
     println!("{text}");
@@ -78,7 +78,7 @@ pub async fn target(org: Option<String>, space: Option<String>) -> Result<()> {
 }
 
 /// A 404 as "X does not exist" with the command that lists what does.
-fn not_found(e: pier_client::ClientError, what: &str, list: &str) -> anyhow::Error {
+pub(super) fn not_found(e: pier_client::ClientError, what: &str, list: &str) -> anyhow::Error {
     if e.code() == Some(ErrorCode::NotFound) {
         return Failure::new(format!("{what} does not exist"))
             .hint(format!("`{list}` lists what there is"))

@@ -551,3 +551,48 @@ async fn deployments(
     };
     Json(vec![d]).into_response()
 }
+
+/// The real controller, in this process on the fake runtime, with a temporary data dir; it
+/// stops when this is dropped.
+pub struct Real {
+    pub url: String,
+    pub token: String,
+    pub _dir: tempfile::TempDir,
+    pub _shutdown: tokio_util::sync::DropGuard,
+}
+
+impl Real {
+    pub async fn start() -> Real {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = pier_controller::Config::for_tests(dir.path().join("data"));
+        config.router_listen = "none".into();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let controller = pier_controller::Controller::start_on(
+            config,
+            pier_controller::runtime::fake::FakeRuntime::new("cli-test"),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let url = format!("http://127.0.0.1:{}", controller.api_addr.port());
+        let token = controller.new_token.clone().unwrap();
+        tokio::spawn(controller.run());
+        Real {
+            url,
+            token,
+            _dir: dir,
+            _shutdown: shutdown.drop_guard(),
+        }
+    }
+
+    pub fn admin(&self) -> pier_client::Client {
+        pier_client::Client::new(&self.url, Some(self.token.clone())).unwrap()
+    }
+
+    pub async fn pier(&self, home: &std::path::Path, args: &[&str]) -> Output {
+        let mut cmd = pier(home, args);
+        cmd.env("PIER_API", &self.url)
+            .env("PIER_TOKEN", &self.token);
+        run(cmd).await
+    }
+}

@@ -137,7 +137,7 @@ pub(super) async fn require_token(
 }
 
 /// Who a presented token is.
-fn principal(s: &ApiState, token: &str) -> Result<Principal> {
+pub(super) fn principal(s: &ApiState, token: &str) -> Result<Principal> {
     if check(&s.tokens.admin, token) {
         return Ok(Principal::Admin);
     }

@@ -28,6 +28,7 @@ use crate::staging::Buildpacks;
 use crate::store::BlobStore;
 
 mod apps;
+mod audit;
 pub mod auth;
 mod authorize;
 mod buildpacks;
@@ -56,6 +57,7 @@ pub struct ApiState {
     pub stats: Arc<RequestStats>,
     pub tokens: auth::Tokens,
     pub users: Arc<crate::users::Users>,
+    pub audit: crate::store::AuditStore,
     pub roles: Arc<crate::roles::Roles>,
     pub limits: Limits,
     pub stack_image: String,
@@ -82,11 +84,14 @@ pub fn router(state: ApiState) -> Router {
         .merge(quotas::routes())
         .merge(roles::routes())
         .merge(services::routes())
+        .merge(audit::routes())
         // After routing (so the route's pattern is known): the policy decides.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             authorize::authorize,
         ))
+        // Between the two: who the token is, for the audit log (refusals by the policy too).
+        .layer(middleware::from_fn(audit::note_principal))
         // Before it: who the token is.
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -97,6 +102,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(oauth::routes())
         .merge(authed)
         .fallback(|| async { Error::not_found("endpoint") })
+        .layer(middleware::from_fn_with_state(state.clone(), audit::record))
         .with_state(state)
 }
 
@@ -129,6 +135,8 @@ async fn info(axum::extract::State(s): S) -> Json<InfoResponse> {
     })
 }
 
+#[cfg(test)]
+mod audit_tests;
 #[cfg(test)]
 mod env_tests;
 #[cfg(test)]

@@ -25,6 +25,7 @@ use http::{header, HeaderMap, HeaderValue, StatusCode};
 use pier_api::{OAuthError, TokenResponse};
 use serde::Deserialize;
 
+use super::audit::LoginNote;
 use super::ApiState;
 use crate::users::{rfc3339, tokens, Grant, LoginError, Users};
 
@@ -165,8 +166,44 @@ async fn token(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     form: Result<Form<TokenForm>, FormRejection>,
 ) -> Response {
-    match grant(&s.users, &headers, client_ip(peer), form).await {
+    let (refresh, claimed) = match &form {
+        Ok(Form(f)) => (
+            f.grant_type.as_deref() == Some("refresh_token"),
+            f.username.clone(),
+        ),
+        Err(_) => (false, None),
+    };
+    let mut resp = answer_token(&s, &headers, peer, form).await;
+    // For the audit log: who logged in, or which name failed (never the password).
+    let ok = resp.status().is_success();
+    let actor = resp.extensions().get::<LoggedIn>().map(|l| l.0.clone());
+    let note = LoginNote {
+        target: claimed.or_else(|| actor.clone()),
+        actor,
+        action: match (refresh, ok) {
+            (false, true) => "login",
+            (false, false) => "login failed",
+            (true, true) => "refresh",
+            (true, false) => "refresh failed",
+        },
+    };
+    resp.extensions_mut().insert(note);
+    resp
+}
+
+/// The user a token was granted to, in the answer's extensions.
+#[derive(Clone)]
+struct LoggedIn(String);
+
+async fn answer_token(
+    s: &ApiState,
+    headers: &HeaderMap,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    form: Result<Form<TokenForm>, FormRejection>,
+) -> Response {
+    match grant(&s.users, headers, client_ip(peer), form).await {
         Ok(g) => {
+            let who = LoggedIn(g.claims.user_name.clone());
             let body = TokenResponse {
                 access_token: g.access_token,
                 token_type: "bearer".into(),
@@ -175,7 +212,9 @@ async fn token(
                 scope: g.claims.scope.join(" "),
                 jti: g.claims.jti,
             };
-            (StatusCode::OK, no_store(), Json(body)).into_response()
+            let mut resp = (StatusCode::OK, no_store(), Json(body)).into_response();
+            resp.extensions_mut().insert(who);
+            resp
         }
         Err(f) => {
             if f.slow {
@@ -285,9 +324,17 @@ async fn revoke(
         )
         .into_response();
     };
-    match s.users.revoke(&token) {
+    match s.users.revoke_session(&token) {
         // RFC 7009: an unknown token is not an error (it is revoked either way).
-        Ok(_) => (StatusCode::OK, no_store()).into_response(),
+        Ok(who) => {
+            let mut resp = (StatusCode::OK, no_store()).into_response();
+            resp.extensions_mut().insert(LoginNote {
+                actor: who.clone(),
+                action: "logout",
+                target: who,
+            });
+            resp
+        }
         Err(e) => internal(&e.to_string()).into_response(),
     }
 }

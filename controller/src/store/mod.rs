@@ -13,6 +13,8 @@
 //! - `addresses`, `addresses_meta`: instance address states ([`AddressStore`])
 //! - `users`, `sessions`: users and their login sessions ([`UserStore`]); the access tokens'
 //!   signing key is in `meta`
+//! - `audit`: `<time ns><id>` → [`pier_api::AuditEntry`], the newest [`AUDIT_KEPT`]
+//!   ([`AuditStore`])
 //! - `services`: `<space guid>/<name>` → [`ServiceInstanceRecord`] ([`services`]); bindings are
 //!   in the app's record
 //! - `roles`: `<user guid>/<org or space guid>/<role>` → [`RoleRecord`] ([`RoleStore`])
@@ -40,6 +42,7 @@ pub const EVENTS_KEPT: usize = 1000;
 
 mod addresses;
 mod apps;
+mod audit;
 pub mod blobs;
 pub mod quotas;
 mod roles;
@@ -49,6 +52,7 @@ mod users;
 
 pub use addresses::AddressStore;
 pub use apps::{app_key, AppRecord, BindingRecord, DeploymentRecord, ProcessRecord, Revision};
+pub use audit::{AuditStore, AUDIT_KEPT};
 pub use quotas::QuotaRecord;
 pub use roles::{RoleRecord, RoleStore};
 pub use services::ServiceInstanceRecord;
@@ -167,6 +171,11 @@ impl Store {
     /// The persistence of instance addresses.
     pub fn addresses(&self) -> Result<AddressStore> {
         AddressStore::open(&self.db)
+    }
+
+    /// The audit log, keeping the newest [`AUDIT_KEPT`] entries.
+    pub fn audit(&self) -> Result<AuditStore> {
+        AuditStore::open(&self.db, AUDIT_KEPT)
     }
 
     /// The persistence of users and login sessions.

@@ -440,14 +440,19 @@ impl Users {
 
     /// Revokes the session of a refresh token (RFC 7009): true if there was one.
     pub fn revoke(&self, refresh_token: &str) -> Result<bool> {
+        self.revoke_session(refresh_token).map(|who| who.is_some())
+    }
+
+    /// Revokes the session of a refresh token: whose it was, if there was one.
+    pub fn revoke_session(&self, refresh_token: &str) -> Result<Option<String>> {
         match self.session_of(refresh_token) {
             Ok((sid, session)) => {
                 self.store.delete_session(&sid)?;
                 tracing::info!(user = %session.user_name, session = %sid, "logged out");
-                Ok(true)
+                Ok(Some(session.user_name))
             }
             Err(LoginError::Internal(e)) => Err(e),
-            Err(_) => Ok(false),
+            Err(_) => Ok(None),
         }
     }
 
