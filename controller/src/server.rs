@@ -365,7 +365,6 @@ impl Parts {
         let routing = Arc::new(Routing::new());
         let (addresses, networks) =
             open_networks(&config, &store, &runtime, &controller_id, network, &routing)?;
-        let drain = drain.unwrap_or_else(|| router_drain(builtin_router.clone(), &addresses));
         let logs = open_logs(&config, &store)?;
         let events = Events::new(store.clone(), logs.clone());
         let (packs, images, stager) = staging(&config, &controller_id, &runtime, &blobs, &logs)?;
@@ -379,7 +378,7 @@ impl Parts {
             networks: networks.clone(),
             routing: routing.clone(),
             probe,
-            drain,
+            drain: drain.unwrap_or_else(|| router_drain(builtin_router.clone(), &addresses)),
             settings: config.instance_settings(&controller_id),
         });
         let reconciler = Reconciler::new(ReconcilerDeps {

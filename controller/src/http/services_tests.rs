@@ -94,19 +94,18 @@ async fn a_binding_reaches_instances_as_vcap_services_with_the_next_deployment()
     assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
 }
 
-#[tokio::test]
-async fn refused_service_requests_say_why_without_credentials_and_change_nothing() {
-    let p = TestPlatform::new().await;
-    p.push("web").await;
-    smtp(&p).await;
-    let (s, _) = p.call("PUT", "/v1/apps/web/bindings/smtp", None).await;
-    assert_eq!(s, StatusCode::OK);
-    let before = (
-        p.call("GET", "/v1/service-instances", None).await.1,
-        p.store.default_space_app("web").unwrap().unwrap(),
-    );
+/// Each refused request: method, path, body, status, what the message says.
+type Refusal = (
+    &'static str,
+    &'static str,
+    Option<Value>,
+    StatusCode,
+    &'static str,
+);
+
+fn refusal_cases() -> Vec<Refusal> {
     let big = "x".repeat(70 * 1024);
-    let cases: Vec<(&str, &str, Option<Value>, StatusCode, &str)> = vec![
+    vec![
         (
             "DELETE",
             "/v1/service-instances/smtp",
@@ -198,7 +197,21 @@ async fn refused_service_requests_say_why_without_credentials_and_change_nothing
             StatusCode::NOT_FOUND,
             "service instance nope not found",
         ),
-    ];
+    ]
+}
+
+#[tokio::test]
+async fn refused_service_requests_say_why_without_credentials_and_change_nothing() {
+    let p = TestPlatform::new().await;
+    p.push("web").await;
+    smtp(&p).await;
+    let (s, _) = p.call("PUT", "/v1/apps/web/bindings/smtp", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let before = (
+        p.call("GET", "/v1/service-instances", None).await.1,
+        p.store.default_space_app("web").unwrap().unwrap(),
+    );
+    let cases = refusal_cases();
     for (m, path, body, want, says) in cases {
         let (s, v) = p.call(m, path, body.clone()).await;
         assert_eq!(s, want, "{m} {path} {body:?}: {v}");
