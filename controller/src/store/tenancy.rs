@@ -42,6 +42,15 @@ pub struct SpaceRecord {
     pub quota: Option<String>,
 }
 
+/// The name fields of an org or space record, borrowed where the JSON has no escapes.
+#[derive(Deserialize)]
+struct Names<'a> {
+    #[serde(borrow)]
+    name: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    org_guid: Option<std::borrow::Cow<'a, str>>,
+}
+
 impl Store {
     pub fn list_orgs(&self) -> Result<Vec<OrgRecord>> {
         let mut out: Vec<OrgRecord> = Vec::new();
@@ -59,8 +68,16 @@ impl Store {
         }
     }
 
+    /// Every request resolves its org and space by name, so only the names are read until one
+    /// matches (no record is decoded whole but the one found).
     pub fn org_named(&self, name: &str) -> Result<Option<OrgRecord>> {
-        Ok(self.list_orgs()?.into_iter().find(|o| o.name == name))
+        for item in self.orgs.iter() {
+            let (_, v) = item?;
+            if serde_json::from_slice::<Names<'_>>(&v)?.name == name {
+                return Ok(Some(serde_json::from_slice(&v)?));
+            }
+        }
+        Ok(None)
     }
 
     pub fn put_org(&self, org: &OrgRecord) -> Result<()> {
@@ -100,10 +117,14 @@ impl Store {
     }
 
     pub fn space_named(&self, org_guid: &str, name: &str) -> Result<Option<SpaceRecord>> {
-        Ok(self
-            .spaces_of(org_guid)?
-            .into_iter()
-            .find(|s| s.name == name))
+        for item in self.spaces.iter() {
+            let (_, v) = item?;
+            let n: Names<'_> = serde_json::from_slice(&v)?;
+            if n.name == name && n.org_guid.as_deref() == Some(org_guid) {
+                return Ok(Some(serde_json::from_slice(&v)?));
+            }
+        }
+        Ok(None)
     }
 
     pub fn put_space(&self, space: &SpaceRecord) -> Result<()> {
