@@ -146,6 +146,17 @@ async fn two_spaces() -> (TestPlatform, String, String, String) {
         (p.fake.running(Kind::Instance).len() == 2).then_some(())
     })
     .await;
+    // And both pushes' deployments over, so nothing changes under the snapshots but the tests.
+    for q in ["a?org=acme&space=dev", "b?org=acme&space=prod"] {
+        let path = format!("/v1/apps/{}", q.replacen('?', "/deployments?", 1));
+        for _ in 0..500 {
+            let (_, d) = p.call("GET", &path, None).await;
+            if d[0]["state"] == "SUCCEEDED" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
     (p, alice, bob, carol)
 }
 
