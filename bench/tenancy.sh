@@ -52,6 +52,8 @@ the policy (\`controller/src/policy.rs\`): the user's roles are read from the st
 \`GET /v1/apps\` lists 10 apps in every mode (space 0 in \`teams\`); each round makes $N sequential
 requests per mode on one keep-alive connection, modes interleaved. Pushes: \`pier push\` of
 examples/python-app, one per controller a round, until the command returns (instance healthy).
+A user's request also verifies its JWT (HS256) and looks its login session up in the store (so a
+revoked session is refused at once): part of the user's extra time is that, not the policy.
 
 $(python3 - "$RES" <<'PY'
 import json, sys
