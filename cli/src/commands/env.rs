@@ -3,10 +3,9 @@
 //! `--no-restart`; values are never printed back by set-env.
 
 use anyhow::{Context, Result};
-use pier_api::{AppState, DeployRequest, EnvPatchRequest, EnvResponse};
+use pier_api::{EnvPatchRequest, EnvResponse};
 
 use crate::args::{EnvArgs, SetEnvArgs, UnsetEnvArgs};
-use crate::client::Client;
 
 pub async fn show(args: EnvArgs) -> Result<()> {
     let client = super::connect()?;
@@ -53,7 +52,13 @@ pub async fn set(args: SetEnvArgs) -> Result<()> {
         var: [(args.var.clone(), Some(args.value))].into(),
     };
     client.patch_env(&args.name, &req).await?;
-    apply(&client, &args.name, args.no_restart).await
+    super::wait::deploy_change(
+        &client,
+        &args.name,
+        args.no_restart,
+        ("Stored. ", "the new env"),
+    )
+    .await
 }
 
 pub async fn unset(args: UnsetEnvArgs) -> Result<()> {
@@ -66,25 +71,13 @@ pub async fn unset(args: UnsetEnvArgs) -> Result<()> {
         var: [(args.var.clone(), None)].into(),
     };
     client.patch_env(&args.name, &req).await?;
-    apply(&client, &args.name, args.no_restart).await
-}
-
-/// Deploys the stored change when the app runs (rolling, as a push), unless `no_restart`.
-async fn apply(client: &Client, name: &pier_api::AppName, no_restart: bool) -> Result<()> {
-    let app = client.app(name).await?;
-    if no_restart {
-        println!("Stored. It takes effect at the next `pier restart {name}` or deployment.");
-        return Ok(());
-    }
-    if app.state != AppState::Started || app.droplet.is_none() {
-        println!("Stored. {name} is not running; it takes effect when it starts.");
-        return Ok(());
-    }
-    println!("Deploying {name} with the new env (rolling)...");
-    let d = client.deploy(name, &DeployRequest::default()).await?;
-    let app = super::wait::until_deployed(client, name, &d).await?;
-    super::wait::print_running(&app);
-    Ok(())
+    super::wait::deploy_change(
+        &client,
+        &args.name,
+        args.no_restart,
+        ("Stored. ", "the new env"),
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -7,15 +7,12 @@
 use std::io::BufRead;
 
 use anyhow::{Context, Result};
-use pier_api::{
-    AppState, CreateServiceInstanceRequest, DeployRequest, UpdateUserProvidedRequest, UserProvided,
-};
+use pier_api::{CreateServiceInstanceRequest, UpdateUserProvidedRequest, UserProvided};
 use serde_json::{Map, Value};
 
 use crate::args::{
     BindServiceArgs, CreateUpsArgs, DeleteNamedArgs, ServiceArgs, ServicesArgs, UpdateUpsArgs,
 };
-use crate::client::Client;
 use crate::output::{self, Failure};
 
 /// `-p`: a JSON object, or comma-separated key names whose values are read from stdin.
@@ -175,25 +172,7 @@ pub async fn bind(args: BindServiceArgs, bind: bool) -> Result<()> {
     } else {
         println!("Unbound {} from {}.", args.app, args.service);
     }
-    apply(&client, &args.app, args.no_restart).await
-}
-
-/// Deploys the app with its new bindings when it runs (rolling), unless `no_restart`.
-async fn apply(client: &Client, name: &pier_api::AppName, no_restart: bool) -> Result<()> {
-    let app = client.app(name).await?;
-    if no_restart {
-        println!("It takes effect at the next `pier restart {name}` or deployment.");
-        return Ok(());
-    }
-    if app.state != AppState::Started || app.droplet.is_none() {
-        println!("{name} is not running; it takes effect when it starts.");
-        return Ok(());
-    }
-    println!("Deploying {name} with its services (rolling)...");
-    let d = client.deploy(name, &DeployRequest::default()).await?;
-    let app = super::wait::until_deployed(client, name, &d).await?;
-    super::wait::print_running(&app);
-    Ok(())
+    super::wait::deploy_change(&client, &args.app, args.no_restart, ("", "its services")).await
 }
 
 #[cfg(test)]

@@ -344,3 +344,30 @@ pub async fn until_running_revision(
         app = follow.next(Some(deadline)).await?;
     }
 }
+
+/// After a stored change of env or bindings: deploys the app with it (rolling, as a push) when it
+/// runs, unless `no_restart`. `stored` starts the messages that say it only was stored; `with`
+/// names what the deployment brings.
+pub async fn deploy_change(
+    client: &Client,
+    name: &pier_api::AppName,
+    no_restart: bool,
+    (stored, with): (&str, &str),
+) -> Result<()> {
+    let app = client.app(name).await?;
+    if no_restart {
+        println!("{stored}It takes effect at the next `pier restart {name}` or deployment.");
+        return Ok(());
+    }
+    if app.state != AppState::Started || app.droplet.is_none() {
+        println!("{stored}{name} is not running; it takes effect when it starts.");
+        return Ok(());
+    }
+    println!("Deploying {name} with {with} (rolling)...");
+    let d = client
+        .deploy(name, &pier_api::DeployRequest::default())
+        .await?;
+    let app = until_deployed(client, name, &d).await?;
+    print_running(&app);
+    Ok(())
+}
