@@ -4,12 +4,14 @@
 //! The container is removed on every path.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures_util::StreamExt;
 use pier_api::ErrorCode;
 
 use super::buildpacks::Resolved;
 use super::release::{self, Outputs};
+use super::warm::WarmStagers;
 use super::{cache_volume, Output, StagingSettings};
 use crate::error::{Error, Result};
 use crate::logs::Splitter;
@@ -29,6 +31,7 @@ pub(super) struct Run<'a> {
     pub(super) buildpacks_dir: PathBuf,
     pub(super) blobs: &'a BlobStore,
     pub(super) out: &'a Output,
+    pub(super) warm: &'a Arc<WarmStagers>,
 }
 
 impl Run<'_> {
@@ -46,12 +49,45 @@ impl Run<'_> {
             .with(keys::APP_GUID, &app.guid);
         self.runtime.create_volume(&volume, &labels).await?;
         let spec = self.spec(app, resolved, labels.with(keys::VOLUME, &volume), &volume);
-        let id = self.runtime.create(&spec).await?;
-        let result = self.run_container(&id, input).await;
-        if let Err(e) = self.runtime.remove(&id).await {
-            tracing::warn!(container = %id, error = %e, "could not remove staging container");
+        let result = match self.warm.take(&app.guid, &spec) {
+            Some(id) => match self.go_warm(&id, input).await {
+                Ok(()) => {
+                    let result = self.finish(&id).await;
+                    self.remove(&id).await;
+                    result
+                }
+                Err(e) => {
+                    tracing::info!(app = %app.name, error = %e, "the warm staging container failed; staging in a new one");
+                    self.remove(&id).await;
+                    self.run_cold(&spec, input).await
+                }
+            },
+            None => self.run_cold(&spec, input).await,
+        };
+        if result.is_ok() {
+            self.warm.prepare(&app.guid, &spec);
         }
         result
+    }
+
+    async fn run_cold(&self, spec: &ContainerSpec, input: &Path) -> Result<Outputs> {
+        let id = self.runtime.create(spec).await?;
+        let result = self.run_container(&id, input).await;
+        self.remove(&id).await;
+        result
+    }
+
+    async fn remove(&self, id: &str) {
+        if let Err(e) = self.runtime.remove(id).await {
+            tracing::warn!(container = %id, error = %e, "could not remove staging container");
+        }
+    }
+
+    /// Gives a warm container ([`super::warm`]) its input and the go.
+    async fn go_warm(&self, id: &str, input: &Path) -> Result<()> {
+        self.runtime.upload(id, "/tmp", input).await?;
+        self.runtime.send_stdin(id, b"go\n").await?;
+        Ok(())
     }
 
     fn spec(
@@ -103,12 +139,18 @@ impl Run<'_> {
             stop_timeout: None,
             cpu_shares: Some(1024),
             nano_cpus: None,
+            open_stdin: false,
         }
     }
 
     async fn run_container(&self, id: &str, input: &Path) -> Result<Outputs> {
         self.runtime.upload(id, "/tmp", input).await?;
         self.runtime.start(id).await?;
+        self.finish(id).await
+    }
+
+    /// Follows the started staging to its end and reads what it left.
+    async fn finish(&self, id: &str) -> Result<Outputs> {
         // Follow the output while waiting for the exit; both end when the container does.
         let timeout = self.settings.timeout;
         let both = async { tokio::join!(self.follow_output(id), self.runtime.wait(id)).1 };
