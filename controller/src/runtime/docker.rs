@@ -296,14 +296,15 @@ impl ContainerRuntime for DockerRuntime {
         Ok(())
     }
 
-    async fn send_stdin(&self, id: &str, data: &[u8]) -> Result<()> {
+    async fn send_stdin(&self, id: &str, input: &Path) -> Result<()> {
         use tokio::io::AsyncWriteExt;
         let opts = bollard::query_parameters::AttachContainerOptionsBuilder::default()
             .stdin(true)
             .stream(true)
             .build();
+        let mut file = tokio::fs::File::open(input).await?;
         let mut attached = self.docker.attach_container(id, Some(opts)).await?;
-        attached.input.write_all(data).await?;
+        tokio::io::copy(&mut file, &mut attached.input).await?;
         attached.input.flush().await?;
         // Closing the attach closes the container's stdin (it was made with StdinOnce).
         attached.input.shutdown().await?;

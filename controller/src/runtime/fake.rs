@@ -395,8 +395,9 @@ impl ContainerRuntime for FakeRuntime {
         Ok(())
     }
 
-    async fn send_stdin(&self, id: &str, _data: &[u8]) -> Result<()> {
+    async fn send_stdin(&self, id: &str, input: &Path) -> Result<()> {
         self.check(Op::Start)?;
+        std::fs::metadata(input)?;
         {
             let s = self.lock();
             let c = s.containers.get(id).ok_or_else(|| not_found(id))?;

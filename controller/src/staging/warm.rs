@@ -1,18 +1,18 @@
 //! Warm staging containers: once an app has staged, the container for its next staging is made
-//! and started ahead of need, and waits on its stdin. A re-push then only uploads the staging tar
-//! and sends the go, instead of creating and starting a container while the user waits (about a
-//! third of a second of a changed re-push on this kind of machine, BENCHMARKS.md "Push").
+//! and started ahead of need: its command waits for the staging tar on stdin, as every staging
+//! container's does. A re-push then only sends the tar, instead of creating and starting a
+//! container while the user waits (about a third of a second of a changed re-push on this kind of
+//! machine, BENCHMARKS.md "Push").
 //!
 //! ```text
-//!  staging of app A ends (ok) ──after WARM_DELAY──▶ create + start (bash waits: read go)
-//!  next staging of A, same container settings ──▶ upload /tmp ─▶ stdin "go" ─▶ stage.sh runs
+//!  staging of app A ends (ok) ──after WARM_DELAY──▶ create + start (tar waits on stdin)
+//!  next staging of A, same container settings ──▶ staging tar on stdin ─▶ unpacked, stage.sh runs
 //!                 settings changed (env, buildpacks, stack…) ──▶ the warm one is removed, cold start
 //! ```
 //! Invariants:
-//! - A warm container is exactly the container a cold staging would make (image, env, user,
-//!   mounts, limits, networking off), bar its command, which waits for `go` on stdin before it
-//!   execs the lifecycle, and its label `pier.kind=warm-staging` (so nothing takes it for a
-//!   staging under way, or one left behind). It is used only when those settings are
+//! - A warm container is exactly the container a cold staging would make (image, command, env,
+//!   user, mounts, limits, networking off), bar its name and its label `pier.kind=warm-staging`
+//!   (so nothing takes it for a staging under way, or one left behind). It is used only when those settings are
 //!   still the same ([`same_settings`]), by one staging at most (taken out of the list).
 //! - At most `max` exist (the oldest goes first); `max` 0 turns the feature off. Each costs an
 //!   idle `bash` and Docker's per-container shim (a few MiB of memory), no CPU.
@@ -31,10 +31,6 @@ use crate::runtime::{ContainerRuntime, ContainerSpec, Kind};
 /// How long after a staging its successor is prepared: the push that staged is usually starting
 /// its instance then, and the two would compete for the machine.
 const WARM_DELAY: Duration = Duration::from_millis(300);
-
-/// The command of a warm container: the lifecycle runs once `go` arrives on stdin.
-const WAITER: &str =
-    "read -r go && [ \"$go\" = go ] && exec bash /tmp/lifecycle/stage.sh </dev/null; exit 1";
 
 struct Warm {
     app_guid: String,
@@ -127,8 +123,6 @@ impl WarmStagers {
         mut spec: ContainerSpec,
         seen: u64,
     ) -> anyhow::Result<()> {
-        spec.cmd = vec!["bash".into(), "-c".into(), WAITER.into()];
-        spec.open_stdin = true;
         spec.labels = spec.labels.with(keys::KIND, Kind::WarmStaging.as_str());
         spec.name = format!("{}-warm", spec.name);
         let id = self.runtime.create(&spec).await?;
@@ -169,9 +163,11 @@ impl WarmStagers {
     }
 }
 
-/// Everything but the name, the command and stdin: what the staging runs in.
+/// Everything but the name and the labels: what the staging runs in.
 fn same_settings(a: &ContainerSpec, b: &ContainerSpec) -> bool {
     a.image == b.image
+        && a.cmd == b.cmd
+        && a.open_stdin == b.open_stdin
         && a.env == b.env
         && a.user == b.user
         && a.working_dir == b.working_dir

@@ -54,9 +54,13 @@ async fn a_re_push_stages_in_the_container_made_ahead_of_it() {
     let (warm, spec) = warm_of(&p, "hello").await;
     // The container a cold staging makes, waiting on stdin for its go.
     let cold = ran.lock().unwrap()[0].clone();
-    assert!(!cold.open_stdin);
-    assert!(spec.open_stdin);
-    assert_eq!(spec.cmd[..2], ["bash".to_string(), "-c".to_string()]);
+    assert!(
+        cold.open_stdin && spec.open_stdin,
+        "both read their input on stdin"
+    );
+    assert_eq!(spec.cmd, cold.cmd);
+    assert_ne!(spec.name, cold.name);
+    assert_eq!(spec.labels.kind(), Some(Kind::WarmStaging));
     assert!(super::same_settings(&spec, &cold), "{spec:?} vs {cold:?}");
     assert_eq!(spec.networking, Networking::Disabled);
     assert_eq!(spec.user, "vcap");
@@ -96,7 +100,11 @@ async fn other_settings_stage_cold_and_the_stale_warm_container_goes() {
     assert_eq!(s, StatusCode::OK, "{v}");
     build(&p, "hello", b"print('changed')").await;
     let runs = ran.lock().unwrap().clone();
-    assert!(!runs[1].open_stdin, "staged in a new container");
+    assert_eq!(
+        runs[1].labels.kind(),
+        Some(Kind::Staging),
+        "staged in a new container"
+    );
     assert!(runs[1].env.iter().any(|e| e == "GREETING=hi"));
     p.eventually("the stale warm container removed", || {
         p.fake.removed().contains(&warm).then_some(())
@@ -113,7 +121,7 @@ async fn a_warm_container_that_died_is_replaced_by_a_cold_staging() {
     let (warm, _) = warm_of(&p, "hello").await;
     p.fake.vanish(&warm);
     build(&p, "hello", b"print('changed')").await;
-    assert!(!ran.lock().unwrap()[1].open_stdin);
+    assert_eq!(ran.lock().unwrap()[1].labels.kind(), Some(Kind::Staging));
 }
 
 #[tokio::test]
