@@ -114,6 +114,7 @@ fn host_config(spec: &ContainerSpec) -> HostConfig {
     for m in &spec.mounts {
         match m {
             Mount::BindReadOnly { source, target } => binds.push(format!("{source}:{target}:ro")),
+            Mount::Bind { source, target } => binds.push(format!("{source}:{target}:rw")),
             Mount::Volume { name, target } => mounts.push(bollard::models::Mount {
                 target: Some(target.clone()),
                 source: Some(name.clone()),

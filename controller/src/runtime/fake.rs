@@ -255,9 +255,33 @@ impl FakeRuntime {
         }
         if let Some(c) = self.lock().containers.get_mut(id) {
             c.files = script.files.clone();
+            write_to_binds(&c.spec.mounts, &script.files);
         }
         if let Some(code) = script.exit {
             self.exit(id, code, false);
+        }
+    }
+}
+
+/// Writes the script's files that fall in a writable bind mount to its host folder, as the
+/// container's process would.
+fn write_to_binds(mounts: &[super::Mount], files: &[(String, Vec<u8>)]) {
+    for m in mounts {
+        let super::Mount::Bind { source, target } = m else {
+            continue;
+        };
+        for (path, data) in files {
+            let Some(rest) = path
+                .strip_prefix(target.as_str())
+                .and_then(|r| r.strip_prefix('/'))
+            else {
+                continue;
+            };
+            let host = std::path::Path::new(source).join(rest);
+            if let Some(dir) = host.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let _ = std::fs::write(host, data);
         }
     }
 }

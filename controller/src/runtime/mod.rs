@@ -101,6 +101,8 @@ pub enum Networking {
 pub enum Mount {
     /// A host folder, read-only.
     BindReadOnly { source: String, target: String },
+    /// A host folder, writable (a staging's `/tmp/out`, read by the controller as untrusted).
+    Bind { source: String, target: String },
     /// A named volume, read-write.
     Volume { name: String, target: String },
 }

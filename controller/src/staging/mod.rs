@@ -115,6 +115,7 @@ impl Stager {
     ) -> Stager {
         let warm = Arc::new(warm::WarmStagers::new(
             runtime.clone(),
+            blobs.tmp_dir().to_path_buf(),
             settings.warm_stagers,
         ));
         Stager {

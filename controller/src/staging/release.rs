@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::path::Path;
 
 use pier_api::ErrorCode;
 
@@ -15,53 +16,74 @@ pub(super) const MAX_METADATA_BYTES: u64 = 1024 * 1024;
 /// What a staging left: the droplet (not yet committed), the buildpack's name, the process types.
 pub(super) type Outputs = (PendingBlob, String, BTreeMap<String, String>);
 
-/// Reads `/tmp/out` as a tar (entries `out/NAME`; blocking): the droplet goes to a pending blob;
-/// the metadata files, each at most [`MAX_METADATA_BYTES`] (refused from the entry's header), are
-/// parsed. Files anywhere else are ignored.
-pub(super) fn read_outputs(blobs: &BlobStore, tar: impl Read) -> Result<Outputs> {
-    let mut a = tar::Archive::new(std::io::BufReader::new(tar));
-    let mut droplet = None;
-    let mut buildpack = String::new();
-    let mut release = String::new();
-    let mut procfile = String::new();
-    for entry in a.entries()? {
-        let mut entry = entry?;
-        if entry.header().entry_type() != tar::EntryType::Regular {
-            continue;
-        }
-        let path = entry.path()?.into_owned();
-        let mut parts = path
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned());
-        let (Some(dir), Some(name), None) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        if dir != "out" {
-            continue;
-        }
-        let into = match name.as_str() {
-            "droplet.tgz" => {
-                droplet = Some(blobs.write_reader(&mut entry)?);
-                continue;
+/// Reads what the staging left in `dir` (the host side of its `/tmp/out`): `droplet.tgz`, at most
+/// `max_droplet` bytes, into a pending blob, and the metadata files. Whatever a hostile buildpack
+/// put there is untrusted: only those names at the top are read, each opened without following a
+/// link and without blocking (a FIFO or a device fails, it cannot hang the controller), and read
+/// only when it is a regular file; sizes are bounded while reading, not trusted from `stat`.
+pub(super) fn read_output_dir(blobs: &BlobStore, dir: &Path, max_droplet: u64) -> Result<Outputs> {
+    let droplet = match open_regular(&dir.join("droplet.tgz"), "droplet.tgz")? {
+        Some(file) => {
+            let mut limited = file.take(max_droplet + 1);
+            let blob = blobs.write_reader(&mut limited)?;
+            if blob.size > max_droplet {
+                return Err(Error::api(
+                    ErrorCode::StagingFailed,
+                    format!(
+                        "the staging output (droplet and metadata) is larger than the \
+                         controller's limit of {max_droplet} bytes (--max-droplet-bytes); make \
+                         the app smaller"
+                    ),
+                ));
             }
-            "buildpack" => &mut buildpack,
-            "release.yml" => &mut release,
-            "Procfile" => &mut procfile,
-            _ => continue,
-        };
-        if entry.size() > MAX_METADATA_BYTES {
-            return Err(metadata_too_large(&name));
+            blob
         }
-        read_metadata(&mut entry, &name, into)?;
-    }
-    let droplet = droplet
-        .ok_or_else(|| Error::api(ErrorCode::StagingFailed, "staging produced no droplet"))?;
-    let mut types = parse_release(&release)?;
-    types.extend(parse_procfile(&procfile)?);
+        None => {
+            return Err(Error::api(
+                ErrorCode::StagingFailed,
+                "staging produced no droplet",
+            ))
+        }
+    };
+    let meta = |name: &str| -> Result<String> {
+        let mut text = String::new();
+        if let Some(mut file) = open_regular(&dir.join(name), name)? {
+            read_metadata(&mut file, name, &mut text)?;
+        }
+        Ok(text)
+    };
+    let buildpack = meta("buildpack")?;
+    let mut types = parse_release(&meta("release.yml")?)?;
+    types.extend(parse_procfile(&meta("Procfile")?)?);
     Ok((droplet, buildpack.trim().to_string(), types))
 }
 
-/// Reads one metadata file, refusing one over [`MAX_METADATA_BYTES`] before reading it.
+/// `path` opened for reading when it is a regular file; `None` when it does not exist.
+fn open_regular(path: &Path, name: &str) -> Result<Option<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(not_a_file(name)),
+        Err(e) => return Err(e.into()),
+    };
+    if !file.metadata()?.file_type().is_file() {
+        return Err(not_a_file(name));
+    }
+    Ok(Some(file))
+}
+
+fn not_a_file(name: &str) -> Error {
+    Error::api(
+        ErrorCode::StagingFailed,
+        format!("the staging left {name} as something other than a regular file (a link?)"),
+    )
+}
+
 fn read_metadata(entry: &mut impl Read, name: &str, into: &mut String) -> Result<()> {
     let mut limited = entry.take(MAX_METADATA_BYTES + 1);
     let mut bytes = Vec::new();
@@ -137,6 +159,61 @@ pub fn parse_procfile(text: &str) -> Result<BTreeMap<String, String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn message(e: Error) -> String {
+        e.to_api().message
+    }
+
+    #[test]
+    fn outputs_are_read_from_the_folder_as_untrusted_files() {
+        let data = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(data.path()).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let d = out.path();
+        // Nothing there: no droplet.
+        let e = read_output_dir(&blobs, d, 1024).unwrap_err();
+        assert!(message(e).contains("staging produced no droplet"));
+        std::fs::write(d.join("droplet.tgz"), b"droplet").unwrap();
+        std::fs::write(d.join("buildpack"), b"python\n").unwrap();
+        std::fs::write(d.join("Procfile"), b"web: python3 app.py\n").unwrap();
+        let (blob, bp, types) = read_output_dir(&blobs, d, 1024).unwrap();
+        assert_eq!(blob.size, 7);
+        assert_eq!(bp, "python");
+        assert_eq!(types["web"], "python3 app.py");
+        // Larger than the limit.
+        let e = read_output_dir(&blobs, d, 3).unwrap_err();
+        assert!(message(e).contains("larger than the controller's limit of 3 bytes"));
+        // A link to a host file is not followed, for the droplet or for metadata.
+        let secret = out
+            .path()
+            .join("..")
+            .join(format!("secret-{}", std::process::id()));
+        std::fs::write(&secret, b"host secret").unwrap();
+        std::fs::remove_file(d.join("buildpack")).unwrap();
+        std::os::unix::fs::symlink(&secret, d.join("buildpack")).unwrap();
+        let e = read_output_dir(&blobs, d, 1024).unwrap_err();
+        assert!(message(e).contains("buildpack as something other than a regular file"));
+        std::fs::remove_file(d.join("buildpack")).unwrap();
+        std::fs::remove_file(d.join("droplet.tgz")).unwrap();
+        std::os::unix::fs::symlink(&secret, d.join("droplet.tgz")).unwrap();
+        let e = read_output_dir(&blobs, d, 1024).unwrap_err();
+        assert!(message(e).contains("droplet.tgz as something other than a regular file"));
+        std::fs::remove_file(&secret).unwrap();
+        // A FIFO fails at once instead of blocking the reader.
+        std::fs::remove_file(d.join("droplet.tgz")).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(d.join("droplet.tgz"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let e = read_output_dir(&blobs, d, 1024).unwrap_err();
+        assert!(message(e).contains("droplet.tgz as something other than a regular file"));
+        // A folder where a file should be.
+        std::fs::remove_file(d.join("droplet.tgz")).unwrap();
+        std::fs::create_dir(d.join("droplet.tgz")).unwrap();
+        let e = read_output_dir(&blobs, d, 1024).unwrap_err();
+        assert!(message(e).contains("droplet.tgz as something other than a regular file"));
+    }
 
     #[test]
     fn release_and_procfile() {

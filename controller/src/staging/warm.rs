@@ -23,14 +23,16 @@
 //!   volume). A preparation that races such a discard removes what it made.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
+use super::container::{out_mount, OutDir, OUT};
 use crate::runtime::labels::keys;
-use crate::runtime::{ContainerRuntime, ContainerSpec, Kind};
+use crate::runtime::{ContainerRuntime, ContainerSpec, Kind, Mount};
 
 /// How long after a staging its successor is prepared: the push that staged is usually starting
 /// its instance then, and the two would compete for the machine.
@@ -41,10 +43,12 @@ const WARM_DELAY: Duration = Duration::from_millis(300);
 /// Longest a staging waits for a preparation under way before it makes its own container.
 const MAX_WAIT: Duration = Duration::from_secs(10);
 
-struct Warm {
+/// A warm container and the folder it sees as `/tmp/out` (removed when this is dropped).
+pub(super) struct Warm {
     app_guid: String,
-    id: String,
+    pub(super) id: String,
     spec: ContainerSpec,
+    pub(super) out: OutDir,
 }
 
 /// A preparation under way: told to hurry when the staging it prepares for arrives early, and
@@ -56,6 +60,8 @@ struct Pending {
 
 pub struct WarmStagers {
     runtime: Arc<dyn ContainerRuntime>,
+    /// Where their `/tmp/out` folders are made.
+    tmp: PathBuf,
     max: usize,
     ready: Mutex<Vec<Warm>>,
     pending: Mutex<HashMap<String, Pending>>,
@@ -64,9 +70,10 @@ pub struct WarmStagers {
 }
 
 impl WarmStagers {
-    pub fn new(runtime: Arc<dyn ContainerRuntime>, max: usize) -> WarmStagers {
+    pub fn new(runtime: Arc<dyn ContainerRuntime>, tmp: PathBuf, max: usize) -> WarmStagers {
         WarmStagers {
             runtime,
+            tmp,
             max,
             ready: Mutex::new(Vec::new()),
             pending: Mutex::new(HashMap::new()),
@@ -87,7 +94,7 @@ impl WarmStagers {
     /// warm after this (the caller runs or removes it). One with other settings is removed.
     /// A preparation still under way for the app is waited for (told to skip its delay): it is
     /// ahead of a new container.
-    pub async fn take(&self, app_guid: &str, spec: &ContainerSpec) -> Option<String> {
+    pub(super) async fn take(&self, app_guid: &str, spec: &ContainerSpec) -> Option<Warm> {
         let pending = self
             .pending
             .lock()
@@ -104,13 +111,13 @@ impl WarmStagers {
             ready.remove(at)
         };
         if same_settings(&warm.spec, spec) {
-            return Some(warm.id);
+            return Some(warm);
         }
         tracing::debug!(
             app_guid,
             "warm staging container has other settings; removed"
         );
-        self.remove_later(warm.id);
+        self.remove_later(warm);
         None
     }
 
@@ -176,6 +183,12 @@ impl WarmStagers {
         mut spec: ContainerSpec,
         seen: u64,
     ) -> anyhow::Result<()> {
+        let out = OutDir::new(&self.tmp)?;
+        for m in &mut spec.mounts {
+            if is_out(m) {
+                *m = out_mount(out.path());
+            }
+        }
         spec.labels = spec.labels.with(keys::KIND, Kind::WarmStaging.as_str());
         spec.name = format!("{}-warm", spec.name);
         let id = self.runtime.create(&spec).await?;
@@ -194,7 +207,12 @@ impl WarmStagers {
             if let Some(at) = ready.iter().position(|w| w.app_guid == app_guid) {
                 evicted.push(ready.remove(at));
             }
-            ready.push(Warm { app_guid, id, spec });
+            ready.push(Warm {
+                app_guid,
+                id,
+                spec,
+                out,
+            });
             while ready.len() > self.max {
                 evicted.push(ready.remove(0));
             }
@@ -206,17 +224,22 @@ impl WarmStagers {
         Ok(())
     }
 
-    fn remove_later(&self, id: String) {
+    fn remove_later(&self, warm: Warm) {
         let runtime = self.runtime.clone();
         tokio::spawn(async move {
-            if let Err(e) = runtime.remove(&id).await {
-                tracing::warn!(container = %id, error = %e, "could not remove a warm staging container");
+            if let Err(e) = runtime.remove(&warm.id).await {
+                tracing::warn!(container = %warm.id, error = %e, "could not remove a warm staging container");
             }
         });
     }
 }
 
-/// Everything but the name and the labels: what the staging runs in.
+/// The `/tmp/out` mount, whose folder each container has its own of.
+fn is_out(m: &Mount) -> bool {
+    matches!(m, Mount::Bind { target, .. } if target == OUT)
+}
+
+/// Everything but the name, the labels and the output folder: what the staging runs in.
 fn same_settings(a: &ContainerSpec, b: &ContainerSpec) -> bool {
     a.image == b.image
         && a.cmd == b.cmd
@@ -227,7 +250,10 @@ fn same_settings(a: &ContainerSpec, b: &ContainerSpec) -> bool {
         && a.memory_mb == b.memory_mb
         && a.pids_limit == b.pids_limit
         && a.networking == b.networking
-        && a.mounts == b.mounts
+        && a.mounts
+            .iter()
+            .filter(|m| !is_out(m))
+            .eq(b.mounts.iter().filter(|m| !is_out(m)))
         && a.cpu_shares == b.cpu_shares
         && a.nano_cpus == b.nano_cpus
 }
