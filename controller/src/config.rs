@@ -29,6 +29,14 @@ pub enum Command {
         #[arg(long)]
         if_missing: bool,
     },
+    /// Print the services image's name (the built-in brokers' PostgreSQL and Redis) and exit.
+    ServicesImage,
+    /// Build (or rebuild) the services image and exit.
+    BuildServicesImage {
+        /// Only build it when it is not in Docker yet.
+        #[arg(long)]
+        if_missing: bool,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
