@@ -8,7 +8,16 @@ use reqwest::Method;
 use serde_json::json;
 
 fn psql(f: &Fixture, uri: &str, sql: &str) -> (bool, String) {
-    f.on_network(&["psql", uri, "-X", "-v", "ON_ERROR_STOP=1", "-Atc", sql])
+    f.on_network(&[
+        "psql",
+        uri,
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-Atc",
+        sql,
+    ])
 }
 
 #[tokio::test]
