@@ -63,6 +63,7 @@ pub mod orgs;
 pub mod quotas;
 pub mod roles;
 pub mod routes;
+pub mod brokers;
 pub mod services;
 pub mod size;
 pub mod users;
@@ -83,9 +84,15 @@ pub use roles::{Role, RoleHolder, ALL_ROLES};
 pub use routes::{
     Backend, Balancing, RouteEntry, RouteMapping, RouteRequest, RouteSpec, RouteTable,
 };
+pub use brokers::{
+    BindRequest, CreateManagedInstanceRequest, CreateServiceBrokerRequest,
+    CreateServiceKeyRequest, LastOperation, ManagedInfo, MarketplaceOffering, MarketplacePlan,
+    ServiceAccessRequest, ServiceAccessResponse, ServiceBrokerResponse, ServiceKeyResponse,
+    UpdateManagedInstanceRequest, UpdateServiceBrokerRequest, OSB_API_VERSION,
+};
 pub use services::{
     BindingResponse, CreateServiceInstanceRequest, ServiceInstanceResponse,
-    UpdateUserProvidedRequest, UserProvided, USER_PROVIDED,
+    UpdateUserProvidedRequest, UserProvided, MANAGED, USER_PROVIDED,
 };
 pub use size::parse_size_mb;
 pub use users::{

@@ -108,6 +108,7 @@ impl AppService {
             syslog_drain_url: svc.user_provided.syslog_drain_url.clone(),
             bound_apps,
             created_at: svc.created_at,
+            managed: None,
         }
     }
 
@@ -140,6 +141,7 @@ impl AppService {
             name: req.name,
             space_guid: at.space.guid.clone(),
             user_provided: req.user_provided,
+            managed: None,
             created_at: now,
             updated_at: now,
         };
@@ -218,6 +220,9 @@ impl AppService {
             guid: uuid::Uuid::new_v4().to_string(),
             service_guid: svc.guid.clone(),
             created_at: OffsetDateTime::now_utc(),
+            credentials: None,
+            syslog_drain_url: None,
+            volume_mounts: Vec::new(),
         };
         a.bindings.push(b.clone());
         a.updated_at = OffsetDateTime::now_utc();
