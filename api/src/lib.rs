@@ -54,6 +54,7 @@
 
 pub mod apps;
 pub mod audit;
+pub mod brokers;
 pub mod buildpacks;
 pub mod deployments;
 pub mod error;
@@ -63,7 +64,6 @@ pub mod orgs;
 pub mod quotas;
 pub mod roles;
 pub mod routes;
-pub mod brokers;
 pub mod services;
 pub mod size;
 pub mod users;
@@ -71,6 +71,12 @@ pub mod vocab;
 
 pub use apps::*;
 pub use audit::{AuditEntry, AuditQuery, AUDIT_LIMIT_DEFAULT, AUDIT_LIMIT_MAX};
+pub use brokers::{
+    BindRequest, CreateManagedInstanceRequest, CreateServiceBrokerRequest, CreateServiceKeyRequest,
+    LastOperation, ManagedInfo, MarketplaceOffering, MarketplacePlan, ServiceAccessRequest,
+    ServiceAccessResponse, ServiceBrokerResponse, ServiceKeyResponse, UpdateManagedInstanceRequest,
+    UpdateServiceBrokerRequest, OSB_API_VERSION,
+};
 pub use buildpacks::{BuildpackResponse, CreateBuildpackRequest, UpdateBuildpackRequest};
 pub use deployments::*;
 pub use error::{ApiError, ErrorCode};
@@ -83,12 +89,6 @@ pub use quotas::{AssignQuotaRequest, CreateQuotaRequest, QuotaLimits, QuotaRespo
 pub use roles::{Role, RoleHolder, ALL_ROLES};
 pub use routes::{
     Backend, Balancing, RouteEntry, RouteMapping, RouteRequest, RouteSpec, RouteTable,
-};
-pub use brokers::{
-    BindRequest, CreateManagedInstanceRequest, CreateServiceBrokerRequest,
-    CreateServiceKeyRequest, LastOperation, ManagedInfo, MarketplaceOffering, MarketplacePlan,
-    ServiceAccessRequest, ServiceAccessResponse, ServiceBrokerResponse, ServiceKeyResponse,
-    UpdateManagedInstanceRequest, UpdateServiceBrokerRequest, OSB_API_VERSION,
 };
 pub use services::{
     BindingResponse, CreateServiceInstanceRequest, ServiceInstanceResponse,

@@ -36,7 +36,9 @@ mod buildpacks;
 mod builds;
 mod config;
 mod env;
+mod keys;
 mod lifecycle;
+mod managed;
 mod services;
 
 pub use builds::Build;

@@ -150,15 +150,26 @@ mod tests {
         let cases = [
             (json!([1, 2]), "a catalog that"),
             (json!({"services": []}), "no services"),
-            (json!({"services": [{"id": "o1", "name": "pg", "bindable": true,
-                "plans": [plan("p1", "s")]}]}), "description"),
-            (json!({"services": [{"id": "o1", "name": "pg", "description": "d",
-                "bindable": true, "plans": []}]}), "services[0] (pg): no plans"),
-            (json!({"services": [{"id": "o1", "name": "pg", "description": "d",
+            (
+                json!({"services": [{"id": "o1", "name": "pg", "bindable": true,
+                "plans": [plan("p1", "s")]}]}),
+                "description",
+            ),
+            (
+                json!({"services": [{"id": "o1", "name": "pg", "description": "d",
+                "bindable": true, "plans": []}]}),
+                "services[0] (pg): no plans",
+            ),
+            (
+                json!({"services": [{"id": "o1", "name": "pg", "description": "d",
                 "bindable": true, "plans": [plan("p1", "s"), plan("p1", "t")]}]}),
-                "services[0].plans[1]: an empty or repeated id \"p1\""),
-            (json!({"services": [{"id": "o1", "name": "my pg", "description": "d",
-                "bindable": true, "plans": [plan("p1", "s")]}]}), "the name \"my pg\""),
+                "services[0].plans[1]: an empty or repeated id \"p1\"",
+            ),
+            (
+                json!({"services": [{"id": "o1", "name": "my pg", "description": "d",
+                "bindable": true, "plans": [plan("p1", "s")]}]}),
+                "the name \"my pg\"",
+            ),
         ];
         for (body, says) in cases {
             let e = parse(body.clone()).unwrap_err();

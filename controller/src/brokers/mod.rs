@@ -17,8 +17,7 @@ use std::time::Duration;
 
 use pier_api::{
     CreateServiceBrokerRequest, ErrorCode, MarketplaceOffering, MarketplacePlan,
-    ServiceAccessRequest, ServiceAccessResponse, ServiceBrokerResponse,
-    UpdateServiceBrokerRequest,
+    ServiceAccessRequest, ServiceAccessResponse, ServiceBrokerResponse, UpdateServiceBrokerRequest,
 };
 use time::OffsetDateTime;
 
@@ -51,10 +50,18 @@ pub struct Brokers {
     pub(crate) lock: tokio::sync::Mutex<()>,
 }
 
-/// The error for a broker that failed: 502, naming it.
+/// The error for a broker that failed, naming it: 502, or what the broker said it refused
+/// (400 and 422 are the request's fault, 409 a conflict there).
 pub fn broker_error(broker: &str, what: &str, e: &OsbError) -> Error {
+    let code = match e {
+        OsbError::Status {
+            status: 400 | 422, ..
+        } => ErrorCode::InvalidRequest,
+        OsbError::Status { status: 409, .. } => ErrorCode::Conflict,
+        _ => ErrorCode::BadGateway,
+    };
     Error::api(
-        ErrorCode::BadGateway,
+        code,
         format!("service broker {broker} failed to {what}: {e}"),
     )
 }
@@ -80,7 +87,9 @@ fn check_broker_name(name: &str) -> Result<()> {
 fn check_url(url: &str) -> Result<()> {
     let parsed = url.parse::<http::Uri>().ok();
     let ok = parsed.as_ref().is_some_and(|u| {
-        matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() && u.query().is_none()
+        matches!(u.scheme_str(), Some("http" | "https"))
+            && u.host().is_some()
+            && u.query().is_none()
     });
     if ok {
         Ok(())
@@ -163,7 +172,10 @@ impl Brokers {
         catalog::parse(body).map_err(|why| {
             Error::api(
                 ErrorCode::BadGateway,
-                format!("service broker {} answered GET /v2/catalog with {why}", t.name),
+                format!(
+                    "service broker {} answered GET /v2/catalog with {why}",
+                    t.name
+                ),
             )
         })
     }
@@ -309,9 +321,7 @@ impl Brokers {
     fn visible(at: &Scope, b: &BrokerRecord, p: &PlanRecord) -> bool {
         match &b.space_guid {
             Some(g) => *g == at.space.guid,
-            None => {
-                matches!(at.actor, Actor::Admin) || p.public || p.orgs.contains(&at.org.guid)
-            }
+            None => matches!(at.actor, Actor::Admin) || p.public || p.orgs.contains(&at.org.guid),
         }
     }
 
@@ -446,14 +456,13 @@ impl Brokers {
 
     /// Enables or disables plans of a platform-wide broker's offering, for every org or one.
     pub async fn set_access(&self, req: ServiceAccessRequest) -> Result<ServiceAccessResponse> {
-        let org = match &req.org {
-            Some(n) => Some(
-                self.store
-                    .org_named(n)?
-                    .ok_or_else(|| Error::api(ErrorCode::NotFound, format!("org {n} not found")))?,
-            ),
-            None => None,
-        };
+        let org =
+            match &req.org {
+                Some(n) => Some(self.store.org_named(n)?.ok_or_else(|| {
+                    Error::api(ErrorCode::NotFound, format!("org {n} not found"))
+                })?),
+                None => None,
+            };
         let _l = self.lock.lock().await;
         let mut matches: Vec<BrokerRecord> = self
             .store
@@ -546,4 +555,107 @@ fn taken(name: &str) -> Error {
         ErrorCode::Conflict,
         format!("service broker {name} already exists"),
     )
+}
+
+/// `DATABASE_URL` and `REDIS_URL` for an app's `VCAP_SERVICES` (Heroku's convention): the `uri`
+/// (or `url`) of the first binding whose credentials' URI has the scheme `postgres`/`postgresql`
+/// (resp. `redis`/`rediss`), or else whose tags or label say `postgresql`/`postgres` (resp.
+/// `redis`). Bindings are taken in `VCAP_SERVICES` order: labels alphabetically, then each
+/// label's bindings in the order they were made.
+pub fn service_urls(vcap_services: &str) -> Vec<(String, String)> {
+    let Ok(serde_json::Value::Object(labels)) =
+        serde_json::from_str::<serde_json::Value>(vcap_services)
+    else {
+        return Vec::new();
+    };
+    let entries: Vec<&serde_json::Value> = labels
+        .values()
+        .filter_map(|v| v.as_array())
+        .flatten()
+        .collect();
+    let uri = |e: &serde_json::Value| -> Option<String> {
+        let c = e.get("credentials")?;
+        c.get("uri")
+            .or_else(|| c.get("url"))
+            .and_then(|u| u.as_str())
+            .map(str::to_string)
+    };
+    let tagged = |e: &serde_json::Value, names: &[&str]| -> bool {
+        let label = e.get("label").and_then(|l| l.as_str()).unwrap_or_default();
+        names.contains(&label)
+            || e.get("tags").and_then(|t| t.as_array()).is_some_and(|t| {
+                t.iter()
+                    .any(|t| t.as_str().is_some_and(|t| names.contains(&t)))
+            })
+    };
+    let kinds: [(&str, &[&str], &[&str]); 2] = [
+        (
+            "DATABASE_URL",
+            &["postgres", "postgresql"],
+            &["postgresql", "postgres"],
+        ),
+        ("REDIS_URL", &["redis", "rediss"], &["redis"]),
+    ];
+    let mut out = Vec::new();
+    for (var, schemes, tags) in kinds {
+        let by_scheme = entries.iter().find_map(|e| {
+            let u = uri(e)?;
+            let scheme = u.split_once("://")?.0.to_ascii_lowercase();
+            schemes.contains(&scheme.as_str()).then_some(u)
+        });
+        let by_tag = || {
+            entries
+                .iter()
+                .filter(|e| tagged(e, tags))
+                .find_map(|e| uri(e))
+        };
+        if let Some(u) = by_scheme.or_else(by_tag) {
+            out.push((var.to_string(), u));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::service_urls;
+
+    #[test]
+    fn database_and_redis_urls_come_from_the_first_binding_of_each_kind() {
+        let vcap = json!({
+            "cache": [{"label": "cache", "tags": ["redis"],
+                "credentials": {"uri": "http://not-by-scheme:1"}}],
+            "pg": [
+                {"label": "pg", "tags": [], "credentials": {"uri": "postgres://u:p@db1:5432/d"}},
+                {"label": "pg", "tags": [], "credentials": {"uri": "postgresql://u:p@db2/d"}},
+            ],
+            "user-provided": [{"label": "user-provided", "tags": [],
+                "credentials": {"uri": "rediss://r:6380"}}],
+        })
+        .to_string();
+        let urls = service_urls(&vcap);
+        assert_eq!(
+            urls,
+            vec![
+                (
+                    "DATABASE_URL".to_string(),
+                    "postgres://u:p@db1:5432/d".to_string()
+                ),
+                // By scheme before by tag.
+                ("REDIS_URL".to_string(), "rediss://r:6380".to_string()),
+            ]
+        );
+        // By tag when no URI says it.
+        let tagged = json!({"db": [{"label": "db", "tags": ["postgresql"],
+            "credentials": {"uri": "tcp://h:1"}}]})
+        .to_string();
+        assert_eq!(
+            service_urls(&tagged),
+            vec![("DATABASE_URL".to_string(), "tcp://h:1".to_string())]
+        );
+        assert!(service_urls("{}").is_empty());
+        assert!(service_urls("").is_empty());
+    }
 }
