@@ -140,6 +140,8 @@ async fn info(axum::extract::State(s): S) -> Json<InfoResponse> {
 #[cfg(test)]
 mod audit_tests;
 #[cfg(test)]
+mod brokers_tests;
+#[cfg(test)]
 mod env_tests;
 #[cfg(test)]
 mod orgs_tests;
