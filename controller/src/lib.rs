@@ -42,6 +42,7 @@
 //!   assumed to have the table that removed it (docs/router.md, "Never misroute").
 
 pub mod apps;
+pub mod brokers;
 pub mod changes;
 pub mod config;
 pub mod deployments;

@@ -292,6 +292,10 @@ impl Controller {
         if let Err(e) = p.reconciler.once().await {
             tracing::warn!(error = %e, "first reconcile pass failed; retrying in the loop");
         }
+        // Broker operations a stopped controller left in progress are followed on.
+        if let Err(e) = p.api.apps.resume_operations() {
+            tracing::warn!(error = %e, "cannot resume the broker operations in progress");
+        }
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(crate::logs::run_persister(p.logs.clone(), shutdown.clone()));
         tasks.spawn(p.reconciler.clone().run());

@@ -36,7 +36,9 @@ mod buildpacks;
 mod builds;
 mod config;
 mod env;
+mod keys;
 mod lifecycle;
+mod managed;
 mod services;
 
 pub use builds::Build;
@@ -52,6 +54,8 @@ pub struct AppSettings {
     pub default_disk_mb: u64,
     pub package_limits: crate::staging::package::Limits,
     pub deploy: DeploySettings,
+    /// The OSB client's timeout and how asynchronous operations are followed.
+    pub brokers: crate::brokers::BrokerSettings,
 }
 
 impl AppSettings {
@@ -82,6 +86,8 @@ pub struct AppService {
     quotas: Arc<Quotas>,
     /// Service instance creates, deletes, binds and unbinds, one at a time (`services`).
     services_lock: tokio::sync::Mutex<()>,
+    /// Service brokers and their catalogs; managed instances are provisioned through them.
+    brokers: Arc<crate::brokers::Brokers>,
 }
 
 pub fn parse_name(name: &str) -> Result<AppName> {
@@ -92,11 +98,21 @@ pub fn parse_name(name: &str) -> Result<AppName> {
 impl AppService {
     pub fn new(d: AppDeps) -> Arc<AppService> {
         let quotas = Quotas::new(d.store.clone());
+        let brokers = Arc::new(crate::brokers::Brokers::new(
+            d.store.clone(),
+            d.settings.brokers,
+        ));
         Arc::new(AppService {
             d,
             quotas,
             services_lock: tokio::sync::Mutex::new(()),
+            brokers,
         })
+    }
+
+    /// The service brokers.
+    pub fn brokers(&self) -> &Arc<crate::brokers::Brokers> {
+        &self.brokers
     }
 
     pub fn settings(&self) -> &AppSettings {
