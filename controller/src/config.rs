@@ -156,6 +156,11 @@ pub struct Config {
     #[arg(long, env = "PIER_REVISIONS_KEPT", default_value_t = DEFAULT_REVISIONS_KEPT)]
     pub revisions_kept: usize,
 
+    /// Run the built-in PostgreSQL and Redis brokers (in process, on a loopback port) and
+    /// register them as the platform-wide broker `pier-services`; `false` leaves them off.
+    #[arg(long, env = "PIER_BUILTIN_BROKERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub builtin_brokers: bool,
+
     /// Seconds a service broker has to answer one request (the OSB client's timeout); a
     /// provision or bind that times out is cleaned up (orphan mitigation).
     #[arg(long, env = "PIER_BROKER_TIMEOUT_SECS", default_value_t = 60)]
@@ -297,6 +302,7 @@ impl Config {
             controller_id: None,
             log_buffer_lines: 1000,
             revisions_kept: DEFAULT_REVISIONS_KEPT,
+            builtin_brokers: false,
             broker_timeout_secs: 60,
             broker_max_poll_secs: 3600,
             broker_poll_ms: 50,

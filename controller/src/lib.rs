@@ -43,6 +43,7 @@
 
 pub mod apps;
 pub mod brokers;
+pub mod builtin_brokers;
 pub mod changes;
 pub mod config;
 pub mod deployments;
