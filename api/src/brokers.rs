@@ -6,15 +6,16 @@
 //!   brokers (the platform admin; the list shows space-scoped ones too)
 //!   ([`CreateServiceBrokerRequest`], [`UpdateServiceBrokerRequest`] → [`ServiceBrokerResponse`])
 //! - `GET`/`POST /v1/space-service-brokers`, `PUT`/`DELETE /v1/space-service-brokers/{name}`
-//!   (`?org=&space=`): brokers of one space (its SpaceDevelopers), their plans seen there only
+//!   (`?org=&space=`): brokers of one space (seen by its members, changed by its
+//!   SpaceDevelopers), their plans seen there only
 //! - `GET /v1/marketplace` (`?org=&space=`, `&offering=`) → `Vec<`[`MarketplaceOffering`]`>`
 //! - `POST /v1/service-access` [`ServiceAccessRequest`] → [`ServiceAccessResponse`] (admin)
 //! - `POST /v1/service-instances` with [`CreateManagedInstanceRequest`] provisions;
 //!   `PATCH /v1/service-instances/{name}` with [`UpdateManagedInstanceRequest`] updates; DELETE
 //!   deprovisions (202 while the broker works)
 //! - `PUT /v1/apps/{name}/bindings/{service}` takes an optional [`BindRequest`]
-//! - `GET /v1/service-instances/{name}/keys`, `GET`/`PUT`/`DELETE
-//!   /v1/service-instances/{name}/keys/{key}` ([`CreateServiceKeyRequest`] →
+//! - `GET /v1/service-instances/{name}/keys` (`?key=NAME`: that key, with its credentials),
+//!   `PUT`/`DELETE /v1/service-instances/{name}/keys/{key}` ([`CreateServiceKeyRequest`] →
 //!   [`ServiceKeyResponse`])
 
 use serde::{Deserialize, Serialize};

@@ -264,7 +264,6 @@ pub const ENDPOINTS: &[Endpoint] = {
         ep("PUT", "/v1/apps/{name}/bindings/{service}", ChangeApps),
         ep("DELETE", "/v1/apps/{name}/bindings/{service}", ChangeApps),
         ep("GET", "/v1/service-instances/{name}/keys", ReadApps),
-        ep("GET", "/v1/service-instances/{name}/keys/{key}", ReadApps),
         ep("PUT", "/v1/service-instances/{name}/keys/{key}", ChangeApps),
         ep(
             "DELETE",
@@ -277,7 +276,7 @@ pub const ENDPOINTS: &[Endpoint] = {
         ep("PUT", "/v1/service-brokers/{name}", ManageServiceBrokers),
         ep("DELETE", "/v1/service-brokers/{name}", ManageServiceBrokers),
         ep("POST", "/v1/service-access", ManageServiceBrokers),
-        ep("GET", "/v1/space-service-brokers", ManageSpaceBrokers),
+        ep("GET", "/v1/space-service-brokers", ReadApps),
         ep("POST", "/v1/space-service-brokers", ManageSpaceBrokers),
         ep(
             "PUT",

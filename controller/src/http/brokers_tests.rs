@@ -1099,9 +1099,17 @@ async fn service_keys_are_bindings_without_an_app_and_updates_change_the_plan() 
         "lists carry no credentials"
     );
     let (_, one) = p
-        .call("GET", "/v1/service-instances/db/keys/ci", None)
+        .call("GET", "/v1/service-instances/db/keys?key=ci", None)
         .await;
-    assert_eq!(one["credentials"]["password"], BIND_SECRET);
+    assert_eq!(one[0]["credentials"]["password"], BIND_SECRET);
+    let (s, v) = p
+        .call("GET", "/v1/service-instances/db/keys?key=nope", None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(
+        v["message"],
+        "service key nope of service instance db not found"
+    );
     let (_, svc) = p.call("GET", "/v1/service-instances/db", None).await;
     assert_eq!(svc["managed"]["keys"], json!(["ci"]));
     // Sealed at rest.

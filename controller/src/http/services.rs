@@ -1,6 +1,6 @@
 //! Service instances of a space (`?org=&space=`) and app bindings: `/v1/service-instances`,
 //! `/v1/service-instances/{name}`, `/v1/apps/{name}/bindings/{service}`,
-//! `/v1/service-instances/{name}/keys[/{key}]`. See [`pier_api::services`] and
+//! `/v1/service-instances/{name}/keys[/{key}]` (`GET .../keys?key=NAME`: one key's credentials). See [`pier_api::services`] and
 //! [`pier_api::brokers`] for the shapes, `apps/services.rs` and `apps/managed.rs` for the rules.
 //! A create body with an `offering` provisions a managed instance (201, or 202 while the broker
 //! works on it); a managed instance's PATCH and DELETE go to its broker.
@@ -37,7 +37,7 @@ pub(super) fn routes() -> Router<ApiState> {
         .route("/v1/service-instances/{name}/keys", get(keys))
         .route(
             "/v1/service-instances/{name}/keys/{key}",
-            get(key).put(create_key).delete(delete_key),
+            put(create_key).delete(delete_key),
         )
 }
 
@@ -167,20 +167,22 @@ async fn unbind(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[derive(serde::Deserialize)]
+struct KeyQuery {
+    key: Option<String>,
+}
+
+/// The instance's keys without credentials; `?key=NAME`: that one key, with its credentials.
 async fn keys(
     State(s): S,
     at: Scope,
     Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<KeyQuery>,
 ) -> Result<Json<Vec<ServiceKeyResponse>>> {
-    Ok(Json(s.apps.service_keys(&at, &name)?))
-}
-
-async fn key(
-    State(s): S,
-    at: Scope,
-    Path((name, key)): Path<(String, String)>,
-) -> Result<Json<ServiceKeyResponse>> {
-    Ok(Json(s.apps.service_key(&at, &name, &key)?))
+    match q.key {
+        Some(k) => Ok(Json(vec![s.apps.service_key(&at, &name, &k)?])),
+        None => Ok(Json(s.apps.service_keys(&at, &name)?)),
+    }
 }
 
 async fn create_key(
