@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use pier_e2e::*;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 fn api(p: &Platform, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let bytes = body.map(|b| b.to_string()).unwrap_or_default();
@@ -27,23 +27,14 @@ fn api(p: &Platform, method: &str, path: &str, body: Option<Value>) -> (u16, Val
     )
 }
 
-/// Creates a managed service and waits until its broker says it is ready.
-fn create_service(p: &Platform, offering: &str, plan: &str, name: &str) {
-    let (s, b) = api(
-        p,
-        "POST",
-        "/v1/service-instances",
-        Some(json!({"name": name, "offering": offering, "plan": plan})),
+/// `pier create-service OFFERING PLAN NAME --wait`, which returns once the broker is done.
+fn create_service(p: &Platform, offering: &str, plan: &str, name: &str, dir: &std::path::Path) {
+    let out = p.pier_ok(&["create-service", offering, plan, name, "--wait"], dir);
+    let (_, b) = api(p, "GET", &format!("/v1/service-instances/{name}"), None);
+    assert_eq!(
+        b["managed"]["last_operation"]["state"], "succeeded",
+        "{out}\n{b}"
     );
-    assert!(s == 201 || s == 202 || s == 200, "{s} {b}");
-    eventually(Duration::from_secs(120), "the service is ready", || {
-        let (_, b) = api(p, "GET", &format!("/v1/service-instances/{name}"), None);
-        let state = b["managed"]["last_operation"]["state"]
-            .as_str()
-            .unwrap_or("");
-        assert_ne!(state, "failed", "{b}");
-        (state == "succeeded").then_some(())
-    });
 }
 
 fn service_containers(p: &Platform) -> Vec<String> {
@@ -79,23 +70,16 @@ fn until_body(p: &Platform, host: &str, path: &str, want: &str) -> String {
 #[test]
 fn a_postgresql_row_survives_restage_controller_kill_and_service_restart() {
     let mut p = Platform::start();
-    let (s, market) = api(&p, "GET", "/v1/marketplace", None);
-    assert_eq!(s, 200, "{market}");
-    let names: Vec<&str> = market
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|o| o["name"].as_str())
-        .collect();
-    assert!(
-        names.contains(&"postgresql") && names.contains(&"redis"),
-        "{market}"
-    );
-
     let app = copy_dir(&repo_root().join("examples").join("services-app"));
     let dir = app.path();
+    // No operator step: the built-in brokers are registered and their plans enabled.
+    let market = p.pier_ok(&["marketplace"], dir);
+    for want in ["postgresql", "redis", "small", "medium", "pier-services"] {
+        assert!(market.contains(want), "{want} missing from:\n{market}");
+    }
+
     p.pier_ok(&["push", "shop"], dir);
-    create_service(&p, "postgresql", "small", "db");
+    create_service(&p, "postgresql", "small", "db", dir);
     p.pier_ok(&["bind-service", "shop", "db"], dir);
     let env = p.pier_ok(&["env", "shop"], dir);
     assert!(
@@ -129,8 +113,7 @@ fn a_postgresql_row_survives_restage_controller_kill_and_service_restart() {
 
     // Deleting the service (once unbound) removes the server and its data.
     p.pier_ok(&["unbind-service", "shop", "db"], dir);
-    let (s, b) = api(&p, "DELETE", "/v1/service-instances/db", None);
-    assert!(s == 200 || s == 202 || s == 204, "{s} {b}");
+    p.pier_ok(&["delete-service", "db", "-f"], dir);
     eventually(
         Duration::from_secs(60),
         "the service's container and volume go",
@@ -144,7 +127,7 @@ fn a_redis_counter_is_shared_by_two_instances() {
     let app = copy_dir(&repo_root().join("examples").join("services-app"));
     let dir = app.path();
     p.pier_ok(&["push", "counter", "-i", "2"], dir);
-    create_service(&p, "redis", "small", "cache");
+    create_service(&p, "redis", "small", "cache", dir);
     p.pier_ok(&["bind-service", "counter", "cache"], dir);
     let env = p.pier_ok(&["env", "counter"], dir);
     assert!(env.contains("\"label\": \"redis\""), "{env}");
