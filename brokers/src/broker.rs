@@ -268,7 +268,7 @@ impl Broker {
             parameters: params,
             volume: format!("{name}-data"),
             container: name,
-            network: at.network,
+            network: at.network.clone(),
             ip: at.ip,
             admin_password: secret(),
             operation: Operation {
@@ -281,6 +281,7 @@ impl Broker {
         state.instances.insert(id.to_string(), record);
         if let Err(e) = self.save(&state).await {
             state.instances.remove(id);
+            self.inner.placement.detach(&at, &holder(id)).await;
             return Err(e);
         }
         drop(state);

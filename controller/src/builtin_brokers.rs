@@ -166,6 +166,50 @@ async fn register(brokers: &Brokers, url: &str, password: &str) -> anyhow::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::network::addresses::AddrState;
+    use crate::store::SpaceRecord;
+
+    #[tokio::test]
+    async fn a_service_gets_its_spaces_network_and_an_address_the_pool_holds() {
+        let p = crate::testkit::TestPlatform::new().await;
+        let networks = p.parts.instances.networks().clone();
+        let pool = networks.addresses().clone();
+        let placement = SpacePlacement {
+            networks: networks.clone(),
+        };
+        let a = placement.attach("", "svc-a").await.unwrap();
+        assert_eq!(a.network, "pier-test");
+        let ip = a.ip.unwrap();
+        assert_eq!(
+            pool.state(ip),
+            Some(AddrState::InUse {
+                instance_id: "svc-a".into()
+            })
+        );
+        let b = placement.attach("", "svc-b").await.unwrap();
+        assert_ne!(b.ip, a.ip, "each service has its own address");
+
+        let org = p.store.org_named("default").unwrap().unwrap();
+        let space = "0b1c2d3e-4f50-4a6b-8c7d-9e0f1a2b3c4d";
+        p.store
+            .put_space(&SpaceRecord {
+                guid: space.into(),
+                name: "dev".into(),
+                org_guid: org.guid,
+                created_at: time::OffsetDateTime::now_utc(),
+                quota: None,
+            })
+            .unwrap();
+        let c = placement.attach(space, "svc-c").await.unwrap();
+        assert_eq!(
+            c.network, "pier-test-0b1c2d3e4f50",
+            "the space's own network, made"
+        );
+        assert!(p.fake.network("pier-test-0b1c2d3e4f50").is_some());
+
+        placement.detach(&a, "svc-a").await;
+        assert_eq!(pool.state(ip), None, "never routed: free at once");
+    }
 
     #[test]
     fn the_password_is_made_once_and_kept_private() {
