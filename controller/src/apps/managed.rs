@@ -93,6 +93,40 @@ fn busy(svc: &ServiceInstanceRecord) -> Result<()> {
     }
 }
 
+/// The plan an update moves to (None: the same), if the offering has it and allows changes.
+fn changed_plan(
+    o: &OfferingRecord,
+    cur: Option<&PlanRecord>,
+    m: &ManagedRecord,
+    plan: Option<&str>,
+) -> Result<Option<PlanRecord>> {
+    let Some(p) = plan.filter(|p| *p != m.plan_name) else {
+        return Ok(None);
+    };
+    let Some(plan) = o.plans.iter().find(|q| q.name == p) else {
+        let names: Vec<&str> = o.plans.iter().map(|q| q.name.as_str()).collect();
+        return Err(Error::api(
+            ErrorCode::NotFound,
+            format!(
+                "service plan {p} not found for offering {} (its plans: {})",
+                o.name,
+                names.join(", ")
+            ),
+        ));
+    };
+    if !cur
+        .and_then(|c| c.plan_updateable)
+        .unwrap_or(o.plan_updateable)
+    {
+        return Err(Error::bad_request(format!(
+            "the plan of offering {} cannot be changed (the broker says it is not \
+             plan_updateable)",
+            o.name
+        )));
+    }
+    Ok(Some(plan.clone()))
+}
+
 /// What a finished operation did, for [`AppService::finish`].
 enum Ended {
     Succeeded,
@@ -343,34 +377,7 @@ impl AppService {
             .clone()
             .ok_or_else(|| Error::Other("managed".into()))?;
         let (_b, t, o, cur) = self.managed_parts(&m)?;
-        let new_plan = match &req.plan {
-            Some(p) if *p != m.plan_name => {
-                let plan = o.plans.iter().find(|q| q.name == *p).ok_or_else(|| {
-                    let names: Vec<&str> = o.plans.iter().map(|q| q.name.as_str()).collect();
-                    Error::api(
-                        ErrorCode::NotFound,
-                        format!(
-                            "service plan {p} not found for offering {} (its plans: {})",
-                            o.name,
-                            names.join(", ")
-                        ),
-                    )
-                })?;
-                if !cur
-                    .as_ref()
-                    .and_then(|c| c.plan_updateable)
-                    .unwrap_or(o.plan_updateable)
-                {
-                    return Err(Error::bad_request(format!(
-                        "the plan of offering {} cannot be changed (the broker says it is not \
-                         plan_updateable)",
-                        o.name
-                    )));
-                }
-                Some(plan.clone())
-            }
-            _ => None,
-        };
+        let new_plan = changed_plan(&o, cur.as_ref(), &m, req.plan.as_deref())?;
         if let Some(tags) = req.tags.clone() {
             if let Some(mm) = svc.managed.as_mut() {
                 mm.tags = tags;
