@@ -877,6 +877,7 @@ async fn the_reconciler_leaves_service_containers_alone() {
         stop_timeout: None,
         cpu_shares: None,
         nano_cpus: None,
+        open_stdin: false,
     };
     let service = Labels::new("test", Kind::Service).with(keys::INSTANCE, "svc-1");
     let svc = p.fake.create(&spec("pg", service)).await.unwrap();
