@@ -97,8 +97,17 @@ async fn deprovision(State(b): State<Broker>, Path(id): Path<String>, q: Q) -> R
     )
 }
 
+/// An operation in progress says when to ask again (OSB's Retry-After, in seconds): a server is
+/// usually up within seconds, sooner than a platform's default poll interval.
 async fn last_operation(State(b): State<Broker>, Path(id): Path<String>) -> Response {
-    answer(b.last_operation(&id).await)
+    let r = b.last_operation(&id).await;
+    let in_progress = matches!(&r, Ok(r) if r.body["state"] == "in progress");
+    let mut resp = answer(r);
+    if in_progress {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    resp
 }
 
 async fn bind(

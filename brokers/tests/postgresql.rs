@@ -1,6 +1,8 @@
 //! The PostgreSQL broker against real Docker and a real PostgreSQL: provision, bind, connect from
 //! the space's network, plan limits, revocation on unbind, data across restarts, deprovision.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)] // a test: panicking is failing
+
 mod common;
 
 use common::*;
@@ -24,7 +26,32 @@ fn psql(f: &Fixture, uri: &str, sql: &str) -> (bool, String) {
 async fn provision_bind_unbind_deprovision() {
     let mut f = Fixture::new().await;
     let id = "0f8e0c2e-pg-1";
-    let last = f.provision(id, PG, PG_SMALL).await;
+    // While the server starts, last_operation says so and when to ask again.
+    let (s, b) = f
+        .call(
+            Method::PUT,
+            &format!("/v2/service_instances/{id}?accepts_incomplete=true"),
+            Some(f.provision_body(PG, PG_SMALL)),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+    let r = f
+        .http
+        .get(format!(
+            "{}/v2/service_instances/{id}/last_operation",
+            f.url
+        ))
+        .basic_auth("pier", Some("s3cret"))
+        .header("X-Broker-API-Version", API_VERSION)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers().get("retry-after").unwrap(), "1");
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["state"],
+        "in progress"
+    );
+    let last = f.follow(id, b["operation"].as_str().unwrap()).await;
     assert_eq!(last["state"], "succeeded", "{last}");
     let inst = f.broker.instance(id).await.unwrap();
 

@@ -2,7 +2,7 @@
 //! object carries the test's controller id and is removed when the fixture drops, whatever the
 //! test did.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code)]
 
 use std::process::Command;
 use std::sync::Arc;
