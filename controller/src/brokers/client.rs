@@ -260,7 +260,7 @@ impl Osb {
             .send(t, reqwest::Method::PUT, &path, &q, Some(body), user)
             .await?;
         match status {
-            200 | 201 | 202 => {
+            200..=202 => {
                 let a = Self::accepted(status, &bytes)?;
                 let outcome = if status == 202 {
                     Outcome::Accepted {
