@@ -137,7 +137,13 @@ fn app_env(p: &Platform) -> serde_json::Value {
 fn a_third_party_broker_s_async_offering_is_provisioned_bound_unbound_and_deleted() {
     let broker = Broker::start(3);
     let p = Platform::start_with(Options {
-        controller_args: vec!["--broker-poll-ms".into(), "300".into()],
+        // Only the third-party broker: the built-in ones are e2e/tests/services.rs's.
+        controller_args: vec![
+            "--broker-poll-ms".into(),
+            "300".into(),
+            "--builtin-brokers".into(),
+            "false".into(),
+        ],
         ..Options::default()
     });
     let app = copy_dir(&repo_root().join("e2e").join("fixtures").join("envdump"));
