@@ -120,12 +120,50 @@ async fn provision_bind_unbind_deprovision() {
     assert!(ok, "{out}");
     assert_eq!(out.trim(), "2");
 
-    // Unbind revokes: the old credentials no longer connect.
+    // A session of the first binding, open while it is unbound.
+    let label = format!("pier.controller={}", f.controller_id);
+    let (ok, session) = docker_cli(&[
+        "run",
+        "-d",
+        "--label",
+        &label,
+        "--network",
+        &f.network,
+        "--user",
+        "nobody",
+        pier_broker::image::DEFAULT_IMAGE,
+        "psql",
+        &uri1,
+        "-c",
+        "SELECT pg_sleep(120)",
+    ]);
+    assert!(ok, "{session}");
+    let session = session.trim().to_string();
+    let mut open = false;
+    for _ in 0..50 {
+        let (_, n) = psql(
+            &f,
+            &uri2,
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'b_bind1'",
+        );
+        if n.trim() == "1" {
+            open = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(open, "the first binding's session never showed up");
+
+    // Unbind revokes: its session is ended, the old credentials no longer connect.
     let (s, _) = f.call(Method::DELETE, &format!("/v2/service_instances/{id}/service_bindings/bind-1?service_id={PG}&plan_id={PG_SMALL}"), None).await;
     assert_eq!(s, 200);
     let (ok, out) = psql(&f, &uri1, "SELECT 1");
     assert!(!ok, "the unbound role still connects: {out}");
     assert!(out.contains("password authentication failed"), "{out}");
+    let (_, code) = docker_cli(&["wait", &session]);
+    assert_ne!(code.trim(), "0", "the session outlived its binding");
+    let (_, logs) = docker_cli(&["logs", &session]);
+    assert!(logs.contains("terminating connection"), "{logs}");
     let (s, _) = f.call(Method::DELETE, &format!("/v2/service_instances/{id}/service_bindings/bind-1?service_id={PG}&plan_id={PG_SMALL}"), None).await;
     assert_eq!(s, 410);
 
