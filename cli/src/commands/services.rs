@@ -233,38 +233,6 @@ pub async fn bind(args: BindServiceArgs, bind: bool) -> Result<()> {
     super::wait::deploy_change(&client, &args.app, args.no_restart, ("", "its services")).await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_credentials_are_an_object_and_bad_json_is_refused_without_echoing_it() {
-        let m = credentials(r#"{"host": "mail", "port": 25}"#).unwrap();
-        assert_eq!(m["port"], 25);
-        let e = credentials(r#"{"password": "s3cret""#)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("not valid JSON") && !e.contains("s3cret"), "{e}");
-        assert!(credentials("[1]").is_err());
-    }
-
-    #[test]
-    fn parameters_are_a_json_object_and_bad_json_is_named_without_echoing_it() {
-        assert_eq!(parameters(&None).unwrap(), None);
-        let m = parameters(&Some(r#"{"size": 2}"#.into())).unwrap().unwrap();
-        assert_eq!(m["size"], 2);
-        let e = parameters(&Some(r#"{"secret": "x""#.into()))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("-c is not valid JSON (line 1 column") && !e.contains("secret"),
-            "{e}"
-        );
-        let e = parameters(&Some("[1]".into())).unwrap_err().to_string();
-        assert!(e.contains("-c must be a JSON object"), "{e}");
-    }
-}
-
 /// `-c`: a JSON object, or a clear error naming what is wrong (never echoing the value).
 fn parameters(c: &Option<String>) -> Result<Option<Map<String, Value>>> {
     let Some(c) = c else {
@@ -414,4 +382,36 @@ pub async fn delete_key(args: DeleteServiceKeyArgs) -> Result<()> {
     client.delete_service_key(&args.service, &args.key).await?;
     println!("Deleted service key {} of {}.", args.key, args.service);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_credentials_are_an_object_and_bad_json_is_refused_without_echoing_it() {
+        let m = credentials(r#"{"host": "mail", "port": 25}"#).unwrap();
+        assert_eq!(m["port"], 25);
+        let e = credentials(r#"{"password": "s3cret""#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not valid JSON") && !e.contains("s3cret"), "{e}");
+        assert!(credentials("[1]").is_err());
+    }
+
+    #[test]
+    fn parameters_are_a_json_object_and_bad_json_is_named_without_echoing_it() {
+        assert_eq!(parameters(&None).unwrap(), None);
+        let m = parameters(&Some(r#"{"size": 2}"#.into())).unwrap().unwrap();
+        assert_eq!(m["size"], 2);
+        let e = parameters(&Some(r#"{"secret": "x""#.into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("-c is not valid JSON (line 1 column") && !e.contains("secret"),
+            "{e}"
+        );
+        let e = parameters(&Some("[1]".into())).unwrap_err().to_string();
+        assert!(e.contains("-c must be a JSON object"), "{e}");
+    }
 }

@@ -9,7 +9,7 @@
 //!   never an error answer for a change that was already made.
 //! - Operations on one app are serialized by the app's lock ([`AppLocks`]).
 //!
-//! Modules: `config` (create/update, processes, routes), `env` (the app's environment), `services` (service instances and bindings), `lifecycle` (start, stop, restart,
+//! Modules: `config` (create/update, processes, routes), `env` (the app's environment), `services` (service instances and bindings), `managed` (managed instances: a broker's provision, update, deprovision, bind, unbind; asynchronous operations followed), `keys` (service keys), `lifecycle` (start, stop, restart,
 //! deployments, delete), `builds` (staging a package into a droplet). Uses: `store/`, `events`,
 //! `instances/` (statuses), `reconcile`, `staging/`, `deployments/`, `quota` (every change that
 //! can raise a space's or org's use is admitted by it before the write).
