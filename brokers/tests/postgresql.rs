@@ -164,6 +164,7 @@ async fn provision_bind_unbind_deprovision() {
     assert_ne!(code.trim(), "0", "the session outlived its binding");
     let (_, logs) = docker_cli(&["logs", &session]);
     assert!(logs.contains("terminating connection"), "{logs}");
+    docker_cli(&["rm", "-f", &session]);
     let (s, _) = f.call(Method::DELETE, &format!("/v2/service_instances/{id}/service_bindings/bind-1?service_id={PG}&plan_id={PG_SMALL}"), None).await;
     assert_eq!(s, 410);
 
