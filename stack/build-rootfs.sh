@@ -2,7 +2,12 @@
 # Build the Pier stack root filesystem (Debian bookworm) and write it as a tar.
 #
 #   stack/build-rootfs.sh OUT.tar        (as root; works from any cwd)
+#   stack/build-rootfs.sh --packages "postgresql redis-server" --commands "psql redis-server" \
+#       --release services OUT.tar     (another image from the same base: the services image)
 #
+# --packages LIST replaces the stack's runtimes (the essentials below are always installed);
+# --commands LIST are the commands that must exist afterwards; --release NAME writes
+# /etc/pier-NAME-release instead of the stack's release file.
 # The Debian mirror is read from the host's apt sources at build time
 # (/etc/apt/sources.list and /etc/apt/sources.list.d/*.list|*.sources); set
 # PIER_STACK_MIRROR=URL to override it. See docs/staging.md for the contract.
@@ -10,21 +15,34 @@
 set -euo pipefail
 
 SUITE=bookworm
-PACKAGES=(
-  # runtimes for the built-in buildpacks
+# runtimes for the built-in buildpacks
+RUNTIMES=(
   python3 python3-pip python3-venv python-is-python3
   nodejs
   openjdk-17-jre-headless
   nginx-light
-  # essentials the buildpacks and apps rely on
+)
+# essentials the buildpacks and apps rely on
+ESSENTIALS=(
   ca-certificates netbase tzdata bash coreutils findutils grep sed gawk
   tar gzip bzip2 xz-utils unzip procps
 )
+COMMANDS=(python3 pip3 node java nginx tar gzip)
+RELEASE=stack
 
 say() { printf -- '-----> %s\n' "$*"; }
 die() { printf 'build-rootfs: error: %s\n' "$*" >&2; exit 1; }
 
-[[ $# -eq 1 ]] || die "usage: $0 OUT.tar"
+while [[ $# -gt 1 ]]; do
+  case $1 in
+    --packages) read -r -a RUNTIMES <<<"$2"; shift 2 ;;
+    --commands) read -r -a COMMANDS <<<"$2"; shift 2 ;;
+    --release) RELEASE=$2; shift 2 ;;
+    *) die "unknown option $1" ;;
+  esac
+done
+[[ $# -eq 1 ]] || die "usage: $0 [--packages LIST] [--commands LIST] [--release NAME] OUT.tar"
+PACKAGES=("${RUNTIMES[@]}" "${ESSENTIALS[@]}")
 [[ $(id -u) -eq 0 ]] || die "must run as root (debootstrap and chroot need it)"
 command -v debootstrap >/dev/null || die "debootstrap is not installed (apt-get install debootstrap)"
 
@@ -167,8 +185,8 @@ say "Installing: ${PACKAGES[*]}"
 t=$SECONDS
 in_root apt-get -q -y --no-install-recommends -o Dpkg::Use-Pty=0 install "${PACKAGES[@]}" 2>&1 \
   | only '^(Need to get|After this operation|Setting up |E:|W:|dpkg: |Errors were)|rror' || die "apt-get install failed"
-for bin in python3 pip3 node java nginx tar gzip; do
-  in_root sh -c "command -v $bin" >/dev/null || die "package install failed: $bin missing from the stack"
+for bin in "${COMMANDS[@]}"; do
+  in_root sh -c "command -v $bin" >/dev/null || die "package install failed: $bin missing from the image"
 done
 say "Packages installed in $((SECONDS - t))s"
 
@@ -187,13 +205,19 @@ find "$ROOT/usr/lib" -name __pycache__ -type d -prune -exec rm -rf {} + 2>/dev/n
 # Python compiles what it imports at every start and, running as vcap, cannot save the bytecode
 # under /usr/lib: compile the standard library and Debian's Python packages once, here (a Python
 # app's first imports go from ~220 ms to ~80 ms). The JRE already ships its class-data archive.
-say "Compiling the Python standard library"
-in_root python3 -m compileall -q -j 0 /usr/lib/python3.11 /usr/lib/python3/dist-packages >/dev/null \
-  || die "compiling the Python standard library failed"
+if [[ -x $ROOT/usr/bin/python3 ]]; then
+  say "Compiling the Python standard library"
+  in_root python3 -m compileall -q -j 0 /usr/lib/python3.11 /usr/lib/python3/dist-packages >/dev/null \
+    || die "compiling the Python standard library failed"
+fi
 # Docker provides these at run time.
 : >"$ROOT/etc/resolv.conf"
 : >"$ROOT/etc/hostname"
-printf 'PIER_STACK=pier-bookworm\nPIER_STACK_VERSION=2\n' >"$ROOT/etc/pier-stack-release"
+if [[ $RELEASE == stack ]]; then
+  printf 'PIER_STACK=pier-bookworm\nPIER_STACK_VERSION=2\n' >"$ROOT/etc/pier-stack-release"
+else
+  printf 'PIER_IMAGE=pier-%s-bookworm\n' "$RELEASE" >"$ROOT/etc/pier-$RELEASE-release"
+fi
 
 for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do umount "${MOUNTS[i]}"; done
 MOUNTS=()
@@ -205,4 +229,4 @@ tar --numeric-owner --one-file-system -C "$ROOT" \
   -cf "$OUT.partial" .
 mv "$OUT.partial" "$OUT"
 say "Wrote $(du -h "$OUT" | cut -f1) in $((SECONDS - t))s"
-say "Stack built in $((SECONDS - START))s; import it with: docker import $OUT pier-stack:bookworm-v2"
+say "Image root filesystem built in $((SECONDS - START))s; import it with docker import $OUT"

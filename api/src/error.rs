@@ -22,6 +22,9 @@ pub enum ErrorCode {
     NoBuildpack,
     StagingFailed,
     Unavailable,
+    /// A service broker (or another upstream) failed or answered what the OSB API does not
+    /// allow; the message names it and what was wrong.
+    BadGateway,
     Internal,
 }
 
@@ -39,6 +42,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Conflict => 409,
             ErrorCode::Unavailable => 503,
+            ErrorCode::BadGateway => 502,
             ErrorCode::Internal => 500,
         }
     }

@@ -54,6 +54,7 @@
 
 pub mod apps;
 pub mod audit;
+pub mod brokers;
 pub mod buildpacks;
 pub mod deployments;
 pub mod error;
@@ -70,6 +71,12 @@ pub mod vocab;
 
 pub use apps::*;
 pub use audit::{AuditEntry, AuditQuery, AUDIT_LIMIT_DEFAULT, AUDIT_LIMIT_MAX};
+pub use brokers::{
+    BindRequest, CreateManagedInstanceRequest, CreateServiceBrokerRequest, CreateServiceKeyRequest,
+    LastOperation, ManagedInfo, MarketplaceOffering, MarketplacePlan, ServiceAccessRequest,
+    ServiceAccessResponse, ServiceBrokerResponse, ServiceKeyResponse, UpdateManagedInstanceRequest,
+    UpdateServiceBrokerRequest, OSB_API_VERSION,
+};
 pub use buildpacks::{BuildpackResponse, CreateBuildpackRequest, UpdateBuildpackRequest};
 pub use deployments::*;
 pub use error::{ApiError, ErrorCode};
@@ -85,7 +92,7 @@ pub use routes::{
 };
 pub use services::{
     BindingResponse, CreateServiceInstanceRequest, ServiceInstanceResponse,
-    UpdateUserProvidedRequest, UserProvided, USER_PROVIDED,
+    UpdateUserProvidedRequest, UserProvided, MANAGED, USER_PROVIDED,
 };
 pub use size::parse_size_mb;
 pub use users::{

@@ -1,7 +1,8 @@
 //! Service instances and bindings. A service instance belongs to a space; an app of that space is
 //! bound to it, and each binding reaches the app's instances as an entry of `VCAP_SERVICES`
-//! (Cloud Foundry's shape) with its next deployment. For now the one kind is the user-provided
-//! service: credentials the user gives, as a JSON object.
+//! (Cloud Foundry's shape) with its next deployment. Two kinds: the user-provided service
+//! (credentials the user gives, as a JSON object) and the managed one, which a service broker
+//! provisions ([`crate::brokers`]).
 //!
 //! Endpoints (space endpoints: `?org=&space=`):
 //! - `GET /v1/service-instances` → `Vec<`[`ServiceInstanceResponse`]`>`
@@ -54,7 +55,7 @@ pub struct UpdateUserProvidedRequest {
 pub struct ServiceInstanceResponse {
     pub name: String,
     pub guid: String,
-    /// `user-provided`.
+    /// `user-provided` or `managed`.
     pub kind: String,
     /// Shown to the platform admin and the space's developers; to others every value is
     /// `[PRIVATE DATA HIDDEN]`.
@@ -66,7 +67,13 @@ pub struct ServiceInstanceResponse {
     pub bound_apps: Vec<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// A managed instance's offering, plan, broker and last operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<crate::ManagedInfo>,
 }
+
+/// The kind of a managed service instance (one a broker provisions).
+pub const MANAGED: &str = "managed";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BindingResponse {

@@ -127,6 +127,32 @@ pub enum Command {
     BindService(BindServiceArgs),
     /// Unbind an app from a service instance; a running app is deployed without it (rolling).
     UnbindService(BindServiceArgs),
+    /// Register an Open Service Broker API broker: platform-wide (admin) or --space-scoped.
+    CreateServiceBroker(CreateBrokerArgs),
+    /// List the service brokers (the admin: all; others: the target space's).
+    ServiceBrokers(ServicesArgs),
+    /// Give a broker a new URL and credentials; its catalog is fetched again.
+    UpdateServiceBroker(UpdateBrokerArgs),
+    /// Remove a broker (refused while it has service instances).
+    DeleteServiceBroker(DeleteNamedArgs),
+    /// The offerings and plans you may use in the target space (-e OFFERING: one).
+    Marketplace(MarketplaceArgs),
+    /// Let orgs use an offering's plans (platform admin): all orgs, or -o ORG; all plans or -p.
+    EnableServiceAccess(ServiceAccessArgs),
+    /// Take access to an offering's plans away (platform admin).
+    DisableServiceAccess(ServiceAccessArgs),
+    /// Create a managed service instance: OFFERING PLAN NAME, provisioned by its broker.
+    CreateService(CreateServiceArgs),
+    /// Change a managed service instance's plan or parameters.
+    UpdateService(UpdateServiceArgs),
+    /// Create a service key (credentials for use outside the platform).
+    CreateServiceKey(ServiceKeyArgs),
+    /// List a service instance's keys.
+    ServiceKeys(NameArgString),
+    /// Show a service key's credentials.
+    ServiceKey(ServiceKeyNameArgs),
+    /// Delete a service key.
+    DeleteServiceKey(DeleteServiceKeyArgs),
     /// Give a user a role in an org: OrgManager, OrgAuditor or OrgUser.
     SetOrgRole(OrgRoleArgs),
     /// Take an org role away from a user.
@@ -359,11 +385,141 @@ pub struct ServiceArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct CreateBrokerArgs {
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    #[arg(value_name = "URL")]
+    pub url: String,
+    #[arg(value_name = "USERNAME")]
+    pub username: String,
+    #[arg(value_name = "PASSWORD")]
+    pub password: String,
+    /// Only for the target space (its SpaceDevelopers may register one); its plans are seen
+    /// there only.
+    #[arg(long)]
+    pub space_scoped: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateBrokerArgs {
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    #[arg(value_name = "URL")]
+    pub url: String,
+    #[arg(value_name = "USERNAME")]
+    pub username: String,
+    #[arg(value_name = "PASSWORD")]
+    pub password: String,
+}
+
+#[derive(Debug, Args)]
+pub struct MarketplaceArgs {
+    /// Show one offering's plans.
+    #[arg(short = 'e', value_name = "OFFERING")]
+    pub offering: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `-o ORG` is the global org flag: with it, access is for that org only.
+#[derive(Debug, Args)]
+pub struct ServiceAccessArgs {
+    #[arg(value_name = "OFFERING")]
+    pub offering: String,
+    /// One plan (default: all of the offering's).
+    #[arg(short = 'p', value_name = "PLAN")]
+    pub plan: Option<String>,
+    /// The broker, when two offer the same offering name.
+    #[arg(short = 'b', value_name = "BROKER")]
+    pub broker: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateServiceArgs {
+    #[arg(value_name = "OFFERING")]
+    pub offering: String,
+    #[arg(value_name = "PLAN")]
+    pub plan: String,
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Parameters for the broker: a JSON object.
+    #[arg(short = 'c', value_name = "JSON")]
+    pub parameters: Option<String>,
+    /// Comma-separated tags, added to the offering's in VCAP_SERVICES.
+    #[arg(short = 't', value_name = "TAGS")]
+    pub tags: Option<String>,
+    /// The broker, when two offer the same offering name.
+    #[arg(short = 'b', value_name = "BROKER")]
+    pub broker: Option<String>,
+    /// Wait until the broker has finished (`create succeeded` or `create failed`).
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateServiceArgs {
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// A new plan.
+    #[arg(short = 'p', value_name = "PLAN")]
+    pub plan: Option<String>,
+    /// Parameters for the broker: a JSON object.
+    #[arg(short = 'c', value_name = "JSON")]
+    pub parameters: Option<String>,
+    /// New comma-separated tags.
+    #[arg(short = 't', value_name = "TAGS")]
+    pub tags: Option<String>,
+    /// Wait until the broker has finished.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceKeyArgs {
+    #[arg(value_name = "SERVICE_INSTANCE")]
+    pub service: String,
+    #[arg(value_name = "KEY")]
+    pub key: String,
+    /// Parameters for the broker: a JSON object.
+    #[arg(short = 'c', value_name = "JSON")]
+    pub parameters: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceKeyNameArgs {
+    #[arg(value_name = "SERVICE_INSTANCE")]
+    pub service: String,
+    #[arg(value_name = "KEY")]
+    pub key: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteServiceKeyArgs {
+    #[arg(value_name = "SERVICE_INSTANCE")]
+    pub service: String,
+    #[arg(value_name = "KEY")]
+    pub key: String,
+    /// Don't ask for confirmation.
+    #[arg(short = 'f', long = "force")]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArgString {
+    #[arg(value_name = "SERVICE_INSTANCE")]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
 pub struct BindServiceArgs {
     #[arg(value_name = "APP", value_parser = parse_app_name)]
     pub app: AppName,
     #[arg(value_name = "SERVICE_INSTANCE")]
     pub service: String,
+    /// Binding parameters for a managed instance's broker: a JSON object.
+    #[arg(short = 'c', value_name = "JSON")]
+    pub parameters: Option<String>,
     /// Store the change only; it takes effect at the next restart or deployment.
     #[arg(long)]
     pub no_restart: bool,

@@ -35,6 +35,7 @@
 //! (a private CA, or a self-signed certificate itself). A certificate the client cannot trust,
 //! or a controller that does not speak TLS, is [`ClientError::Tls`], never "unreachable".
 
+mod brokers;
 mod error;
 mod stream;
 
@@ -1109,6 +1110,9 @@ fn in_space(path: &str) -> bool {
         || path == "/v1/route-mappings"
         || path == "/v1/service-instances"
         || path.starts_with("/v1/service-instances/")
+        || path == "/v1/marketplace"
+        || path == "/v1/space-service-brokers"
+        || path.starts_with("/v1/space-service-brokers/")
 }
 
 /// True when a JWT's `exp` (read, not verified: the controller verifies) has passed. Anything

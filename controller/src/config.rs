@@ -29,6 +29,14 @@ pub enum Command {
         #[arg(long)]
         if_missing: bool,
     },
+    /// Print the services image's name (the built-in brokers' PostgreSQL and Redis) and exit.
+    ServicesImage,
+    /// Build (or rebuild) the services image and exit.
+    BuildServicesImage {
+        /// Only build it when it is not in Docker yet.
+        #[arg(long)]
+        if_missing: bool,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -153,6 +161,25 @@ pub struct Config {
     /// Revisions kept per app; older droplets are deleted.
     #[arg(long, env = "PIER_REVISIONS_KEPT", default_value_t = DEFAULT_REVISIONS_KEPT)]
     pub revisions_kept: usize,
+
+    /// Run the built-in PostgreSQL and Redis brokers (in process, on a loopback port) and
+    /// register them as the platform-wide broker `pier-services`; `false` leaves them off.
+    #[arg(long, env = "PIER_BUILTIN_BROKERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub builtin_brokers: bool,
+
+    /// Seconds a service broker has to answer one request (the OSB client's timeout); a
+    /// provision or bind that times out is cleaned up (orphan mitigation).
+    #[arg(long, env = "PIER_BROKER_TIMEOUT_SECS", default_value_t = 60)]
+    pub broker_timeout_secs: u64,
+
+    /// Seconds an asynchronous broker operation is followed (`last_operation`) before it counts
+    /// as failed, unless its plan sets `maximum_polling_duration`.
+    #[arg(long, env = "PIER_BROKER_MAX_POLL_SECS", default_value_t = 3600)]
+    pub broker_max_poll_secs: u64,
+
+    /// Milliseconds between `last_operation` polls when the broker sends no Retry-After.
+    #[arg(long, env = "PIER_BROKER_POLL_MS", default_value_t = 2000)]
+    pub broker_poll_ms: u64,
 
     /// A canary whose 5xx rate is more than this fraction above the baseline's is rolled back.
     #[arg(
@@ -282,6 +309,10 @@ impl Config {
             controller_id: None,
             log_buffer_lines: 1000,
             revisions_kept: DEFAULT_REVISIONS_KEPT,
+            builtin_brokers: false,
+            broker_timeout_secs: 60,
+            broker_max_poll_secs: 3600,
+            broker_poll_ms: 50,
             canary_max_error_rate_increase: 0.01,
             canary_max_p99_increase_ms: 250.0,
             drain_timeout_secs: 30,
@@ -428,6 +459,11 @@ impl Config {
                 revisions_kept: self.revisions_kept,
                 max_error_rate_increase: self.canary_max_error_rate_increase,
                 max_p99_increase_ms: self.canary_max_p99_increase_ms,
+            },
+            brokers: crate::brokers::BrokerSettings {
+                timeout: std::time::Duration::from_secs(self.broker_timeout_secs),
+                max_poll: std::time::Duration::from_secs(self.broker_max_poll_secs),
+                poll_every: std::time::Duration::from_millis(self.broker_poll_ms),
             },
         }
     }

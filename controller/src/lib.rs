@@ -42,6 +42,8 @@
 //!   assumed to have the table that removed it (docs/router.md, "Never misroute").
 
 pub mod apps;
+pub mod brokers;
+pub mod builtin_brokers;
 pub mod changes;
 pub mod config;
 pub mod deployments;

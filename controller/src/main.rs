@@ -29,6 +29,20 @@ async fn main() -> anyhow::Result<()> {
             }
             pier_controller::runtime::stack::build_stack(&runtime, image).await
         }
+        Command::BuildServicesImage { if_missing } => {
+            let runtime =
+                pier_controller::runtime::DockerRuntime::connect("build-services-image").await?;
+            let image = pier_broker::image::DEFAULT_IMAGE;
+            if if_missing && runtime.image_exists(image).await? {
+                println!("services image {image} is already there");
+                return Ok(());
+            }
+            pier_controller::runtime::stack::build_services_image(&runtime, image).await
+        }
+        Command::ServicesImage => {
+            println!("{}", pier_broker::image::DEFAULT_IMAGE);
+            Ok(())
+        }
         Command::StackImage => {
             println!("{}", cli.config.stack_image);
             Ok(())

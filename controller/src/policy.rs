@@ -59,6 +59,10 @@ pub enum Action {
     ReadLogs,
     /// Pushing, staging, scaling, starting, stopping, deploying, routes, deleting.
     ChangeApps,
+    /// Platform-wide service brokers and access to their plans.
+    ManageServiceBrokers,
+    /// A space's own (space-scoped) service brokers.
+    ManageSpaceBrokers,
 }
 
 /// Where an action applies, which decides whose roles count.
@@ -85,11 +89,11 @@ impl Action {
             Public => Level::Public,
             WhoAmI | ChangePassword | ManageUsers | ReadAudit | ListOrgs | CreateOrg
             | ReadQuotas | ManageQuotas | ReadBuildpacks | ManageBuildpacks | UploadPackage
-            | ReadRouteTable | PostRouterLogs => Level::Platform,
+            | ReadRouteTable | PostRouterLogs | ManageServiceBrokers => Level::Platform,
             ReadOrg | DeleteOrg | AssignOrgQuota | ListSpaces | CreateSpace | ReadOrgUsers
             | ManageOrgRoles => Level::Org,
             ReadSpace | DeleteSpace | AssignSpaceQuota | ReadSpaceUsers | ManageSpaceRoles
-            | ReadApps | ReadLogs | ChangeApps => Level::Space,
+            | ReadApps | ReadLogs | ChangeApps | ManageSpaceBrokers => Level::Space,
         }
     }
 
@@ -101,12 +105,12 @@ impl Action {
             CreateSpace | ManageOrgRoles | DeleteSpace | AssignSpaceQuota => &[Role::OrgManager],
             ReadSpace | ReadSpaceUsers | ReadApps | ReadLogs => SPACE_READERS,
             ManageSpaceRoles => &[Role::OrgManager, Role::SpaceManager],
-            ChangeApps => &[Role::SpaceDeveloper],
+            ChangeApps | ManageSpaceBrokers => &[Role::SpaceDeveloper],
             // Platform actions are decided by `user_may`; these are the admin's alone.
             DeleteOrg | AssignOrgQuota => &[],
             Public | WhoAmI | ChangePassword | ManageUsers | ReadAudit | ListOrgs | CreateOrg
             | ReadQuotas | ManageQuotas | ReadBuildpacks | ManageBuildpacks | UploadPackage
-            | ReadRouteTable | PostRouterLogs => &[],
+            | ReadRouteTable | PostRouterLogs | ManageServiceBrokers => &[],
         }
     }
 
@@ -133,7 +137,7 @@ impl Action {
             UploadPackage => "a SpaceDeveloper of any space",
             ReadRouteTable | PostRouterLogs => "the router token",
             ManageUsers | ReadAudit | CreateOrg | ManageQuotas | ManageBuildpacks | DeleteOrg
-            | AssignOrgQuota => "the platform admin only",
+            | AssignOrgQuota | ManageServiceBrokers => "the platform admin only",
             _ => "",
         }
     }
@@ -165,9 +169,9 @@ const fn ep(method: &'static str, path: &'static str, action: Action) -> Endpoin
     }
 }
 
-/// Every endpoint of the API. Space endpoints under `/v1/apps`, `/v1/route-mappings` and
-/// `/v1/service-instances` act in the space of `?org=&space=`; the others name their org and
-/// space in the path.
+/// Every endpoint of the API. Space endpoints under `/v1/apps`, `/v1/route-mappings`,
+/// `/v1/service-instances`, `/v1/marketplace` and `/v1/space-service-brokers` act in the space of
+/// `?org=&space=`; the others name their org and space in the path.
 pub const ENDPOINTS: &[Endpoint] = {
     use Action::*;
     &[
@@ -259,6 +263,31 @@ pub const ENDPOINTS: &[Endpoint] = {
         ep("DELETE", "/v1/service-instances/{name}", ChangeApps),
         ep("PUT", "/v1/apps/{name}/bindings/{service}", ChangeApps),
         ep("DELETE", "/v1/apps/{name}/bindings/{service}", ChangeApps),
+        ep("GET", "/v1/service-instances/{name}/keys", ReadApps),
+        ep("PUT", "/v1/service-instances/{name}/keys/{key}", ChangeApps),
+        ep(
+            "DELETE",
+            "/v1/service-instances/{name}/keys/{key}",
+            ChangeApps,
+        ),
+        ep("GET", "/v1/marketplace", ReadApps),
+        ep("GET", "/v1/service-brokers", ManageServiceBrokers),
+        ep("POST", "/v1/service-brokers", ManageServiceBrokers),
+        ep("PUT", "/v1/service-brokers/{name}", ManageServiceBrokers),
+        ep("DELETE", "/v1/service-brokers/{name}", ManageServiceBrokers),
+        ep("POST", "/v1/service-access", ManageServiceBrokers),
+        ep("GET", "/v1/space-service-brokers", ReadApps),
+        ep("POST", "/v1/space-service-brokers", ManageSpaceBrokers),
+        ep(
+            "PUT",
+            "/v1/space-service-brokers/{name}",
+            ManageSpaceBrokers,
+        ),
+        ep(
+            "DELETE",
+            "/v1/space-service-brokers/{name}",
+            ManageSpaceBrokers,
+        ),
     ]
 };
 

@@ -222,11 +222,12 @@ impl Reconciler {
 
     /// A container that is no instance (a staging, or of an unknown kind, such as an image-build
     /// container of a Pier from before images were loaded) and that no running staging of this
-    /// process uses, nor its list of warm staging containers.
+    /// process uses, nor its list of warm staging containers. Service instances belong to the
+    /// built-in brokers.
     fn unwanted_other(&self, c: &Managed) -> bool {
         let guid = c.labels.app_guid();
         match c.labels.kind() {
-            Some(Kind::Instance) => false,
+            Some(Kind::Instance | Kind::Service) => false,
             Some(Kind::Staging | Kind::WarmStaging) => {
                 !guid.is_some_and(|g| self.stager.is_active(g)) && !self.stager.is_warm(&c.id)
             }

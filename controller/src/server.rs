@@ -37,6 +37,8 @@ pub struct Controller {
     parts: Parts,
     api_listener: TcpListener,
     router_listener: Option<TcpListener>,
+    /// The controller id and data dir the built-in brokers run with, when they are on.
+    builtin_brokers: Option<(String, PathBuf)>,
 }
 
 /// The subsystems, as `run` (and the handler tests) need them.
@@ -211,7 +213,12 @@ impl Controller {
         let token = crate::http::auth::ensure_token(&store, &config.data_dir)?;
         let id = controller_id(&config, &store)?;
         let runtime: Arc<dyn ContainerRuntime> = Arc::new(DockerRuntime::connect(&id).await?);
-        Self::start_with(config, store, blobs, runtime, token, id, shutdown).await
+        let builtin = config
+            .builtin_brokers
+            .then(|| (id.clone(), config.data_dir.clone()));
+        let mut c = Self::start_with(config, store, blobs, runtime, token, id, shutdown).await?;
+        c.builtin_brokers = builtin;
+        Ok(c)
     }
 
     /// [`Controller::start`] on a given runtime (tests use [`crate::runtime::fake::FakeRuntime`]).
@@ -281,6 +288,7 @@ impl Controller {
             parts,
             api_listener,
             router_listener,
+            builtin_brokers: None,
         })
     }
 
@@ -291,6 +299,23 @@ impl Controller {
         // The first pass adopts running instances and publishes the first route table.
         if let Err(e) = p.reconciler.once().await {
             tracing::warn!(error = %e, "first reconcile pass failed; retrying in the loop");
+        }
+        // The built-in brokers, before the operations on their instances are followed on.
+        if let Some((id, dir)) = &self.builtin_brokers {
+            let networks = p.instances.networks().clone();
+            let brokers = p.api.apps.brokers();
+            let started =
+                crate::builtin_brokers::start(brokers, networks, id, dir, shutdown.clone()).await;
+            if let Err(e) = started {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "the built-in brokers are not available"
+                );
+            }
+        }
+        // Broker operations a stopped controller left in progress are followed on.
+        if let Err(e) = p.api.apps.resume_operations() {
+            tracing::warn!(error = %e, "cannot resume the broker operations in progress");
         }
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(crate::logs::run_persister(p.logs.clone(), shutdown.clone()));

@@ -266,11 +266,34 @@ impl Tenancy {
             actor: actor.clone(),
             sees_env: true,
         };
+        // A broker holds what a managed instance is: it is deprovisioned first, by its owner.
+        let managed: Vec<String> = self
+            .store
+            .services_of(&space.guid)?
+            .into_iter()
+            .filter(|s| s.managed.is_some())
+            .map(|s| s.name)
+            .collect();
+        if !managed.is_empty() {
+            return Err(Error::api(
+                ErrorCode::Conflict,
+                format!(
+                    "space {} has managed service instances ({}): delete them first",
+                    space.name,
+                    managed.join(", ")
+                ),
+            ));
+        }
         for app in self.store.list_space_apps(&space.guid)? {
             self.apps.delete(&scope, app.name.as_str()).await?;
         }
         for svc in self.store.services_of(&space.guid)? {
             self.store.delete_service(&space.guid, &svc.name)?;
+        }
+        for b in self.store.brokers()? {
+            if b.space_guid.as_deref() == Some(space.guid.as_str()) {
+                self.store.delete_broker(&b.name)?;
+            }
         }
         self.store.delete_space(&space.guid)?;
         self.store.roles()?.delete_in(&[space.guid.as_str()])?;

@@ -120,6 +120,11 @@ impl TestPlatform {
         }
     }
 
+    /// The platform's data dir.
+    pub(crate) fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// One request with the admin token; the answer's status and JSON body (Null when empty).
     pub(crate) async fn call(
         &self,

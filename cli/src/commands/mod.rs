@@ -11,6 +11,7 @@ use crate::config::Settings;
 pub mod app;
 pub mod apps;
 pub mod audit;
+pub mod brokers;
 pub mod buildpacks;
 pub mod create_app_manifest;
 pub mod create_buildpack;
@@ -94,6 +95,19 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::DeleteService(args) => services::delete(args).await,
         Command::BindService(args) => services::bind(args, true).await,
         Command::UnbindService(args) => services::bind(args, false).await,
+        Command::CreateServiceBroker(args) => brokers::create(args).await,
+        Command::ServiceBrokers(args) => brokers::list(args).await,
+        Command::UpdateServiceBroker(args) => brokers::update(args).await,
+        Command::DeleteServiceBroker(args) => brokers::delete(args).await,
+        Command::Marketplace(args) => brokers::marketplace(args).await,
+        Command::EnableServiceAccess(args) => brokers::access(args, cli.org.clone(), true).await,
+        Command::DisableServiceAccess(args) => brokers::access(args, cli.org.clone(), false).await,
+        Command::CreateService(args) => services::create_managed(args).await,
+        Command::UpdateService(args) => services::update_managed(args).await,
+        Command::CreateServiceKey(args) => services::create_key(args).await,
+        Command::ServiceKeys(args) => services::keys(args).await,
+        Command::ServiceKey(args) => services::key(args).await,
+        Command::DeleteServiceKey(args) => services::delete_key(args).await,
         Command::SetOrgRole(args) => roles::org_role(args, true).await,
         Command::UnsetOrgRole(args) => roles::org_role(args, false).await,
         Command::SetSpaceRole(args) => roles::space_role(args, true).await,

@@ -9,7 +9,7 @@
 //!   never an error answer for a change that was already made.
 //! - Operations on one app are serialized by the app's lock ([`AppLocks`]).
 //!
-//! Modules: `config` (create/update, processes, routes), `env` (the app's environment), `services` (service instances and bindings), `lifecycle` (start, stop, restart,
+//! Modules: `config` (create/update, processes, routes), `env` (the app's environment), `services` (service instances and bindings), `managed` (managed instances: a broker's provision, update, deprovision, bind, unbind; asynchronous operations followed), `keys` (service keys), `lifecycle` (start, stop, restart,
 //! deployments, delete), `builds` (staging a package into a droplet). Uses: `store/`, `events`,
 //! `instances/` (statuses), `reconcile`, `staging/`, `deployments/`, `quota` (every change that
 //! can raise a space's or org's use is admitted by it before the write).
@@ -36,7 +36,9 @@ mod buildpacks;
 mod builds;
 mod config;
 mod env;
+mod keys;
 mod lifecycle;
+mod managed;
 mod services;
 
 pub use builds::Build;
@@ -52,6 +54,8 @@ pub struct AppSettings {
     pub default_disk_mb: u64,
     pub package_limits: crate::staging::package::Limits,
     pub deploy: DeploySettings,
+    /// The OSB client's timeout and how asynchronous operations are followed.
+    pub brokers: crate::brokers::BrokerSettings,
 }
 
 impl AppSettings {
@@ -82,6 +86,8 @@ pub struct AppService {
     quotas: Arc<Quotas>,
     /// Service instance creates, deletes, binds and unbinds, one at a time (`services`).
     services_lock: tokio::sync::Mutex<()>,
+    /// Service brokers and their catalogs; managed instances are provisioned through them.
+    brokers: Arc<crate::brokers::Brokers>,
 }
 
 pub fn parse_name(name: &str) -> Result<AppName> {
@@ -92,11 +98,21 @@ pub fn parse_name(name: &str) -> Result<AppName> {
 impl AppService {
     pub fn new(d: AppDeps) -> Arc<AppService> {
         let quotas = Quotas::new(d.store.clone());
+        let brokers = Arc::new(crate::brokers::Brokers::new(
+            d.store.clone(),
+            d.settings.brokers,
+        ));
         Arc::new(AppService {
             d,
             quotas,
             services_lock: tokio::sync::Mutex::new(()),
+            brokers,
         })
+    }
+
+    /// The service brokers.
+    pub fn brokers(&self) -> &Arc<crate::brokers::Brokers> {
+        &self.brokers
     }
 
     pub fn settings(&self) -> &AppSettings {

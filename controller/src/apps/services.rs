@@ -1,5 +1,5 @@
-//! Service instances of a space and the bindings of its apps to them (user-provided services for
-//! now), and the `VCAP_SERVICES` the bindings make.
+//! Service instances of a space and the bindings of its apps to them (user-provided services here,
+//! managed ones' broker operations in `managed.rs`), and the `VCAP_SERVICES` the bindings make.
 //!
 //! Invariants:
 //! - A binding names a service instance of the app's space that exists: creating, deleting,
@@ -13,8 +13,9 @@
 
 use pier_api::{
     BindingResponse, CreateServiceInstanceRequest, ErrorCode, EventKind, ServiceInstanceResponse,
-    UpdateUserProvidedRequest, UserProvided, USER_PROVIDED,
+    UpdateUserProvidedRequest, UserProvided, MANAGED, USER_PROVIDED,
 };
+use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use super::{AppService, HIDDEN_VALUE};
@@ -27,7 +28,7 @@ const MAX_CREDENTIALS_BYTES: usize = 64 * 1024;
 const MAX_TAGS: usize = 32;
 
 /// Service instance names: 1–64 of letters, digits, `-`, `_`, `.`.
-fn check_service_name(name: &str) -> Result<()> {
+pub(super) fn check_service_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -46,6 +47,15 @@ fn check_service_name(name: &str) -> Result<()> {
     }
 }
 
+pub(super) fn check_tags(tags: &[String]) -> Result<()> {
+    if tags.len() > MAX_TAGS || tags.iter().any(|t| t.is_empty() || t.len() > 64) {
+        return Err(Error::bad_request(format!(
+            "at most {MAX_TAGS} tags of 1-64 characters each"
+        )));
+    }
+    Ok(())
+}
+
 fn check_user_provided(u: &UserProvided) -> Result<()> {
     let size = serde_json::to_vec(&u.credentials).map_or(0, |v| v.len());
     if size > MAX_CREDENTIALS_BYTES {
@@ -53,11 +63,7 @@ fn check_user_provided(u: &UserProvided) -> Result<()> {
             "credentials are {size} bytes of JSON; at most {MAX_CREDENTIALS_BYTES}"
         )));
     }
-    if u.tags.len() > MAX_TAGS || u.tags.iter().any(|t| t.is_empty() || t.len() > 64) {
-        return Err(Error::bad_request(format!(
-            "at most {MAX_TAGS} tags of 1-64 characters each"
-        )));
-    }
+    check_tags(&u.tags)?;
     if let Some(url) = &u.syslog_drain_url {
         if !(url.starts_with("syslog://")
             || url.starts_with("syslog-tls://")
@@ -72,7 +78,7 @@ fn check_user_provided(u: &UserProvided) -> Result<()> {
 }
 
 impl AppService {
-    fn find_service(&self, at: &Scope, name: &str) -> Result<ServiceInstanceRecord> {
+    pub(super) fn find_service(&self, at: &Scope, name: &str) -> Result<ServiceInstanceRecord> {
         self.d.store.service(&at.space.guid, name)?.ok_or_else(|| {
             Error::api(
                 ErrorCode::NotFound,
@@ -81,12 +87,12 @@ impl AppService {
         })
     }
 
-    fn service_response(
+    pub(super) fn service_response(
         &self,
         at: &Scope,
         svc: &ServiceInstanceRecord,
         apps: &[AppRecord],
-    ) -> ServiceInstanceResponse {
+    ) -> Result<ServiceInstanceResponse> {
         let mut credentials = svc.user_provided.credentials.clone();
         if !at.sees_env {
             for v in credentials.values_mut() {
@@ -99,31 +105,40 @@ impl AppService {
             .map(|a| a.name.to_string())
             .collect();
         bound_apps.sort();
-        ServiceInstanceResponse {
+        let managed = self.managed_info(svc)?;
+        Ok(ServiceInstanceResponse {
             name: svc.name.clone(),
             guid: svc.guid.clone(),
-            kind: USER_PROVIDED.into(),
+            kind: if managed.is_some() {
+                MANAGED
+            } else {
+                USER_PROVIDED
+            }
+            .into(),
             credentials,
-            tags: svc.user_provided.tags.clone(),
+            tags: match &svc.managed {
+                Some(m) => m.tags.clone(),
+                None => svc.user_provided.tags.clone(),
+            },
             syslog_drain_url: svc.user_provided.syslog_drain_url.clone(),
             bound_apps,
             created_at: svc.created_at,
-        }
+            managed,
+        })
     }
 
     pub fn services(&self, at: &Scope) -> Result<Vec<ServiceInstanceResponse>> {
         let apps = self.d.store.list_space_apps(&at.space.guid)?;
         let svcs = self.d.store.services_of(&at.space.guid)?;
-        Ok(svcs
-            .iter()
+        svcs.iter()
             .map(|s| self.service_response(at, s, &apps))
-            .collect())
+            .collect()
     }
 
     pub fn service(&self, at: &Scope, name: &str) -> Result<ServiceInstanceResponse> {
         let svc = self.find_service(at, name)?;
         let apps = self.d.store.list_space_apps(&at.space.guid)?;
-        Ok(self.service_response(at, &svc, &apps))
+        self.service_response(at, &svc, &apps)
     }
 
     pub async fn create_service(
@@ -140,6 +155,7 @@ impl AppService {
             name: req.name,
             space_guid: at.space.guid.clone(),
             user_provided: req.user_provided,
+            managed: None,
             created_at: now,
             updated_at: now,
         };
@@ -153,7 +169,7 @@ impl AppService {
             ));
         }
         tracing::info!(service = %svc.name, space = %at.space.name, by = at.actor.as_str(), "user-provided service created");
-        Ok(self.service_response(at, &svc, &[]))
+        self.service_response(at, &svc, &[])
     }
 
     /// Replaces the fields given; bound apps see the change with their next deployment.
@@ -165,6 +181,11 @@ impl AppService {
     ) -> Result<ServiceInstanceResponse> {
         let _l = self.services_lock.lock().await;
         let mut svc = self.find_service(at, name)?;
+        if svc.managed.is_some() {
+            return Err(Error::bad_request(format!(
+                "service instance {name} is managed by a broker: change its plan or parameters"
+            )));
+        }
         let mut u = svc.user_provided.clone();
         if let Some(c) = req.credentials {
             u.credentials = c;
@@ -180,14 +201,17 @@ impl AppService {
         svc.updated_at = OffsetDateTime::now_utc();
         self.d.store.put_service(&svc)?;
         let apps = self.d.store.list_space_apps(&at.space.guid)?;
-        Ok(self.service_response(at, &svc, &apps))
+        self.service_response(at, &svc, &apps)
     }
 
     pub async fn delete_service(&self, at: &Scope, name: &str) -> Result<()> {
         let _l = self.services_lock.lock().await;
         let svc = self.find_service(at, name)?;
+        if svc.managed.is_some() {
+            return Err(Error::Other("a managed instance is deprovisioned".into()));
+        }
         let apps = self.d.store.list_space_apps(&at.space.guid)?;
-        let bound = self.service_response(at, &svc, &apps).bound_apps;
+        let bound = self.service_response(at, &svc, &apps)?.bound_apps;
         if !bound.is_empty() {
             return Err(Error::api(
                 ErrorCode::Conflict,
@@ -201,7 +225,15 @@ impl AppService {
     }
 
     /// Binds the app to the service instance; it reaches the instances with the next deployment.
-    pub async fn bind(&self, at: &Scope, app: &str, service: &str) -> Result<BindingResponse> {
+    /// A managed instance's binding is made on its broker first (with `parameters`), and its
+    /// credentials kept sealed.
+    pub async fn bind(
+        &self,
+        at: &Scope,
+        app: &str,
+        service: &str,
+        parameters: Option<Map<String, Value>>,
+    ) -> Result<BindingResponse> {
         let _l = self.services_lock.lock().await;
         let svc = self.find_service(at, service)?;
         let a = self.load(at, app)?;
@@ -214,11 +246,26 @@ impl AppService {
                 format!("app {app} is already bound to service instance {service}"),
             ));
         }
-        let b = BindingRecord {
+        let mut b = BindingRecord {
             guid: uuid::Uuid::new_v4().to_string(),
             service_guid: svc.guid.clone(),
             created_at: OffsetDateTime::now_utc(),
+            credentials: None,
+            syslog_drain_url: None,
+            volume_mounts: Vec::new(),
         };
+        if svc.managed.is_some() {
+            let bound = self
+                .broker_bind(at, &svc, &b.guid, Some(&a.guid), parameters)
+                .await?;
+            b.credentials = Some(self.d.store.secrets().seal_json(&bound.credentials)?);
+            b.syslog_drain_url = bound.syslog_drain_url;
+            b.volume_mounts = bound.volume_mounts;
+        } else if parameters.is_some() {
+            return Err(Error::bad_request(format!(
+                "service instance {service} is user-provided: binding parameters are for managed                  instances"
+            )));
+        }
         a.bindings.push(b.clone());
         a.updated_at = OffsetDateTime::now_utc();
         self.d.store.put_app(&a)?;
@@ -243,14 +290,16 @@ impl AppService {
         let lock = self.d.locks.get(&a.key());
         let _guard = lock.lock().await;
         let mut a = self.load(at, app)?;
-        let before = a.bindings.len();
-        a.bindings.retain(|b| b.service_guid != svc.guid);
-        if a.bindings.len() == before {
+        let Some(binding) = a.bindings.iter().find(|b| b.service_guid == svc.guid) else {
             return Err(Error::api(
                 ErrorCode::NotFound,
                 format!("app {app} is not bound to service instance {service}"),
             ));
+        };
+        if svc.managed.is_some() {
+            self.broker_unbind(at, &svc, &binding.guid.clone()).await?;
         }
+        a.bindings.retain(|b| b.service_guid != svc.guid);
         a.updated_at = OffsetDateTime::now_utc();
         self.d.store.put_app(&a)?;
         self.event(
@@ -263,30 +312,80 @@ impl AppService {
     }
 
     /// The `VCAP_SERVICES` the app's bindings make now (JSON text), in Cloud Foundry's shape:
-    /// an object keyed by label, each a list of bindings.
+    /// an object keyed by label (`user-provided`, a managed offering's name), each a list of
+    /// bindings in the order they were made.
     pub(super) fn vcap_services(&self, at: &Scope, app: &AppRecord) -> Result<String> {
         if app.bindings.is_empty() {
             return Ok("{}".into());
         }
         let svcs = self.d.store.services_of(&at.space.guid)?;
-        let mut ups = Vec::new();
+        let mut out: Map<String, Value> = Map::new();
         for b in &app.bindings {
             let Some(s) = svcs.iter().find(|s| s.guid == b.service_guid) else {
                 continue;
             };
-            ups.push(serde_json::json!({
-                "name": s.name,
-                "instance_name": s.name,
-                "binding_name": null,
-                "label": USER_PROVIDED,
-                "tags": s.user_provided.tags,
-                "credentials": s.user_provided.credentials,
-                "instance_guid": s.guid,
-                "binding_guid": b.guid,
-                "syslog_drain_url": s.user_provided.syslog_drain_url,
-                "volume_mounts": [],
-            }));
+            let (label, entry) = match &s.managed {
+                None => (
+                    USER_PROVIDED.to_string(),
+                    serde_json::json!({
+                        "name": s.name,
+                        "instance_name": s.name,
+                        "binding_name": null,
+                        "label": USER_PROVIDED,
+                        "tags": s.user_provided.tags,
+                        "credentials": s.user_provided.credentials,
+                        "instance_guid": s.guid,
+                        "binding_guid": b.guid,
+                        "syslog_drain_url": s.user_provided.syslog_drain_url,
+                        "volume_mounts": [],
+                    }),
+                ),
+                Some(m) => (m.offering_name.clone(), self.managed_entry(s, m, b)?),
+            };
+            if let Value::Array(list) = out.entry(label).or_insert_with(|| Value::Array(vec![])) {
+                list.push(entry);
+            }
         }
-        Ok(serde_json::json!({ USER_PROVIDED: ups }).to_string())
+        Ok(Value::Object(out).to_string())
+    }
+
+    /// A managed instance's binding in `VCAP_SERVICES`: tags are the offering's, the plan's (none
+    /// in OSB catalogs) and the instance's.
+    fn managed_entry(
+        &self,
+        s: &ServiceInstanceRecord,
+        m: &crate::store::ManagedRecord,
+        b: &BindingRecord,
+    ) -> Result<Value> {
+        let mut tags: Vec<String> = self
+            .d
+            .store
+            .broker_by_guid(&m.broker_guid)?
+            .and_then(|br| br.catalog.into_iter().find(|o| o.id == m.offering_id))
+            .map(|o| o.tags)
+            .unwrap_or_default();
+        for t in &m.tags {
+            if !tags.contains(t) {
+                tags.push(t.clone());
+            }
+        }
+        let credentials: Value = match &b.credentials {
+            Some(sealed) => self.d.store.secrets().open_json(sealed)?,
+            None => Value::Object(Map::new()),
+        };
+        Ok(serde_json::json!({
+            "name": s.name,
+            "instance_name": s.name,
+            "binding_name": null,
+            "label": m.offering_name,
+            "plan": m.plan_name,
+            "provider": null,
+            "tags": tags,
+            "credentials": credentials,
+            "instance_guid": s.guid,
+            "binding_guid": b.guid,
+            "syslog_drain_url": b.syslog_drain_url,
+            "volume_mounts": b.volume_mounts,
+        }))
     }
 }

@@ -31,6 +31,7 @@ mod apps;
 mod audit;
 pub mod auth;
 mod authorize;
+mod brokers;
 mod buildpacks;
 mod builds;
 mod deployments;
@@ -84,6 +85,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(quotas::routes())
         .merge(roles::routes())
         .merge(services::routes())
+        .merge(brokers::routes())
         .merge(audit::routes())
         // After routing (so the route's pattern is known): the policy decides.
         .route_layer(middleware::from_fn_with_state(
@@ -137,6 +139,8 @@ async fn info(axum::extract::State(s): S) -> Json<InfoResponse> {
 
 #[cfg(test)]
 mod audit_tests;
+#[cfg(test)]
+mod brokers_tests;
 #[cfg(test)]
 mod env_tests;
 #[cfg(test)]

@@ -88,10 +88,13 @@ fn concrete(path: &str, org: &str, space: &str, app: &str) -> String {
         .replace("{id}", "1")
         .replace("{user}", "nobody")
         .replace("{role}", "SpaceAuditor")
-        .replace("{service}", app);
+        .replace("{service}", app)
+        .replace("{key}", "k");
     if p.starts_with("/v1/apps")
         || p.starts_with("/v1/route-mappings")
         || p.starts_with("/v1/service-instances")
+        || p.starts_with("/v1/marketplace")
+        || p.starts_with("/v1/space-service-brokers")
     {
         format!("{p}?org={org}&space={space}")
     } else {

@@ -852,3 +852,49 @@ async fn a_long_poll_answers_at_the_next_change() {
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
+
+/// The built-in brokers' service containers carry this controller's labels; the reconciler
+/// leaves them alone (other containers of no known use are removed) and keeps their addresses.
+#[tokio::test]
+async fn the_reconciler_leaves_service_containers_alone() {
+    use crate::runtime::labels::keys;
+    use crate::runtime::{ContainerRuntime as _, ContainerSpec, Labels, Networking};
+    let p = TestPlatform::new().await;
+    let spec = |name: &str, labels: Labels| ContainerSpec {
+        name: name.into(),
+        image: crate::runtime::stack::DEFAULT_STACK_IMAGE.into(),
+        cmd: vec![],
+        env: vec![],
+        user: "root".into(),
+        working_dir: "/".into(),
+        labels,
+        memory_mb: 256,
+        pids_limit: 512,
+        networking: Networking::Disabled,
+        mounts: vec![],
+        publish_8080: false,
+        init: false,
+        stop_timeout: None,
+        cpu_shares: None,
+        nano_cpus: None,
+        open_stdin: false,
+    };
+    let service = Labels::new("test", Kind::Service).with(keys::INSTANCE, "svc-1");
+    let svc = p.fake.create(&spec("pg", service)).await.unwrap();
+    p.fake.start(&svc).await.unwrap();
+    let other = Labels::new("test", Kind::AppImage);
+    let junk = p.fake.create(&spec("junk", other)).await.unwrap();
+    p.parts.reconciler.once().await.unwrap();
+    let left: Vec<String> = p
+        .fake
+        .containers()
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect();
+    assert_eq!(
+        left,
+        vec![svc.clone()],
+        "the service container stays, the other goes"
+    );
+    assert!(p.fake.removed().contains(&junk));
+}

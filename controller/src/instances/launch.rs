@@ -128,6 +128,10 @@ pub(super) fn instance_env(spec: &InstanceSpec, instance_id: &str, place: &Place
         env.insert(k.to_string(), v);
     }
     env.entry("LANG".into()).or_insert_with(|| "C.UTF-8".into());
+    // Heroku's names for the first database and cache bound; the user's own value wins.
+    for (k, v) in crate::brokers::service_urls(&spec.vcap_services) {
+        env.entry(k).or_insert(v);
+    }
     env.entry("PATH".into())
         .or_insert_with(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()

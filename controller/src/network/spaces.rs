@@ -158,6 +158,11 @@ impl Networks {
         })
     }
 
+    /// The address pool handing out addresses on these networks.
+    pub fn addresses(&self) -> &Arc<AddressPool> {
+        &self.addresses
+    }
+
     fn is_default(&self, space_guid: &str) -> bool {
         space_guid.is_empty() || self.default_space.as_deref() == Some(space_guid)
     }

@@ -38,6 +38,9 @@ pub enum Kind {
     Instances,
     /// An app image (the stack plus a droplet), or the throwaway container it is made in.
     AppImage,
+    /// A built-in broker's service instance (its container and data volume): owned by the
+    /// broker (`pier_broker`), never removed by the reconciler.
+    Service,
 }
 
 impl Kind {
@@ -48,6 +51,7 @@ impl Kind {
             Kind::WarmStaging => "warm-staging",
             Kind::Instances => "instances",
             Kind::AppImage => "image",
+            Kind::Service => pier_broker::broker::labels::KIND_SERVICE,
         }
     }
 
@@ -58,6 +62,7 @@ impl Kind {
             Kind::WarmStaging,
             Kind::Instances,
             Kind::AppImage,
+            Kind::Service,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -138,10 +143,12 @@ mod tests {
             Kind::WarmStaging,
             Kind::Instances,
             Kind::AppImage,
+            Kind::Service,
         ] {
             assert_eq!(Kind::parse(k.as_str()), Some(k));
         }
         assert_eq!(Kind::parse("other"), None);
+        assert_eq!(Kind::Service.as_str(), "service");
         assert_eq!(Labels::controller_filter("x"), "pier.controller=x");
     }
 }

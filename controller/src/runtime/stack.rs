@@ -41,25 +41,63 @@ pub async fn ensure(
 
 /// Builds the root filesystem with debootstrap and imports it as `image`, printing progress.
 pub async fn build_stack(runtime: &dyn ContainerRuntime, image: &str) -> anyhow::Result<()> {
+    let changes = vec![
+        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        "ENV LANG=C.UTF-8".into(),
+        "USER vcap".into(),
+        "WORKDIR /home/vcap".into(),
+    ];
+    build_image(runtime, image, "stack", &[], changes).await
+}
+
+/// Builds the services image (the built-in brokers' PostgreSQL and Redis, `pier_broker`) from
+/// the same script, with Debian's `postgresql` and `redis-server` instead of the runtimes.
+pub async fn build_services_image(
+    runtime: &dyn ContainerRuntime,
+    image: &str,
+) -> anyhow::Result<()> {
+    let args = [
+        "--packages",
+        pier_broker::image::PACKAGES,
+        "--commands",
+        pier_broker::image::COMMANDS,
+        "--release",
+        "services",
+    ];
+    let changes = vec![
+        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        "ENV LANG=C.UTF-8".into(),
+    ];
+    build_image(runtime, image, "services image", &args, changes).await
+}
+
+async fn build_image(
+    runtime: &dyn ContainerRuntime,
+    image: &str,
+    what: &str,
+    args: &[&str],
+    changes: Vec<String>,
+) -> anyhow::Result<()> {
     let (repo, tag) = image
         .rsplit_once(':')
-        .ok_or_else(|| anyhow::anyhow!("stack image {image:?} has no tag"))?;
+        .ok_or_else(|| anyhow::anyhow!("{what} {image:?} has no tag"))?;
     let work = tempfile::Builder::new().prefix("pier-stack-").tempdir()?;
     let script = work.path().join("build-rootfs.sh");
     std::fs::write(&script, BUILD_SCRIPT)?;
     let out = work.path().join("rootfs.tar");
-    eprintln!("-----> Building the stack image {image} (debootstrap; takes a few minutes, once)");
+    eprintln!("-----> Building the {what} {image} (debootstrap; takes a few minutes, once)");
     let started = std::time::Instant::now();
     let status = tokio::process::Command::new("bash")
         .arg(&script)
+        .args(args)
         .arg(&out)
         .stdin(Stdio::null())
         .status()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot run bash for the stack build: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot run bash for the {what} build: {e}"))?;
     if !status.success() {
         anyhow::bail!(
-            "building the stack root filesystem failed ({status}); see the output above. \
+            "building the {what}'s root filesystem failed ({status}); see the output above. \
              It needs root, debootstrap and the Debian mirror in /etc/apt/sources.list"
         );
     }
@@ -67,22 +105,17 @@ pub async fn build_stack(runtime: &dyn ContainerRuntime, image: &str) -> anyhow:
     let spec = ImportSpec {
         repo: repo.to_string(),
         tag: tag.to_string(),
-        changes: vec![
-            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-            "ENV LANG=C.UTF-8".into(),
-            "USER vcap".into(),
-            "WORKDIR /home/vcap".into(),
-        ],
+        changes,
     };
     runtime
         .import_image(&out, &spec)
         .await
-        .map_err(|e| anyhow::anyhow!("docker import of the stack failed: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("docker import of the {what} failed: {e}"))?;
     if !runtime.image_exists(image).await? {
         anyhow::bail!("docker import finished but {image} is not there");
     }
     eprintln!(
-        "-----> Stack image {image} ready in {:.0} s",
+        "-----> The {what} {image} is ready in {:.0} s",
         started.elapsed().as_secs_f64()
     );
     Ok(())

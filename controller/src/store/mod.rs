@@ -18,6 +18,8 @@
 //! - `services`: `<space guid>/<name>` → [`ServiceInstanceRecord`] ([`services`]); bindings are
 //!   in the app's record
 //! - `roles`: `<user guid>/<org or space guid>/<role>` → [`RoleRecord`] ([`RoleStore`])
+//! - `service_brokers`, `service_keys`: brokers and service keys ([`brokers`]); their secrets are
+//!   sealed with the key in `DATA_DIR/secrets.key` ([`secrets`])
 //!
 //! Invariants:
 //! - Every write is flushed before the call returns, so an API answer means the change is on disk.
@@ -44,8 +46,10 @@ mod addresses;
 mod apps;
 mod audit;
 pub mod blobs;
+pub mod brokers;
 pub mod quotas;
 mod roles;
+pub mod secrets;
 pub mod services;
 pub mod tenancy;
 mod users;
@@ -53,9 +57,11 @@ mod users;
 pub use addresses::AddressStore;
 pub use apps::{app_key, AppRecord, BindingRecord, DeploymentRecord, ProcessRecord, Revision};
 pub use audit::{AuditStore, AUDIT_KEPT};
+pub use brokers::{BrokerRecord, OfferingRecord, PlanRecord, ServiceKeyRecord};
 pub use quotas::QuotaRecord;
 pub use roles::{RoleRecord, RoleStore};
-pub use services::ServiceInstanceRecord;
+pub use secrets::Secrets;
+pub use services::{ManagedRecord, OperationRecord, ServiceInstanceRecord};
 pub use tenancy::{OrgRecord, SpaceRecord};
 
 /// The store's layout version, in `meta`: 1 (no key) before orgs and spaces, 2 since.
@@ -86,6 +92,9 @@ pub struct Store {
     spaces: sled::Tree,
     quotas: sled::Tree,
     services: sled::Tree,
+    brokers: sled::Tree,
+    service_keys: sled::Tree,
+    secrets: std::sync::Arc<Secrets>,
     changes: crate::changes::Changes,
 }
 
@@ -101,6 +110,12 @@ impl Store {
             spaces: db.open_tree("spaces")?,
             quotas: db.open_tree("quotas")?,
             services: db.open_tree("services")?,
+            brokers: db.open_tree("service_brokers")?,
+            service_keys: db.open_tree("service_keys")?,
+            // Beside the database, in the data dir.
+            secrets: std::sync::Arc::new(Secrets::at(
+                &dir.parent().unwrap_or(dir).join(secrets::KEY_FILE),
+            )),
             changes: Default::default(),
             db,
         };
@@ -161,6 +176,11 @@ impl Store {
             );
         }
         self.flush()
+    }
+
+    /// What seals broker passwords and the credentials brokers give.
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
     }
 
     /// The counter every app, event and instance change bumps.

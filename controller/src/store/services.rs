@@ -13,12 +13,67 @@ pub struct ServiceInstanceRecord {
     pub guid: String,
     pub name: String,
     pub space_guid: String,
-    /// A user-provided service's fields (the only kind yet).
+    /// A user-provided service's fields (empty for a managed one).
+    #[serde(default)]
     pub user_provided: pier_api::UserProvided,
+    /// A managed instance's: what a broker provisioned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedRecord>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+}
+
+/// A service instance a broker provisioned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManagedRecord {
+    pub broker_guid: String,
+    pub offering_id: String,
+    pub offering_name: String,
+    pub plan_id: String,
+    pub plan_name: String,
+    /// The instance's own tags (the offering's and plan's are added in `VCAP_SERVICES`).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub dashboard_url: Option<String>,
+    pub last_operation: OperationRecord,
+}
+
+/// The last operation on a managed instance; one `in progress` is followed by a background task
+/// (after a restart too) until the broker says it ended or the deadline passes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperationRecord {
+    /// `create`, `update`, `delete`.
+    pub kind: String,
+    /// `in progress`, `succeeded`, `failed`.
+    pub state: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The broker's operation token (OSB `operation`), for `last_operation`.
+    #[serde(default)]
+    pub operation: Option<String>,
+    /// An update's new plan (id, name), recorded as the plan once the update succeeds.
+    #[serde(default)]
+    pub new_plan: Option<(String, String)>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    /// When following it stops and it counts as failed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub deadline: OffsetDateTime,
+}
+
+pub const IN_PROGRESS: &str = "in progress";
+pub const SUCCEEDED: &str = "succeeded";
+pub const FAILED: &str = "failed";
+
+impl OperationRecord {
+    pub fn in_progress(&self) -> bool {
+        self.state == IN_PROGRESS
+    }
 }
 
 fn key(space_guid: &str, name: &str) -> String {
