@@ -37,6 +37,9 @@ pub struct Controller {
     parts: Parts,
     api_listener: TcpListener,
     router_listener: Option<TcpListener>,
+    /// Answer internal routes' DNS on the instance networks' gateways (on Docker; a fake
+    /// runtime's networks are not the host's).
+    internal_dns: bool,
 }
 
 /// The subsystems, as `run` (and the handler tests) need them.
@@ -211,7 +214,9 @@ impl Controller {
         let token = crate::http::auth::ensure_token(&store, &config.data_dir)?;
         let id = controller_id(&config, &store)?;
         let runtime: Arc<dyn ContainerRuntime> = Arc::new(DockerRuntime::connect(&id).await?);
-        Self::start_with(config, store, blobs, runtime, token, id, shutdown).await
+        let mut c = Self::start_with(config, store, blobs, runtime, token, id, shutdown).await?;
+        c.internal_dns = true;
+        Ok(c)
     }
 
     /// [`Controller::start`] on a given runtime (tests use [`crate::runtime::fake::FakeRuntime`]).
@@ -281,6 +286,7 @@ impl Controller {
             parts,
             api_listener,
             router_listener,
+            internal_dns: false,
         })
     }
 
@@ -302,6 +308,10 @@ impl Controller {
                 .clone()
                 .sample_usage(p.usage_every, shutdown.clone()),
         );
+        if self.internal_dns {
+            let (nets, names) = (p.instances.networks().watch(), p.routing.internal());
+            tasks.spawn(crate::network::dns::serve(nets, names, shutdown.clone()));
+        }
         if let Some(listener) = self.router_listener {
             let rx = p.routing.subscribe();
             let opts = pier_router::ProxyOptions {

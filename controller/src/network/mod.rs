@@ -33,6 +33,7 @@ use crate::runtime::{ContainerRuntime, Kind, Labels, NetworkSpec};
 use crate::store::Store;
 
 pub mod addresses;
+pub mod dns;
 mod spaces;
 
 pub use spaces::{prepare, NetworkSet, Networks};

@@ -134,6 +134,9 @@ pub struct Networks {
     /// Deleted spaces whose network Docker refused to remove (a container was still attached):
     /// [`Networks::retry_removals`] tries again.
     pending: std::sync::Mutex<BTreeSet<String>>,
+    /// Every network that exists now (the default one first), for the internal routes' DNS
+    /// server, which listens on each one's gateway (`dns.rs`).
+    current: tokio::sync::watch::Sender<Vec<InstanceNetwork>>,
 }
 
 impl Networks {
@@ -145,7 +148,10 @@ impl Networks {
         set: NetworkSet,
         addresses: Arc<AddressPool>,
     ) -> Arc<Networks> {
+        let mut current = vec![set.default.clone()];
+        current.extend(set.spaces.values().cloned());
         Arc::new(Networks {
+            current: tokio::sync::watch::channel(current).0,
             runtime,
             controller_id: controller_id.to_string(),
             store,
@@ -156,6 +162,11 @@ impl Networks {
             spaces: tokio::sync::Mutex::new(set.spaces),
             pending: Default::default(),
         })
+    }
+
+    /// Every network that exists now, and each change to that list.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<Vec<InstanceNetwork>> {
+        self.current.subscribe()
     }
 
     fn is_default(&self, space_guid: &str) -> bool {
@@ -187,6 +198,7 @@ impl Networks {
         self.addresses.add_network(&net.name, net.subnet)?;
         tracing::info!(network = %net.name, subnet = %net.subnet, space = space_guid, "the space's instance network is ready");
         spaces.insert(space_guid.to_string(), net.clone());
+        self.current.send_modify(|c| c.push(net.clone()));
         Ok(net)
     }
 
@@ -213,6 +225,7 @@ impl Networks {
         self.pending().remove(space_guid);
         self.addresses.remove_network(&name);
         spaces.remove(space_guid);
+        self.current.send_modify(|c| c.retain(|n| n.name != name));
         self.store.meta_remove(&space_meta_key(space_guid))?;
         tracing::info!(network = %name, space = space_guid, "removed the deleted space's network");
         Ok(())

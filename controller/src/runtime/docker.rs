@@ -136,8 +136,9 @@ fn host_config(spec: &ContainerSpec) -> HostConfig {
     host
 }
 
-fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+fn create_body(spec: &ContainerSpec, dns: Option<Ipv4Addr>) -> ContainerCreateBody {
     let mut host = host_config(spec);
+    host.dns = dns.map(|d| vec![d.to_string()]);
     let mut body = ContainerCreateBody {
         image: Some(spec.image.clone()),
         user: Some(spec.user.clone()),
@@ -255,9 +256,25 @@ impl ContainerRuntime for DockerRuntime {
         let opts = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();
+        // On an instance network, the DNS server is the controller's on the network's gateway
+        // (internal routes, `network/dns.rs`): Docker's embedded resolver forwards to it every
+        // name that is not a container's.
+        let dns = match &spec.networking {
+            Networking::Fixed { network, .. } => {
+                let n = self
+                    .docker
+                    .inspect_network(
+                        network,
+                        None::<bollard::query_parameters::InspectNetworkOptions>,
+                    )
+                    .await?;
+                gateway_of(&n)
+            }
+            Networking::Disabled => None,
+        };
         Ok(self
             .docker
-            .create_container(Some(opts), create_body(spec))
+            .create_container(Some(opts), create_body(spec, dns))
             .await?
             .id)
     }
@@ -564,7 +581,7 @@ impl ContainerRuntime for DockerRuntime {
             Err(e) if is_status(&e, 404) => {}
             Err(e) => return Err(e.into()),
         }
-        super::firewall::remove(&bridge, &self.controller_id).await
+        super::firewall::remove(&bridge, gateway_of(&n), &self.controller_id).await
     }
 
     async fn isolate(&self, network: &str, access: super::HostAccess) -> Result<()> {
@@ -576,7 +593,7 @@ impl ContainerRuntime for DockerRuntime {
             )
             .await?;
         let bridge = bridge_name(network, &n)?;
-        super::firewall::apply(&bridge, &self.controller_id, access).await
+        super::firewall::apply(&bridge, gateway_of(&n), &self.controller_id, access).await
     }
 
     async fn image_exists(&self, image: &str) -> Result<bool> {
@@ -730,6 +747,16 @@ fn image_archive(
 
 /// The network's bridge in the host's kernel: Docker names it after the network's id unless told
 /// otherwise.
+/// The network's gateway: the host's address on its bridge.
+fn gateway_of(n: &bollard::models::NetworkInspect) -> Option<Ipv4Addr> {
+    n.ipam
+        .as_ref()?
+        .config
+        .as_ref()?
+        .iter()
+        .find_map(|c| c.gateway.as_deref()?.parse().ok())
+}
+
 fn bridge_name(network: &str, n: &bollard::models::NetworkInspect) -> Result<String> {
     n.options
         .as_ref()
