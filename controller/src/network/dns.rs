@@ -394,6 +394,183 @@ mod tests {
         );
     }
 
+    /// A query of `name` for `qtype` sent to `server` over UDP or TCP, and its answer.
+    async fn ask(server: SocketAddr, name: &str, qtype: RecordType, tcp: bool) -> Message {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut q = Message::new();
+        q.set_id(4242)
+            .set_recursion_desired(true)
+            .add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        let bytes = q.to_vec().unwrap();
+        let answer = if tcp {
+            let mut s = tokio::net::TcpStream::connect(server).await.unwrap();
+            s.write_all(&(bytes.len() as u16).to_be_bytes())
+                .await
+                .unwrap();
+            s.write_all(&bytes).await.unwrap();
+            let len = s.read_u16().await.unwrap();
+            let mut buf = vec![0; len as usize];
+            s.read_exact(&mut buf).await.unwrap();
+            buf
+        } else {
+            let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            s.send_to(&bytes, server).await.unwrap();
+            let mut buf = vec![0; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), s.recv(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
+            buf.truncate(n);
+            buf
+        };
+        let m = Message::from_vec(&answer).unwrap();
+        assert_eq!(m.id(), 4242);
+        m
+    }
+
+    fn ips(m: &Message) -> Vec<Ipv4Addr> {
+        m.answers()
+            .iter()
+            .map(|r| match r.data() {
+                RData::A(a) => a.0,
+                other => panic!("not an A record: {other:?}"),
+            })
+            .collect()
+    }
+
+    /// A host resolver that knows one name, and how many queries it got.
+    async fn fake_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = asked.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0; 4096];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let q = Message::from_vec(&buf[..n]).unwrap();
+                let mut m = Message::new();
+                m.set_id(q.id())
+                    .set_message_type(MessageType::Response)
+                    .add_queries(q.queries().to_vec());
+                let name = q.queries()[0].name().clone();
+                if name.to_ascii() == "example.com." {
+                    m.add_answer(Record::from_rdata(name, 60, RData::A(A::new(192, 0, 2, 7))));
+                } else {
+                    m.set_response_code(ResponseCode::NXDomain);
+                }
+                sock.send_to(&m.to_vec().unwrap(), from).await.unwrap();
+            }
+        });
+        (addr, asked)
+    }
+
+    /// A server for network `NET` on loopback, answering sources in `subnet`.
+    async fn server(
+        subnet: &str,
+        upstream: Vec<SocketAddr>,
+    ) -> (
+        SocketAddr,
+        watch::Sender<Arc<InternalNames>>,
+        ServerFuture<Handler>,
+    ) {
+        let (tx, rx) = watch::channel(Arc::new(names()));
+        // Bind a free port for UDP and TCP alike.
+        let addr = loop {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = probe.local_addr().unwrap();
+            drop(probe);
+            if std::net::UdpSocket::bind(addr).is_ok() {
+                break addr;
+            }
+        };
+        let handler = Handler::new(NET, subnet.parse().unwrap(), rx, Arc::new(upstream));
+        let server = listen(addr, handler).await.unwrap();
+        (addr, tx, server)
+    }
+
+    #[tokio::test]
+    async fn answers_the_networks_names_over_udp_and_tcp() {
+        let (addr, tx, mut srv) = server("127.0.0.0/8", vec![]).await;
+        for tcp in [false, true] {
+            let m = ask(addr, "B.APPS.internal.", RecordType::A, tcp).await;
+            assert_eq!(m.response_code(), ResponseCode::NoError);
+            assert!(m.authoritative());
+            assert_eq!(
+                ips(&m),
+                [
+                    "10.213.0.2".parse::<Ipv4Addr>().unwrap(),
+                    "10.213.0.3".parse().unwrap()
+                ]
+            );
+            assert!(m.answers().iter().all(|r| r.ttl() == 0), "never cached");
+        }
+        let aaaa = ask(addr, "b.apps.internal.", RecordType::AAAA, false).await;
+        assert_eq!(
+            (aaaa.response_code(), aaaa.answers().len()),
+            (ResponseCode::NoError, 0)
+        );
+        let idle = ask(addr, "idle.apps.internal.", RecordType::A, false).await;
+        assert_eq!(
+            (idle.response_code(), idle.answers().len()),
+            (ResponseCode::NoError, 0)
+        );
+        for unknown in [
+            "secret.apps.internal.",
+            "nope.apps.internal.",
+            "apps.internal.",
+        ] {
+            let m = ask(addr, unknown, RecordType::A, false).await;
+            assert_eq!(m.response_code(), ResponseCode::NXDomain, "{unknown}");
+            assert!(m.answers().is_empty());
+        }
+        // A change of the names is answered at once.
+        let mut n = InternalNames::default();
+        n.insert(NET, "b.apps.internal", ["10.213.0.9".parse().unwrap()]);
+        tx.send_replace(Arc::new(n));
+        let m = ask(addr, "b.apps.internal.", RecordType::A, false).await;
+        assert_eq!(ips(&m), ["10.213.0.9".parse::<Ipv4Addr>().unwrap()]);
+        srv.shutdown_gracefully().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn other_names_go_to_the_hosts_resolver_or_fail() {
+        let (up, asked) = fake_upstream().await;
+        let (addr, _tx, mut srv) = server("127.0.0.0/8", vec![up]).await;
+        let m = ask(addr, "example.com.", RecordType::A, false).await;
+        assert_eq!(m.response_code(), ResponseCode::NoError);
+        assert_eq!(ips(&m), ["192.0.2.7".parse::<Ipv4Addr>().unwrap()]);
+        let m = ask(addr, "missing.example.", RecordType::A, false).await;
+        assert_eq!(m.response_code(), ResponseCode::NXDomain);
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+        srv.shutdown_gracefully().await.unwrap();
+        let (addr, _tx, mut srv) = server("127.0.0.0/8", vec![]).await;
+        let m = ask(addr, "example.com.", RecordType::A, false).await;
+        assert_eq!(
+            m.response_code(),
+            ResponseCode::ServFail,
+            "no resolver to ask"
+        );
+        srv.shutdown_gracefully().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_source_outside_the_network_is_refused_and_nothing_relayed() {
+        let (up, asked) = fake_upstream().await;
+        let (addr, _tx, mut srv) = server("10.213.0.0/24", vec![up]).await;
+        for name in ["b.apps.internal.", "example.com."] {
+            let m = ask(addr, name, RecordType::A, false).await;
+            assert_eq!(m.response_code(), ResponseCode::Refused, "{name}");
+            assert!(m.answers().is_empty());
+        }
+        assert_eq!(
+            asked.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "nothing relayed"
+        );
+        srv.shutdown_gracefully().await.unwrap();
+    }
+
     #[test]
     fn reads_nameservers() {
         let conf = "# comment\nsearch example.com\nnameserver 192.0.2.53\nnameserver  ::1\noptions ndots:0\nnameserver bogus\n";
