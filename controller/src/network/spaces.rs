@@ -380,6 +380,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_dns_server_is_told_of_every_network_as_spaces_come_and_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        put_space(&store, SPACE);
+        let fake = FakeRuntime::new("c1");
+        let (n, _) = open(&fake, &store).await;
+        let mut rx = n.watch();
+        let names = |rx: &mut tokio::sync::watch::Receiver<Vec<InstanceNetwork>>| -> Vec<String> {
+            rx.borrow_and_update()
+                .iter()
+                .map(|n| n.name.clone())
+                .collect()
+        };
+        assert_eq!(names(&mut rx), vec!["pier-c1"]);
+        let made = n.for_space(SPACE).await.unwrap();
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(names(&mut rx), vec!["pier-c1", NET]);
+        assert_eq!(rx.borrow().last().unwrap(), &made, "with its subnet");
+        n.remove_space(SPACE).await.unwrap();
+        assert_eq!(names(&mut rx), vec!["pier-c1"]);
+        // A restart starts from every network that exists.
+        n.for_space(SPACE).await.unwrap();
+        drop(n);
+        let (n, _) = open(&fake, &store).await;
+        assert_eq!(names(&mut n.watch()), vec!["pier-c1", NET]);
+    }
+
+    #[tokio::test]
     async fn a_network_in_use_is_not_removed_and_the_default_never_is() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();

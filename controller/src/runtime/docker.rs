@@ -767,3 +767,64 @@ fn bridge_name(network: &str, n: &bollard::models::NetworkInspect) -> Result<Str
         })
         .ok_or_else(|| RuntimeError::Api(format!("network {network} has no id")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{Kind, Labels};
+
+    fn spec(networking: Networking) -> ContainerSpec {
+        ContainerSpec {
+            name: "x".into(),
+            image: "img".into(),
+            cmd: vec![],
+            env: vec![],
+            user: "vcap".into(),
+            working_dir: "/".into(),
+            labels: Labels::new("c1", Kind::Instance),
+            memory_mb: 64,
+            pids_limit: 64,
+            networking,
+            mounts: vec![],
+            publish_8080: false,
+            init: true,
+            stop_timeout: None,
+            cpu_shares: None,
+            nano_cpus: None,
+        }
+    }
+
+    #[test]
+    fn an_instance_asks_the_gateway_for_names_and_staging_asks_nobody() {
+        let fixed = spec(Networking::Fixed {
+            network: "pier-c1".into(),
+            ip: "10.213.5.7".parse().unwrap(),
+        });
+        let body = create_body(&fixed, Some("10.213.5.1".parse().unwrap()));
+        let host = body.host_config.unwrap();
+        assert_eq!(host.dns, Some(vec!["10.213.5.1".to_string()]));
+        assert_eq!(host.network_mode.as_deref(), Some("pier-c1"));
+        let body = create_body(&spec(Networking::Disabled), None);
+        assert_eq!(body.host_config.unwrap().dns, None);
+    }
+
+    #[test]
+    fn the_gateway_comes_from_the_networks_ipam() {
+        let n = bollard::models::NetworkInspect {
+            ipam: Some(Ipam {
+                config: Some(vec![IpamConfig {
+                    subnet: Some("10.213.5.0/24".into()),
+                    gateway: Some("10.213.5.1".into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(gateway_of(&n), Some("10.213.5.1".parse().unwrap()));
+        assert_eq!(
+            gateway_of(&bollard::models::NetworkInspect::default()),
+            None
+        );
+    }
+}
