@@ -294,11 +294,15 @@ impl Controller {
     pub async fn run(self) -> anyhow::Result<()> {
         let p = self.parts;
         let shutdown = p.shutdown.clone();
+        let mut tasks = tokio::task::JoinSet::new();
+        if self.internal_dns {
+            let (nets, names) = (p.instances.networks().watch(), p.routing.internal());
+            tasks.spawn(crate::network::dns::serve(nets, names, shutdown.clone()));
+        }
         // The first pass adopts running instances and publishes the first route table.
         if let Err(e) = p.reconciler.once().await {
             tracing::warn!(error = %e, "first reconcile pass failed; retrying in the loop");
         }
-        let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(crate::logs::run_persister(p.logs.clone(), shutdown.clone()));
         tasks.spawn(p.reconciler.clone().run());
         tasks.spawn(p.reconciler.clone().follow_events());
@@ -308,10 +312,6 @@ impl Controller {
                 .clone()
                 .sample_usage(p.usage_every, shutdown.clone()),
         );
-        if self.internal_dns {
-            let (nets, names) = (p.instances.networks().watch(), p.routing.internal());
-            tasks.spawn(crate::network::dns::serve(nets, names, shutdown.clone()));
-        }
         if let Some(listener) = self.router_listener {
             let rx = p.routing.subscribe();
             let opts = pier_router::ProxyOptions {

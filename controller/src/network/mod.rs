@@ -23,6 +23,8 @@
 //!   each reconcile pass, and at the next start. Networks outlive the controller, like its instances do; `scripts/down` and the
 //!   e2e harness remove every network labelled with the controller id once their containers are
 //!   gone.
+//! - Internal routes (`NAME.apps.internal`) are answered by the controller's own DNS server on
+//!   each network's gateway, to that network's instances only ([`dns`]).
 
 use std::net::Ipv4Addr;
 
