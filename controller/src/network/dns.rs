@@ -135,7 +135,7 @@ impl Handler {
         }
     }
 
-    fn from_this_network(&self, src: SocketAddr) -> bool {
+    fn is_on_this_network(&self, src: SocketAddr) -> bool {
         match src.ip() {
             std::net::IpAddr::V4(ip) => self.subnet.contains(ip),
             std::net::IpAddr::V6(_) => false,
@@ -193,7 +193,7 @@ impl RequestHandler for Handler {
         request: &Request,
         response: R,
     ) -> ResponseInfo {
-        if !self.from_this_network(request.src()) {
+        if !self.is_on_this_network(request.src()) {
             tracing::debug!(src = %request.src(), network = %self.network, "DNS query from outside the network refused");
             return error(request, response, ResponseCode::Refused).await;
         }
