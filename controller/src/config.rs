@@ -101,6 +101,12 @@ pub struct Config {
     #[arg(long, env = "PIER_MAX_STAGING_OUTPUT_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_staging_output_bytes: u64,
 
+    /// Most warm staging containers kept: after an app stages, the container for its next
+    /// staging is made ahead of need, so a re-push skips creating and starting one (each costs
+    /// an idle process, no CPU; see docs/staging.md). 0 turns this off.
+    #[arg(long, env = "PIER_WARM_STAGERS", default_value_t = 8)]
+    pub warm_stagers: usize,
+
     /// Most entries (files, folders, links) a package may hold.
     #[arg(long, env = "PIER_MAX_PACKAGE_ENTRIES", default_value_t = 200_000)]
     pub max_package_entries: u64,
@@ -266,6 +272,7 @@ impl Config {
             package_gc_grace_secs: 3600,
             max_droplet_bytes: 2 * 1024 * 1024 * 1024,
             max_staging_output_bytes: 16 * 1024 * 1024,
+            warm_stagers: 0,
             staging_timeout_secs: 900,
             default_memory_mb: 256,
             default_disk_mb: 1024,
@@ -393,6 +400,7 @@ impl Config {
             package_limits: self.package_limits(),
             max_droplet_bytes: self.max_droplet_bytes,
             max_output_bytes: self.max_staging_output_bytes,
+            warm_stagers: self.warm_stagers,
         }
     }
 

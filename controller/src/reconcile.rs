@@ -222,12 +222,14 @@ impl Reconciler {
 
     /// A container that is no instance (a staging, or of an unknown kind, such as an image-build
     /// container of a Pier from before images were loaded) and that no running staging of this
-    /// process uses.
+    /// process uses, nor its list of warm staging containers.
     fn unwanted_other(&self, c: &Managed) -> bool {
         let guid = c.labels.app_guid();
         match c.labels.kind() {
             Some(Kind::Instance) => false,
-            Some(Kind::Staging) => !guid.is_some_and(|g| self.stager.is_active(g)),
+            Some(Kind::Staging | Kind::WarmStaging) => {
+                !guid.is_some_and(|g| self.stager.is_active(g)) && !self.stager.is_warm(&c.id)
+            }
             _ => true,
         }
     }

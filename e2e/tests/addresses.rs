@@ -91,11 +91,14 @@ fn a_released_address_waits_for_the_routers_acknowledgement() {
         instance_subnet_prefix: Some(29),
         // The paused router holds the drain of `first` too (it has not acknowledged the table
         // without it): up to the drain timeout, kept short here.
+        // `stays_at` counts every container of the controller: no warm staging ones.
         controller_args: vec![
             "--address-quarantine-secs".into(),
             "6".into(),
             "--drain-timeout-secs".into(),
             "5".into(),
+            "--warm-stagers".into(),
+            "0".into(),
         ],
         ..Default::default()
     });
@@ -183,7 +186,13 @@ fn with_every_free_address_in_quarantine_nothing_starts_until_it_ends() {
     const QUARANTINE: u64 = 25;
     let p = Platform::start_with(Options {
         instance_subnet_prefix: Some(29),
-        controller_args: vec!["--address-quarantine-secs".into(), QUARANTINE.to_string()],
+        // `stays_at` counts every container of the controller: no warm staging ones.
+        controller_args: vec![
+            "--address-quarantine-secs".into(),
+            QUARANTINE.to_string(),
+            "--warm-stagers".into(),
+            "0".into(),
+        ],
         ..Default::default()
     });
     let subnet = p.instance_subnet.clone().unwrap();

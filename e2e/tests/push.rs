@@ -110,6 +110,85 @@ fn push_python_app_repush_and_delete() {
     assert!(p.app("hello").is_none());
 }
 
+/// The controller's containers of `kind` for `app`, by id.
+fn of_kind(p: &Platform, kind: &str, app: &str) -> Vec<String> {
+    p.containers()
+        .into_iter()
+        .filter(|(_, l)| {
+            l.get("pier.kind").map(String::as_str) == Some(kind)
+                && l.get("pier.app").map(String::as_str) == Some(app)
+        })
+        .map(|(id, _)| id)
+        .collect()
+}
+
+#[test]
+fn a_re_push_stages_in_the_container_made_ahead_of_it() {
+    let mut p = Platform::start();
+    let app = example("python-app");
+    p.pier_ok(&["push", "warm"], app.path());
+    // After the staging, a container for the next one waits (networking off, as vcap).
+    let warm = eventually(Duration::from_secs(20), "a warm staging container", || {
+        let w = of_kind(&p, "warm-staging", "warm");
+        (w.len() == 1).then(|| w[0].clone())
+    });
+    let inspect = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "--format",
+            "{{.State.Running}} {{.Config.User}} {{.HostConfig.NetworkMode}} {{.Config.OpenStdin}}",
+            &warm,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&inspect.stdout).trim(),
+        "true vcap none true"
+    );
+    let src = std::fs::read_to_string(app.path().join("app.py")).unwrap();
+    std::fs::write(
+        app.path().join("app.py"),
+        src.replace("version=1", "version=2")
+            .replace("\"1\"", "\"2\""),
+    )
+    .unwrap();
+    let out = p.pier_ok(&["push", "warm"], app.path());
+    assert!(out.contains("Detected buildpack: python"), "{out}");
+    let (status, body) = p.get_via_router("warm.localhost", "/");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("version=2"), "{body}");
+    // The staging ran in it (its output is the staging's) and it went; the next one waits.
+    let logs = std::process::Command::new("docker")
+        .args(["logs", &warm])
+        .output()
+        .unwrap();
+    assert!(
+        !logs.status.success(),
+        "the used warm container was removed"
+    );
+    let c = p.controller.as_mut().expect("a controller");
+    while let Ok(l) = c.lines.try_recv() {
+        c.seen.push(l);
+    }
+    assert!(
+        !c.seen
+            .iter()
+            .any(|l| l.contains("warm staging container failed")),
+        "the re-push staged in the warm container, not in a new one: {:?}",
+        c.seen
+    );
+    let next = eventually(Duration::from_secs(20), "the next warm container", || {
+        let w = of_kind(&p, "warm-staging", "warm");
+        (w.len() == 1 && w[0] != warm).then(|| w[0].clone())
+    });
+    p.pier_ok(&["delete", "warm", "-f"], app.path());
+    assert!(
+        p.containers().is_empty(),
+        "containers left ({next} among them?): {:?}",
+        p.containers()
+    );
+}
+
 #[test]
 fn push_static_site() {
     let p = Platform::start();

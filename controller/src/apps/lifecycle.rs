@@ -201,6 +201,7 @@ impl AppService {
             volumes: vec![cache_volume(&app.guid)],
         };
         self.d.store.delete_app(&app, &job)?;
+        self.d.stager.discard_warm(&app.guid).await;
         self.d.reconciler.converge(None).await;
         self.d.instances.wait_stopped(&app.guid).await;
         // Anything left (stagings, leftovers), the cache volume and the blobs no other app uses.
@@ -233,6 +234,7 @@ impl AppService {
                 ),
             )
         })?;
+        self.d.stager.discard_warm(&app.guid).await;
         self.d
             .runtime
             .remove_volume(&cache_volume(&app.guid))

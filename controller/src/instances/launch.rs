@@ -301,6 +301,7 @@ impl Launch<'_> {
             stop_timeout: Some(s.stop_grace),
             cpu_shares: Some(cpu_shares(spec.memory_mb)),
             nano_cpus: (s.max_cpus > 0.0).then_some((s.max_cpus * 1e9) as i64),
+            open_stdin: false,
         }
     }
 

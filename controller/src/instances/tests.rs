@@ -367,6 +367,7 @@ async fn a_restarted_controller_adopts_the_running_container() {
         stop_timeout: None,
         cpu_shares: None,
         nano_cpus: None,
+        open_stdin: false,
     };
     let rt: &dyn crate::runtime::ContainerRuntime = rig.fake.as_ref();
     let id = rt.create(&earlier).await.unwrap();

@@ -325,6 +325,7 @@ mod tests {
             stop_timeout: None,
             cpu_shares: None,
             nano_cpus: None,
+            open_stdin: false,
         };
         ContainerRuntime::create(fake.as_ref(), &spec)
             .await

@@ -150,6 +150,9 @@ fn create_body(spec: &ContainerSpec, dns: Option<Ipv4Addr>) -> ContainerCreateBo
         stop_timeout: spec
             .stop_timeout
             .map(|t| t.as_secs().min(i64::MAX as u64) as i64),
+        open_stdin: spec.open_stdin.then_some(true),
+        stdin_once: spec.open_stdin.then_some(true),
+        attach_stdin: spec.open_stdin.then_some(true),
         ..Default::default()
     };
     match &spec.networking {
@@ -307,6 +310,21 @@ impl ContainerRuntime for DockerRuntime {
         self.docker
             .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
             .await?;
+        Ok(())
+    }
+
+    async fn send_stdin(&self, id: &str, input: &Path) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let opts = bollard::query_parameters::AttachContainerOptionsBuilder::default()
+            .stdin(true)
+            .stream(true)
+            .build();
+        let mut file = tokio::fs::File::open(input).await?;
+        let mut attached = self.docker.attach_container(id, Some(opts)).await?;
+        tokio::io::copy(&mut file, &mut attached.input).await?;
+        attached.input.flush().await?;
+        // Closing the attach closes the container's stdin (it was made with StdinOnce).
+        attached.input.shutdown().await?;
         Ok(())
     }
 

@@ -241,7 +241,11 @@ impl FakeRuntime {
             let Some(c) = s.containers.get(id) else {
                 return;
             };
-            let kind = c.spec.labels.kind().map(Kind::as_str).unwrap_or("");
+            // A warm staging container runs the staging's script once it gets its go.
+            let kind = match c.spec.labels.kind() {
+                Some(Kind::WarmStaging) => Kind::Staging.as_str(),
+                k => k.map(Kind::as_str).unwrap_or(""),
+            };
             (s.scripts.get(kind).cloned().map(|f| f(&c.spec)), kind)
         };
         let Some(script) = script else { return };
@@ -379,6 +383,30 @@ impl ContainerRuntime for FakeRuntime {
             c.changed.send_modify(|v| *v += 1);
         }
         let _ = self.events.send(());
+        // A container waiting on stdin runs its script when it gets it (`send_stdin`).
+        let waits = self
+            .lock()
+            .containers
+            .get(id)
+            .is_some_and(|c| c.spec.open_stdin);
+        if !waits {
+            self.run_script(id);
+        }
+        Ok(())
+    }
+
+    async fn send_stdin(&self, id: &str, input: &Path) -> Result<()> {
+        self.check(Op::Start)?;
+        std::fs::metadata(input)?;
+        {
+            let s = self.lock();
+            let c = s.containers.get(id).ok_or_else(|| not_found(id))?;
+            if !c.running || !c.spec.open_stdin {
+                return Err(RuntimeError::Api(format!(
+                    "container {id} is not running with stdin open (status 409)"
+                )));
+            }
+        }
         self.run_script(id);
         Ok(())
     }

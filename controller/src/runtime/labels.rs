@@ -31,6 +31,9 @@ pub enum Kind {
     Instance,
     /// A staging container, or an app's buildpack cache volume.
     Staging,
+    /// A staging container made ahead of need, waiting for its app's next staging
+    /// (`staging/warm.rs`); it runs that staging as it is, with this label.
+    WarmStaging,
     /// One of the controller's instance networks (one per space).
     Instances,
     /// An app image (the stack plus a droplet), or the throwaway container it is made in.
@@ -42,6 +45,7 @@ impl Kind {
         match self {
             Kind::Instance => "instance",
             Kind::Staging => "staging",
+            Kind::WarmStaging => "warm-staging",
             Kind::Instances => "instances",
             Kind::AppImage => "image",
         }
@@ -51,6 +55,7 @@ impl Kind {
         [
             Kind::Instance,
             Kind::Staging,
+            Kind::WarmStaging,
             Kind::Instances,
             Kind::AppImage,
         ]
@@ -130,6 +135,7 @@ mod tests {
         for k in [
             Kind::Instance,
             Kind::Staging,
+            Kind::WarmStaging,
             Kind::Instances,
             Kind::AppImage,
         ] {

@@ -131,6 +131,9 @@ pub struct ContainerSpec {
     pub cpu_shares: Option<i64>,
     /// A hard CPU cap, in billionths of a CPU.
     pub nano_cpus: Option<i64>,
+    /// Keep stdin open for one writer ([`ContainerRuntime::send_stdin`]): a staging
+    /// container's command reads its input there.
+    pub open_stdin: bool,
 }
 
 /// A container this controller made, as a listing shows it.
@@ -304,6 +307,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// `max_bytes`.
     fn download(&self, id: &str, path: &str, max_bytes: u64) -> BoxStream<'static, Result<Bytes>>;
     async fn start(&self, id: &str) -> Result<()>;
+    /// Streams the file `input` to the running container's stdin (made with `open_stdin`) and
+    /// closes it.
+    async fn send_stdin(&self, id: &str, input: &Path) -> Result<()>;
     /// SIGTERM, then SIGKILL after `grace`; a container already stopped or gone is fine.
     async fn stop(&self, id: &str, grace: Duration) -> Result<()>;
     /// Removes the container (stopping it first) and its anonymous volumes; gone is fine.

@@ -1,15 +1,18 @@
 //! The staging container: created from the stack image as `vcap` with networking off, the
 //! buildpacks mounted read-only and the app's cache volume at `/tmp/cache`; the staging tar goes
-//! to `/tmp`, `stage.sh` runs, its output streams line by line, and `/tmp/out` comes back as a tar.
-//! The container is removed on every path.
+//! in on stdin and is unpacked into `/tmp`, `stage.sh` runs, its output streams line by line, and
+//! `/tmp/out` comes back as a tar. The container is removed on every path. A warm one
+//! ([`super::warm`]), made and started ahead of need, skips the create and the start.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures_util::StreamExt;
 use pier_api::ErrorCode;
 
 use super::buildpacks::Resolved;
 use super::release::{self, Outputs};
+use super::warm::WarmStagers;
 use super::{cache_volume, Output, StagingSettings};
 use crate::error::{Error, Result};
 use crate::logs::Splitter;
@@ -20,6 +23,12 @@ use crate::runtime::{
 };
 use crate::store::{AppRecord, BlobStore};
 
+/// The staging container's command: the staging tar arrives on stdin; once it is unpacked into
+/// `/tmp` (owned by vcap, modes kept), the lifecycle runs.
+const UNPACK_AND_STAGE: &str =
+    "tar -xpf - -C /tmp || { echo 'the staging input did not arrive whole' >&2; exit 227; }; \
+     exec bash /tmp/lifecycle/stage.sh </dev/null";
+
 /// Memory of a staging container, in MiB.
 const STAGING_MEMORY_MB: u64 = 1024;
 
@@ -29,6 +38,7 @@ pub(super) struct Run<'a> {
     pub(super) buildpacks_dir: PathBuf,
     pub(super) blobs: &'a BlobStore,
     pub(super) out: &'a Output,
+    pub(super) warm: &'a Arc<WarmStagers>,
 }
 
 impl Run<'_> {
@@ -46,12 +56,55 @@ impl Run<'_> {
             .with(keys::APP_GUID, &app.guid);
         self.runtime.create_volume(&volume, &labels).await?;
         let spec = self.spec(app, resolved, labels.with(keys::VOLUME, &volume), &volume);
-        let id = self.runtime.create(&spec).await?;
-        let result = self.run_container(&id, input).await;
-        if let Err(e) = self.runtime.remove(&id).await {
-            tracing::warn!(container = %id, error = %e, "could not remove staging container");
+        let result = match self.warm.take(&app.guid, &spec) {
+            Some(id) => match self.send_input(&id, input).await {
+                Ok(()) => {
+                    let result = self.finish(&id).await;
+                    self.remove(&id).await;
+                    result
+                }
+                Err(e) => {
+                    tracing::info!(app = %app.name, error = %e, "the warm staging container failed; staging in a new one");
+                    self.remove(&id).await;
+                    self.run_cold(&spec, input).await
+                }
+            },
+            None => self.run_cold(&spec, input).await,
+        };
+        if result.is_ok() {
+            self.warm.prepare(&app.guid, &spec);
         }
         result
+    }
+
+    async fn run_cold(&self, spec: &ContainerSpec, input: &Path) -> Result<Outputs> {
+        let id = self.runtime.create(spec).await?;
+        let result = self.run_container(&id, input).await;
+        self.remove(&id).await;
+        result
+    }
+
+    async fn remove(&self, id: &str) {
+        if let Err(e) = self.runtime.remove(id).await {
+            tracing::warn!(container = %id, error = %e, "could not remove staging container");
+        }
+    }
+
+    /// Gives the started container its input on stdin, which its command unpacks into `/tmp`
+    /// before the lifecycle runs (no archive upload into the container: on storage drivers such
+    /// as fuse-overlayfs that costs a tenth of a second per staging).
+    async fn send_input(&self, id: &str, input: &Path) -> Result<()> {
+        let timeout = self.settings.timeout;
+        match tokio::time::timeout(timeout, self.runtime.send_stdin(id, input)).await {
+            Ok(sent) => Ok(sent?),
+            Err(_) => Err(Error::api(
+                ErrorCode::StagingFailed,
+                format!(
+                    "the staging container did not take its input within {} s",
+                    timeout.as_secs()
+                ),
+            )),
+        }
     }
 
     fn spec(
@@ -80,7 +133,7 @@ impl Run<'_> {
                 &uuid::Uuid::new_v4().simple().to_string()[..8]
             ),
             image: self.settings.stack_image.clone(),
-            cmd: vec!["bash".into(), "/tmp/lifecycle/stage.sh".into()],
+            cmd: vec!["bash".into(), "-c".into(), UNPACK_AND_STAGE.into()],
             env,
             user: "vcap".into(),
             working_dir: "/tmp".into(),
@@ -103,12 +156,18 @@ impl Run<'_> {
             stop_timeout: None,
             cpu_shares: Some(1024),
             nano_cpus: None,
+            open_stdin: true,
         }
     }
 
     async fn run_container(&self, id: &str, input: &Path) -> Result<Outputs> {
-        self.runtime.upload(id, "/tmp", input).await?;
         self.runtime.start(id).await?;
+        self.send_input(id, input).await?;
+        self.finish(id).await
+    }
+
+    /// Follows the started staging to its end and reads what it left.
+    async fn finish(&self, id: &str) -> Result<Outputs> {
         // Follow the output while waiting for the exit; both end when the container does.
         let timeout = self.settings.timeout;
         let both = async { tokio::join!(self.follow_output(id), self.runtime.wait(id)).1 };

@@ -36,6 +36,7 @@ mod container;
 mod input;
 pub mod package;
 mod release;
+pub mod warm;
 
 pub use buildpacks::{Buildpacks, BUILTIN_ORDER};
 pub use release::{parse_procfile, parse_release};
@@ -52,6 +53,8 @@ pub struct StagingSettings {
     pub max_droplet_bytes: u64,
     /// Most bytes of staging output shown; the rest is counted.
     pub max_output_bytes: u64,
+    /// Most warm staging containers kept ([`warm`]); 0 turns them off.
+    pub warm_stagers: usize,
 }
 
 /// Runs stagings: one throwaway container per build.
@@ -64,6 +67,7 @@ pub struct Stager {
     settings: StagingSettings,
     /// Apps with a staging running in this process (the reconciler leaves their containers be).
     active: std::sync::Mutex<std::collections::HashSet<String>>,
+    warm: Arc<warm::WarmStagers>,
 }
 
 /// Sends a staging line to the app's log and to the pushing CLI.
@@ -109,7 +113,12 @@ impl Stager {
         buildpacks: Arc<Buildpacks>,
         settings: StagingSettings,
     ) -> Stager {
+        let warm = Arc::new(warm::WarmStagers::new(
+            runtime.clone(),
+            settings.warm_stagers,
+        ));
         Stager {
+            warm,
             runtime,
             blobs,
             images,
@@ -130,6 +139,16 @@ impl Stager {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(app_guid)
+    }
+
+    /// True when `id` is a warm staging container of this process (the reconciler keeps it).
+    pub fn is_warm(&self, id: &str) -> bool {
+        self.warm.knows(id)
+    }
+
+    /// Removes the app's warm staging container (before its cache volume goes, or the app).
+    pub async fn discard_warm(&self, app_guid: &str) {
+        self.warm.discard(app_guid).await
     }
 
     fn set_active(&self, app_guid: &str, on: bool) {
@@ -215,6 +234,7 @@ impl Stager {
             buildpacks_dir: self.buildpacks.dir(),
             blobs: &self.blobs,
             out,
+            warm: &self.warm,
         };
         let (pending, buildpack, process_types) = run.run(app, &resolved, &input).await?;
         let sha = self.blobs.commit(pending)?;

@@ -1,0 +1,183 @@
+//! Warm staging containers: once an app has staged, the container for its next staging is made
+//! and started ahead of need: its command waits for the staging tar on stdin, as every staging
+//! container's does. A re-push then only sends the tar, instead of creating and starting a
+//! container while the user waits (about a third of a second of a changed re-push on this kind of
+//! machine, BENCHMARKS.md "Push").
+//!
+//! ```text
+//!  staging of app A ends (ok) ──after WARM_DELAY──▶ create + start (tar waits on stdin)
+//!  next staging of A, same container settings ──▶ staging tar on stdin ─▶ unpacked, stage.sh runs
+//!                 settings changed (env, buildpacks, stack…) ──▶ the warm one is removed, cold start
+//! ```
+//! Invariants:
+//! - A warm container is exactly the container a cold staging would make (image, command, env,
+//!   user, mounts, limits, networking off), bar its name and its label `pier.kind=warm-staging`
+//!   (so nothing takes it for a staging under way, or one left behind). It is used only when those settings are
+//!   still the same ([`same_settings`]), by one staging at most (taken out of the list).
+//! - At most `max` exist (the oldest goes first); `max` 0 turns the feature off. Each costs an
+//!   idle `bash` and Docker's per-container shim (a few MiB of memory), no CPU.
+//! - They are not adopted after a restart: the list lives in memory, so the reconciler removes
+//!   every staging container it does not know ([`WarmStagers::knows`]), warm or not.
+//! - An app delete or cache clear discards the app's warm container first (it mounts the cache
+//!   volume). A preparation that races such a discard removes what it made.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::runtime::labels::keys;
+use crate::runtime::{ContainerRuntime, ContainerSpec, Kind};
+
+/// How long after a staging its successor is prepared: the push that staged is usually starting
+/// its instance then, and the two would compete for the machine.
+const WARM_DELAY: Duration = Duration::from_millis(300);
+
+struct Warm {
+    app_guid: String,
+    id: String,
+    spec: ContainerSpec,
+}
+
+pub struct WarmStagers {
+    runtime: Arc<dyn ContainerRuntime>,
+    max: usize,
+    ready: Mutex<Vec<Warm>>,
+    /// Bumped by every discard; a preparation that saw another value gives its container up.
+    discards: AtomicU64,
+}
+
+impl WarmStagers {
+    pub fn new(runtime: Arc<dyn ContainerRuntime>, max: usize) -> WarmStagers {
+        WarmStagers {
+            runtime,
+            max,
+            ready: Mutex::new(Vec::new()),
+            discards: AtomicU64::new(0),
+        }
+    }
+
+    fn ready(&self) -> std::sync::MutexGuard<'_, Vec<Warm>> {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True when `id` is a warm container of this process.
+    pub fn knows(&self, id: &str) -> bool {
+        self.ready().iter().any(|w| w.id == id)
+    }
+
+    /// The app's warm container, when it was made with the settings of `spec`; it is no longer
+    /// warm after this (the caller runs or removes it). One with other settings is removed.
+    pub fn take(&self, app_guid: &str, spec: &ContainerSpec) -> Option<String> {
+        let warm = {
+            let mut ready = self.ready();
+            let at = ready.iter().position(|w| w.app_guid == app_guid)?;
+            ready.remove(at)
+        };
+        if same_settings(&warm.spec, spec) {
+            return Some(warm.id);
+        }
+        tracing::debug!(
+            app_guid,
+            "warm staging container has other settings; removed"
+        );
+        self.remove_later(warm.id);
+        None
+    }
+
+    /// Removes the app's warm container, if any, and cancels preparations under way.
+    pub async fn discard(&self, app_guid: &str) {
+        self.discards.fetch_add(1, Ordering::SeqCst);
+        let gone: Vec<Warm> = {
+            let mut ready = self.ready();
+            let (gone, kept) = ready.drain(..).partition(|w| w.app_guid == app_guid);
+            *ready = kept;
+            gone
+        };
+        for w in gone {
+            if let Err(e) = self.runtime.remove(&w.id).await {
+                tracing::warn!(container = %w.id, error = %e, "could not remove a warm staging container");
+            }
+        }
+    }
+
+    /// Makes and starts, in the background, the container the app's next staging will take:
+    /// `spec` as a cold staging would make it.
+    pub fn prepare(self: &Arc<Self>, app_guid: &str, spec: &ContainerSpec) {
+        if self.max == 0 {
+            return;
+        }
+        let this = self.clone();
+        let (app_guid, spec) = (app_guid.to_string(), spec.clone());
+        let seen = self.discards.load(Ordering::SeqCst);
+        tokio::spawn(async move {
+            tokio::time::sleep(WARM_DELAY).await;
+            if let Err(e) = this.make(app_guid, spec, seen).await {
+                tracing::warn!(error = %e, "could not prepare a warm staging container");
+            }
+        });
+    }
+
+    async fn make(
+        &self,
+        app_guid: String,
+        mut spec: ContainerSpec,
+        seen: u64,
+    ) -> anyhow::Result<()> {
+        spec.labels = spec.labels.with(keys::KIND, Kind::WarmStaging.as_str());
+        spec.name = format!("{}-warm", spec.name);
+        let id = self.runtime.create(&spec).await?;
+        if let Err(e) = self.runtime.start(&id).await {
+            let _ = self.runtime.remove(&id).await;
+            return Err(e.into());
+        }
+        let evicted: Vec<Warm> = {
+            let mut ready = self.ready();
+            if self.discards.load(Ordering::SeqCst) != seen {
+                drop(ready);
+                self.runtime.remove(&id).await?;
+                return Ok(());
+            }
+            let mut evicted: Vec<Warm> = Vec::new();
+            if let Some(at) = ready.iter().position(|w| w.app_guid == app_guid) {
+                evicted.push(ready.remove(at));
+            }
+            ready.push(Warm { app_guid, id, spec });
+            while ready.len() > self.max {
+                evicted.push(ready.remove(0));
+            }
+            evicted
+        };
+        for w in evicted {
+            self.runtime.remove(&w.id).await?;
+        }
+        Ok(())
+    }
+
+    fn remove_later(&self, id: String) {
+        let runtime = self.runtime.clone();
+        tokio::spawn(async move {
+            if let Err(e) = runtime.remove(&id).await {
+                tracing::warn!(container = %id, error = %e, "could not remove a warm staging container");
+            }
+        });
+    }
+}
+
+/// Everything but the name and the labels: what the staging runs in.
+fn same_settings(a: &ContainerSpec, b: &ContainerSpec) -> bool {
+    a.image == b.image
+        && a.cmd == b.cmd
+        && a.open_stdin == b.open_stdin
+        && a.env == b.env
+        && a.user == b.user
+        && a.working_dir == b.working_dir
+        && a.memory_mb == b.memory_mb
+        && a.pids_limit == b.pids_limit
+        && a.networking == b.networking
+        && a.mounts == b.mounts
+        && a.cpu_shares == b.cpu_shares
+        && a.nano_cpus == b.nano_cpus
+}
+
+#[cfg(test)]
+mod tests;
