@@ -809,6 +809,7 @@ mod tests {
             stop_timeout: None,
             cpu_shares: None,
             nano_cpus: None,
+            open_stdin: false,
         }
     }
 
