@@ -56,7 +56,7 @@ impl Run<'_> {
             .with(keys::APP_GUID, &app.guid);
         self.runtime.create_volume(&volume, &labels).await?;
         let spec = self.spec(app, resolved, labels.with(keys::VOLUME, &volume), &volume);
-        let result = match self.warm.take(&app.guid, &spec) {
+        let result = match self.warm.take(&app.guid, &spec).await {
             Some(id) => match self.send_input(&id, input).await {
                 Ok(()) => {
                     let result = self.finish(&id).await;

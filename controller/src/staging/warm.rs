@@ -12,25 +12,34 @@
 //! Invariants:
 //! - A warm container is exactly the container a cold staging would make (image, command, env,
 //!   user, mounts, limits, networking off), bar its name and its label `pier.kind=warm-staging`
-//!   (so nothing takes it for a staging under way, or one left behind). It is used only when those settings are
-//!   still the same ([`same_settings`]), by one staging at most (taken out of the list).
+//!   (so nothing takes it for a staging under way, or one left behind). It is used only when
+//!   those settings are still the same ([`same_settings`]), by one staging at most (taken out of
+//!   the list). A staging that arrives while its container is being prepared waits for it.
 //! - At most `max` exist (the oldest goes first); `max` 0 turns the feature off. Each costs an
-//!   idle `bash` and Docker's per-container shim (a few MiB of memory), no CPU.
+//!   idle `bash` and `tar` and Docker's per-container shim (a few MiB of memory), no CPU.
 //! - They are not adopted after a restart: the list lives in memory, so the reconciler removes
 //!   every staging container it does not know ([`WarmStagers::knows`]), warm or not.
 //! - An app delete or cache clear discards the app's warm container first (it mounts the cache
 //!   volume). A preparation that races such a discard removes what it made.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
 
 use crate::runtime::labels::keys;
 use crate::runtime::{ContainerRuntime, ContainerSpec, Kind};
 
 /// How long after a staging its successor is prepared: the push that staged is usually starting
 /// its instance then, and the two would compete for the machine.
+/// A staging that arrives before that waits for the preparation instead, which then starts at
+/// once.
 const WARM_DELAY: Duration = Duration::from_millis(300);
+
+/// Longest a staging waits for a preparation under way before it makes its own container.
+const MAX_WAIT: Duration = Duration::from_secs(10);
 
 struct Warm {
     app_guid: String,
@@ -38,10 +47,18 @@ struct Warm {
     spec: ContainerSpec,
 }
 
+/// A preparation under way: told to hurry when the staging it prepares for arrives early, and
+/// done (whatever came of it) when `done` turns true.
+struct Pending {
+    hurry: Arc<Notify>,
+    done: watch::Receiver<bool>,
+}
+
 pub struct WarmStagers {
     runtime: Arc<dyn ContainerRuntime>,
     max: usize,
     ready: Mutex<Vec<Warm>>,
+    pending: Mutex<HashMap<String, Pending>>,
     /// Bumped by every discard; a preparation that saw another value gives its container up.
     discards: AtomicU64,
 }
@@ -52,6 +69,7 @@ impl WarmStagers {
             runtime,
             max,
             ready: Mutex::new(Vec::new()),
+            pending: Mutex::new(HashMap::new()),
             discards: AtomicU64::new(0),
         }
     }
@@ -67,7 +85,19 @@ impl WarmStagers {
 
     /// The app's warm container, when it was made with the settings of `spec`; it is no longer
     /// warm after this (the caller runs or removes it). One with other settings is removed.
-    pub fn take(&self, app_guid: &str, spec: &ContainerSpec) -> Option<String> {
+    /// A preparation still under way for the app is waited for (told to skip its delay): it is
+    /// ahead of a new container.
+    pub async fn take(&self, app_guid: &str, spec: &ContainerSpec) -> Option<String> {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(app_guid)
+            .map(|p| (p.hurry.clone(), p.done.clone()));
+        if let Some((hurry, mut done)) = pending {
+            hurry.notify_one();
+            let _ = tokio::time::timeout(MAX_WAIT, done.wait_for(|d| *d)).await;
+        }
         let warm = {
             let mut ready = self.ready();
             let at = ready.iter().position(|w| w.app_guid == app_guid)?;
@@ -109,11 +139,34 @@ impl WarmStagers {
         let this = self.clone();
         let (app_guid, spec) = (app_guid.to_string(), spec.clone());
         let seen = self.discards.load(Ordering::SeqCst);
+        let hurry = Arc::new(Notify::new());
+        let (done, rx) = watch::channel(false);
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                app_guid.clone(),
+                Pending {
+                    hurry: hurry.clone(),
+                    done: rx,
+                },
+            );
         tokio::spawn(async move {
-            tokio::time::sleep(WARM_DELAY).await;
-            if let Err(e) = this.make(app_guid, spec, seen).await {
+            tokio::select! {
+                _ = tokio::time::sleep(WARM_DELAY) => {}
+                _ = hurry.notified() => {}
+            }
+            if let Err(e) = this.make(app_guid.clone(), spec, seen).await {
                 tracing::warn!(error = %e, "could not prepare a warm staging container");
             }
+            let mut pending = this.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if pending
+                .get(&app_guid)
+                .is_some_and(|p| Arc::ptr_eq(&p.hurry, &hurry))
+            {
+                pending.remove(&app_guid);
+            }
+            let _ = done.send(true);
         });
     }
 

@@ -158,3 +158,17 @@ async fn at_most_max_are_kept_and_delete_and_clear_cache_remove_theirs() {
         "the cache volume went with the app"
     );
 }
+
+#[tokio::test]
+async fn a_re_push_at_once_waits_for_the_container_being_prepared() {
+    let (p, ran) = platform(2).await;
+    p.push("hello").await;
+    build(&p, "hello", b"print('changed')").await;
+    let runs = ran.lock().unwrap().clone();
+    assert_eq!(
+        runs[1].labels.kind(),
+        Some(Kind::WarmStaging),
+        "{:?}",
+        runs[1]
+    );
+}
