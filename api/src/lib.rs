@@ -88,7 +88,8 @@ pub use orgs::{CreateNamedRequest, OrgResponse, SpaceResponse};
 pub use quotas::{AssignQuotaRequest, CreateQuotaRequest, QuotaLimits, QuotaResponse, QuotaUsage};
 pub use roles::{Role, RoleHolder, ALL_ROLES};
 pub use routes::{
-    Backend, Balancing, RouteEntry, RouteMapping, RouteRequest, RouteSpec, RouteTable,
+    is_internal_host, Backend, Balancing, RouteEntry, RouteMapping, RouteRequest, RouteSpec,
+    RouteTable, INTERNAL_DOMAIN, INTERNAL_PORT,
 };
 pub use services::{
     BindingResponse, CreateServiceInstanceRequest, ServiceInstanceResponse,

@@ -6,6 +6,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::names::is_dns_label;
 
+/// The domain of internal routes: `<host>.apps.internal` names an app's healthy instances to the
+/// other instances of its space (the controller answers DNS for it on each space's network), on
+/// the app's own port [`INTERNAL_PORT`], never through a router.
+pub const INTERNAL_DOMAIN: &str = "apps.internal";
+
+/// The port an internal route is reached on: the instance's own.
+pub const INTERNAL_PORT: u16 = 8080;
+
+/// Whether `host` is on [`INTERNAL_DOMAIN`] (a name under it, or the domain itself).
+pub fn is_internal_host(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == INTERNAL_DOMAIN
+        || host
+            .strip_suffix(INTERNAL_DOMAIN)
+            .is_some_and(|h| h.ends_with('.'))
+}
+
 /// A route as a user writes it: `host.domain` or `host.domain/path`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -29,6 +46,13 @@ impl FromStr for RouteSpec {
             None => (s, ""),
         };
         let host = host.to_ascii_lowercase();
+        if let Some((name, port)) = host.rsplit_once(':') {
+            return Err(format!(
+                "route {s:?} has a port ({port}): a route is a host and an optional path, reached \
+                 on the router's port, or for internal routes ({INTERNAL_DOMAIN}) on the app's port \
+                 {INTERNAL_PORT}; map {name:?} instead"
+            ));
+        }
         if host.is_empty() || host.len() > 253 || !host.split('.').all(is_dns_label) {
             return Err(format!(
                 "route {s:?} has an invalid host: use DNS labels separated by dots, like app.example.com"
@@ -46,6 +70,13 @@ impl FromStr for RouteSpec {
             host,
             path: path.to_string(),
         })
+    }
+}
+
+impl RouteSpec {
+    /// Whether this is an internal route (on [`INTERNAL_DOMAIN`]).
+    pub fn is_internal(&self) -> bool {
+        is_internal_host(&self.host)
     }
 }
 
@@ -137,6 +168,20 @@ mod tests {
         assert!("bad_host.com".parse::<RouteSpec>().is_err());
         assert!("".parse::<RouteSpec>().is_err());
         assert!("a.com/x/../y".parse::<RouteSpec>().is_err());
+    }
+
+    #[test]
+    fn internal_routes_and_ports() {
+        let r: RouteSpec = "B.Apps.Internal".parse().unwrap();
+        assert!(r.is_internal());
+        assert!(is_internal_host("b.apps.internal."));
+        assert!(is_internal_host("apps.internal"));
+        assert!(!is_internal_host("bapps.internal"));
+        assert!(!is_internal_host("b.apps.internal.example.com"));
+        assert!(!"b.localhost".parse::<RouteSpec>().unwrap().is_internal());
+        let err = "b.apps.internal:8080".parse::<RouteSpec>().unwrap_err();
+        assert!(err.contains("has a port (8080)"), "{err}");
+        assert!(err.contains("map \"b.apps.internal\" instead"), "{err}");
     }
 
     #[test]

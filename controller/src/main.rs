@@ -6,10 +6,16 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let default = "info,bollard=warn,hyper=warn";
+    let mut filter = std::env::var("PIER_LOG").unwrap_or_else(|_| default.into());
+    // The DNS server of internal routes logs every query instances send at info: not unless asked.
+    if !filter.contains("hickory") {
+        filter.push_str(",hickory_server=warn");
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PIER_LOG")
-                .unwrap_or_else(|_| "info,bollard=warn,hyper=warn".into()),
+            tracing_subscriber::EnvFilter::try_new(&filter)
+                .unwrap_or_else(|_| format!("{default},hickory_server=warn").into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -39,6 +39,9 @@ pub struct Controller {
     router_listener: Option<TcpListener>,
     /// The controller id and data dir the built-in brokers run with, when they are on.
     builtin_brokers: Option<(String, PathBuf)>,
+    /// Answer internal routes' DNS on the instance networks' gateways (on Docker; a fake
+    /// runtime's networks are not the host's).
+    internal_dns: bool,
 }
 
 /// The subsystems, as `run` (and the handler tests) need them.
@@ -218,6 +221,7 @@ impl Controller {
             .then(|| (id.clone(), config.data_dir.clone()));
         let mut c = Self::start_with(config, store, blobs, runtime, token, id, shutdown).await?;
         c.builtin_brokers = builtin;
+        c.internal_dns = true;
         Ok(c)
     }
 
@@ -289,6 +293,7 @@ impl Controller {
             api_listener,
             router_listener,
             builtin_brokers: None,
+            internal_dns: false,
         })
     }
 
@@ -296,6 +301,11 @@ impl Controller {
     pub async fn run(self) -> anyhow::Result<()> {
         let p = self.parts;
         let shutdown = p.shutdown.clone();
+        let mut tasks = tokio::task::JoinSet::new();
+        if self.internal_dns {
+            let (nets, names) = (p.instances.networks().watch(), p.routing.internal());
+            tasks.spawn(crate::network::dns::serve(nets, names, shutdown.clone()));
+        }
         // The first pass adopts running instances and publishes the first route table.
         if let Err(e) = p.reconciler.once().await {
             tracing::warn!(error = %e, "first reconcile pass failed; retrying in the loop");
@@ -317,7 +327,6 @@ impl Controller {
         if let Err(e) = p.api.apps.resume_operations() {
             tracing::warn!(error = %e, "cannot resume the broker operations in progress");
         }
-        let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(crate::logs::run_persister(p.logs.clone(), shutdown.clone()));
         tasks.spawn(p.reconciler.clone().run());
         tasks.spawn(p.reconciler.clone().follow_events());

@@ -126,7 +126,19 @@ fn instances_reach_their_own_space_only_and_a_deleted_spaces_network_goes() {
     // The host-access rules are on every network's bridge.
     for net in [&net_a, &net_b, &net_g] {
         let rules = rules_on(&bridge_of(net), &p.controller_id);
-        assert_eq!(rules.len(), 3, "{net}: {rules:?}");
+        // Three keep instances away from the host; two let DNS through to the network's own
+        // gateway (internal routes, docs/internal-routes.md).
+        assert_eq!(rules.len(), 5, "{net}: {rules:?}");
+        let gw = inspect("network", net)["IPAM"]["Config"][0]["Gateway"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let dns: Vec<_> = rules.iter().filter(|r| r.contains("--dport 53")).collect();
+        assert_eq!(dns.len(), 2, "{net}: {rules:?}");
+        assert!(
+            dns.iter().all(|r| r.contains(&format!("-d {gw}/32"))),
+            "{rules:?}"
+        );
     }
 
     // From inside: the other instance of the same space answers on its app port...

@@ -163,6 +163,31 @@ fn validate_config(req: &AppConfigRequest, buildpacks: &Buildpacks) -> Result<()
     Ok(())
 }
 
+/// Internal routes (`apps.internal`) are a name for an app's instances, reached on their own
+/// port: no path (as on Cloud Foundry), and a host name in front of the domain.
+fn check_internal(r: &RouteSpec) -> Result<()> {
+    if !r.is_internal() {
+        return Ok(());
+    }
+    if r.host == pier_api::INTERNAL_DOMAIN {
+        return Err(Error::bad_request(format!(
+            "route {r} has no host name: internal routes are HOST.{0} (pier map-route APP {0} \
+             --hostname HOST)",
+            pier_api::INTERNAL_DOMAIN
+        )));
+    }
+    if !r.path.is_empty() {
+        return Err(Error::bad_request(format!(
+            "route {r} has a path: internal routes ({}) take none, they name the app's instances \
+             (reached on port {}); map {} instead",
+            pier_api::INTERNAL_DOMAIN,
+            pier_api::INTERNAL_PORT,
+            r.host
+        )));
+    }
+    Ok(())
+}
+
 fn random_suffix() -> String {
     let n: u32 = rand::random();
     format!("{:06x}", n & 0xff_ffff)
@@ -175,6 +200,7 @@ impl AppService {
     fn check_routes_free(&self, app: &AppRecord, routes: &[RouteSpec]) -> Result<()> {
         let domain = &self.d.settings.domain;
         for r in routes {
+            check_internal(r)?;
             let reserved = r.host == *domain
                 || r.host
                     .strip_suffix(domain.as_str())

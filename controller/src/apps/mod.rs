@@ -60,6 +60,10 @@ pub struct AppSettings {
 
 impl AppSettings {
     pub fn url_for(&self, host: &str, path: &str) -> String {
+        if pier_api::is_internal_host(host) {
+            // Reached from the space's instances, on the app's own port, not through a router.
+            return format!("http://{host}:{}{path}", pier_api::INTERNAL_PORT);
+        }
         match self.route_port {
             Some(80) | None => format!("http://{host}{path}"),
             Some(p) => format!("http://{host}:{p}{path}"),

@@ -144,6 +144,8 @@ mod brokers_tests;
 #[cfg(test)]
 mod env_tests;
 #[cfg(test)]
+mod internal_routes_tests;
+#[cfg(test)]
 mod orgs_tests;
 #[cfg(test)]
 mod quotas_tests;

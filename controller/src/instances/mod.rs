@@ -193,6 +193,7 @@ impl Instances {
         };
         let desired = self.desired(&apps);
         let mut entries = Vec::new();
+        let mut internal = crate::network::dns::InternalNames::default();
         for app in &apps {
             let backends = if app.state == AppState::Started {
                 self.registry.backends(&app.guid, &desired)
@@ -200,6 +201,18 @@ impl Instances {
                 Vec::new()
             };
             for r in &app.routes {
+                if r.is_internal() {
+                    // Found by name on the app's space's network, not through a router.
+                    let network = self.deps.networks.name_for(&app.space_guid);
+                    let ips = backends.iter().filter(|b| b.weight > 0).filter_map(|b| {
+                        match b.addr.ip() {
+                            std::net::IpAddr::V4(ip) => Some(ip),
+                            std::net::IpAddr::V6(_) => None,
+                        }
+                    });
+                    internal.insert(&network, &r.host, ips);
+                    continue;
+                }
                 entries.push(RouteEntry {
                     host: r.host.clone(),
                     path: r.path.clone(),
@@ -210,6 +223,7 @@ impl Instances {
                 });
             }
         }
+        self.deps.routing.publish_internal(internal);
         self.deps.routing.publish(entries)
     }
 

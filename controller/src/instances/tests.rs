@@ -555,3 +555,61 @@ async fn a_space_network_that_cannot_be_made_starts_nothing_and_says_why() {
         rig.store.addresses().unwrap().load(|_| true).unwrap();
     assert!(states.is_empty(), "no address was taken: {states:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_internal_route_names_only_healthy_instances_and_never_reaches_the_routers() {
+    use crate::network::dns::Lookup;
+    let rig = Rig::new();
+    let mut a = app(&rig.droplet, 2, HealthCheckType::Port);
+    a.routes = vec![
+        "web.localhost".parse().unwrap(),
+        "B.apps.internal".parse().unwrap(),
+    ];
+    let names = rig.instances.deps.routing.internal();
+    rig.apply(&a).await;
+    assert_eq!(
+        names.borrow().lookup(NETWORK, "b.apps.internal"),
+        Lookup::Found(vec![]),
+        "none healthy yet"
+    );
+    rig.until_running(2).await;
+    let ips = || -> Vec<std::net::Ipv4Addr> {
+        let mut v: Vec<_> = rig
+            .fake
+            .running(Kind::Instance)
+            .into_iter()
+            .map(|(_, s)| match s.networking {
+                Networking::Fixed { ip, .. } => ip,
+                Networking::Disabled => panic!("instances have a network"),
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let both = ips();
+    assert_eq!(
+        names.borrow().lookup(NETWORK, "b.apps.internal"),
+        Lookup::Found(both.clone())
+    );
+    assert_eq!(
+        names.borrow().lookup("pier-other-space", "b.apps.internal"),
+        Lookup::Unknown
+    );
+    let table = rig.instances.deps.routing.current().unwrap();
+    let hosts: Vec<&str> = table.routes.iter().map(|r| r.host.as_str()).collect();
+    assert_eq!(hosts, vec!["web.localhost"], "the routers never see it");
+
+    // One instance fails its health checks: it is no longer named, the other still is.
+    rig.probe.set_healthy(both[0].into(), false);
+    for _ in 0..100_000 {
+        let Lookup::Found(now) = names.borrow().lookup(NETWORK, "b.apps.internal") else {
+            panic!("the route is there")
+        };
+        if !now.contains(&both[0]) {
+            assert!(now.contains(&both[1]), "{now:?}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the unhealthy instance stayed named");
+}

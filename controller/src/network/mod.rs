@@ -23,6 +23,8 @@
 //!   each reconcile pass, and at the next start. Networks outlive the controller, like its instances do; `scripts/down` and the
 //!   e2e harness remove every network labelled with the controller id once their containers are
 //!   gone.
+//! - Internal routes (`NAME.apps.internal`) are answered by the controller's own DNS server on
+//!   each network's gateway, to that network's instances only ([`dns`]).
 
 use std::net::Ipv4Addr;
 
@@ -33,6 +35,7 @@ use crate::runtime::{ContainerRuntime, Kind, Labels, NetworkSpec};
 use crate::store::Store;
 
 pub mod addresses;
+pub mod dns;
 mod spaces;
 
 pub use spaces::{prepare, NetworkSet, Networks};

@@ -134,6 +134,9 @@ pub struct Networks {
     /// Deleted spaces whose network Docker refused to remove (a container was still attached):
     /// [`Networks::retry_removals`] tries again.
     pending: std::sync::Mutex<BTreeSet<String>>,
+    /// Every network that exists now (the default one first), for the internal routes' DNS
+    /// server, which listens on each one's gateway (`dns.rs`).
+    current: tokio::sync::watch::Sender<Vec<InstanceNetwork>>,
 }
 
 impl Networks {
@@ -145,7 +148,10 @@ impl Networks {
         set: NetworkSet,
         addresses: Arc<AddressPool>,
     ) -> Arc<Networks> {
+        let mut current = vec![set.default.clone()];
+        current.extend(set.spaces.values().cloned());
         Arc::new(Networks {
+            current: tokio::sync::watch::channel(current).0,
             runtime,
             controller_id: controller_id.to_string(),
             store,
@@ -161,6 +167,11 @@ impl Networks {
     /// The address pool handing out addresses on these networks.
     pub fn addresses(&self) -> &Arc<AddressPool> {
         &self.addresses
+    }
+
+    /// Every network that exists now, and each change to that list.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<Vec<InstanceNetwork>> {
+        self.current.subscribe()
     }
 
     fn is_default(&self, space_guid: &str) -> bool {
@@ -192,6 +203,7 @@ impl Networks {
         self.addresses.add_network(&net.name, net.subnet)?;
         tracing::info!(network = %net.name, subnet = %net.subnet, space = space_guid, "the space's instance network is ready");
         spaces.insert(space_guid.to_string(), net.clone());
+        self.current.send_modify(|c| c.push(net.clone()));
         Ok(net)
     }
 
@@ -218,6 +230,7 @@ impl Networks {
         self.pending().remove(space_guid);
         self.addresses.remove_network(&name);
         spaces.remove(space_guid);
+        self.current.send_modify(|c| c.retain(|n| n.name != name));
         self.store.meta_remove(&space_meta_key(space_guid))?;
         tracing::info!(network = %name, space = space_guid, "removed the deleted space's network");
         Ok(())
@@ -370,6 +383,34 @@ mod tests {
         assert!(pool.subnet(&gone_net).is_none());
         let key = crate::network::space_meta_key(gone);
         assert_eq!(store.meta_get(&key).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn the_dns_server_is_told_of_every_network_as_spaces_come_and_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        put_space(&store, SPACE);
+        let fake = FakeRuntime::new("c1");
+        let (n, _) = open(&fake, &store).await;
+        let mut rx = n.watch();
+        let names = |rx: &mut tokio::sync::watch::Receiver<Vec<InstanceNetwork>>| -> Vec<String> {
+            rx.borrow_and_update()
+                .iter()
+                .map(|n| n.name.clone())
+                .collect()
+        };
+        assert_eq!(names(&mut rx), vec!["pier-c1"]);
+        let made = n.for_space(SPACE).await.unwrap();
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(names(&mut rx), vec!["pier-c1", NET]);
+        assert_eq!(rx.borrow().last().unwrap(), &made, "with its subnet");
+        n.remove_space(SPACE).await.unwrap();
+        assert_eq!(names(&mut rx), vec!["pier-c1"]);
+        // A restart starts from every network that exists.
+        n.for_space(SPACE).await.unwrap();
+        drop(n);
+        let (n, _) = open(&fake, &store).await;
+        assert_eq!(names(&mut n.watch()), vec!["pier-c1", NET]);
     }
 
     #[tokio::test]

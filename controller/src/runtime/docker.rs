@@ -137,8 +137,9 @@ fn host_config(spec: &ContainerSpec) -> HostConfig {
     host
 }
 
-fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+fn create_body(spec: &ContainerSpec, dns: Option<Ipv4Addr>) -> ContainerCreateBody {
     let mut host = host_config(spec);
+    host.dns = dns.map(|d| vec![d.to_string()]);
     let mut body = ContainerCreateBody {
         image: Some(spec.image.clone()),
         user: Some(spec.user.clone()),
@@ -259,9 +260,25 @@ impl ContainerRuntime for DockerRuntime {
         let opts = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();
+        // On an instance network, the DNS server is the controller's on the network's gateway
+        // (internal routes, `network/dns.rs`): Docker's embedded resolver forwards to it every
+        // name that is not a container's.
+        let dns = match &spec.networking {
+            Networking::Fixed { network, .. } => {
+                let n = self
+                    .docker
+                    .inspect_network(
+                        network,
+                        None::<bollard::query_parameters::InspectNetworkOptions>,
+                    )
+                    .await?;
+                gateway_of(&n)
+            }
+            Networking::Disabled => None,
+        };
         Ok(self
             .docker
-            .create_container(Some(opts), create_body(spec))
+            .create_container(Some(opts), create_body(spec, dns))
             .await?
             .id)
     }
@@ -583,7 +600,7 @@ impl ContainerRuntime for DockerRuntime {
             Err(e) if is_status(&e, 404) => {}
             Err(e) => return Err(e.into()),
         }
-        super::firewall::remove(&bridge, &self.controller_id).await
+        super::firewall::remove(&bridge, gateway_of(&n), &self.controller_id).await
     }
 
     async fn isolate(&self, network: &str, access: super::HostAccess) -> Result<()> {
@@ -595,7 +612,7 @@ impl ContainerRuntime for DockerRuntime {
             )
             .await?;
         let bridge = bridge_name(network, &n)?;
-        super::firewall::apply(&bridge, &self.controller_id, access).await
+        super::firewall::apply(&bridge, gateway_of(&n), &self.controller_id, access).await
     }
 
     async fn image_exists(&self, image: &str) -> Result<bool> {
@@ -749,6 +766,16 @@ fn image_archive(
 
 /// The network's bridge in the host's kernel: Docker names it after the network's id unless told
 /// otherwise.
+/// The network's gateway: the host's address on its bridge.
+fn gateway_of(n: &bollard::models::NetworkInspect) -> Option<Ipv4Addr> {
+    n.ipam
+        .as_ref()?
+        .config
+        .as_ref()?
+        .iter()
+        .find_map(|c| c.gateway.as_deref()?.parse().ok())
+}
+
 fn bridge_name(network: &str, n: &bollard::models::NetworkInspect) -> Result<String> {
     n.options
         .as_ref()
@@ -758,4 +785,66 @@ fn bridge_name(network: &str, n: &bollard::models::NetworkInspect) -> Result<Str
                 .map(|id| format!("br-{}", &id[..id.len().min(12)]))
         })
         .ok_or_else(|| RuntimeError::Api(format!("network {network} has no id")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{Kind, Labels};
+
+    fn spec(networking: Networking) -> ContainerSpec {
+        ContainerSpec {
+            name: "x".into(),
+            image: "img".into(),
+            cmd: vec![],
+            env: vec![],
+            user: "vcap".into(),
+            working_dir: "/".into(),
+            labels: Labels::new("c1", Kind::Instance),
+            memory_mb: 64,
+            pids_limit: 64,
+            networking,
+            mounts: vec![],
+            publish_8080: false,
+            init: true,
+            stop_timeout: None,
+            cpu_shares: None,
+            nano_cpus: None,
+            open_stdin: false,
+        }
+    }
+
+    #[test]
+    fn an_instance_asks_the_gateway_for_names_and_staging_asks_nobody() {
+        let fixed = spec(Networking::Fixed {
+            network: "pier-c1".into(),
+            ip: "10.213.5.7".parse().unwrap(),
+        });
+        let body = create_body(&fixed, Some("10.213.5.1".parse().unwrap()));
+        let host = body.host_config.unwrap();
+        assert_eq!(host.dns, Some(vec!["10.213.5.1".to_string()]));
+        assert_eq!(host.network_mode.as_deref(), Some("pier-c1"));
+        let body = create_body(&spec(Networking::Disabled), None);
+        assert_eq!(body.host_config.unwrap().dns, None);
+    }
+
+    #[test]
+    fn the_gateway_comes_from_the_networks_ipam() {
+        let n = bollard::models::NetworkInspect {
+            ipam: Some(Ipam {
+                config: Some(vec![IpamConfig {
+                    subnet: Some("10.213.5.0/24".into()),
+                    gateway: Some("10.213.5.1".into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(gateway_of(&n), Some("10.213.5.1".parse().unwrap()));
+        assert_eq!(
+            gateway_of(&bollard::models::NetworkInspect::default()),
+            None
+        );
+    }
 }

@@ -11,11 +11,19 @@
 //! Traffic between two instance networks is not these rules' work: Docker's own
 //! `DOCKER-ISOLATION-STAGE-1/2` chains drop what one bridge forwards to another.
 //!
+//! The one host service instances may reach is the controller's DNS server for internal routes
+//! (`network/dns.rs`), on their own network's gateway address, port 53 only; a container of
+//! another network sending to that address arrives on its own bridge and is dropped.
+//!
 //! ```text
 //! INPUT        -i BRIDGE -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+//! INPUT        -i BRIDGE -d GATEWAY -p udp --dport 53 -j ACCEPT
+//! INPUT        -i BRIDGE -d GATEWAY -p tcp --dport 53 -j ACCEPT
 //! INPUT        -i BRIDGE -j DROP
 //! DOCKER-USER  -i BRIDGE -d 169.254.0.0/16 -j DROP        (FORWARD when Docker has no DOCKER-USER)
 //! ```
+
+use std::net::Ipv4Addr;
 
 use tokio::process::Command;
 
@@ -30,33 +38,50 @@ pub enum HostAccess {
     Allow,
 }
 
-/// The rules for `bridge`, in the order they must end up in their chains.
-fn rules(bridge: &str, comment: &str, forward_chain: &str) -> Vec<(String, Vec<String>)> {
+/// The rules for `bridge` (whose host address is `gateway`, where the DNS server listens), in
+/// the order they must end up in their chains.
+fn rules(
+    bridge: &str,
+    gateway: Option<Ipv4Addr>,
+    comment: &str,
+    forward_chain: &str,
+) -> Vec<(String, Vec<String>)> {
     let tag = |mut r: Vec<String>| {
         r.extend(["-m", "comment", "--comment", comment].map(String::from));
         r
     };
     let v = |parts: &[&str]| parts.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    vec![
-        (
-            "INPUT".into(),
-            tag(v(&[
-                "-i",
-                bridge,
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "ESTABLISHED,RELATED",
-                "-j",
-                "ACCEPT",
-            ])),
-        ),
-        ("INPUT".into(), tag(v(&["-i", bridge, "-j", "DROP"]))),
-        (
-            forward_chain.to_string(),
-            tag(v(&["-i", bridge, "-d", "169.254.0.0/16", "-j", "DROP"])),
-        ),
-    ]
+    let mut out = vec![(
+        "INPUT".into(),
+        tag(v(&[
+            "-i",
+            bridge,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ])),
+    )];
+    if let Some(gw) = gateway {
+        let gw = format!("{gw}/32");
+        for proto in ["udp", "tcp"] {
+            out.push((
+                "INPUT".into(),
+                tag(v(&[
+                    "-i", bridge, "-d", &gw, "-p", proto, "-m", proto, "--dport", "53", "-j",
+                    "ACCEPT",
+                ])),
+            ));
+        }
+    }
+    out.push(("INPUT".into(), tag(v(&["-i", bridge, "-j", "DROP"]))));
+    out.push((
+        forward_chain.to_string(),
+        tag(v(&["-i", bridge, "-d", "169.254.0.0/16", "-j", "DROP"])),
+    ));
+    out
 }
 
 async fn iptables(args: &[String]) -> Result<bool> {
@@ -87,7 +112,11 @@ fn with(op: &str, chain: &str, rule: &[String]) -> Vec<String> {
 }
 
 /// The rules for `bridge`, each with whether it is in place now.
-async fn current(bridge: &str, controller_id: &str) -> Result<Vec<((String, Vec<String>), bool)>> {
+async fn current(
+    bridge: &str,
+    gateway: Option<Ipv4Addr>,
+    controller_id: &str,
+) -> Result<Vec<((String, Vec<String>), bool)>> {
     let comment = format!("pier:{controller_id}");
     let forward = if iptables(&["-S".into(), "DOCKER-USER".into()]).await.is_ok() {
         "DOCKER-USER"
@@ -95,7 +124,7 @@ async fn current(bridge: &str, controller_id: &str) -> Result<Vec<((String, Vec<
         "FORWARD"
     };
     let mut out = Vec::new();
-    for (chain, rule) in rules(bridge, &comment, forward) {
+    for (chain, rule) in rules(bridge, gateway, &comment, forward) {
         let here = iptables(&with("-C", &chain, &rule)).await?;
         out.push(((chain, rule), here));
     }
@@ -103,8 +132,12 @@ async fn current(bridge: &str, controller_id: &str) -> Result<Vec<((String, Vec<
 }
 
 /// Takes the rules for `bridge` away (its network is removed).
-pub(super) async fn remove(bridge: &str, controller_id: &str) -> Result<()> {
-    for ((chain, rule), here) in current(bridge, controller_id).await? {
+pub(super) async fn remove(
+    bridge: &str,
+    gateway: Option<Ipv4Addr>,
+    controller_id: &str,
+) -> Result<()> {
+    for ((chain, rule), here) in current(bridge, gateway, controller_id).await? {
         if here {
             iptables(&with("-D", &chain, &rule)).await?;
         }
@@ -113,9 +146,16 @@ pub(super) async fn remove(bridge: &str, controller_id: &str) -> Result<()> {
 }
 
 /// Puts the rules in place for `bridge` (or takes them away for [`HostAccess::Allow`]).
-pub(super) async fn apply(bridge: &str, controller_id: &str, access: HostAccess) -> Result<()> {
-    let (rules, present): (Vec<_>, Vec<bool>) =
-        current(bridge, controller_id).await?.into_iter().unzip();
+pub(super) async fn apply(
+    bridge: &str,
+    gateway: Option<Ipv4Addr>,
+    controller_id: &str,
+    access: HostAccess,
+) -> Result<()> {
+    let (rules, present): (Vec<_>, Vec<bool>) = current(bridge, gateway, controller_id)
+        .await?
+        .into_iter()
+        .unzip();
     let want = access == HostAccess::Block;
     if want && present.iter().all(|p| *p) {
         return Ok(());
@@ -149,12 +189,44 @@ mod tests {
 
     #[test]
     fn the_accept_comes_before_the_drop_and_every_rule_is_tagged() {
-        let r = rules("pier-br0", "pier:c1", "DOCKER-USER");
+        let r = rules("pier-br0", None, "pier:c1", "DOCKER-USER");
         assert_eq!(r[0].0, "INPUT");
         assert!(r[0].1.contains(&"ACCEPT".to_string()));
         assert!(r[1].1.contains(&"DROP".to_string()));
         assert_eq!(r[2].0, "DOCKER-USER");
         assert!(r[2].1.contains(&"169.254.0.0/16".to_string()));
+        assert!(r
+            .iter()
+            .all(|(_, rule)| rule.ends_with(&["--comment".into(), "pier:c1".into()])));
+    }
+
+    #[test]
+    fn dns_on_the_gateway_is_let_through_before_the_drop() {
+        let r = rules(
+            "pier-br0",
+            Some("10.213.5.1".parse().unwrap()),
+            "pier:c1",
+            "FORWARD",
+        );
+        let joined: Vec<String> = r
+            .iter()
+            .map(|(c, rule)| format!("{c} {}", rule.join(" ")))
+            .collect();
+        assert_eq!(r.len(), 5, "{joined:#?}");
+        for (i, proto) in [(1, "udp"), (2, "tcp")] {
+            assert!(
+                joined[i].starts_with(&format!(
+                    "INPUT -i pier-br0 -d 10.213.5.1/32 -p {proto} -m {proto} --dport 53 -j ACCEPT"
+                )),
+                "{}",
+                joined[i]
+            );
+        }
+        assert!(
+            joined[3].starts_with("INPUT -i pier-br0 -j DROP"),
+            "{}",
+            joined[3]
+        );
         assert!(r
             .iter()
             .all(|(_, rule)| rule.ends_with(&["--comment".into(), "pier:c1".into()])));
