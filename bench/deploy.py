@@ -1,6 +1,8 @@
 """Re-push under load: time from `pier push` to every instance serving the new version, and the
 requests that failed meanwhile. Rolling (Pier's default) against recreate (stop, then start: what
-Cloud Foundry's default push does) in the same run, same app, same load.
+Cloud Foundry's default push does) in the same run, same app, same load. Also `pier set-env` (a
+rolling restart onto a new revision, no staging) with 3 instances under the same load, until
+every web instance runs the new revision.
 
 Called by bench/deploy.sh with the controller already up (env: PIER_API, PIER_TOKEN, PIER_HOME,
 ROUTER_PORT, BIN, WORK).
@@ -104,6 +106,40 @@ def one(strategy, n, rnd):
     return t1 - t0, ok, len(failed), failed[:3]
 
 
+def on_revision(name, revision, n):
+    out = pier("app", name, "--json", cwd=WORK)
+    if out.returncode != 0:
+        return False
+    web = [i for i in json.loads(out.stdout)["instances"] if i["process"] == "web"]
+    return len(web) == n and all(
+        i["state"] == "RUNNING" and (i.get("revision") or 0) >= revision for i in web
+    )
+
+
+def set_env(n, rnd):
+    name = f"depenv{n}r{rnd}"
+    host = f"{name}.localhost"
+    app = os.path.join(WORK, name)
+    shutil.copytree(APP_SRC, app)
+    open(os.path.join(app, "VERSION"), "w").write("1\n")
+    out = pier("push", name, "-i", str(n), cwd=app)
+    assert out.returncode == 0, out.stderr
+    web = [i for i in json.loads(pier("app", name, "--json", cwd=WORK).stdout)["instances"]]
+    before = max(i.get("revision") or 0 for i in web)
+    load = Load(host)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    out = pier("set-env", name, "GREETING", f"hi-{rnd}", cwd=WORK)
+    assert out.returncode == 0, out.stderr
+    while not on_revision(name, before + 1, n):
+        time.sleep(0.05)
+    t1 = time.monotonic()
+    time.sleep(1.0)
+    ok, failed = load.finish()
+    pier("delete", name, "-f", cwd=WORK)
+    return t1 - t0, ok, len(failed), failed[:3]
+
+
 def main():
     results = {}
     for rnd in range(ROUNDS):
@@ -113,6 +149,10 @@ def main():
                 results.setdefault((strategy, n), []).append((secs, ok, nfail))
                 print(f"round {rnd} {strategy} {n} instance(s): {secs:.2f} s, {ok} ok, "
                       f"{nfail} failed {examples}", file=sys.stderr, flush=True)
+        secs, ok, nfail, examples = set_env(3, rnd)
+        results.setdefault(("set-env (rolling restart)", 3), []).append((secs, ok, nfail))
+        print(f"round {rnd} set-env 3 instance(s): {secs:.2f} s, {ok} ok, "
+              f"{nfail} failed {examples}", file=sys.stderr, flush=True)
     print("| strategy | instances | re-push to all new, median (min–max) | failed requests, median (max) | requests served |")
     print("|---|---|---|---|---|")
     for (strategy, n), rows in sorted(results.items()):

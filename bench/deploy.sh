@@ -3,7 +3,7 @@
 # what Cloud Foundry's default push does), with 1 and 3 instances: time from `pier push` until every
 # instance serves the new version, and failed requests meanwhile (one request in four takes 1 s, so
 # draining matters). One command: bench/deploy.sh  (ROUNDS=N, default 3; BENCH_NO_BUILD=1 to skip
-# the release build).
+# the release build). Also `pier set-env` with 3 instances under the same load (a rolling restart).
 source "$(dirname "$0")/lib/common.sh"
 bench_setup
 start_controller

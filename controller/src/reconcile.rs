@@ -229,7 +229,7 @@ impl Reconciler {
         match c.labels.kind() {
             Some(Kind::Instance | Kind::Service) => false,
             Some(Kind::Staging | Kind::WarmStaging) => {
-                !guid.is_some_and(|g| self.stager.is_active(g)) && !self.stager.is_warm(&c.id)
+                !guid.is_some_and(|g| self.stager.is_active(g)) && !self.stager.is_warm(&c.id, guid)
             }
             _ => true,
         }

@@ -80,6 +80,8 @@ struct State {
     scripts: HashMap<&'static str, Scripter>,
     samples: HashMap<String, Sample>,
     isolation: HashMap<String, super::HostAccess>,
+    /// Starts of containers of this kind wait until the gate is opened (`hold_starts`).
+    held: Option<(Kind, Arc<tokio::sync::Semaphore>)>,
 }
 
 /// See the module doc.
@@ -99,6 +101,14 @@ impl FakeRuntime {
             })),
             events: broadcast::channel(1024).0,
         })
+    }
+
+    /// Makes every start of a container of `kind` wait (the container exists, created, not
+    /// running) until the returned gate gets a permit per start to let through.
+    pub fn hold_starts(&self, kind: Kind) -> Arc<tokio::sync::Semaphore> {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        self.lock().held = Some((kind, gate.clone()));
+        gate
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -398,6 +408,20 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn start(&self, id: &str) -> Result<()> {
         self.check(Op::Start)?;
+        let gate = {
+            let s = self.lock();
+            let kind = s.containers.get(id).and_then(|c| c.spec.labels.kind());
+            s.held
+                .as_ref()
+                .filter(|(k, _)| Some(*k) == kind)
+                .map(|(_, g)| g.clone())
+        };
+        if let Some(gate) = gate {
+            gate.acquire()
+                .await
+                .map_err(|e| RuntimeError::Api(e.to_string()))?
+                .forget();
+        }
         {
             let mut s = self.lock();
             let c = s.containers.get_mut(id).ok_or_else(|| not_found(id))?;

@@ -143,8 +143,8 @@ impl Stager {
     }
 
     /// True when `id` is a warm staging container of this process (the reconciler keeps it).
-    pub fn is_warm(&self, id: &str) -> bool {
-        self.warm.knows(id)
+    pub fn is_warm(&self, id: &str, app_guid: Option<&str>) -> bool {
+        self.warm.knows(id, app_guid)
     }
 
     /// Removes the app's warm staging container (before its cache volume goes, or the app).

@@ -85,9 +85,16 @@ impl WarmStagers {
         self.ready.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// True when `id` is a warm container of this process.
-    pub fn knows(&self, id: &str) -> bool {
-        self.ready().iter().any(|w| w.id == id)
+    /// True when `id` is a warm container of this process, or may be one being made for the app
+    /// `app_guid` (between its create and its place in the list).
+    pub fn knows(&self, id: &str, app_guid: Option<&str>) -> bool {
+        let making = app_guid.is_some_and(|g| {
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(g)
+        });
+        making || self.ready().iter().any(|w| w.id == id)
     }
 
     /// The app's warm container, when it was made with the settings of `spec`; it is no longer

@@ -172,3 +172,33 @@ async fn a_re_push_at_once_waits_for_the_container_being_prepared() {
         runs[1]
     );
 }
+
+#[tokio::test]
+async fn a_reconcile_pass_while_one_is_being_made_leaves_it_be() {
+    let (p, ran) = platform(2).await;
+    let gate = p.fake.hold_starts(Kind::WarmStaging);
+    p.push("hello").await;
+    // Created, its start held: not in the list of warm containers yet.
+    let made = p
+        .eventually("a warm staging container created", || {
+            p.fake
+                .containers()
+                .into_iter()
+                .find(|(_, s, running)| s.labels.kind() == Some(Kind::WarmStaging) && !running)
+                .map(|(id, _, _)| id)
+        })
+        .await;
+    p.parts.reconciler.once().await.unwrap();
+    assert!(
+        !p.fake.removed().contains(&made),
+        "the reconciler removed it"
+    );
+    gate.add_permits(1);
+    let (warm, _) = warm_of(&p, "hello").await;
+    assert_eq!(warm, made);
+    build(&p, "hello", b"print('changed')").await;
+    assert_eq!(
+        ran.lock().unwrap()[1].labels.kind(),
+        Some(Kind::WarmStaging)
+    );
+}
