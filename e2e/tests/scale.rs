@@ -276,9 +276,18 @@ fn worker_processes_scale_on_their_own_and_get_no_route() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no process type"));
 }
 
+/// A controller whose stagings all start cold, so a container of kind `staging` shows one under
+/// way (a warm staging container, `pier.kind=warm-staging`, waits before it is used).
+fn cold_stagings() -> Platform {
+    Platform::start_with(Options {
+        controller_args: vec!["--warm-stagers".into(), "0".into()],
+        ..Default::default()
+    })
+}
+
 #[test]
 fn concurrent_builds_of_one_app_are_refused_with_409() {
-    let p = Platform::start();
+    let p = cold_stagings();
     let app = example("python-deps-app");
     p.pier_ok(&["push", "busy", "--no-start"], app.path());
     let busy = app_name("busy");
@@ -310,7 +319,7 @@ fn concurrent_builds_of_one_app_are_refused_with_409() {
 
 #[test]
 fn kill_9_mid_scale_and_mid_staging_then_converge() {
-    let mut p = Platform::start();
+    let mut p = cold_stagings();
     let app = example("python-app");
     p.pier_ok(&["push", "sturdy"], app.path());
     // Mid-scale: the controller dies while it is creating containers.
