@@ -263,6 +263,12 @@ pub struct Config {
     #[arg(long, env = "PIER_REFRESH_TOKEN_TTL", default_value_t = crate::users::DEFAULT_REFRESH_TOKEN_TTL_SECS,
           value_parser = clap::value_parser!(u64).range(60..=31_536_000))]
     pub refresh_token_ttl_secs: u64,
+
+    /// An image registry (`HOST:PORT`, no scheme, no path) every app image is also pushed to, as
+    /// `HOST:PORT/<image name>`, and deleted from when the image is (docs/registry.md). Plain
+    /// HTTP on a loopback address, HTTPS otherwise. Off by default.
+    #[arg(long, env = "PIER_REGISTRY", value_name = "HOST:PORT")]
+    pub registry: Option<crate::registry::RegistryAddr>,
 }
 
 /// Defaults of the deployment settings, shared by the clap defaults and `Config::for_tests`.
@@ -327,6 +333,7 @@ impl Config {
             router_ack_window_secs: DEFAULT_ROUTER_ACK_WINDOW_SECS,
             access_token_ttl_secs: crate::users::DEFAULT_ACCESS_TOKEN_TTL_SECS,
             refresh_token_ttl_secs: crate::users::DEFAULT_REFRESH_TOKEN_TTL_SECS,
+            registry: None,
         }
     }
 

@@ -15,8 +15,15 @@
 //!   image labelled with this controller that no app's current droplet or kept revision names,
 //!   which covers revision pruning, app deletes and failed stagings. An image removed behind the
 //!   controller's back is made again from the droplet before the next start ([`Images::ensure`]).
+//! - With a registry (`--registry`, see `registry.rs`), an image is in use only once it is also
+//!   in the registry as `HOST:PORT/<its name>`: it is tagged so and pushed when made, and pushed
+//!   again before use when the registry lacks it. A push that fails fails the build or the start,
+//!   naming the registry, and takes its registry tag back (and the image, if it was just made).
+//! - With a registry, an image goes from the registry (its manifest) before it goes locally; while
+//!   the registry cannot be reached the image is kept, to be collected on a later pass. Its local
+//!   registry tag goes with it.
 //!
-//! Uses: `runtime/`, `store/` (blobs), `staging/package` (the entry checks).
+//! Uses: `runtime/`, `store/` (blobs), `staging/package` (the entry checks), `registry`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -24,6 +31,7 @@ use std::sync::Arc;
 use pier_api::ErrorCode;
 
 use crate::error::{Error, Result};
+use crate::registry::{split_reference, Registry};
 use crate::runtime::labels::keys;
 use crate::runtime::{ContainerRuntime, Kind, Labels, LayerImageSpec};
 use crate::store::BlobStore;
@@ -66,6 +74,8 @@ pub struct Images {
     /// Apps (by guid) with an image build under way, counted: their build containers are not
     /// leftovers for the reconciler to remove.
     active: std::sync::Mutex<HashMap<String, usize>>,
+    /// Where images are pushed too, when the controller was given one.
+    registry: Option<Registry>,
 }
 
 /// Marks an app's image build as under way while it lives.
@@ -100,7 +110,14 @@ impl Images {
             default_stack: default_stack.to_string(),
             building: Default::default(),
             active: Default::default(),
+            registry: None,
         }
+    }
+
+    /// Pushes every image to `registry` too (see the module doc).
+    pub fn with_registry(mut self, registry: Option<Registry>) -> Images {
+        self.registry = registry;
+        self
     }
 
     pub fn default_stack(&self) -> &str {
@@ -111,10 +128,11 @@ impl Images {
         key.name(&self.controller_id)
     }
 
-    /// The image for `key`, made from its droplet if it is not there; returns its name.
+    /// The image for `key`, made from its droplet if it is not there (and pushed to the registry
+    /// if there is one and it lacks it); returns its name.
     pub async fn ensure(&self, key: &ImageKey) -> Result<String> {
         let name = self.name(key);
-        if self.runtime.image_exists(&name).await? {
+        if self.runtime.image_exists(&name).await? && self.published(&name).await? {
             return Ok(name);
         }
         let lock = self
@@ -124,15 +142,90 @@ impl Images {
             .entry(name.clone())
             .or_default()
             .clone();
-        let _one = lock.lock().await;
-        if !self.runtime.image_exists(&name).await? {
-            self.build(key, &name).await?;
+        let made = async {
+            let _one = lock.lock().await;
+            if !self.runtime.image_exists(&name).await? {
+                self.build(key, &name).await?;
+                if let Err(e) = self.publish(&name).await {
+                    // Just made for nothing: no image that is not in the registry stays.
+                    let _ = self.runtime.remove_image(&name).await;
+                    return Err(e);
+                }
+            } else if !self.published(&name).await? {
+                self.publish(&name).await?;
+            }
+            Ok(())
         }
+        .await;
         self.building
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&name);
-        Ok(name)
+        made.map(|()| name)
+    }
+
+    /// Whether the registry has the image `name`; true when there is no registry.
+    async fn published(&self, name: &str) -> Result<bool> {
+        let Some(registry) = &self.registry else {
+            return Ok(true);
+        };
+        let (repo, tag) = split_reference(name);
+        registry.has(repo, tag).await.map_err(|e| {
+            Error::api(
+                ErrorCode::StagingFailed,
+                format!("the app image {name} cannot be looked up in the registry: {e}"),
+            )
+        })
+    }
+
+    /// Tags the image `HOST:PORT/<name>` and pushes it; on failure the tag goes again.
+    async fn publish(&self, name: &str) -> Result<()> {
+        let Some(registry) = &self.registry else {
+            return Ok(());
+        };
+        let remote = registry.addr().image_name(name);
+        let (repo, tag) = split_reference(&remote);
+        let started = std::time::Instant::now();
+        let pushed = match self.runtime.tag_image(name, repo, tag).await {
+            Ok(()) => self.runtime.push_image(repo, tag).await,
+            Err(e) => Err(e),
+        };
+        match pushed {
+            Ok(()) => {
+                tracing::info!(image = %remote, took_ms = started.elapsed().as_millis() as u64,
+                    "app image pushed to the registry");
+                Ok(())
+            }
+            Err(e) => {
+                // Removes only that name: the image keeps its own.
+                let _ = self.runtime.remove_image(&remote).await;
+                Err(Error::api(
+                    ErrorCode::StagingFailed,
+                    format!(
+                        "pushing the app image {name} to the registry {} failed: {e}",
+                        registry.addr()
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Deletes the image's manifests from the registry and removes its local names other than
+    /// its own (`HOST:PORT/...`), so that removing it by id leaves nothing.
+    async fn unpublish(&self, image: &crate::runtime::ImageInfo) -> Result<()> {
+        let own = format!("pier-{}/", self.controller_id.to_ascii_lowercase());
+        if let Some(registry) = &self.registry {
+            for name in image.tags.iter().filter(|t| t.starts_with(&own)) {
+                let (repo, tag) = split_reference(name);
+                if registry.delete(repo, tag).await.map_err(|e| Error::Other(e.to_string()))? {
+                    tracing::info!(image = %name, registry = %registry.addr(), "app image deleted from the registry");
+                }
+            }
+        }
+        for alias in image.tags.iter().filter(|t| !t.starts_with(&own)) {
+            self.runtime.remove_image(alias).await?;
+        }
+        Ok(())
     }
 
     /// True while an image of the app is being made (its build container is in use).
@@ -223,6 +316,11 @@ impl Images {
             }
             let guid = image.labels.app_guid();
             if guid.is_some_and(|g| busy.contains(g) || self.is_building(g)) {
+                continue;
+            }
+            if let Err(e) = self.unpublish(&image).await {
+                tracing::warn!(image = %image.id, tags = ?image.tags, error = %e,
+                    "app image nothing refers to kept: it could not be deleted from the registry");
                 continue;
             }
             // By id: removes every tag of it, and its layer, leaving nothing dangling.

@@ -59,6 +59,7 @@ pub mod network;
 pub mod policy;
 pub mod quota;
 pub mod reconcile;
+pub mod registry;
 pub mod roles;
 pub mod runtime;
 pub mod server;

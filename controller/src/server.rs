@@ -502,12 +502,15 @@ fn staging(
     logs: &Arc<LogBroker>,
 ) -> anyhow::Result<(Arc<Buildpacks>, Arc<crate::images::Images>, Arc<Stager>)> {
     let buildpacks = Arc::new(Buildpacks::install(&config.data_dir)?);
-    let images = Arc::new(crate::images::Images::new(
-        runtime.clone(),
-        blobs.clone(),
-        controller_id,
-        &config.stack_image,
-    ));
+    let images = Arc::new(
+        crate::images::Images::new(
+            runtime.clone(),
+            blobs.clone(),
+            controller_id,
+            &config.stack_image,
+        )
+        .with_registry(config.registry.clone().map(crate::registry::Registry::new)),
+    );
     let stager = Arc::new(Stager::new(
         runtime.clone(),
         blobs.clone(),

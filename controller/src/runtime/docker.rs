@@ -696,6 +696,32 @@ impl ContainerRuntime for DockerRuntime {
         }
         Ok(())
     }
+
+    async fn tag_image(&self, image: &str, repo: &str, tag: &str) -> Result<()> {
+        let opts = bollard::query_parameters::TagImageOptionsBuilder::default()
+            .repo(repo)
+            .tag(tag)
+            .build();
+        Ok(self.docker.tag_image(image, Some(opts)).await?)
+    }
+
+    async fn push_image(&self, repo: &str, tag: &str) -> Result<()> {
+        let opts = bollard::query_parameters::PushImageOptionsBuilder::default()
+            .tag(tag)
+            .build();
+        let mut progress = self.docker.push_image(repo, Some(opts), None);
+        while let Some(item) = progress.next().await {
+            match item {
+                Ok(_) => {}
+                // The engine's own words (`connection refused`, `name unknown`, ...).
+                Err(bollard::errors::Error::DockerStreamError { error }) => {
+                    return Err(RuntimeError::Api(error))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
 }
 
 fn ipv4_subnets(ipam: Option<&Ipam>) -> Vec<Ipv4Net> {

@@ -39,6 +39,7 @@ pub enum Op {
     CreateVolume,
     RemoveVolume,
     CreateNetwork,
+    Push,
 }
 
 /// What a scripted container does when it starts.
@@ -77,6 +78,8 @@ struct State {
     /// Images made by `commit`: name → labels.
     committed: BTreeMap<String, Labels>,
     failures: HashMap<Op, u32>,
+    /// Images pushed (`repo:tag`), in order.
+    pushed: Vec<String>,
     scripts: HashMap<&'static str, Scripter>,
     samples: HashMap<String, Sample>,
     isolation: HashMap<String, super::HostAccess>,
@@ -221,6 +224,16 @@ impl FakeRuntime {
     /// Images made by `commit`, by name.
     pub fn app_images(&self) -> Vec<String> {
         self.lock().committed.keys().cloned().collect()
+    }
+
+    /// Images pushed to a registry (`repo:tag`), in order.
+    pub fn pushed(&self) -> Vec<String> {
+        self.lock().pushed.clone()
+    }
+
+    /// Every image name the fake holds (the stack, app images, further tags).
+    pub fn image_names(&self) -> Vec<String> {
+        self.lock().images.clone()
     }
 
     /// Removes an image behind the platform's back.
@@ -757,6 +770,26 @@ impl ContainerRuntime for FakeRuntime {
         self.lock()
             .images
             .push(format!("{}:{}", spec.repo, spec.tag));
+        Ok(())
+    }
+
+    async fn tag_image(&self, image: &str, repo: &str, tag: &str) -> Result<()> {
+        let mut s = self.lock();
+        if !s.images.iter().any(|i| i == image) {
+            return Err(not_found(image));
+        }
+        s.images.push(format!("{repo}:{tag}"));
+        Ok(())
+    }
+
+    async fn push_image(&self, repo: &str, tag: &str) -> Result<()> {
+        self.check(Op::Push)?;
+        let name = format!("{repo}:{tag}");
+        let mut s = self.lock();
+        if !s.images.contains(&name) {
+            return Err(not_found(&name));
+        }
+        s.pushed.push(name);
         Ok(())
     }
 }

@@ -357,4 +357,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn remove_image(&self, image: &str) -> Result<()>;
     /// Imports a root filesystem tar as an image.
     async fn import_image(&self, rootfs: &Path, spec: &ImportSpec) -> Result<()>;
+    /// Gives the local image `image` the further name `repo:tag` (no copy).
+    async fn tag_image(&self, image: &str, repo: &str, tag: &str) -> Result<()>;
+    /// Pushes the local image `repo:tag` to the registry its repository names
+    /// (`HOST:PORT/...`), without credentials.
+    async fn push_image(&self, repo: &str, tag: &str) -> Result<()>;
 }
