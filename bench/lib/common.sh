@@ -96,7 +96,8 @@ bench_setup() {
     done
   fi
   mkdir -p "$WORK/bin" "$WORK/data" "$WORK/cli"
-  cp "$ROOT/target/release/pier" "$ROOT/target/release/pier-controller" "$WORK/bin/"
+  # BENCH_BIN_DIR: binaries from elsewhere (e.g. target/debug with BENCH_NO_BUILD=1).
+  cp "${BENCH_BIN_DIR:-$ROOT/target/release}/pier" "${BENCH_BIN_DIR:-$ROOT/target/release}/pier-controller" "$WORK/bin/"
   BIN=$WORK/bin
   export PIER_HOME=$WORK/cli
   GIT_REV=$(cd "$ROOT" && git rev-parse --short HEAD)$(cd "$ROOT" && git diff --quiet HEAD -- controller cli router api lifecycle buildpacks 2>/dev/null || echo "+uncommitted")

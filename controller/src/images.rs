@@ -217,7 +217,11 @@ impl Images {
         if let Some(registry) = &self.registry {
             for name in image.tags.iter().filter(|t| t.starts_with(&own)) {
                 let (repo, tag) = split_reference(name);
-                if registry.delete(repo, tag).await.map_err(|e| Error::Other(e.to_string()))? {
+                if registry
+                    .delete(repo, tag)
+                    .await
+                    .map_err(|e| Error::Other(e.to_string()))?
+                {
                     tracing::info!(image = %name, registry = %registry.addr(), "app image deleted from the registry");
                 }
             }
@@ -336,5 +340,178 @@ impl Images {
             }
         }
         Ok(gone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::registry::RegistryAddr;
+    use crate::runtime::fake::{FakeRuntime, Op};
+
+    type Manifests = Arc<std::sync::Mutex<(HashMap<String, String>, Vec<String>)>>;
+
+    /// A registry's manifest API in memory: path of `repo/manifests/tag` → digest, and the
+    /// deletes it was sent.
+    async fn registry() -> (RegistryAddr, Manifests) {
+        let state: Manifests = Default::default();
+        let s = state.clone();
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let s = s.clone();
+            async move {
+                use axum::response::IntoResponse;
+                let mut s = s.lock().unwrap();
+                let path = req.uri().path().to_string();
+                if req.method() == axum::http::Method::DELETE {
+                    let digest = path.rsplit('/').next().unwrap().to_string();
+                    s.0.retain(|_, d| *d != digest);
+                    s.1.push(path);
+                    return axum::http::StatusCode::ACCEPTED.into_response();
+                }
+                match s.0.get(&path) {
+                    Some(d) => ([("docker-content-digest", d.clone())]).into_response(),
+                    None => axum::http::StatusCode::NOT_FOUND.into_response(),
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (addr.to_string().parse().unwrap(), state)
+    }
+
+    struct Rig {
+        _dir: tempfile::TempDir,
+        fake: Arc<FakeRuntime>,
+        images: Images,
+        key: ImageKey,
+    }
+
+    fn rig(registry: Option<&RegistryAddr>) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path()).unwrap();
+        let tgz = crate::testkit::targz(&[("app/app.py", b"print('hi')")]);
+        let droplet = blobs
+            .commit(blobs.write_reader(&mut &tgz[..]).unwrap())
+            .unwrap();
+        let fake = FakeRuntime::new("test");
+        let stack = crate::runtime::stack::DEFAULT_STACK_IMAGE;
+        let images = Images::new(fake.clone(), blobs, "test", stack)
+            .with_registry(registry.cloned().map(Registry::new));
+        let key = ImageKey {
+            app_name: "app".into(),
+            app_guid: "0123456789abcdef".into(),
+            droplet,
+            stack: stack.into(),
+        };
+        Rig {
+            _dir: dir,
+            fake,
+            images,
+            key,
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_registry_nothing_is_pushed() {
+        let r = rig(None);
+        let name = r.images.ensure(&r.key).await.unwrap();
+        assert!(r.fake.pushed().is_empty());
+        assert!(!r
+            .fake
+            .image_names()
+            .iter()
+            .any(|i| i != &name && i.contains("/pier-")));
+        let gone = r
+            .images
+            .collect(&HashSet::new(), &HashSet::new())
+            .await
+            .unwrap();
+        assert_eq!(gone, 1);
+        assert!(!r.fake.image_names().contains(&name));
+    }
+
+    #[tokio::test]
+    async fn an_image_is_pushed_when_made_and_again_when_the_registry_lost_it() {
+        let (addr, manifests) = registry().await;
+        let r = rig(Some(&addr));
+        let name = r.images.ensure(&r.key).await.unwrap();
+        let remote = format!("{addr}/{name}");
+        assert_eq!(r.fake.pushed(), vec![remote.clone()]);
+        assert!(r.fake.image_names().contains(&remote));
+        // The registry has it: used as it is.
+        let (repo, tag) = split_reference(&name);
+        let path = format!("/v2/{repo}/manifests/{tag}");
+        manifests
+            .lock()
+            .unwrap()
+            .0
+            .insert(path.clone(), "sha256:d1".into());
+        r.images.ensure(&r.key).await.unwrap();
+        assert_eq!(r.fake.pushed().len(), 1);
+        // Lost: pushed again before use.
+        manifests.lock().unwrap().0.clear();
+        r.images.ensure(&r.key).await.unwrap();
+        assert_eq!(r.fake.pushed(), vec![remote.clone(), remote.clone()]);
+
+        // Collected: deleted from the registry by digest, then its registry tag and itself.
+        manifests.lock().unwrap().0.insert(path, "sha256:d1".into());
+        let gone = r
+            .images
+            .collect(&HashSet::new(), &HashSet::new())
+            .await
+            .unwrap();
+        assert_eq!(gone, 1);
+        assert_eq!(
+            manifests.lock().unwrap().1,
+            vec![format!("/v2/{repo}/manifests/sha256:d1")]
+        );
+        let left = r.fake.image_names();
+        assert!(!left.contains(&name) && !left.contains(&remote), "{left:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_push_fails_the_build_and_leaves_no_image() {
+        let (addr, _) = registry().await;
+        let r = rig(Some(&addr));
+        r.fake.fail_next(Op::Push, 1);
+        let e = r.images.ensure(&r.key).await.unwrap_err().to_string();
+        assert!(e.contains(&format!("to the registry {addr} failed")), "{e}");
+        let name = r.images.name(&r.key);
+        let left = r.fake.image_names();
+        assert!(
+            !left
+                .iter()
+                .any(|i| i == &name || i.starts_with(&addr.to_string())),
+            "{left:?}"
+        );
+        assert!(r.fake.app_images().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_image_is_kept_while_the_registry_cannot_be_reached() {
+        let (addr, _) = registry().await;
+        let r = rig(Some(&addr));
+        let name = r.images.ensure(&r.key).await.unwrap();
+        // The same image, now with a registry nothing listens on.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let down: RegistryAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let images = Images::new(r.fake.clone(), r.images.blobs.clone(), "test", "s")
+            .with_registry(Some(Registry::new(down)));
+        assert_eq!(
+            images
+                .collect(&HashSet::new(), &HashSet::new())
+                .await
+                .unwrap(),
+            0
+        );
+        assert!(
+            r.fake.image_names().contains(&name),
+            "kept for a later pass"
+        );
     }
 }

@@ -40,7 +40,9 @@ impl std::str::FromStr for RegistryAddr {
     fn from_str(s: &str) -> Result<RegistryAddr, String> {
         let hint = "give it as HOST:PORT, e.g. 127.0.0.1:5000";
         if s.contains("://") {
-            return Err(format!("{s:?} has a scheme: {hint} (no http:// or https://)"));
+            return Err(format!(
+                "{s:?} has a scheme: {hint} (no http:// or https://)"
+            ));
         }
         if s.contains('/') {
             return Err(format!(
@@ -50,11 +52,10 @@ impl std::str::FromStr for RegistryAddr {
         let (host, port) = s
             .rsplit_once(':')
             .ok_or_else(|| format!("{s:?} has no port: {hint}"))?;
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("{s:?}: the port must be a number from 1 to 65535 ({hint})"))?;
+        let port: u16 =
+            port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+                format!("{s:?}: the port must be a number from 1 to 65535 ({hint})")
+            })?;
         let bracketed = host
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
@@ -215,12 +216,20 @@ mod tests {
 
     #[test]
     fn a_registry_is_a_bare_host_and_port() {
-        for ok in ["127.0.0.1:5000", "localhost:5000", "registry.example.com:443", "[::1]:5000"] {
+        for ok in [
+            "127.0.0.1:5000",
+            "localhost:5000",
+            "registry.example.com:443",
+            "[::1]:5000",
+        ] {
             let a: RegistryAddr = ok.parse().unwrap_or_else(|e| panic!("{ok}: {e}"));
             assert_eq!(a.to_string(), ok);
         }
         let a: RegistryAddr = "Reg.Example:5000".parse().unwrap();
-        assert_eq!(a.image_name("pier-c/app:t1"), "reg.example:5000/pier-c/app:t1");
+        assert_eq!(
+            a.image_name("pier-c/app:t1"),
+            "reg.example:5000/pier-c/app:t1"
+        );
         for (bad, says) in [
             ("http://127.0.0.1:5000", "has a scheme"),
             ("https://reg:5000", "has a scheme"),
@@ -284,19 +293,25 @@ mod tests {
             .route(
                 "/v2/{a}/{b}/manifests/{reference}",
                 axum::routing::head(
-                    |State(s): State<Shared>, Path((a, b, r)): Path<(String, String, String)>, h: HeaderMap| async move {
+                    |State(s): State<Shared>,
+                     Path((a, b, r)): Path<(String, String, String)>,
+                     h: HeaderMap| async move {
                         let accept = h.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
                         assert!(accept.contains("manifest.v2+json"), "{accept}");
                         let repo = format!("{a}/{b}");
                         let s = s.lock().unwrap();
                         match s.iter().find(|(rr, t, _)| *rr == repo && *t == r) {
-                            Some((_, _, d)) => (StatusCode::OK, [("docker-content-digest", d.clone())]).into_response(),
+                            Some((_, _, d)) => {
+                                (StatusCode::OK, [("docker-content-digest", d.clone())])
+                                    .into_response()
+                            }
                             None => StatusCode::NOT_FOUND.into_response(),
                         }
                     },
                 )
                 .delete(
-                    move |State(s): State<Shared>, Path((a, b, r)): Path<(String, String, String)>| {
+                    move |State(s): State<Shared>,
+                          Path((a, b, r)): Path<(String, String, String)>| {
                         let deleted = d2.clone();
                         async move {
                             let repo = format!("{a}/{b}");
@@ -304,7 +319,11 @@ mod tests {
                             let before = s.len();
                             s.retain(|(rr, _, d)| !(*rr == repo && *d == r));
                             deleted.lock().unwrap().push(format!("{repo}@{r}"));
-                            if s.len() < before { StatusCode::ACCEPTED } else { StatusCode::NOT_FOUND }
+                            if s.len() < before {
+                                StatusCode::ACCEPTED
+                            } else {
+                                StatusCode::NOT_FOUND
+                            }
                         }
                     },
                 ),
@@ -318,16 +337,24 @@ mod tests {
 
     #[tokio::test]
     async fn a_manifest_is_found_and_deleted_by_its_digest() {
-        let (addr, deleted) =
-            fake_registry(vec![("pier-c/app", "t1", "sha256:aaa"), ("pier-c/app", "t2", "sha256:bbb")])
-                .await;
+        let (addr, deleted) = fake_registry(vec![
+            ("pier-c/app", "t1", "sha256:aaa"),
+            ("pier-c/app", "t2", "sha256:bbb"),
+        ])
+        .await;
         let r = Registry::new(addr);
         assert!(r.has("pier-c/app", "t1").await.unwrap());
         assert!(!r.has("pier-c/app", "t9").await.unwrap());
         assert!(r.delete("pier-c/app", "t1").await.unwrap());
-        assert_eq!(*deleted.lock().unwrap(), vec!["pier-c/app@sha256:aaa".to_string()]);
+        assert_eq!(
+            *deleted.lock().unwrap(),
+            vec!["pier-c/app@sha256:aaa".to_string()]
+        );
         assert!(!r.has("pier-c/app", "t1").await.unwrap());
-        assert!(r.has("pier-c/app", "t2").await.unwrap(), "the other tag stays");
+        assert!(
+            r.has("pier-c/app", "t2").await.unwrap(),
+            "the other tag stays"
+        );
         // Gone already: fine, and nothing is sent.
         assert!(!r.delete("pier-c/app", "t1").await.unwrap());
         assert_eq!(deleted.lock().unwrap().len(), 1);

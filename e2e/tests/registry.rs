@@ -182,7 +182,11 @@ fn app_images_are_pushed_to_the_registry_and_deleted_from_it_with_the_app() {
     assert_eq!(repo, format!("pier-{}/reg", p.controller_id));
 
     // In the registry, under the image's own name; and tagged so locally.
-    assert!(reg.repositories().contains(repo), "{:?}", reg.repositories());
+    assert!(
+        reg.repositories().contains(repo),
+        "{:?}",
+        reg.repositories()
+    );
     assert_eq!(reg.tags(repo), BTreeSet::from([tag.to_string()]));
     let remote = format!("{}/{image}", reg.addr);
     assert_eq!(
@@ -257,7 +261,10 @@ fn a_push_to_a_registry_that_is_not_there_fails_the_build_and_leaves_nothing() {
         !left.iter().any(|i| i.starts_with(&addr)),
         "a registry tag was left: {left:?}"
     );
-    assert!(left.is_empty(), "the image made for nothing was removed: {left:?}");
+    assert!(
+        left.is_empty(),
+        "the image made for nothing was removed: {left:?}"
+    );
     let a = p.app("noreg").unwrap();
     assert!(a.droplet.is_none(), "no droplet recorded: {a:?}");
 }

@@ -80,6 +80,8 @@ struct State {
     failures: HashMap<Op, u32>,
     /// Images pushed (`repo:tag`), in order.
     pushed: Vec<String>,
+    /// Further names of images made by `commit` (`tag_image`): name → its other names.
+    aliases: BTreeMap<String, Vec<String>>,
     scripts: HashMap<&'static str, Scripter>,
     samples: HashMap<String, Sample>,
     isolation: HashMap<String, super::HostAccess>,
@@ -741,14 +743,15 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn list_images(&self) -> Result<Vec<super::ImageInfo>> {
-        Ok(self
-            .lock()
-            .committed
+        let s = self.lock();
+        Ok(s.committed
             .iter()
             .filter(|(_, l)| l.controller() == Some(self.controller_id.as_str()))
             .map(|(name, labels)| super::ImageInfo {
                 id: name.clone(),
-                tags: vec![name.clone()],
+                tags: std::iter::once(name.clone())
+                    .chain(s.aliases.get(name).into_iter().flatten().cloned())
+                    .collect(),
                 labels: labels.clone(),
             })
             .collect())
@@ -761,6 +764,18 @@ impl ContainerRuntime for FakeRuntime {
                 "conflict: unable to remove {image}: image is being used by a container (status 409)"
             )));
         }
+        // As Docker: by id, an image with several names is refused; by one of them, only that
+        // name goes.
+        if s.aliases.get(image).is_some_and(|a| !a.is_empty()) {
+            return Err(RuntimeError::Api(format!(
+                "conflict: unable to delete {image} (must be forced) - image is referenced in \
+                 multiple repositories (status 409)"
+            )));
+        }
+        for a in s.aliases.values_mut() {
+            a.retain(|i| i != image);
+        }
+        s.aliases.remove(image);
         s.images.retain(|i| i != image);
         s.committed.remove(image);
         Ok(())
@@ -778,7 +793,14 @@ impl ContainerRuntime for FakeRuntime {
         if !s.images.iter().any(|i| i == image) {
             return Err(not_found(image));
         }
-        s.images.push(format!("{repo}:{tag}"));
+        let alias = format!("{repo}:{tag}");
+        if s.committed.contains_key(image) {
+            s.aliases
+                .entry(image.to_string())
+                .or_default()
+                .push(alias.clone());
+        }
+        s.images.push(alias);
         Ok(())
     }
 
