@@ -210,23 +210,25 @@ impl Images {
         }
     }
 
-    /// Deletes the image's manifests from the registry and removes its local names other than
-    /// its own (`HOST:PORT/...`), so that removing it by id leaves nothing.
+    /// Deletes the image's manifest from the registry and removes its local registry name
+    /// (`HOST:PORT/...`), so that removing it by id leaves nothing. No registry: nothing to do.
     async fn unpublish(&self, image: &crate::runtime::ImageInfo) -> Result<()> {
+        let Some(registry) = &self.registry else {
+            return Ok(());
+        };
         let own = format!("pier-{}/", self.controller_id.to_ascii_lowercase());
-        if let Some(registry) = &self.registry {
-            for name in image.tags.iter().filter(|t| t.starts_with(&own)) {
-                let (repo, tag) = split_reference(name);
-                if registry
-                    .delete(repo, tag)
-                    .await
-                    .map_err(|e| Error::Other(e.to_string()))?
-                {
-                    tracing::info!(image = %name, registry = %registry.addr(), "app image deleted from the registry");
-                }
+        for name in image.tags.iter().filter(|t| t.starts_with(&own)) {
+            let (repo, tag) = split_reference(name);
+            if registry
+                .delete(repo, tag)
+                .await
+                .map_err(|e| Error::Other(e.to_string()))?
+            {
+                tracing::info!(image = %name, registry = %registry.addr(), "app image deleted from the registry");
             }
         }
-        for alias in image.tags.iter().filter(|t| !t.starts_with(&own)) {
+        let prefix = format!("{}/", registry.addr());
+        for alias in image.tags.iter().filter(|t| t.starts_with(&prefix)) {
             self.runtime.remove_image(alias).await?;
         }
         Ok(())
