@@ -11,6 +11,7 @@
 #   bench/registry.sh                                   # release binaries (built first)
 #   BENCH_NO_BUILD=1 BENCH_BIN_DIR=target/debug bench/registry.sh
 #   ROUNDS=5 ...
+#   REGISTRY_FIRST=1 ...      # the registry mode first (run both orders: the machine drifts)
 source "$(dirname "$0")/lib/common.sh"
 
 ROUNDS=${ROUNDS:-3}
@@ -41,18 +42,20 @@ run_mode() { # run_mode MODE
     sed -i "s/^VERSION = .*/VERSION = \"$((r + 1))\"/" "$APP/app.py"
     timed_push "$mode" "changed" "$mode-a"
   done
+  # The push itself, as the controller timed it (tag + push, in ms), first push first.
+  [[ $mode != registry ]] || PUSH_MS=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/controller.log" |
+    grep -o 'took_ms=[0-9]*' | cut -d= -f2 | tr '\n' ' ' || true)
   for a in "$mode-a" $(seq -f "$mode-n%g" 1 "$ROUNDS"); do "$BIN/pier" delete "$a" -f >/dev/null; done
   kill -TERM "$CONTROLLER_PID"
   wait "$CONTROLLER_PID" || true
   CONTROLLER_PID=
 }
 
-run_mode plain
+[[ -n ${REGISTRY_FIRST:-} ]] || run_mode plain
 "$ROOT/scripts/registry" start >&2
 EXTRA_PIDS=$(cat "$PIER_REGISTRY_DIR/registry.pid")
 CONTROLLER_ARGS="--registry $PIER_REGISTRY_ADDR" run_mode registry
-# The push itself, as the controller timed it (tag + push, in ms), first push first.
-PUSH_MS=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/controller.log" | grep -o 'took_ms=[0-9]*' | cut -d= -f2 | tr '\n' ' ' || true)
+[[ -z ${REGISTRY_FIRST:-} ]] || run_mode plain
 log "registry storage: $(du -sh "$PIER_REGISTRY_DIR/data" | cut -f1) before gc"
 "$ROOT/scripts/registry" gc >&2
 "$ROOT/scripts/registry" stop >&2
