@@ -172,7 +172,7 @@ impl Images {
         let (repo, tag) = split_reference(name);
         registry.has(repo, tag).await.map_err(|e| {
             Error::api(
-                ErrorCode::StagingFailed,
+                ErrorCode::Unavailable,
                 format!("the app image {name} cannot be looked up in the registry: {e}"),
             )
         })
@@ -200,7 +200,7 @@ impl Images {
                 // Removes only that name: the image keeps its own.
                 let _ = self.runtime.remove_image(&remote).await;
                 Err(Error::api(
-                    ErrorCode::StagingFailed,
+                    ErrorCode::Unavailable,
                     format!(
                         "pushing the app image {name} to the registry {} failed: {e}",
                         registry.addr()

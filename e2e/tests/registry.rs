@@ -250,6 +250,7 @@ fn a_push_to_a_registry_that_is_not_there_fails_the_build_and_leaves_nothing() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    eprintln!("the refused push printed:\n{text}");
     assert!(!out.status.success(), "{text}");
     assert!(
         text.contains(&format!("to the registry {addr} failed")) && text.contains("refused"),
