@@ -179,7 +179,7 @@ mod tests {
         // On disk: a reopened store has the same.
         drop(roles);
         drop(store);
-        let store = crate::store::Store::open(&dir.path().join("db")).unwrap();
+        let store = crate::store::tests::reopen(&dir.path().join("db"));
         assert_eq!(store.roles().unwrap().of_user("g-bob").unwrap().len(), 1);
     }
 }
