@@ -277,7 +277,7 @@ impl Images {
             .with(keys::APP_GUID, &key.app_guid)
             .with(keys::DROPLET, &key.droplet)
             .with(STACK_LABEL, &key.stack);
-        let (repo, tag) = name.rsplit_once(':').unwrap_or((name, "latest"));
+        let (repo, tag) = split_reference(name);
         let made = self
             .runtime
             .add_layer(&LayerImageSpec {

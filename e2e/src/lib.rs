@@ -372,6 +372,14 @@ impl Proc {
         }
     }
 
+    /// Everything it printed so far, line by line.
+    pub fn printed(&mut self) -> &[String] {
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+        &self.seen
+    }
+
     /// Waits for a printed line containing `needle` and returns it.
     pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
@@ -746,15 +754,13 @@ impl Drop for Platform {
         // A failing test shows what the controller said, to make the failure explainable.
         if std::thread::panicking() {
             if let Some(c) = self.controller.as_mut() {
-                while let Ok(l) = c.lines.try_recv() {
-                    c.seen.push(l);
-                }
-                let from = c.seen.len().saturating_sub(150);
+                let seen = c.printed();
+                let from = seen.len().saturating_sub(150);
                 eprintln!(
                     "--- controller output (last {} lines) ---",
-                    c.seen.len() - from
+                    seen.len() - from
                 );
-                for l in &c.seen[from..] {
+                for l in &seen[from..] {
                     eprintln!("{l}");
                 }
             }

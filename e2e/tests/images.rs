@@ -20,10 +20,7 @@ fn set_version(dir: &std::path::Path, v: &str) {
 /// Everything the running controller printed so far.
 fn printed(p: &mut Platform) -> Vec<String> {
     let c = p.controller.as_mut().expect("a controller");
-    while let Ok(l) = c.lines.try_recv() {
-        c.seen.push(l);
-    }
-    c.seen.clone()
+    c.printed().to_vec()
 }
 
 fn docker(args: &[&str]) -> String {

@@ -167,15 +167,12 @@ fn a_re_push_stages_in_the_container_made_ahead_of_it() {
         "the used warm container was removed"
     );
     let c = p.controller.as_mut().expect("a controller");
-    while let Ok(l) = c.lines.try_recv() {
-        c.seen.push(l);
-    }
+    let seen = c.printed();
     assert!(
-        !c.seen
+        !seen
             .iter()
             .any(|l| l.contains("warm staging container failed")),
-        "the re-push staged in the warm container, not in a new one: {:?}",
-        c.seen
+        "the re-push staged in the warm container, not in a new one: {seen:?}"
     );
     let next = eventually(Duration::from_secs(20), "the next warm container", || {
         let w = of_kind(&p, "warm-staging", "warm");

@@ -153,10 +153,7 @@ fn labelled_images(p: &Platform) -> BTreeSet<String> {
 /// How many pushes the controller logged so far.
 fn pushes(p: &mut Platform) -> usize {
     let c = p.controller.as_mut().expect("a controller");
-    while let Ok(l) = c.lines.try_recv() {
-        c.seen.push(l);
-    }
-    c.seen
+    c.printed()
         .iter()
         .filter(|l| l.contains("app image pushed to the registry"))
         .count()
