@@ -57,8 +57,25 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// SIGTERM or SIGINT, from the moment this returns.
+fn stop_signals() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use anyhow::Context as _;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
 async fn serve(config: pier_controller::Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
+    // Registered before anything is printed: a SIGTERM right after the listening line stops
+    // the controller cleanly instead of killing it (the signal's default action).
+    let stop = stop_signals()?;
     let scheme = config.api_scheme();
     let controller = Controller::start(config, shutdown.clone()).await?;
     let api = format!("{scheme}://{}", controller.api_addr);
@@ -76,19 +93,10 @@ async fn serve(config: pier_controller::Config) -> anyhow::Result<()> {
             controller.token_file.display()
         ),
     }
-    let sd = shutdown.clone();
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        stop.await;
         tracing::info!("shutting down; instances keep running");
-        sd.cancel();
+        shutdown.cancel();
     });
     controller.run().await
 }

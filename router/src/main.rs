@@ -351,6 +351,7 @@ async fn main() -> Result<()> {
     let opts = config.proxy_options(access_log);
     let metrics = opts.metrics.clone();
     let listeners = Listeners::bind(&config, checked.tls, checked.admin).await?;
+    let stop = stop_signals()?;
     listeners.announce()?;
 
     let (tx, rx) = tokio::sync::watch::channel(None);
@@ -365,7 +366,11 @@ async fn main() -> Result<()> {
     if let Some(l) = listeners.admin {
         tokio::spawn(serve_admin(l, metrics, shutdown.clone()));
     }
-    tokio::spawn(signals(shutdown.clone()));
+    let stopping = shutdown.clone();
+    tokio::spawn(async move {
+        stop.await;
+        stopping.cancel();
+    });
 
     let data_plane = shutdown.clone();
     let (plain, tls) = (listeners.plain, listeners.tls);
@@ -421,26 +426,17 @@ fn load_routes_file(path: &std::path::Path) -> Result<pier_api::RouteTable> {
     })
 }
 
-async fn signals(shutdown: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// The signals that stop the router, registered at once: a SIGTERM sent the moment the
+/// listening line is printed must drain, not kill (the default action) because the task that
+/// would have registered the handler had not run yet.
+fn stop_signals() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("interrupt: shutting down"),
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    shutdown.cancel();
+    })
 }

@@ -193,3 +193,45 @@ async fn binary_with_a_routes_file_drains_in_flight_requests_on_sigterm() {
         .expect("wait");
     assert!(status.success(), "{status:?}");
 }
+
+/// A supervisor may stop the router the moment it says it is listening: the SIGTERM handler is
+/// in place by then, so the signal stops it cleanly (exit 0) instead of killing it. Repeated,
+/// because the race it guards against is short.
+#[tokio::test]
+async fn binary_stopped_right_after_its_listening_line_exits_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let routes = dir.path().join("routes.json");
+    let table = RouteTable {
+        epoch: "file".into(),
+        version: 1,
+        routes: vec![],
+    };
+    std::fs::write(&routes, serde_json::to_vec(&table).expect("json")).expect("write routes");
+    for round in 0..10 {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pier-router"))
+            .args(["--listen", "127.0.0.1:0", "--threads", "1"])
+            .arg("--routes-file")
+            .arg(&routes)
+            .env_remove("PIER_ROUTER_TOKEN")
+            .env_remove("PIER_ROUTER_TOKEN_FILE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start pier-router");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let first = lines.next_line().await.expect("read").expect("a line");
+        assert!(first.starts_with("pier-router listening on "), "{first}");
+        let pid = child.id().expect("pid").to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("exited after SIGTERM")
+            .expect("wait");
+        assert!(status.success(), "round {round}: {status:?}");
+    }
+}
