@@ -126,7 +126,7 @@ pub enum Command {
     /// Bind an app to a service instance; a running app is deployed with it (rolling).
     BindService(BindServiceArgs),
     /// Unbind an app from a service instance; a running app is deployed without it (rolling).
-    UnbindService(BindServiceArgs),
+    UnbindService(UnbindServiceArgs),
     /// Register an Open Service Broker API broker: platform-wide (admin) or --space-scoped.
     CreateServiceBroker(CreateBrokerArgs),
     /// List the service brokers (the admin: all; others: the target space's).
@@ -523,6 +523,29 @@ pub struct BindServiceArgs {
     /// Store the change only; it takes effect at the next restart or deployment.
     #[arg(long)]
     pub no_restart: bool,
+}
+
+/// `unbind-service`: no `-c`, as on Cloud Foundry (an unbind takes no parameters).
+#[derive(Debug, Args)]
+pub struct UnbindServiceArgs {
+    #[arg(value_name = "APP", value_parser = parse_app_name)]
+    pub app: AppName,
+    #[arg(value_name = "SERVICE_INSTANCE")]
+    pub service: String,
+    /// Store the change only; it takes effect at the next restart or deployment.
+    #[arg(long)]
+    pub no_restart: bool,
+}
+
+impl From<UnbindServiceArgs> for BindServiceArgs {
+    fn from(a: UnbindServiceArgs) -> BindServiceArgs {
+        BindServiceArgs {
+            app: a.app,
+            service: a.service,
+            parameters: None,
+            no_restart: a.no_restart,
+        }
+    }
 }
 
 /// A role name, checked before anything is sent.

@@ -178,6 +178,25 @@ async fn push_with_an_invalid_name_sends_nothing() {
     assert!(fake.requests().is_empty(), "{:?}", fake.requests());
 }
 
+/// An unbind takes no parameters (as on Cloud Foundry): `-c` is refused, not silently dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbind_service_refuses_parameters_and_sends_nothing() {
+    let fake = Fake::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let out = run(fake.pier(
+        home.path(),
+        &["unbind-service", "hello", "db", "-c", r#"{"a":1}"#],
+    ))
+    .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("unexpected argument '-c'"),
+        "{}",
+        out.stderr
+    );
+    assert!(fake.requests().is_empty(), "{:?}", fake.requests());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_refuses_an_escaping_symlink_and_sends_nothing() {
     let fake = Fake::start().await;

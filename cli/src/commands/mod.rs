@@ -94,7 +94,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Service(args) => services::show(args).await,
         Command::DeleteService(args) => services::delete(args).await,
         Command::BindService(args) => services::bind(args, true).await,
-        Command::UnbindService(args) => services::bind(args, false).await,
+        Command::UnbindService(args) => services::bind(args.into(), false).await,
         Command::CreateServiceBroker(args) => brokers::create(args).await,
         Command::ServiceBrokers(args) => brokers::list(args).await,
         Command::UpdateServiceBroker(args) => brokers::update(args).await,
