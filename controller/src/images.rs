@@ -48,14 +48,19 @@ pub struct ImageKey {
     pub stack: String,
 }
 
+/// `pier-<controller>/`, lowercase: how the name of every app image of a controller begins.
+fn repo_prefix(controller_id: &str) -> String {
+    format!("pier-{}/", controller_id.to_ascii_lowercase())
+}
+
 impl ImageKey {
     /// `pier-<controller>/<app>:<guid8>-<droplet16>-<stack8>`: lowercase, as Docker wants.
     pub fn name(&self, controller_id: &str) -> String {
         use sha2::{Digest, Sha256};
         let stack = hex::encode(&Sha256::digest(self.stack.as_bytes())[..4]);
         format!(
-            "pier-{}/{}:{}-{}-{stack}",
-            controller_id.to_ascii_lowercase(),
+            "{}{}:{}-{}-{stack}",
+            repo_prefix(controller_id),
             self.app_name,
             &self.app_guid.get(..8).unwrap_or(&self.app_guid),
             &self.droplet.get(..16).unwrap_or(&self.droplet),
@@ -216,7 +221,7 @@ impl Images {
         let Some(registry) = &self.registry else {
             return Ok(());
         };
-        let own = format!("pier-{}/", self.controller_id.to_ascii_lowercase());
+        let own = repo_prefix(&self.controller_id);
         for name in image.tags.iter().filter(|t| t.starts_with(&own)) {
             let (repo, tag) = split_reference(name);
             if registry

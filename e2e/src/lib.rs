@@ -97,6 +97,26 @@ pub fn require_docker() {
     );
 }
 
+/// Runs the `docker` CLI and returns what it said, whether it succeeded or not.
+pub fn docker_cli(args: &[&str]) -> std::process::Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run the docker CLI")
+}
+
+/// Runs the `docker` CLI, fails the test with its stderr unless it succeeded, and returns its
+/// stdout, trimmed.
+pub fn docker_cli_ok(args: &[&str]) -> String {
+    let out = docker_cli(args);
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
 pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

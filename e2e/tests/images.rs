@@ -23,22 +23,9 @@ fn printed(p: &mut Platform) -> Vec<String> {
     c.printed().to_vec()
 }
 
-fn docker(args: &[&str]) -> String {
-    let out = std::process::Command::new("docker")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// `repo:tag` of every image labelled with the controller and the app.
 fn app_images(p: &Platform, app: &str) -> BTreeSet<String> {
-    let out = docker(&[
+    let out = docker_cli_ok(&[
         "images",
         "--filter",
         &format!("label=pier.controller={}", p.controller_id),
@@ -52,7 +39,7 @@ fn app_images(p: &Platform, app: &str) -> BTreeSet<String> {
 
 /// Images of the controller with no tag (left by a rebuild or a failed commit).
 fn dangling(p: &Platform) -> String {
-    docker(&[
+    docker_cli_ok(&[
         "images",
         "-q",
         "--filter",
@@ -64,7 +51,7 @@ fn dangling(p: &Platform) -> String {
 
 /// The image name and image id a container runs.
 fn image_of(container: &str) -> (String, String) {
-    let out = docker(&["inspect", "-f", "{{.Config.Image}} {{.Image}}", container]);
+    let out = docker_cli_ok(&["inspect", "-f", "{{.Config.Image}} {{.Image}}", container]);
     let (name, id) = out.split_once(' ').unwrap();
     (name.to_string(), id.to_string())
 }
@@ -98,7 +85,7 @@ fn instances_run_the_apps_image_which_lives_as_long_as_its_droplet() {
         "{name}"
     );
     assert_eq!(app_images(&p, "imgs"), BTreeSet::from([name.clone()]));
-    let stack = docker(&[
+    let stack = docker_cli_ok(&[
         "image",
         "inspect",
         "-f",
@@ -109,12 +96,12 @@ fn instances_run_the_apps_image_which_lives_as_long_as_its_droplet() {
     // The droplet is in the image, not copied into the containers: their own layers hold only
     // what the app wrote.
     for id in &ids {
-        let diff = docker(&["diff", id]);
+        let diff = docker_cli_ok(&["diff", id]);
         assert!(
             !diff.lines().any(|l| l.contains("/home/vcap/app/app.py")),
             "the droplet was copied into {id}:\n{diff}"
         );
-        let ls = docker(&["exec", id, "ls", "/home/vcap/app"]);
+        let ls = docker_cli_ok(&["exec", id, "ls", "/home/vcap/app"]);
         assert!(ls.contains("app.py"), "{ls}");
     }
     let (s, body) = p.get_via_router("imgs.localhost", "/");
@@ -165,9 +152,9 @@ fn instances_run_the_apps_image_which_lives_as_long_as_its_droplet() {
     eventually(Duration::from_secs(30), "instances gone", || {
         p.instance_ids("imgs").is_empty().then_some(())
     });
-    docker(&["rmi", "-f", &name]);
+    docker_cli_ok(&["rmi", "-f", &name]);
     assert!(
-        docker(&["images", "-q", &name]).is_empty(),
+        docker_cli_ok(&["images", "-q", &name]).is_empty(),
         "{name} removed"
     );
     p.pier_ok(&["start", "imgs"], app.path());

@@ -122,23 +122,9 @@ fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-fn docker(args: &[&str]) -> std::process::Output {
-    Command::new("docker").args(args).output().unwrap()
-}
-
-fn docker_ok(args: &[&str]) -> String {
-    let out = docker(args);
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// `repo:tag` of every image labelled with the controller.
 fn labelled_images(p: &Platform) -> BTreeSet<String> {
-    docker_ok(&[
+    docker_cli_ok(&[
         "images",
         "--filter",
         &format!("label=pier.controller={}", p.controller_id),
@@ -174,7 +160,7 @@ fn app_images_are_pushed_to_the_registry_and_deleted_from_it_with_the_app() {
     p.pier_ok(&["push", "reg"], app.path());
     let ids = p.instance_ids("reg");
     assert_eq!(ids.len(), 1);
-    let image = docker_ok(&["inspect", "-f", "{{.Config.Image}}", &ids[0]]);
+    let image = docker_cli_ok(&["inspect", "-f", "{{.Config.Image}}", &ids[0]]);
     let (repo, tag) = image.rsplit_once(':').unwrap();
     assert_eq!(repo, format!("pier-{}/reg", p.controller_id));
 
@@ -192,19 +178,19 @@ fn app_images_are_pushed_to_the_registry_and_deleted_from_it_with_the_app() {
     );
 
     // Another engine could pull it: without the local registry tag, it comes from the registry.
-    let id = docker_ok(&["image", "inspect", "-f", "{{.Id}}", &image]);
-    docker_ok(&["rmi", &remote]);
-    let pulled = docker(&["pull", &remote]);
+    let id = docker_cli_ok(&["image", "inspect", "-f", "{{.Id}}", &image]);
+    docker_cli_ok(&["rmi", &remote]);
+    let pulled = docker_cli(&["pull", &remote]);
     assert!(
         pulled.status.success(),
         "docker pull {remote}: {}",
         String::from_utf8_lossy(&pulled.stderr)
     );
     assert_eq!(
-        docker_ok(&["image", "inspect", "-f", "{{.Id}}", &remote]),
+        docker_cli_ok(&["image", "inspect", "-f", "{{.Id}}", &remote]),
         id
     );
-    docker_ok(&["rmi", &remote]);
+    docker_cli_ok(&["rmi", &remote]);
 
     // Lost from the registry: pushed again before the next start uses it.
     p.pier_ok(&["stop", "reg"], app.path());
@@ -215,7 +201,7 @@ fn app_images_are_pushed_to_the_registry_and_deleted_from_it_with_the_app() {
     assert_eq!(reg.tags(repo), BTreeSet::from([tag.to_string()]));
     assert_eq!(pushes(&mut p), before + 1, "pushed again, once");
     assert!(
-        docker(&["image", "inspect", &remote]).status.success(),
+        docker_cli(&["image", "inspect", &remote]).status.success(),
         "tagged for the registry again"
     );
 

@@ -47,14 +47,6 @@ fn running(p: &Platform, app: &str) -> usize {
         .unwrap_or(0)
 }
 
-fn docker(args: &[&str]) -> String {
-    let out = std::process::Command::new("docker")
-        .args(args)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn scale_up_down_to_zero_and_back_routes_only_running_instances() {
     let p = Platform::start();
@@ -114,7 +106,7 @@ fn killed_instance_is_replaced_and_no_longer_routed() {
     let before = p.instance_ids("killy");
     let victim = before[0].clone();
     let started = Instant::now();
-    docker(&["kill", &victim]);
+    docker_cli(&["kill", &victim]);
     // Every request after the kill is answered: the router drops the dead instance at once.
     for _ in 0..20 {
         assert_eq!(p.get_via_router("killy.localhost", "/").0, 200);
@@ -384,7 +376,7 @@ fn killing_every_app_container_converges_back() {
     let ids = p.instance_ids("phoenix");
     let mut args = vec!["kill"];
     args.extend(ids.iter().map(String::as_str));
-    docker(&args);
+    docker_cli(&args);
     eventually(Duration::from_secs(30), "3 new instances", || {
         let now = p.instance_ids("phoenix");
         (now.len() == 3 && now.iter().all(|i| !ids.contains(i)) && running(&p, "phoenix") == 3)
