@@ -300,6 +300,39 @@ fn push_fails_clearly_when_the_app_never_gets_healthy() {
     );
 }
 
+/// SIGTERM stops the controller cleanly: exit 0, "shutting down", and its instances keep running
+/// for the next start to adopt. From the second round on, the signal comes straight after the
+/// listening lines, as a supervisor may send it (the handler is registered before they print).
+#[test]
+fn controller_stopped_by_sigterm_exits_cleanly_and_leaves_its_instances() {
+    let mut p = Platform::start();
+    let app = example("python-app");
+    p.pier_ok(&["push", "calm"], app.path());
+    let before = p.instance_ids("calm");
+    for round in 0..3 {
+        if round > 0 {
+            p.start_controller();
+        }
+        let mut c = p.controller.take().expect("a controller");
+        c.signal("TERM");
+        let status = c.child.wait().expect("wait for the controller");
+        c.wait_for_line(
+            "shutting down; instances keep running",
+            Duration::from_secs(5),
+        );
+        assert!(status.success(), "round {round}: {status:?}");
+    }
+    p.start_controller();
+    assert_eq!(
+        p.instance_ids("calm"),
+        before,
+        "the same containers, adopted"
+    );
+    eventually(Duration::from_secs(20), "calm served again", || {
+        (p.get_via_router("calm.localhost", "/").0 == 200).then_some(())
+    });
+}
+
 #[test]
 fn controller_restart_keeps_instances_and_routes() {
     let mut p = Platform::start_with(Options {
