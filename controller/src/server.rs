@@ -327,6 +327,14 @@ impl Controller {
         if let Err(e) = p.api.apps.resume_operations() {
             tracing::warn!(error = %e, "cannot resume the broker operations in progress");
         }
+        // …and bindings it asked a broker for and did not record are unbound there (read now,
+        // before the API serves and new binds start).
+        let (apps, left) = (p.api.apps.clone(), p.api.apps.left_pending());
+        tasks.spawn(async move {
+            if let Err(e) = async { apps.unbind_pending(left?).await }.await {
+                tracing::warn!(error = %e, "cannot settle the bindings a stopped controller left pending");
+            }
+        });
         tasks.spawn(crate::logs::run_persister(p.logs.clone(), shutdown.clone()));
         tasks.spawn(p.reconciler.clone().run());
         tasks.spawn(p.reconciler.clone().follow_events());

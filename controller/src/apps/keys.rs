@@ -107,6 +107,7 @@ impl AppService {
         if !self.d.store.insert_service_key(&k)? {
             return Err(Error::Other("a service key appeared under the lock".into()));
         }
+        self.binding_recorded(&k.guid)?;
         tracing::info!(service = %service, key = %key, by = at.actor.as_str(), "service key created");
         self.key_response(at, service, &k, true)
     }

@@ -11,7 +11,9 @@
 //! - No half state: a provision the broker refuses, or that cannot reach it, leaves no record; one
 //!   that times out, gets a 5xx or a body Pier cannot use is deprovisioned (orphan mitigation)
 //!   and leaves no record once that succeeded (else `create failed: ...`, so a `delete-service`
-//!   can try again). A bind or key likewise: unbound on the broker, nothing stored. A failed
+//!   can try again). A bind or key likewise: unbound on the broker, nothing stored; and one a
+//!   controller stopped in the middle of (a broker's 202 is followed inline) is in the store as
+//!   pending, unbound on the broker at the next start ([`AppService::unbind_pending`]). A failed
 //!   update or deprovision leaves the instance as it was, with `update failed: ...` or
 //!   `delete failed: ...`.
 //! - While an operation is in progress, the instance is not updated, deleted or bound (409).
@@ -32,7 +34,8 @@ use crate::brokers::{broker_error, Outcome, Target};
 use crate::error::{Error, Result};
 use crate::store::services::{FAILED, IN_PROGRESS, SUCCEEDED};
 use crate::store::{
-    BrokerRecord, ManagedRecord, OfferingRecord, OperationRecord, PlanRecord, ServiceInstanceRecord,
+    BrokerRecord, ManagedRecord, OfferingRecord, OperationRecord, PendingBindingRecord, PlanRecord,
+    ServiceInstanceRecord,
 };
 use crate::tenancy::Scope;
 
@@ -730,6 +733,13 @@ impl AppService {
         let osb = &self.brokers.osb;
         let who = at.actor.as_str();
         let ids = (m.offering_id.as_str(), m.plan_id.as_str());
+        self.d.store.put_pending_binding(&PendingBindingRecord {
+            binding_guid: binding.to_string(),
+            space_guid: svc.space_guid.clone(),
+            service_name: svc.name.clone(),
+            service_guid: svc.guid.clone(),
+            started_at: OffsetDateTime::now_utc(),
+        })?;
         let res = match osb.bind(&t, &svc.guid, binding, &body, who).await {
             Ok(Outcome::Done(b)) => Ok(b),
             Ok(Outcome::Accepted { operation }) => {
@@ -740,19 +750,91 @@ impl AppService {
         };
         match res {
             Ok(b) => Ok(b),
-            Err(e) => {
-                let mut msg = broker_error(&t.name, "bind", &e).to_api();
-                if e.needs_mitigation() {
-                    let undone = osb.unbind(&t, &svc.guid, binding, ids, who).await;
-                    msg.message.push_str(match undone {
-                        Ok(_) => "; Pier asked it to unbind what it may have made (orphan mitigation), nothing is kept",
-                        Err(_) => "; unbinding it (orphan mitigation) failed too; nothing is kept",
-                    });
-                }
-                tracing::warn!(service = %svc.name, broker = %t.name, error = %e, "bind failed");
-                Err(Error::Api(msg))
+            Err(e) => Err(self.bind_failed(&t, svc, binding, ids, who, &e).await),
+        }
+    }
+
+    /// A bind the broker did not complete: unbound there when it may have made something
+    /// (orphan mitigation); the pending record goes once nothing can be left on the broker.
+    async fn bind_failed(
+        &self,
+        t: &Target,
+        svc: &ServiceInstanceRecord,
+        binding: &str,
+        ids: (&str, &str),
+        who: &str,
+        e: &OsbError,
+    ) -> Error {
+        let mut msg = broker_error(&t.name, "bind", e).to_api();
+        let mut settled = true;
+        if e.needs_mitigation() {
+            let undone = self
+                .brokers
+                .osb
+                .unbind(t, &svc.guid, binding, ids, who)
+                .await;
+            settled = undone.is_ok();
+            msg.message.push_str(match undone {
+                Ok(_) => "; Pier asked it to unbind what it may have made (orphan mitigation), nothing is kept",
+                Err(_) => "; unbinding it (orphan mitigation) failed too; nothing is kept",
+            });
+        }
+        if settled {
+            if let Err(e) = self.d.store.remove_pending_binding(binding) {
+                tracing::warn!(error = %e, "cannot forget a settled pending binding");
             }
         }
+        tracing::warn!(service = %svc.name, broker = %t.name, error = %e, "bind failed");
+        Error::Api(msg)
+    }
+
+    /// The binding `broker_bind` made is recorded (in the app or as a key): nothing is pending.
+    pub(super) fn binding_recorded(&self, binding: &str) -> Result<()> {
+        self.d.store.remove_pending_binding(binding)
+    }
+
+    /// The bindings a stopped controller asked brokers for and did not record. Read before the
+    /// API serves: a bind that is under way now is pending too, and is not left over.
+    pub fn left_pending(&self) -> Result<Vec<PendingBindingRecord>> {
+        self.d.store.pending_bindings()
+    }
+
+    /// Unbinds `left` ([`AppService::left_pending`]) on their brokers (orphan mitigation);
+    /// returns how many were settled. One whose broker cannot be reached stays pending, for the
+    /// next start.
+    pub async fn unbind_pending(&self, left: Vec<PendingBindingRecord>) -> Result<usize> {
+        let mut settled = 0;
+        for pb in left {
+            let svc = self.d.store.service(&pb.space_guid, &pb.service_name)?;
+            let Some((svc, m)) = svc
+                .filter(|s| s.guid == pb.service_guid)
+                .and_then(|s| s.managed.clone().map(|m| (s, m)))
+            else {
+                // The instance is gone, and with it whatever its broker bound.
+                self.d.store.remove_pending_binding(&pb.binding_guid)?;
+                settled += 1;
+                continue;
+            };
+            let (_, t, _, _) = self.managed_parts(&m)?;
+            let ids = (m.offering_id.as_str(), m.plan_id.as_str());
+            let who = crate::events::Actor::Platform;
+            match self
+                .brokers
+                .osb
+                .unbind(&t, &svc.guid, &pb.binding_guid, ids, who.as_str())
+                .await
+            {
+                Ok(_) => {
+                    self.d.store.remove_pending_binding(&pb.binding_guid)?;
+                    settled += 1;
+                    tracing::info!(service = %svc.name, broker = %t.name, binding = %pb.binding_guid,
+                        "a binding a stopped controller left half-made was unbound on the broker (orphan mitigation)");
+                }
+                Err(e) => tracing::warn!(service = %svc.name, broker = %t.name, error = %e,
+                    "a binding a stopped controller left half-made cannot be unbound yet; trying again at the next start"),
+            }
+        }
+        Ok(settled)
     }
 
     /// An asynchronous binding, followed inline to its end, then fetched.

@@ -263,12 +263,14 @@ impl AppService {
             b.volume_mounts = bound.volume_mounts;
         } else if parameters.is_some() {
             return Err(Error::bad_request(format!(
-                "service instance {service} is user-provided: binding parameters are for managed                  instances"
+                "service instance {service} is user-provided: binding parameters are for managed \
+                 instances"
             )));
         }
         a.bindings.push(b.clone());
         a.updated_at = OffsetDateTime::now_utc();
         self.d.store.put_app(&a)?;
+        self.binding_recorded(&b.guid)?;
         self.event(
             at,
             &a,

@@ -635,6 +635,61 @@ async fn an_operation_in_progress_is_followed_again_after_a_restart() {
 }
 
 #[tokio::test]
+async fn a_bind_a_stopped_controller_left_half_made_is_unbound_on_the_broker_at_the_next_start() {
+    let (url, f) = fake_broker().await;
+    let p = TestPlatform::new().await;
+    register(&p, &url).await;
+    enable(&p, "pg").await;
+    p.push("web").await;
+    deployed(&p, "web").await;
+    let (s, v) = create(&p, "db", "small").await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let svc = v["guid"].as_str().unwrap().to_string();
+
+    // The controller stops while the broker works on the bind: the request's future is dropped
+    // in the middle, as a killed process would drop it.
+    f.lock().unwrap().bind = Mode::Hang;
+    let cut = tokio::time::timeout(
+        std::time::Duration::from_millis(1500),
+        p.call("PUT", "/v1/apps/web/bindings/db", None),
+    )
+    .await;
+    assert!(cut.is_err(), "the bind was still under way");
+    assert!(calls(&f)
+        .iter()
+        .any(|c| c.starts_with(&format!("BIND {svc} "))));
+    let left = p.parts.api.apps.left_pending().unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].service_guid, svc);
+    let app = p.store.list_apps().unwrap().remove(0);
+    assert!(
+        app.bindings.is_empty(),
+        "nothing recorded: {:?}",
+        app.bindings
+    );
+
+    // The next start unbinds it on the broker and forgets it.
+    let binding = left[0].binding_guid.clone();
+    assert_eq!(p.parts.api.apps.unbind_pending(left).await.unwrap(), 1);
+    assert!(
+        calls(&f).contains(&format!("UNBIND {svc} {binding}")),
+        "{:?}",
+        calls(&f)
+    );
+    assert!(p.parts.api.apps.left_pending().unwrap().is_empty());
+
+    // A bind and a key that complete leave nothing pending.
+    f.lock().unwrap().bind = Mode::Sync;
+    let (s, b) = p.call("PUT", "/v1/apps/web/bindings/db", None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, k) = p
+        .call("PUT", "/v1/service-instances/db/keys/ci", None)
+        .await;
+    assert!(s.is_success(), "{k}");
+    assert!(p.parts.api.apps.left_pending().unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn a_provision_that_gets_a_500_or_times_out_is_deprovisioned_and_leaves_nothing() {
     let (url, f) = fake_broker().await;
     let p = TestPlatform::with_config(|c| c.broker_timeout_secs = 1).await;

@@ -20,6 +20,9 @@
 //! - `roles`: `<user guid>/<org or space guid>/<role>` → [`RoleRecord`] ([`RoleStore`])
 //! - `service_brokers`, `service_keys`: brokers and service keys ([`brokers`]); their secrets are
 //!   sealed with the key in `DATA_DIR/secrets.key` ([`secrets`])
+//! - `pending_bindings`: binding guid → [`PendingBindingRecord`]: a binding or service key asked of
+//!   a broker and not yet recorded here, written before the broker is asked and removed once the
+//!   binding is recorded or known not to exist ([`services`])
 //!
 //! Invariants:
 //! - Every write is flushed before the call returns, so an API answer means the change is on disk.
@@ -61,7 +64,7 @@ pub use brokers::{BrokerRecord, OfferingRecord, PlanRecord, ServiceKeyRecord};
 pub use quotas::QuotaRecord;
 pub use roles::{RoleRecord, RoleStore};
 pub use secrets::Secrets;
-pub use services::{ManagedRecord, OperationRecord, ServiceInstanceRecord};
+pub use services::{ManagedRecord, OperationRecord, PendingBindingRecord, ServiceInstanceRecord};
 pub use tenancy::{OrgRecord, SpaceRecord};
 
 /// The store's layout version, in `meta`: 1 (no key) before orgs and spaces, 2 since.
@@ -94,6 +97,7 @@ pub struct Store {
     services: sled::Tree,
     brokers: sled::Tree,
     service_keys: sled::Tree,
+    pending_bindings: sled::Tree,
     secrets: std::sync::Arc<Secrets>,
     changes: crate::changes::Changes,
 }
@@ -112,6 +116,7 @@ impl Store {
             services: db.open_tree("services")?,
             brokers: db.open_tree("service_brokers")?,
             service_keys: db.open_tree("service_keys")?,
+            pending_bindings: db.open_tree("pending_bindings")?,
             // Beside the database, in the data dir.
             secrets: std::sync::Arc::new(Secrets::at(
                 &dir.parent().unwrap_or(dir).join(secrets::KEY_FILE),

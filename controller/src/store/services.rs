@@ -80,7 +80,47 @@ fn key(space_guid: &str, name: &str) -> String {
     format!("{space_guid}/{name}")
 }
 
+/// A binding (or service key) asked of a broker and not yet recorded in the store. A controller
+/// that stops mid-bind (a broker's 202 is followed inline) leaves one behind; the next start
+/// unbinds it on the broker (orphan mitigation), so no binding lives on a broker that Pier does
+/// not know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingBindingRecord {
+    pub binding_guid: String,
+    pub space_guid: String,
+    pub service_name: String,
+    pub service_guid: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+}
+
 impl Store {
+    pub fn put_pending_binding(&self, p: &PendingBindingRecord) -> Result<()> {
+        self.pending_bindings
+            .insert(p.binding_guid.as_bytes(), serde_json::to_vec(p)?)?;
+        self.flush()
+    }
+
+    /// Gone is fine.
+    pub fn remove_pending_binding(&self, binding_guid: &str) -> Result<()> {
+        if self
+            .pending_bindings
+            .remove(binding_guid.as_bytes())?
+            .is_some()
+        {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    pub fn pending_bindings(&self) -> Result<Vec<PendingBindingRecord>> {
+        let mut out = Vec::new();
+        for item in self.pending_bindings.iter() {
+            out.push(serde_json::from_slice(&item?.1)?);
+        }
+        Ok(out)
+    }
+
     pub fn service(&self, space_guid: &str, name: &str) -> Result<Option<ServiceInstanceRecord>> {
         match self.services.get(key(space_guid, name))? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
