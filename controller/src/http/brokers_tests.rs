@@ -487,11 +487,23 @@ async fn a_sync_provision_binds_into_vcap_services_and_database_url() {
     let url = format!("postgres://u-{bg}:{BIND_SECRET}@db.internal:5432/d");
     assert!(env.contains(&format!("DATABASE_URL={url}")), "{env:?}");
     assert!(!env.iter().any(|e| e.starts_with("REDIS_URL=")));
-    // The binding's credentials are sealed in the app's record (the revision has them, as it
-    // has user-provided ones).
+    // The binding's credentials are sealed in the app's record, and so is the revision's
+    // VCAP_SERVICES that holds them again: they are in no file of the data dir.
     let app = p.store.list_apps().unwrap().remove(0);
     let sealed = app.bindings[0].credentials.clone().unwrap();
     assert!(sealed.starts_with("v1:") && !sealed.contains(BIND_SECRET));
+    assert!(app
+        .revisions
+        .iter()
+        .any(|r| r.vcap_services.contains(BIND_SECRET)));
+    p.store.flush().unwrap();
+    for (path, bytes) in &files_under(p.data_dir()) {
+        assert!(
+            !contains(bytes, BIND_SECRET.as_bytes()),
+            "the binding's password is in {}",
+            path.display()
+        );
+    }
 
     // A user's own DATABASE_URL wins.
     let (s, v) = p

@@ -163,7 +163,7 @@ impl Store {
     pub fn all_services(&self) -> Result<Vec<super::ServiceInstanceRecord>> {
         let mut out = Vec::new();
         for item in self.services.iter() {
-            out.push(serde_json::from_slice(&item?.1)?);
+            out.push(self.service_from(&item?.1)?);
         }
         Ok(out)
     }

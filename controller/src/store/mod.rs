@@ -3,7 +3,8 @@
 //! reads and writes through the typed methods here.
 //!
 //! Trees:
-//! - `apps`: `<space guid>/<app name>` → [`AppRecord`] (JSON)
+//! - `apps`: `<space guid>/<app name>` → [`AppRecord`] (JSON; each revision's `VCAP_SERVICES`
+//!   sealed, [`secrets`])
 //! - `orgs`, `spaces`: guid → [`OrgRecord`], [`SpaceRecord`] ([`tenancy`])
 //! - `quotas`: quota name → [`QuotaRecord`] ([`quotas`])
 //! - `events`: `<app guid>/<time ns>/<id>` → [`AppEvent`]
@@ -15,8 +16,8 @@
 //!   signing key is in `meta`
 //! - `audit`: `<time ns><id>` → [`pier_api::AuditEntry`], the newest [`AUDIT_KEPT`]
 //!   ([`AuditStore`])
-//! - `services`: `<space guid>/<name>` → [`ServiceInstanceRecord`] ([`services`]); bindings are
-//!   in the app's record
+//! - `services`: `<space guid>/<name>` → [`ServiceInstanceRecord`] ([`services`]; a
+//!   user-provided one's credentials sealed); bindings are in the app's record
 //! - `roles`: `<user guid>/<org or space guid>/<role>` → [`RoleRecord`] ([`RoleStore`])
 //! - `service_brokers`, `service_keys`: brokers and service keys ([`brokers`]); their secrets are
 //!   sealed with the key in `DATA_DIR/secrets.key` ([`secrets`])
@@ -218,9 +219,36 @@ impl Store {
         Ok(())
     }
 
+    /// An app record as stored: each revision's `VCAP_SERVICES` (the bindings' credentials, which
+    /// the bindings keep sealed too) is sealed.
+    fn app_bytes(&self, app: &AppRecord) -> Result<Vec<u8>> {
+        let mut stored = app.clone();
+        for rev in &mut stored.revisions {
+            let v = &rev.vcap_services;
+            if !v.is_empty() && v != "{}" && !Secrets::is_sealed(v) {
+                rev.vcap_services = self.secrets.seal(v.as_bytes())?;
+            }
+        }
+        Ok(serde_json::to_vec(&stored)?)
+    }
+
+    /// An app record as read: sealed `VCAP_SERVICES` opened (an older Pier's plain ones as they
+    /// are).
+    fn app_from(&self, bytes: &[u8]) -> Result<AppRecord> {
+        let mut app: AppRecord = serde_json::from_slice(bytes)?;
+        for rev in &mut app.revisions {
+            if Secrets::is_sealed(&rev.vcap_services) {
+                let plain = self.secrets.open(&rev.vcap_services)?;
+                rev.vcap_services = String::from_utf8(plain)
+                    .map_err(|_| Error::Other("a sealed VCAP_SERVICES is not UTF-8".into()))?;
+            }
+        }
+        Ok(app)
+    }
+
     pub fn get_app(&self, space_guid: &str, name: &AppName) -> Result<Option<AppRecord>> {
         match self.apps.get(app_key(space_guid, name))? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            Some(v) => Ok(Some(self.app_from(&v)?)),
             None => Ok(None),
         }
     }
@@ -229,7 +257,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.apps.iter() {
             let (_, v) = item?;
-            out.push(serde_json::from_slice(&v)?);
+            out.push(self.app_from(&v)?);
         }
         Ok(out)
     }
@@ -239,14 +267,14 @@ impl Store {
         let mut out = Vec::new();
         for item in self.apps.scan_prefix(format!("{space_guid}/")) {
             let (_, v) = item?;
-            out.push(serde_json::from_slice(&v)?);
+            out.push(self.app_from(&v)?);
         }
         Ok(out)
     }
 
     pub fn put_app(&self, app: &AppRecord) -> Result<()> {
         debug_assert!(!app.space_guid.is_empty(), "an app belongs to a space");
-        self.apps.insert(app.key(), serde_json::to_vec(app)?)?;
+        self.apps.insert(app.key(), self.app_bytes(app)?)?;
         self.changes.bump();
         self.flush()
     }
@@ -415,6 +443,77 @@ pub(crate) mod tests {
             "newest kept"
         );
         assert_eq!(ev.last().unwrap().message, "crash 25", "oldest gone");
+    }
+
+    /// Whether any file under `dir` holds `needle`.
+    fn on_disk(dir: &Path, needle: &[u8]) -> bool {
+        std::fs::read_dir(dir).unwrap().any(|e| {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                on_disk(&p, needle)
+            } else {
+                let b = std::fs::read(&p).unwrap();
+                b.windows(needle.len()).any(|w| w == needle)
+            }
+        })
+    }
+
+    #[test]
+    fn credentials_in_revisions_and_user_provided_services_are_sealed_at_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        let vcap = r#"{"user-provided":[{"credentials":{"password":"Rev-s3cret-77"}}]}"#;
+        let mut a = app("a");
+        a.revisions = vec![Revision {
+            version: 1,
+            droplet: pier_api::DropletInfo {
+                sha256: "d".into(),
+                buildpack: "b".into(),
+                process_types: BTreeMap::new(),
+                created_at: OffsetDateTime::now_utc(),
+            },
+            env: BTreeMap::new(),
+            commands: BTreeMap::new(),
+            description: "pushed".into(),
+            created_at: OffsetDateTime::now_utc(),
+            stack: String::new(),
+            vcap_services: vcap.into(),
+        }];
+        let now = OffsetDateTime::now_utc();
+        let mut svc = ServiceInstanceRecord {
+            guid: "g".into(),
+            name: "smtp".into(),
+            space_guid: "space-test".into(),
+            user_provided: Default::default(),
+            managed: None,
+            created_at: now,
+            updated_at: now,
+        };
+        svc.user_provided
+            .credentials
+            .insert("password".into(), "Ups-s3cret-88".into());
+        {
+            let s = Store::open(&db).unwrap();
+            s.put_app(&a).unwrap();
+            assert!(s.insert_service(&svc).unwrap());
+        }
+        for secret in ["Rev-s3cret-77", "Ups-s3cret-88"] {
+            assert!(!on_disk(dir.path(), secret.as_bytes()), "{secret} on disk");
+        }
+        let s = reopen(&db);
+        assert_eq!(s.list_apps().unwrap()[0].revisions[0].vcap_services, vcap);
+        assert_eq!(s.service("space-test", "smtp").unwrap().unwrap(), svc);
+        assert_eq!(s.all_services().unwrap(), vec![svc.clone()]);
+
+        // What an older Pier wrote in plain text reads as it is.
+        s.apps
+            .insert(a.key(), serde_json::to_vec(&a).unwrap())
+            .unwrap();
+        s.services
+            .insert("space-test/smtp", serde_json::to_vec(&svc).unwrap())
+            .unwrap();
+        assert_eq!(s.list_apps().unwrap()[0].revisions[0].vcap_services, vcap);
+        assert_eq!(s.services_of("space-test").unwrap(), vec![svc]);
     }
 
     #[test]

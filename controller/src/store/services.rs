@@ -1,5 +1,6 @@
 //! Service instances, as the store keeps them: JSON in the `services` tree, keyed
-//! `<space guid>/<name>` (names are unique per space). Bindings live in the bound app's record
+//! `<space guid>/<name>` (names are unique per space), a user-provided one's credentials sealed
+//! ([`super::Secrets`]). Bindings live in the bound app's record
 //! ([`super::BindingRecord`]), so deleting an app deletes its bindings with it.
 
 use serde::{Deserialize, Serialize};
@@ -121,9 +122,37 @@ impl Store {
         Ok(out)
     }
 
+    /// A service instance as stored: a user-provided one's credentials sealed, under
+    /// `sealed_credentials`, and left out of `user_provided`.
+    fn service_bytes(&self, svc: &ServiceInstanceRecord) -> Result<Vec<u8>> {
+        let mut v = serde_json::to_value(svc)?;
+        if !svc.user_provided.credentials.is_empty() {
+            v["sealed_credentials"] = self
+                .secrets
+                .seal_json(&svc.user_provided.credentials)?
+                .into();
+            v["user_provided"]["credentials"] = serde_json::json!({});
+        }
+        Ok(serde_json::to_vec(&v)?)
+    }
+
+    /// A service instance as read: sealed credentials opened (an older Pier's plain ones as
+    /// they are).
+    pub(super) fn service_from(&self, bytes: &[u8]) -> Result<ServiceInstanceRecord> {
+        let mut v: serde_json::Value = serde_json::from_slice(bytes)?;
+        let sealed = v
+            .as_object_mut()
+            .and_then(|o| o.remove("sealed_credentials"));
+        let mut svc: ServiceInstanceRecord = serde_json::from_value(v)?;
+        if let Some(serde_json::Value::String(sealed)) = sealed {
+            svc.user_provided.credentials = self.secrets.open_json(&sealed)?;
+        }
+        Ok(svc)
+    }
+
     pub fn service(&self, space_guid: &str, name: &str) -> Result<Option<ServiceInstanceRecord>> {
         match self.services.get(key(space_guid, name))? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            Some(v) => Ok(Some(self.service_from(&v)?)),
             None => Ok(None),
         }
     }
@@ -132,14 +161,14 @@ impl Store {
     pub fn services_of(&self, space_guid: &str) -> Result<Vec<ServiceInstanceRecord>> {
         let mut out = Vec::new();
         for item in self.services.scan_prefix(format!("{space_guid}/")) {
-            out.push(serde_json::from_slice(&item?.1)?);
+            out.push(self.service_from(&item?.1)?);
         }
         Ok(out)
     }
 
     /// Adds `svc` unless its name is taken in its space (atomically): false when it was.
     pub fn insert_service(&self, svc: &ServiceInstanceRecord) -> Result<bool> {
-        let v = serde_json::to_vec(svc)?;
+        let v = self.service_bytes(svc)?;
         let swapped = self.services.compare_and_swap(
             key(&svc.space_guid, &svc.name),
             None as Option<&[u8]>,
@@ -152,7 +181,7 @@ impl Store {
 
     pub fn put_service(&self, svc: &ServiceInstanceRecord) -> Result<()> {
         self.services
-            .insert(key(&svc.space_guid, &svc.name), serde_json::to_vec(svc)?)?;
+            .insert(key(&svc.space_guid, &svc.name), self.service_bytes(svc)?)?;
         self.changes.bump();
         self.flush()
     }
