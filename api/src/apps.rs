@@ -308,8 +308,10 @@ pub struct EnvResponse {
     /// The user's variables. To anyone but the platform admin and the space's developers each
     /// value is `[PRIVATE DATA HIDDEN]`.
     pub environment_variables: BTreeMap<String, String>,
-    /// What the platform gives every instance, as JSON text: `VCAP_APPLICATION` (without the
-    /// per-instance fields) and `VCAP_SERVICES` (hidden as above).
+    /// What the platform gives every instance: `VCAP_APPLICATION` (JSON text, without the
+    /// per-instance fields), `VCAP_SERVICES` (JSON text), and `DATABASE_URL` / `REDIS_URL` for
+    /// the first PostgreSQL / Redis binding when the user has no variable of that name (these
+    /// three hidden as above).
     pub system_env: BTreeMap<String, String>,
     /// Whether the running revision already has these variables (false after a change stored with
     /// `--no-restart`, until the next deployment or start).

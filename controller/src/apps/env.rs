@@ -97,13 +97,18 @@ impl AppService {
                 "fds": 16384,
             },
         });
-        let system_env = BTreeMap::from([
+        let vcap_services = self.vcap_services(at, app)?;
+        let mut system_env = BTreeMap::from([
             ("VCAP_APPLICATION".to_string(), vcap_application.to_string()),
-            (
-                "VCAP_SERVICES".to_string(),
-                hide(&self.vcap_services(at, app)?),
-            ),
+            ("VCAP_SERVICES".to_string(), hide(&vcap_services)),
         ]);
+        // The Heroku names the instances get for the first database and cache bound, unless
+        // the user's own variable of that name wins (as in `instances/launch`).
+        for (k, v) in crate::brokers::service_urls(&vcap_services) {
+            if !app.env.contains_key(&k) {
+                system_env.insert(k, hide(&v));
+            }
+        }
         let deployed = match app.running_revision() {
             Some(rev) => rev.env == app.env && rev.vcap_services == self.vcap_services(at, app)?,
             None => app.env.is_empty(),

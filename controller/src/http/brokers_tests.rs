@@ -505,7 +505,13 @@ async fn a_sync_provision_binds_into_vcap_services_and_database_url() {
         );
     }
 
-    // A user's own DATABASE_URL wins.
+    // `pier env` shows it with the platform's variables…
+    let (s, e) = p.call("GET", "/v1/apps/web/env", None).await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    assert_eq!(e["system_env"]["DATABASE_URL"], url.as_str(), "{e}");
+    assert!(e["system_env"].get("REDIS_URL").is_none(), "{e}");
+
+    // A user's own DATABASE_URL wins (and the platform's is no longer shown).
     let (s, v) = p
         .call(
             "PATCH",
@@ -514,6 +520,11 @@ async fn a_sync_provision_binds_into_vcap_services_and_database_url() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["system_env"].get("DATABASE_URL").is_none(), "{v}");
+    assert_eq!(
+        v["environment_variables"]["DATABASE_URL"],
+        "postgres://mine"
+    );
     p.call("POST", "/v1/apps/web/deployments", Some(json!({})))
         .await;
     p.eventually("the instance with the user's DATABASE_URL", || {
