@@ -815,7 +815,14 @@ impl AppService {
                 settled += 1;
                 continue;
             };
-            let (_, t, _, _) = self.managed_parts(&m)?;
+            let t = match self.managed_parts(&m) {
+                Ok((_, t, _, _)) => t,
+                Err(e) => {
+                    tracing::warn!(service = %svc.name, error = %e,
+                        "a binding a stopped controller left half-made cannot be unbound: its broker is not usable");
+                    continue;
+                }
+            };
             let ids = (m.offering_id.as_str(), m.plan_id.as_str());
             let who = crate::events::Actor::Platform;
             match self
