@@ -3,8 +3,8 @@
 //! reads and writes through the typed methods here.
 //!
 //! Trees:
-//! - `apps`: `<space guid>/<app name>` → [`AppRecord`] (JSON; each revision's `VCAP_SERVICES`
-//!   sealed, [`secrets`])
+//! - `apps`: `<space guid>/<app name>` → [`AppRecord`] (JSON; the user's env vars and each
+//!   revision's env and `VCAP_SERVICES` sealed, [`secrets`])
 //! - `orgs`, `spaces`: guid → [`OrgRecord`], [`SpaceRecord`] ([`tenancy`])
 //! - `quotas`: quota name → [`QuotaRecord`] ([`quotas`])
 //! - `events`: `<app guid>/<time ns>/<id>` → [`AppEvent`]
@@ -219,8 +219,9 @@ impl Store {
         Ok(())
     }
 
-    /// An app record as stored: each revision's `VCAP_SERVICES` (the bindings' credentials, which
-    /// the bindings keep sealed too) is sealed.
+    /// An app record as stored: the user's env (the app's and each revision's) sealed, under
+    /// `sealed_env`, and each revision's `VCAP_SERVICES` (the bindings' credentials, which the
+    /// bindings keep sealed too) sealed in place.
     fn app_bytes(&self, app: &AppRecord) -> Result<Vec<u8>> {
         let mut stored = app.clone();
         for rev in &mut stored.revisions {
@@ -229,13 +230,23 @@ impl Store {
                 rev.vcap_services = self.secrets.seal(v.as_bytes())?;
             }
         }
-        Ok(serde_json::to_vec(&stored)?)
+        let mut v = serde_json::to_value(&stored)?;
+        seal_env(&self.secrets, &mut v)?;
+        for rev in revisions_mut(&mut v) {
+            seal_env(&self.secrets, rev)?;
+        }
+        Ok(serde_json::to_vec(&v)?)
     }
 
-    /// An app record as read: sealed `VCAP_SERVICES` opened (an older Pier's plain ones as they
-    /// are).
+    /// An app record as read: what [`Store::app_bytes`] sealed opened (an older Pier's plain
+    /// values as they are).
     fn app_from(&self, bytes: &[u8]) -> Result<AppRecord> {
-        let mut app: AppRecord = serde_json::from_slice(bytes)?;
+        let mut v: serde_json::Value = serde_json::from_slice(bytes)?;
+        open_env(&self.secrets, &mut v)?;
+        for rev in revisions_mut(&mut v) {
+            open_env(&self.secrets, rev)?;
+        }
+        let mut app: AppRecord = serde_json::from_value(v)?;
         for rev in &mut app.revisions {
             if Secrets::is_sealed(&rev.vcap_services) {
                 let plain = self.secrets.open(&rev.vcap_services)?;
@@ -383,6 +394,41 @@ impl Store {
     }
 }
 
+/// The revisions of an app record's JSON.
+fn revisions_mut(app: &mut serde_json::Value) -> impl Iterator<Item = &mut serde_json::Value> {
+    app.get_mut("revisions")
+        .and_then(|r| r.as_array_mut())
+        .into_iter()
+        .flatten()
+}
+
+/// A non-empty `env` object of `obj` moved, sealed, to `sealed_env` (`env` left `{}`).
+fn seal_env(secrets: &Secrets, obj: &mut serde_json::Value) -> Result<()> {
+    let Some(o) = obj.as_object_mut() else {
+        return Ok(());
+    };
+    if let Some(serde_json::Value::Object(env)) = o.get("env") {
+        if !env.is_empty() {
+            let sealed = secrets.seal_json(env)?;
+            o.insert("env".into(), serde_json::Value::Object(Default::default()));
+            o.insert("sealed_env".into(), sealed.into());
+        }
+    }
+    Ok(())
+}
+
+/// `sealed_env` of `obj` opened back into `env`.
+fn open_env(secrets: &Secrets, obj: &mut serde_json::Value) -> Result<()> {
+    let Some(o) = obj.as_object_mut() else {
+        return Ok(());
+    };
+    if let Some(serde_json::Value::String(sealed)) = o.remove("sealed_env") {
+        let env: serde_json::Map<String, serde_json::Value> = secrets.open_json(&sealed)?;
+        o.insert("env".into(), serde_json::Value::Object(env));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::collections::BTreeMap;
@@ -459,11 +505,12 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn credentials_in_revisions_and_user_provided_services_are_sealed_at_rest() {
+    fn env_credentials_in_revisions_and_user_provided_services_are_sealed_at_rest() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("db");
         let vcap = r#"{"user-provided":[{"credentials":{"password":"Rev-s3cret-77"}}]}"#;
         let mut a = app("a");
+        a.env.insert("API_KEY".into(), "Env-s3cret-66".into());
         a.revisions = vec![Revision {
             version: 1,
             droplet: pier_api::DropletInfo {
@@ -472,7 +519,7 @@ pub(crate) mod tests {
                 process_types: BTreeMap::new(),
                 created_at: OffsetDateTime::now_utc(),
             },
-            env: BTreeMap::new(),
+            env: BTreeMap::from([("API_KEY".into(), "Env-s3cret-66".into())]),
             commands: BTreeMap::new(),
             description: "pushed".into(),
             created_at: OffsetDateTime::now_utc(),
@@ -497,10 +544,12 @@ pub(crate) mod tests {
             s.put_app(&a).unwrap();
             assert!(s.insert_service(&svc).unwrap());
         }
-        for secret in ["Rev-s3cret-77", "Ups-s3cret-88"] {
+        for secret in ["Rev-s3cret-77", "Ups-s3cret-88", "Env-s3cret-66"] {
             assert!(!on_disk(dir.path(), secret.as_bytes()), "{secret} on disk");
         }
         let s = reopen(&db);
+        assert_eq!(s.list_apps().unwrap(), vec![a.clone()]);
+        assert_eq!(s.get_app("space-test", &a.name).unwrap().unwrap(), a);
         assert_eq!(s.list_apps().unwrap()[0].revisions[0].vcap_services, vcap);
         assert_eq!(s.service("space-test", "smtp").unwrap().unwrap(), svc);
         assert_eq!(s.all_services().unwrap(), vec![svc.clone()]);
@@ -512,7 +561,7 @@ pub(crate) mod tests {
         s.services
             .insert("space-test/smtp", serde_json::to_vec(&svc).unwrap())
             .unwrap();
-        assert_eq!(s.list_apps().unwrap()[0].revisions[0].vcap_services, vcap);
+        assert_eq!(s.list_space_apps("space-test").unwrap(), vec![a]);
         assert_eq!(s.services_of("space-test").unwrap(), vec![svc]);
     }
 
