@@ -114,6 +114,32 @@ async fn binary_refuses_to_start_without_a_token() {
     assert!(err.contains("--token"), "{err}");
 }
 
+/// The binary on a fixed route table with `threads` threads, and the address it printed it
+/// listens on.
+async fn start_on_routes_file(
+    routes: &std::path::Path,
+    threads: u32,
+) -> (tokio::process::Child, String) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pier-router"))
+        .args(["--listen", "127.0.0.1:0", "--threads", &threads.to_string()])
+        .arg("--routes-file")
+        .arg(routes)
+        .env_remove("PIER_ROUTER_TOKEN")
+        .env_remove("PIER_ROUTER_TOKEN_FILE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start pier-router");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next_line().await.expect("read").expect("a line");
+    let addr = first
+        .strip_prefix("pier-router listening on ")
+        .unwrap_or_else(|| panic!("a listening line, not {first:?}"))
+        .to_string();
+    (child, addr)
+}
+
 #[tokio::test]
 async fn binary_with_a_routes_file_drains_in_flight_requests_on_sigterm() {
     let (release_tx, release_rx) = tokio::sync::watch::channel(false);
@@ -129,31 +155,11 @@ async fn binary_with_a_routes_file_drains_in_flight_requests_on_sigterm() {
     })
     .await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let routes = dir.path().join("routes.json");
-    let table = RouteTable {
-        epoch: "file".into(),
-        version: 1,
-        routes: vec![route("slow.localhost", "", "slow", &[slow.addr])],
-    };
-    std::fs::write(&routes, serde_json::to_vec(&table).expect("json")).expect("write routes");
-
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pier-router"))
-        .args(["--listen", "127.0.0.1:0", "--threads", "2"])
-        .arg("--routes-file")
-        .arg(&routes)
-        .env_remove("PIER_ROUTER_TOKEN")
-        .env_remove("PIER_ROUTER_TOKEN_FILE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start pier-router");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let first = lines.next_line().await.expect("read").expect("a line");
-    let addr = first
-        .strip_prefix("pier-router listening on ")
-        .expect("listening line")
-        .to_string();
+    let routes = routes_file(
+        dir.path(),
+        vec![route("slow.localhost", "", "slow", &[slow.addr])],
+    );
+    let (mut child, addr) = start_on_routes_file(&routes, 2).await;
 
     let url = format!("http://{addr}/");
     let in_flight = tokio::spawn(async move {
@@ -200,28 +206,9 @@ async fn binary_with_a_routes_file_drains_in_flight_requests_on_sigterm() {
 #[tokio::test]
 async fn binary_stopped_right_after_its_listening_line_exits_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let routes = dir.path().join("routes.json");
-    let table = RouteTable {
-        epoch: "file".into(),
-        version: 1,
-        routes: vec![],
-    };
-    std::fs::write(&routes, serde_json::to_vec(&table).expect("json")).expect("write routes");
+    let routes = routes_file(dir.path(), vec![]);
     for round in 0..10 {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pier-router"))
-            .args(["--listen", "127.0.0.1:0", "--threads", "1"])
-            .arg("--routes-file")
-            .arg(&routes)
-            .env_remove("PIER_ROUTER_TOKEN")
-            .env_remove("PIER_ROUTER_TOKEN_FILE")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start pier-router");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let first = lines.next_line().await.expect("read").expect("a line");
-        assert!(first.starts_with("pier-router listening on "), "{first}");
+        let (mut child, _) = start_on_routes_file(&routes, 1).await;
         let pid = child.id().expect("pid").to_string();
         let killed = std::process::Command::new("kill")
             .args(["-TERM", &pid])

@@ -16,7 +16,7 @@ use common::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use pier_api::{RouteTable, ROUTER_ERROR_HEADER};
+use pier_api::ROUTER_ERROR_HEADER;
 use pier_router::ProxyOptions;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -297,13 +297,7 @@ async fn instance_connections_are_bounded_in_total() {
 #[tokio::test]
 async fn the_binary_raises_its_open_file_limit() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let routes = dir.path().join("routes.json");
-    let table = RouteTable {
-        epoch: "file".into(),
-        version: 1,
-        routes: vec![],
-    };
-    std::fs::write(&routes, serde_json::to_vec(&table).expect("json")).expect("write routes");
+    let routes = routes_file(dir.path(), vec![]);
     // Started with a soft limit of 256, as many shells and service managers leave it.
     let script = format!(
         "ulimit -Sn 256 && exec {} --listen 127.0.0.1:0 --threads 1 --routes-file {}",

@@ -16,7 +16,7 @@ use http::{Request, StatusCode};
 use serde_json::{json, Value};
 
 use crate::runtime::Kind;
-use crate::testkit::TestPlatform;
+use crate::testkit::{contains, files_under, TestPlatform};
 
 const BROKER_USER: &str = "broker-user";
 const BROKER_PASSWORD: &str = "Zq8-broker-pw-never-stored-plain";
@@ -285,6 +285,17 @@ async fn create(p: &TestPlatform, name: &str, plan: &str) -> (StatusCode, Value)
     .await
 }
 
+/// A platform with the fake broker registered, its `pg` offering enabled, and the app `web`
+/// pushed and deployed.
+async fn web_beside_the_broker(url: &str) -> TestPlatform {
+    let p = TestPlatform::new().await;
+    register(&p, url).await;
+    enable(&p, "pg").await;
+    p.push("web").await;
+    deployed(&p, "web").await;
+    p
+}
+
 async fn last_op(p: &TestPlatform, name: &str) -> Value {
     let (s, v) = p
         .call("GET", &format!("/v1/service-instances/{name}"), None)
@@ -315,24 +326,6 @@ async fn deployed(p: &TestPlatform, app: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     panic!("the deployment of {app} did not end");
-}
-
-/// Every byte under `dir`, file by file.
-pub(super) fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let path = e.unwrap().path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            out.push((path, bytes));
-        }
-    }
-    out
-}
-
-pub(super) fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 #[tokio::test]
@@ -426,11 +419,7 @@ async fn a_broker_that_is_down_or_answers_garbage_is_refused_and_nothing_is_stor
 #[tokio::test]
 async fn a_sync_provision_binds_into_vcap_services_and_database_url() {
     let (url, f) = fake_broker().await;
-    let p = TestPlatform::new().await;
-    register(&p, &url).await;
-    enable(&p, "pg").await;
-    p.push("web").await;
-    deployed(&p, "web").await;
+    let p = web_beside_the_broker(&url).await;
     let (s, v) = create(&p, "db", "small").await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["kind"], "managed");
@@ -660,11 +649,7 @@ async fn an_operation_in_progress_is_followed_again_after_a_restart() {
 #[tokio::test]
 async fn a_bind_a_stopped_controller_left_half_made_is_unbound_on_the_broker_at_the_next_start() {
     let (url, f) = fake_broker().await;
-    let p = TestPlatform::new().await;
-    register(&p, &url).await;
-    enable(&p, "pg").await;
-    p.push("web").await;
-    deployed(&p, "web").await;
+    let p = web_beside_the_broker(&url).await;
     let (s, v) = create(&p, "db", "small").await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let svc = v["guid"].as_str().unwrap().to_string();

@@ -59,9 +59,9 @@ async fn set_env_is_stored_named_in_events_and_deployed_as_an_env_changed_revisi
     assert!(!logs.to_string().contains("hi-s3cret"), "{logs}");
     // Nor in any file of the data dir: the store keeps env values sealed.
     p.store.flush().unwrap();
-    for (path, bytes) in &super::brokers_tests::files_under(p.data_dir()) {
+    for (path, bytes) in &crate::testkit::files_under(p.data_dir()) {
         assert!(
-            !super::brokers_tests::contains(bytes, b"hi-s3cret"),
+            !crate::testkit::contains(bytes, b"hi-s3cret"),
             "the value is in {}",
             path.display()
         );

@@ -97,6 +97,18 @@ pub async fn start_router(routes: Option<Vec<RouteEntry>>, opts: ProxyOptions) -
     }
 }
 
+/// `dir/routes.json`: a fixed route table (`--routes-file`) of `routes`.
+pub fn routes_file(dir: &std::path::Path, routes: Vec<RouteEntry>) -> std::path::PathBuf {
+    let path = dir.join("routes.json");
+    let table = RouteTable {
+        epoch: "file".into(),
+        version: 1,
+        routes,
+    };
+    std::fs::write(&path, serde_json::to_vec(&table).expect("json")).expect("write routes");
+    path
+}
+
 pub fn route(host: &str, path: &str, app: &str, backends: &[SocketAddr]) -> RouteEntry {
     RouteEntry {
         host: host.into(),
