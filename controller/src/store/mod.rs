@@ -219,21 +219,14 @@ impl Store {
         Ok(())
     }
 
-    /// An app record as stored: the user's env (the app's and each revision's) sealed, under
-    /// `sealed_env`, and each revision's `VCAP_SERVICES` (the bindings' credentials, which the
-    /// bindings keep sealed too) sealed in place.
+    /// An app record as stored: the user's env (the app's and each revision's) and each
+    /// revision's `VCAP_SERVICES` (the bindings' credentials again) sealed ([`seal_field`]).
     fn app_bytes(&self, app: &AppRecord) -> Result<Vec<u8>> {
-        let mut stored = app.clone();
-        for rev in &mut stored.revisions {
-            let v = &rev.vcap_services;
-            if !v.is_empty() && v != "{}" && !Secrets::is_sealed(v) {
-                rev.vcap_services = self.secrets.seal(v.as_bytes())?;
-            }
-        }
-        let mut v = serde_json::to_value(&stored)?;
-        seal_env(&self.secrets, &mut v)?;
+        let mut v = serde_json::to_value(app)?;
+        seal_field(&self.secrets, &mut v, "env")?;
         for rev in revisions_mut(&mut v) {
-            seal_env(&self.secrets, rev)?;
+            seal_field(&self.secrets, rev, "env")?;
+            seal_field(&self.secrets, rev, "vcap_services")?;
         }
         Ok(serde_json::to_vec(&v)?)
     }
@@ -242,19 +235,12 @@ impl Store {
     /// values as they are).
     fn app_from(&self, bytes: &[u8]) -> Result<AppRecord> {
         let mut v: serde_json::Value = serde_json::from_slice(bytes)?;
-        open_env(&self.secrets, &mut v)?;
+        open_field(&self.secrets, &mut v, "env")?;
         for rev in revisions_mut(&mut v) {
-            open_env(&self.secrets, rev)?;
+            open_field(&self.secrets, rev, "env")?;
+            open_field(&self.secrets, rev, "vcap_services")?;
         }
-        let mut app: AppRecord = serde_json::from_value(v)?;
-        for rev in &mut app.revisions {
-            if Secrets::is_sealed(&rev.vcap_services) {
-                let plain = self.secrets.open(&rev.vcap_services)?;
-                rev.vcap_services = String::from_utf8(plain)
-                    .map_err(|_| Error::Other("a sealed VCAP_SERVICES is not UTF-8".into()))?;
-            }
-        }
-        Ok(app)
+        Ok(serde_json::from_value(v)?)
     }
 
     pub fn get_app(&self, space_guid: &str, name: &AppName) -> Result<Option<AppRecord>> {
@@ -402,29 +388,31 @@ fn revisions_mut(app: &mut serde_json::Value) -> impl Iterator<Item = &mut serde
         .flatten()
 }
 
-/// A non-empty `env` object of `obj` moved, sealed, to `sealed_env` (`env` left `{}`).
-fn seal_env(secrets: &Secrets, obj: &mut serde_json::Value) -> Result<()> {
+/// The value of `obj[field]`, unless empty (`{}`, `""`, `"{}"`, null), moved sealed to
+/// `obj["sealed_<field>"]`; `obj[field]` keeps an empty value of its kind.
+fn seal_field(secrets: &Secrets, obj: &mut serde_json::Value, field: &str) -> Result<()> {
+    use serde_json::Value;
     let Some(o) = obj.as_object_mut() else {
         return Ok(());
     };
-    if let Some(serde_json::Value::Object(env)) = o.get("env") {
-        if !env.is_empty() {
-            let sealed = secrets.seal_json(env)?;
-            o.insert("env".into(), serde_json::Value::Object(Default::default()));
-            o.insert("sealed_env".into(), sealed.into());
-        }
-    }
+    let empty = match o.get(field) {
+        Some(Value::Object(m)) if !m.is_empty() => Value::Object(Default::default()),
+        Some(Value::String(t)) if !t.is_empty() && t != "{}" => Value::String("{}".into()),
+        _ => return Ok(()),
+    };
+    let plain = o.insert(field.into(), empty);
+    o.insert(format!("sealed_{field}"), secrets.seal_json(&plain)?.into());
     Ok(())
 }
 
-/// `sealed_env` of `obj` opened back into `env`.
-fn open_env(secrets: &Secrets, obj: &mut serde_json::Value) -> Result<()> {
+/// `obj["sealed_<field>"]` ([`seal_field`]) opened back into `obj[field]`.
+fn open_field(secrets: &Secrets, obj: &mut serde_json::Value, field: &str) -> Result<()> {
     let Some(o) = obj.as_object_mut() else {
         return Ok(());
     };
-    if let Some(serde_json::Value::String(sealed)) = o.remove("sealed_env") {
-        let env: serde_json::Map<String, serde_json::Value> = secrets.open_json(&sealed)?;
-        o.insert("env".into(), serde_json::Value::Object(env));
+    if let Some(serde_json::Value::String(sealed)) = o.remove(&format!("sealed_{field}")) {
+        let plain: serde_json::Value = secrets.open_json(&sealed)?;
+        o.insert(field.into(), plain);
     }
     Ok(())
 }
@@ -491,19 +479,6 @@ pub(crate) mod tests {
         assert_eq!(ev.last().unwrap().message, "crash 25", "oldest gone");
     }
 
-    /// Whether any file under `dir` holds `needle`.
-    fn on_disk(dir: &Path, needle: &[u8]) -> bool {
-        std::fs::read_dir(dir).unwrap().any(|e| {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                on_disk(&p, needle)
-            } else {
-                let b = std::fs::read(&p).unwrap();
-                b.windows(needle.len()).any(|w| w == needle)
-            }
-        })
-    }
-
     #[test]
     fn env_credentials_in_revisions_and_user_provided_services_are_sealed_at_rest() {
         let dir = tempfile::tempdir().unwrap();
@@ -544,8 +519,12 @@ pub(crate) mod tests {
             s.put_app(&a).unwrap();
             assert!(s.insert_service(&svc).unwrap());
         }
+        let files = crate::testkit::files_under(dir.path());
         for secret in ["Rev-s3cret-77", "Ups-s3cret-88", "Env-s3cret-66"] {
-            assert!(!on_disk(dir.path(), secret.as_bytes()), "{secret} on disk");
+            let on_disk = files
+                .iter()
+                .any(|(_, b)| crate::testkit::contains(b, secret.as_bytes()));
+            assert!(!on_disk, "{secret} on disk");
         }
         let s = reopen(&db);
         assert_eq!(s.list_apps().unwrap(), vec![a.clone()]);

@@ -1,7 +1,9 @@
-//! Secrets sealed at rest: broker passwords and the credentials brokers give (bindings, service
-//! keys, and the `VCAP_SERVICES` each revision keeps, which holds them again) are kept encrypted with XChaCha20-Poly1305 under a random 256-bit key in the data dir
-//! (`secrets.key`, mode 0600, made at first use). A sealed value is `v1:` and the base64 of a
-//! random 24-byte nonce followed by the ciphertext; the key is never logged or shown.
+//! Secrets sealed at rest: broker passwords, the credentials brokers give (bindings, service
+//! keys), user-provided services' credentials, and the apps' and revisions' env and
+//! `VCAP_SERVICES` (`Store::app_bytes`) are kept encrypted with XChaCha20-Poly1305 under a random
+//! 256-bit key in the data dir (`secrets.key`, mode 0600, made at first use). A sealed value is
+//! `v1:` and the base64 of a random 24-byte nonce followed by the ciphertext; the key is never
+//! logged or shown.
 //!
 //! The key beside the store protects the store's files (a copied database, a backup, a log of
 //! sled's pages) rather than a machine whose data dir is read whole.
@@ -82,11 +84,6 @@ impl Secrets {
         std::fs::rename(&tmp, &self.path)?;
         tracing::info!(path = %self.path.display(), "made the secrets key");
         Ok(key)
-    }
-
-    /// Whether `s` is a sealed value (as [`Secrets::seal`] makes them), not plain text.
-    pub fn is_sealed(s: &str) -> bool {
-        s.starts_with(PREFIX)
     }
 
     pub fn seal(&self, plain: &[u8]) -> Result<String> {

@@ -122,16 +122,12 @@ impl Store {
         Ok(out)
     }
 
-    /// A service instance as stored: a user-provided one's credentials sealed, under
-    /// `sealed_credentials`, and left out of `user_provided`.
+    /// A service instance as stored: a user-provided one's credentials sealed
+    /// (`user_provided.sealed_credentials`, [`super::seal_field`]).
     fn service_bytes(&self, svc: &ServiceInstanceRecord) -> Result<Vec<u8>> {
         let mut v = serde_json::to_value(svc)?;
-        if !svc.user_provided.credentials.is_empty() {
-            v["sealed_credentials"] = self
-                .secrets
-                .seal_json(&svc.user_provided.credentials)?
-                .into();
-            v["user_provided"]["credentials"] = serde_json::json!({});
+        if let Some(up) = v.get_mut("user_provided") {
+            super::seal_field(&self.secrets, up, "credentials")?;
         }
         Ok(serde_json::to_vec(&v)?)
     }
@@ -140,14 +136,10 @@ impl Store {
     /// they are).
     pub(super) fn service_from(&self, bytes: &[u8]) -> Result<ServiceInstanceRecord> {
         let mut v: serde_json::Value = serde_json::from_slice(bytes)?;
-        let sealed = v
-            .as_object_mut()
-            .and_then(|o| o.remove("sealed_credentials"));
-        let mut svc: ServiceInstanceRecord = serde_json::from_value(v)?;
-        if let Some(serde_json::Value::String(sealed)) = sealed {
-            svc.user_provided.credentials = self.secrets.open_json(&sealed)?;
+        if let Some(up) = v.get_mut("user_provided") {
+            super::open_field(&self.secrets, up, "credentials")?;
         }
-        Ok(svc)
+        Ok(serde_json::from_value(v)?)
     }
 
     pub fn service(&self, space_guid: &str, name: &str) -> Result<Option<ServiceInstanceRecord>> {
