@@ -110,7 +110,7 @@ impl AppService {
             }
         }
         let deployed = match app.running_revision() {
-            Some(rev) => rev.env == app.env && rev.vcap_services == self.vcap_services(at, app)?,
+            Some(rev) => rev.env == app.env && rev.vcap_services == vcap_services,
             None => app.env.is_empty(),
         };
         Ok(EnvResponse {
