@@ -1,3 +1,4 @@
+use anyhow::Context as _;
 use clap::Parser;
 use pier_controller::config::{Cli, Command};
 use pier_controller::runtime::ContainerRuntime as _;
@@ -57,25 +58,11 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// SIGTERM or SIGINT, from the moment this returns.
-fn stop_signals() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use anyhow::Context as _;
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    })
-}
-
 async fn serve(config: pier_controller::Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     // Registered before anything is printed: a SIGTERM right after the listening line stops
     // the controller cleanly instead of killing it (the signal's default action).
-    let stop = stop_signals()?;
+    let stop = pier_router::stop_signals().context("listening for SIGTERM and SIGINT")?;
     let scheme = config.api_scheme();
     let controller = Controller::start(config, shutdown.clone()).await?;
     let api = format!("{scheme}://{}", controller.api_addr);
@@ -94,8 +81,8 @@ async fn serve(config: pier_controller::Config) -> anyhow::Result<()> {
         ),
     }
     tokio::spawn(async move {
-        stop.await;
-        tracing::info!("shutting down; instances keep running");
+        let signal = stop.await;
+        tracing::info!(signal, "shutting down; instances keep running");
         shutdown.cancel();
     });
     controller.run().await

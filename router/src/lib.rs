@@ -109,6 +109,22 @@ pub use server::{bind_reuseport, load_tls, serve, serve_admin, serve_threads, se
 pub use sync::{follow_controller, SyncOptions};
 pub use table::{Balancing, Table};
 
+/// SIGTERM or SIGINT, whichever comes first (its name), with both handlers registered before
+/// this returns. Call it before announcing the process: a signal sent the moment the listening
+/// line is printed then stops it cleanly instead of killing it (the default action), which it
+/// did while the handler was registered by a task that had not run yet.
+pub fn stop_signals() -> std::io::Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    })
+}
+
 /// Raises this process's open-file soft limit (`RLIMIT_NOFILE`) to its hard limit, as nginx's
 /// `worker_rlimit_nofile` would: every client and instance connection is a file, and the usual
 /// soft limit of 1024 is far below `--max-connections`. Returns the soft limit before and

@@ -351,7 +351,8 @@ async fn main() -> Result<()> {
     let opts = config.proxy_options(access_log);
     let metrics = opts.metrics.clone();
     let listeners = Listeners::bind(&config, checked.tls, checked.admin).await?;
-    let stop = stop_signals()?;
+    // Registered before the listening line: a SIGTERM sent the moment it is printed drains.
+    let stop = pier_router::stop_signals().context("listening for SIGTERM and SIGINT")?;
     listeners.announce()?;
 
     let (tx, rx) = tokio::sync::watch::channel(None);
@@ -368,7 +369,8 @@ async fn main() -> Result<()> {
     }
     let stopping = shutdown.clone();
     tokio::spawn(async move {
-        stop.await;
+        let signal = stop.await;
+        tracing::info!(signal, "shutting down");
         stopping.cancel();
     });
 
@@ -423,20 +425,5 @@ fn load_routes_file(path: &std::path::Path) -> Result<pier_api::RouteTable> {
             "{} is not a route table: expected JSON like {{\"epoch\":\"e\",\"version\":1,\"routes\":[...]}}",
             path.display()
         )
-    })
-}
-
-/// The signals that stop the router, registered at once: a SIGTERM sent the moment the
-/// listening line is printed must drain, not kill (the default action) because the task that
-/// would have registered the handler had not run yet.
-fn stop_signals() -> Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("interrupt: shutting down"),
-        }
     })
 }
