@@ -37,6 +37,15 @@ pub enum Command {
         #[arg(long)]
         if_missing: bool,
     },
+    /// Print the platform image's name (this pier-controller and pier-router in an image, to run
+    /// them as containers or Swarm services; docs/swarm.md) and exit.
+    PlatformImage,
+    /// Build the platform image (and its base, once, when missing), print its name and exit.
+    BuildPlatformImage {
+        /// Only build it when it is not in Docker yet.
+        #[arg(long)]
+        if_missing: bool,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

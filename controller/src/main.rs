@@ -50,6 +50,23 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", pier_broker::image::DEFAULT_IMAGE);
             Ok(())
         }
+        Command::PlatformImage => {
+            let binaries = pier_controller::runtime::platform::binaries()?;
+            println!(
+                "{}",
+                pier_controller::runtime::platform::image_name(&binaries)?
+            );
+            Ok(())
+        }
+        Command::BuildPlatformImage { if_missing } => {
+            let runtime =
+                pier_controller::runtime::DockerRuntime::connect("build-platform-image").await?;
+            let binaries = pier_controller::runtime::platform::binaries()?;
+            let name =
+                pier_controller::runtime::platform::build(&runtime, &binaries, if_missing).await?;
+            println!("{name}");
+            Ok(())
+        }
         Command::StackImage => {
             println!("{}", cli.config.stack_image);
             Ok(())

@@ -34,6 +34,7 @@ mod docker;
 pub mod fake;
 pub mod firewall;
 pub mod labels;
+pub mod platform;
 pub mod stack;
 
 pub use docker::DockerRuntime;

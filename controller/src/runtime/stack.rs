@@ -71,6 +71,27 @@ pub async fn build_services_image(
     build_image(runtime, image, "services image", &args, changes).await
 }
 
+/// Builds the platform image's base ([`super::platform`]) from the same script: the essentials
+/// and `iptables`, no runtimes.
+pub async fn build_platform_base(
+    runtime: &dyn ContainerRuntime,
+    image: &str,
+) -> anyhow::Result<()> {
+    let args = [
+        "--packages",
+        "iptables",
+        "--commands",
+        "iptables",
+        "--release",
+        "platform",
+    ];
+    let changes = vec![
+        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        "ENV LANG=C.UTF-8".into(),
+    ];
+    build_image(runtime, image, "platform image's base", &args, changes).await
+}
+
 async fn build_image(
     runtime: &dyn ContainerRuntime,
     image: &str,
