@@ -538,6 +538,50 @@ impl Platform {
         p
     }
 
+    /// A handle on a controller this test does not spawn (one Docker Swarm runs, say) that uses
+    /// `data` as its data dir and serves its API on 127.0.0.1:`api_port`, with no built-in
+    /// router ([`Platform::start_router`] starts one); [`Platform::wait_for_api`] waits for it.
+    /// Dropping it removes the controller's Docker objects, not the controller.
+    pub fn attach(controller_id: &str, data: tempfile::TempDir, api_port: u16) -> Platform {
+        Platform {
+            controller_id: controller_id.to_string(),
+            data,
+            home: tempfile::tempdir().expect("pier home"),
+            api: format!("http://127.0.0.1:{api_port}"),
+            router: String::new(),
+            token: String::new(),
+            opts: Options {
+                standalone_router: true,
+                ..Options::default()
+            },
+            controller: None,
+            router_proc: None,
+            instance_subnet: None,
+            data_mount: None,
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("tokio runtime"),
+            api_port,
+            router_port: 0,
+        }
+    }
+
+    /// Waits up to `timeout` until the API answers the admin token (read from the data dir).
+    pub fn wait_for_api(&mut self, timeout: Duration) {
+        let token_file = self.data.path().join("admin-token");
+        let whoami = format!("{}/v1/whoami", self.api);
+        self.token = eventually(timeout, "the controller answers the admin token", || {
+            let token = std::fs::read_to_string(&token_file)
+                .ok()?
+                .trim()
+                .to_string();
+            let (status, _) = http_get(&whoami, None, Some(&token));
+            (status == 200).then_some(token)
+        });
+    }
+
     /// Starts (or restarts) the controller on the same ports (free ones the first time) and data
     /// dir.
     pub fn start_controller(&mut self) {
