@@ -424,5 +424,29 @@ fn controller_and_routers_as_swarm_services_survive_the_controller_being_killed(
         },
     );
     assert_eq!(p.instance_ids("hello").len(), 3);
+
+    // An operator's restart (`docker service update --force`, as an upgrade does): Swarm stops
+    // the task with SIGTERM, the controller exits cleanly leaving its instances, a new task
+    // adopts them; the routers serve throughout.
+    let instances = p.instance_ids("hello");
+    let traffic = Traffic::start(&p.router, "hello.localhost");
+    docker_cli_ok(&["service", "update", "--force", "--detach", &controller.name]);
+    let third = eventually(Duration::from_secs(90), "Swarm replaces the task", || {
+        controller.running_container().filter(|id| *id != second)
+    });
+    p.wait_for_api(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(1));
+    let (ok, failed, first_failure) = traffic.finish();
+    assert!(ok > 10, "{ok} requests");
+    assert_eq!(failed, 0, "no request failed (first: {first_failure:?})");
+    let stopped = docker_cli_ok(&["inspect", "--format", "{{.State.ExitCode}}", &second]);
+    assert_eq!(
+        stopped.trim(),
+        "0",
+        "SIGTERM stopped the controller cleanly"
+    );
+    assert_ne!(third, second);
+    assert_eq!(p.instance_ids("hello"), instances, "adopted again");
+    assert_eq!(p.app("hello").expect("the app").instances.len(), 3);
     drop((routers, controller, secret));
 }
