@@ -360,6 +360,17 @@ fn controller_and_routers_as_swarm_services_survive_the_controller_being_killed(
     assert_eq!(routers.running_containers().len(), 1, "one router per node");
     let instances = p.instance_ids("hello");
     assert_eq!(instances.len(), 2);
+    // The controller in its container put its rules in the host's tables (NET_ADMIN, the host's
+    // network, the image's iptables): instances cannot reach the host.
+    let rules = std::process::Command::new("iptables")
+        .args(["-S", "INPUT"])
+        .output()
+        .expect("iptables -S INPUT");
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(
+        rules.contains(&format!("pier:{controller_id}")) && rules.contains("-j DROP"),
+        "the controller's firewall rules are in the host's INPUT chain:\n{rules}"
+    );
 
     // The controller's container dies; Swarm (restart condition any) starts another task, and
     // the routers keep serving from the route table they have.
