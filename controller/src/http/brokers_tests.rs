@@ -455,44 +455,12 @@ async fn a_sync_provision_binds_into_vcap_services_and_database_url() {
     deployed(&p, "web").await;
     let r = p.fake.running(Kind::Instance);
     let env = &r[0].1.env;
-    let vcap: Value = serde_json::from_str(
-        env.iter()
-            .find_map(|e| e.strip_prefix("VCAP_SERVICES="))
-            .unwrap(),
-    )
-    .unwrap();
-    let e = &vcap["pg"][0];
-    assert_eq!(e["name"], "db");
-    assert_eq!(e["instance_name"], "db");
-    assert_eq!(e["label"], "pg");
-    assert_eq!(e["plan"], "small");
-    assert_eq!(e["provider"], Value::Null);
-    assert_eq!(e["tags"], json!(["postgresql", "relational", "mine"]));
-    assert_eq!(e["credentials"]["password"], BIND_SECRET);
-    assert_eq!(e["binding_guid"], b["guid"]);
-    assert_eq!(e["instance_guid"], v["guid"]);
-    assert_eq!(e["volume_mounts"], json!([]));
     let bg = b["guid"].as_str().unwrap();
+    assert_vcap_services_entry(env, bg, v["guid"].as_str().unwrap());
     let url = format!("postgres://u-{bg}:{BIND_SECRET}@db.internal:5432/d");
     assert!(env.contains(&format!("DATABASE_URL={url}")), "{env:?}");
     assert!(!env.iter().any(|e| e.starts_with("REDIS_URL=")));
-    // The binding's credentials are sealed in the app's record, and so is the revision's
-    // VCAP_SERVICES that holds them again: they are in no file of the data dir.
-    let app = p.store.list_apps().unwrap().remove(0);
-    let sealed = app.bindings[0].credentials.clone().unwrap();
-    assert!(sealed.starts_with("v1:") && !sealed.contains(BIND_SECRET));
-    assert!(app
-        .revisions
-        .iter()
-        .any(|r| r.vcap_services.contains(BIND_SECRET)));
-    p.store.flush().unwrap();
-    for (path, bytes) in &files_under(p.data_dir()) {
-        assert!(
-            !contains(bytes, BIND_SECRET.as_bytes()),
-            "the binding's password is in {}",
-            path.display()
-        );
-    }
+    assert_binding_sealed_at_rest(&p);
 
     // `pier env` shows it with the platform's variables…
     let (s, e) = p.call("GET", "/v1/apps/web/env", None).await;
@@ -536,6 +504,48 @@ async fn a_sync_provision_binds_into_vcap_services_and_database_url() {
     assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
     assert!(calls(&f).contains(&format!("DELETE {guid}")));
     assert!(p.store.all_services().unwrap().is_empty());
+}
+
+/// The instance's `VCAP_SERVICES` holds the binding `binding` of instance `instance` (db, plan
+/// small of pg) as Cloud Foundry writes it.
+fn assert_vcap_services_entry(env: &[String], binding: &str, instance: &str) {
+    let vcap: Value = serde_json::from_str(
+        env.iter()
+            .find_map(|e| e.strip_prefix("VCAP_SERVICES="))
+            .unwrap(),
+    )
+    .unwrap();
+    let e = &vcap["pg"][0];
+    assert_eq!(e["name"], "db");
+    assert_eq!(e["instance_name"], "db");
+    assert_eq!(e["label"], "pg");
+    assert_eq!(e["plan"], "small");
+    assert_eq!(e["provider"], Value::Null);
+    assert_eq!(e["tags"], json!(["postgresql", "relational", "mine"]));
+    assert_eq!(e["credentials"]["password"], BIND_SECRET);
+    assert_eq!(e["binding_guid"], binding);
+    assert_eq!(e["instance_guid"], instance);
+    assert_eq!(e["volume_mounts"], json!([]));
+}
+
+/// The binding's credentials are sealed in the app's record, and so is the revision's
+/// VCAP_SERVICES that holds them again: they are in no file of the data dir.
+fn assert_binding_sealed_at_rest(p: &TestPlatform) {
+    let app = p.store.list_apps().unwrap().remove(0);
+    let sealed = app.bindings[0].credentials.clone().unwrap();
+    assert!(sealed.starts_with("v1:") && !sealed.contains(BIND_SECRET));
+    assert!(app
+        .revisions
+        .iter()
+        .any(|r| r.vcap_services.contains(BIND_SECRET)));
+    p.store.flush().unwrap();
+    for (path, bytes) in &files_under(p.data_dir()) {
+        assert!(
+            !contains(bytes, BIND_SECRET.as_bytes()),
+            "the binding's password is in {}",
+            path.display()
+        );
+    }
 }
 
 fn default_space(p: &TestPlatform) -> String {
@@ -780,25 +790,25 @@ fn snapshot(p: &TestPlatform) -> String {
     )
 }
 
-#[tokio::test]
-async fn every_refusal_says_why_and_changes_nothing() {
-    let (url, f) = fake_broker().await;
-    let p = TestPlatform::new().await;
-    register(&p, &url).await;
-    enable(&p, "pg").await;
-    p.push("web").await;
-    let (s, _) = create(&p, "db", "small").await;
-    assert_eq!(s, StatusCode::CREATED);
-    let (s, _) = create(&p, "keyed", "small").await;
-    assert_eq!(s, StatusCode::CREATED);
-    let (s, v) = p.call("PUT", "/v1/apps/web/bindings/db", None).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, v) = p
-        .call("PUT", "/v1/service-instances/keyed/keys/ci", None)
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let new_instance = |body: Value| Some(body);
-    let cases: Vec<(&str, &str, Option<Value>, StatusCode, &str)> = vec![
+/// Calls the refusal test makes (method, path, body, status, what the message says), against a
+/// platform with broker acme (at `url`), app web bound to db and instance keyed with key ci.
+fn refusal_cases(url: &str) -> Vec<Case> {
+    let mut cases = conflicts();
+    cases.extend(bad_bodies(url));
+    cases
+}
+
+type Case = (
+    &'static str,
+    &'static str,
+    Option<Value>,
+    StatusCode,
+    &'static str,
+);
+
+/// Refusals of what the platform's state does not allow.
+fn conflicts() -> Vec<Case> {
+    vec![
         (
             "DELETE",
             "/v1/service-instances/db",
@@ -834,6 +844,13 @@ async fn every_refusal_says_why_and_changes_nothing() {
             StatusCode::CONFLICT,
             "has service instances (db, keyed)",
         ),
+    ]
+}
+
+/// Refusals of bodies that name what does not exist or are malformed.
+fn bad_bodies(url: &str) -> Vec<Case> {
+    let new_instance = |body: Value| Some(body);
+    vec![
         (
             "POST",
             "/v1/service-instances",
@@ -894,7 +911,27 @@ async fn every_refusal_says_why_and_changes_nothing() {
             StatusCode::NOT_FOUND,
             "service plan huge not found for offering pg (its plans: small, big)",
         ),
-    ];
+    ]
+}
+
+#[tokio::test]
+async fn every_refusal_says_why_and_changes_nothing() {
+    let (url, f) = fake_broker().await;
+    let p = TestPlatform::new().await;
+    register(&p, &url).await;
+    enable(&p, "pg").await;
+    p.push("web").await;
+    let (s, _) = create(&p, "db", "small").await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, _) = create(&p, "keyed", "small").await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, v) = p.call("PUT", "/v1/apps/web/bindings/db", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = p
+        .call("PUT", "/v1/service-instances/keyed/keys/ci", None)
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let cases = refusal_cases(&url);
     let before = snapshot(&p);
     let calls_before = calls(&f).len();
     for (method, path, body, status, says) in cases {
@@ -924,10 +961,17 @@ async fn every_refusal_says_why_and_changes_nothing() {
         "no refusal reached the broker"
     );
     assert_eq!(snapshot(&p), before);
+}
 
+#[tokio::test]
+async fn a_broker_down_at_deprovision_leaves_the_instance_as_delete_failed() {
+    let (url, f) = fake_broker().await;
+    let p = TestPlatform::new().await;
+    register(&p, &url).await;
+    enable(&p, "pg").await;
+    let (s, _) = create(&p, "db", "small").await;
+    assert_eq!(s, StatusCode::CREATED);
     // A broker that is down when deprovisioning: the instance stays, as `delete failed: ...`.
-    let (s, _) = p.call("DELETE", "/v1/apps/web/bindings/db", None).await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
     f.lock().unwrap().deprovision = Mode::Fail500;
     let (s, v) = p.call("DELETE", "/v1/service-instances/db", None).await;
     assert_eq!(s, StatusCode::BAD_GATEWAY, "{v}");
@@ -953,10 +997,8 @@ async fn every_refusal_says_why_and_changes_nothing() {
     assert_eq!(s, StatusCode::NO_CONTENT);
 }
 
-#[tokio::test]
-async fn plans_are_seen_once_enabled_and_space_brokers_only_in_their_space() {
-    let (url, _f) = fake_broker().await;
-    let p = TestPlatform::new().await;
+/// Org acme with spaces dev and prod, and alice a SpaceDeveloper of both; her token.
+async fn developer_in_dev_and_prod(p: &TestPlatform) -> String {
     for (o, s) in [("acme", "dev"), ("acme", "prod")] {
         let (st, v) = p.call("POST", "/v1/orgs", Some(json!({ "name": o }))).await;
         assert!(
@@ -972,7 +1014,7 @@ async fn plans_are_seen_once_enabled_and_space_brokers_only_in_their_space() {
             .await;
         assert_eq!(st, StatusCode::CREATED, "{v}");
     }
-    let alice = login(&p, "alice").await;
+    let alice = login(p, "alice").await;
     for sp in ["dev", "prod"] {
         let (s, v) = p
             .call(
@@ -983,6 +1025,64 @@ async fn plans_are_seen_once_enabled_and_space_brokers_only_in_their_space() {
             .await;
         assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
     }
+    alice
+}
+
+/// Alice registers broker `mine` (the `body` broker renamed) in acme/dev: dev's marketplace shows
+/// its plans as space plans, prod's does not, and the platform list shows both brokers.
+async fn space_broker_seen_in_dev_only(p: &TestPlatform, alice: &str, body: &Value) {
+    let dev = "?org=acme&space=dev";
+    // A space-scoped broker: alice registers it in dev; seen in dev, not in prod.
+    let mut sb = body.clone();
+    sb["name"] = json!("mine");
+    let (s, v) = as_user(
+        p,
+        "POST",
+        &format!("/v1/space-service-brokers{dev}"),
+        alice,
+        Some(sb),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["space"], "acme/dev");
+    let (_, m) = as_user(
+        p,
+        "GET",
+        &format!("/v1/marketplace{dev}&offering=cache"),
+        alice,
+        None,
+    )
+    .await;
+    assert_eq!(m[0]["broker"], "mine", "{m}");
+    assert_eq!(m[0]["plans"][0]["access"], "space");
+    let (s, m) = as_user(
+        p,
+        "GET",
+        "/v1/marketplace?org=acme&space=prod&offering=cache",
+        alice,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{m}");
+    // The platform list shows it with its space; prod's list does not.
+    let (_, all) = p.call("GET", "/v1/service-brokers", None).await;
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    let (_, prod) = as_user(
+        p,
+        "GET",
+        "/v1/space-service-brokers?org=acme&space=prod",
+        alice,
+        None,
+    )
+    .await;
+    assert_eq!(prod, json!([]));
+}
+
+#[tokio::test]
+async fn plans_are_seen_once_enabled_and_space_brokers_only_in_their_space() {
+    let (url, _f) = fake_broker().await;
+    let p = TestPlatform::new().await;
+    let alice = developer_in_dev_and_prod(&p).await;
     let dev = "?org=acme&space=dev";
     let body = json!({"name": "acme", "url": url, "username": BROKER_USER,
         "password": BROKER_PASSWORD});
@@ -1032,50 +1132,7 @@ async fn plans_are_seen_once_enabled_and_space_brokers_only_in_their_space() {
     assert_eq!(m[0]["plans"].as_array().unwrap().len(), 1, "{m}");
     assert_eq!(m[0]["plans"][0]["name"], "small");
 
-    // A space-scoped broker: alice registers it in dev; seen in dev, not in prod.
-    let mut sb = body.clone();
-    sb["name"] = json!("mine");
-    let (s, v) = as_user(
-        &p,
-        "POST",
-        &format!("/v1/space-service-brokers{dev}"),
-        &alice,
-        Some(sb),
-    )
-    .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    assert_eq!(v["space"], "acme/dev");
-    let (_, m) = as_user(
-        &p,
-        "GET",
-        &format!("/v1/marketplace{dev}&offering=cache"),
-        &alice,
-        None,
-    )
-    .await;
-    assert_eq!(m[0]["broker"], "mine", "{m}");
-    assert_eq!(m[0]["plans"][0]["access"], "space");
-    let (s, m) = as_user(
-        &p,
-        "GET",
-        "/v1/marketplace?org=acme&space=prod&offering=cache",
-        &alice,
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::NOT_FOUND, "{m}");
-    // The platform list shows it with its space; prod's list does not.
-    let (_, all) = p.call("GET", "/v1/service-brokers", None).await;
-    assert_eq!(all.as_array().unwrap().len(), 2);
-    let (_, prod) = as_user(
-        &p,
-        "GET",
-        "/v1/space-service-brokers?org=acme&space=prod",
-        &alice,
-        None,
-    )
-    .await;
-    assert_eq!(prod, json!([]));
+    space_broker_seen_in_dev_only(&p, &alice, &body).await;
     // Two brokers offer pg in dev now: the user names one.
     let (s, v) = as_user(&p, "POST", &path, &alice, Some(create.clone())).await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
