@@ -114,6 +114,9 @@ pub struct Instances {
     deps: InstanceDeps,
     registry: Registry,
     usage: usage::UsageBook,
+    /// Held from reading the instances to publishing the table they make (see
+    /// [`Instances::publish_routes`]).
+    publishing: std::sync::Mutex<()>,
 }
 
 /// Containers [`Instances::sync`] found that nothing should run: the reconciler removes them.
@@ -135,6 +138,7 @@ impl Instances {
             },
             deps,
             usage: usage::UsageBook::default(),
+            publishing: std::sync::Mutex::new(()),
         })
     }
 
@@ -184,6 +188,12 @@ impl Instances {
     /// Rebuilds the route table from the store and the healthy instances, and publishes it.
     /// Returns the version published; a store that cannot be read leaves the table as it is.
     pub fn publish_routes(&self) -> u64 {
+        // One publisher at a time, from reading the instances to publishing: otherwise a table
+        // built from a view read before an instance left it could be published after the table
+        // that removed it, under a higher version, and a drain waiting for routers to have that
+        // version would stop an instance the newest table still routes to (seen in CI: a request
+        // sent to a stopped canary instance, 502).
+        let _one = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
         let apps = match self.deps.store.list_apps() {
             Ok(a) => a,
             Err(e) => {
