@@ -497,29 +497,9 @@ impl Platform {
         require_docker();
         let controller_id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         let data = tempfile::tempdir().expect("data dir");
-        let home = tempfile::tempdir().expect("pier home");
-        let mut p = Platform {
-            controller_id,
-            data,
-            home,
-            api: String::new(),
-            router: String::new(),
-            token: String::new(),
-            opts,
-            controller: None,
-            router_proc: None,
-            instance_subnet: None,
-            data_mount: None,
-            rt: tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .expect("tokio runtime"),
-            // Port 0: the binaries bind a free port and print it (no port picked here can be taken
-            // by someone else, Docker's published ports included, before they bind it).
-            api_port: 0,
-            router_port: 0,
-        };
+        // Port 0: the binaries bind a free port and print it (no port picked here can be taken by
+        // someone else, Docker's published ports included, before they bind it).
+        let mut p = Platform::new(controller_id, data, opts, 0);
         // `p` exists first, so that its drop removes the network if anything below fails.
         if let Some(prefix) = p.opts.instance_subnet_prefix {
             p.instance_subnet = Some(reserve_instance_subnet(&p.controller_id, prefix));
@@ -543,17 +523,28 @@ impl Platform {
     /// router ([`Platform::start_router`] starts one); [`Platform::wait_for_api`] waits for it.
     /// Dropping it removes the controller's Docker objects, not the controller.
     pub fn attach(controller_id: &str, data: tempfile::TempDir, api_port: u16) -> Platform {
+        let opts = Options {
+            standalone_router: true,
+            ..Options::default()
+        };
+        Platform::new(controller_id.to_string(), data, opts, api_port)
+    }
+
+    /// A platform with nothing started yet: its API on 127.0.0.1:`api_port` (0 until the
+    /// controller says), no token, no router.
+    fn new(controller_id: String, data: tempfile::TempDir, opts: Options, api_port: u16) -> Self {
         Platform {
-            controller_id: controller_id.to_string(),
+            controller_id,
             data,
             home: tempfile::tempdir().expect("pier home"),
-            api: format!("http://127.0.0.1:{api_port}"),
+            api: if api_port == 0 {
+                String::new()
+            } else {
+                format!("http://127.0.0.1:{api_port}")
+            },
             router: String::new(),
             token: String::new(),
-            opts: Options {
-                standalone_router: true,
-                ..Options::default()
-            },
+            opts,
             controller: None,
             router_proc: None,
             instance_subnet: None,

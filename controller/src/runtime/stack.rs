@@ -41,12 +41,8 @@ pub async fn ensure(
 
 /// Builds the root filesystem with debootstrap and imports it as `image`, printing progress.
 pub async fn build_stack(runtime: &dyn ContainerRuntime, image: &str) -> anyhow::Result<()> {
-    let changes = vec![
-        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        "ENV LANG=C.UTF-8".into(),
-        "USER vcap".into(),
-        "WORKDIR /home/vcap".into(),
-    ];
+    let mut changes = base_env();
+    changes.extend(["USER vcap".into(), "WORKDIR /home/vcap".into()]);
     build_image(runtime, image, "stack", &[], changes).await
 }
 
@@ -64,10 +60,7 @@ pub async fn build_services_image(
         "--release",
         "services",
     ];
-    let changes = vec![
-        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        "ENV LANG=C.UTF-8".into(),
-    ];
+    let changes = base_env();
     build_image(runtime, image, "services image", &args, changes).await
 }
 
@@ -85,11 +78,16 @@ pub async fn build_platform_base(
         "--release",
         "platform",
     ];
-    let changes = vec![
+    let changes = base_env();
+    build_image(runtime, image, "platform image's base", &args, changes).await
+}
+
+/// The environment every image built from the script has.
+fn base_env() -> Vec<String> {
+    vec![
         "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         "ENV LANG=C.UTF-8".into(),
-    ];
-    build_image(runtime, image, "platform image's base", &args, changes).await
+    ]
 }
 
 async fn build_image(
